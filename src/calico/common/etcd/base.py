@@ -1,0 +1,86 @@
+"""What the rest of the project sees of etcd, whichever API (v2 or v3) is underneath.
+
+Keys are the v1 data model's slash-separated paths in both APIs. A "prefix" is a directory
+path such as /calico/v1: it covers the keys below it (v2: the directory tree; v3: the keys
+starting with prefix + "/").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class EtcdError(Exception):
+    """Any failure talking to etcd."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No answer from the endpoint (connection refused, timeout, 5xx): try again, elsewhere."""
+
+
+class ResyncRequired(EtcdError):
+    """The watch can no longer be continued (v2 event index cleared, v3 compaction)."""
+
+
+class ClusterIdChanged(EtcdError):
+    """etcd answered with a different cluster ID than before: our state is meaningless."""
+
+
+class EtcdRequestError(EtcdError):
+    """etcd refused a request (bad request, permission, failed precondition)."""
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """How to reach etcd: endpoint URLs (all one scheme) and TLS files."""
+
+    endpoints: tuple[str, ...]
+    key_file: str | None = None
+    cert_file: str | None = None
+    # CA to verify the server with; None with https means "do not verify".
+    ca_file: str | None = None
+    timeout: float = 10.0
+
+    @property
+    def is_https(self) -> bool:
+        return self.endpoints[0].startswith("https://")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every leaf under a prefix, as of one revision (v2: the X-Etcd-Index)."""
+
+    revision: int
+    items: dict[str, str]
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    key: str
+    value: str | None  # None: deleted (or expired)
+    revision: int
+    is_dir: bool = False  # v2 only: a directory was deleted, meaning every key below it
+
+
+class KVStore(Protocol):
+    """The operations Felix, the Neutron driver and the DHCP agent need."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def cluster_id(self) -> str | None: ...
+    def get(self, key: str) -> str | None: ...
+    def read_prefix(self, prefix: str) -> Snapshot: ...
+    def put(self, key: str, value: str, ttl: int | None = None) -> None: ...
+    def delete(self, key: str) -> bool: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def watch(self, prefix: str, start_revision: int, timeout: float) -> list[WatchEvent]:
+        """Events at or after start_revision under prefix; [] if none came within timeout."""
+        ...
+
+    def rotate(self) -> None:
+        """Use the next endpoint from now on (after a failure)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,54 @@
+"""HTTP plumbing shared by the v2 and v3 clients: sessions with TLS, endpoint rotation,
+and the cluster-ID check."""
+
+from __future__ import annotations
+
+import random
+
+import requests
+
+from calico.common.etcd.base import ClusterIdChanged, EtcdSettings
+
+
+def make_session(settings: EtcdSettings) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # never route etcd traffic through an HTTP proxy
+    if settings.cert_file and settings.key_file:
+        session.cert = (settings.cert_file, settings.key_file)
+    if settings.is_https:
+        session.verify = settings.ca_file if settings.ca_file else False
+    return session
+
+
+class Endpoints:
+    """The endpoint list, shuffled once so that many hosts spread over the members."""
+
+    def __init__(self, urls: tuple[str, ...], shuffle: bool = True):
+        self._urls = list(urls)
+        if shuffle:
+            random.shuffle(self._urls)
+        self._index = 0
+
+    @property
+    def current(self) -> str:
+        return self._urls[self._index]
+
+    def rotate(self) -> None:
+        self._index = (self._index + 1) % len(self._urls)
+
+
+class ClusterIdGuard:
+    """Remembers the first cluster ID seen and refuses any other."""
+
+    def __init__(self) -> None:
+        self.cluster_id: str | None = None
+
+    def check(self, cluster_id: str | None) -> None:
+        if not cluster_id:
+            return
+        if self.cluster_id is None:
+            self.cluster_id = cluster_id
+        elif cluster_id != self.cluster_id:
+            raise ClusterIdChanged(
+                f"etcd cluster ID changed from {self.cluster_id} to {cluster_id}"
+            )

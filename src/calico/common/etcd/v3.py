@@ -1,0 +1,258 @@
+"""etcd v3 API client, over etcd's gRPC gateway (JSON over HTTP) with etcd3gw.
+
+etcd3gw (maintained by OpenStack) gives us the gateway transport, TLS and error mapping.
+We read the watch stream ourselves because etcd3gw's watcher drops what a resyncing
+watcher must see: the compaction cancel (`compact_revision`) and the response headers
+(cluster ID, revision).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import etcd3gw
+import etcd3gw.exceptions
+import requests
+
+from calico.common.etcd.base import (
+    EtcdRequestError,
+    EtcdSettings,
+    EtcdUnavailable,
+    ResyncRequired,
+    Snapshot,
+    WatchEvent,
+)
+from calico.common.etcd.transport import ClusterIdGuard, Endpoints, make_session
+from calico.common.etcd.v2 import _is_read_timeout, _short
+
+log = logging.getLogger(__name__)
+
+# Keys per range request when reading a prefix; large pages are cheaper on etcd 3.4.
+PAGE_SIZE = 20000
+
+
+def _b64(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+def _range_end(prefix: str) -> bytes:
+    """The first key after every key that starts with prefix."""
+    data = bytearray(prefix.encode())
+    data[-1] += 1
+    return bytes(data)
+
+
+class _WatchStream:
+    """One open gateway watch stream, positioned at next_revision."""
+
+    def __init__(self, response: requests.Response, prefix: str, next_revision: int):
+        self.response = response
+        self.prefix = prefix
+        self.next_revision = next_revision
+        self.lines: Iterator[bytes] = response.iter_lines()
+
+    def close(self) -> None:
+        self.response.close()
+
+
+class EtcdV3Client:
+    def __init__(self, settings: EtcdSettings, *, shuffle: bool = True):
+        self._settings = settings
+        self._endpoints = Endpoints(settings.endpoints, shuffle)
+        self._session = make_session(settings)
+        self._guard = ClusterIdGuard()
+        self._client = self._make_client()
+        self._stream: _WatchStream | None = None
+
+    def _make_client(self) -> etcd3gw.Etcd3Client:
+        parts = urlsplit(self._endpoints.current)
+        return etcd3gw.Etcd3Client(
+            host=parts.hostname or "localhost",
+            port=parts.port or 2379,
+            protocol=parts.scheme,
+            timeout=self._settings.timeout,
+            api_path="/v3/",
+            session=self._session,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoints.current
+
+    @property
+    def cluster_id(self) -> str | None:
+        return self._guard.cluster_id
+
+    def rotate(self) -> None:
+        self._close_stream()
+        self._endpoints.rotate()
+        self._client = self._make_client()
+
+    def close(self) -> None:
+        self._close_stream()
+        self._session.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            body: dict[str, Any] = self._client.post(self._client.get_url(path), json=payload)
+        except (
+            etcd3gw.exceptions.ConnectionFailedError,
+            etcd3gw.exceptions.ConnectionTimeoutError,
+            etcd3gw.exceptions.InternalServerError,
+        ) as e:
+            raise EtcdUnavailable(f"{self.endpoint}: {_short(e)}") from None
+        except etcd3gw.exceptions.Etcd3Exception as e:
+            raise EtcdRequestError(f"{self.endpoint}: {_short(e)}") from None
+        except ValueError:
+            raise EtcdUnavailable(f"{self.endpoint}: answer is not JSON") from None
+        self._guard.check(body.get("header", {}).get("cluster_id"))
+        return body
+
+    def get(self, key: str) -> str | None:
+        body = self._post("/kv/range", {"key": _b64(key)})
+        kvs = body.get("kvs", [])
+        return _unb64(kvs[0].get("value", "")) if kvs else None
+
+    def read_prefix(self, prefix: str) -> Snapshot:
+        """All keys under prefix at one revision, read in pages pinned to that revision."""
+        start = (prefix.rstrip("/") + "/").encode()
+        end = _range_end(start.decode())
+        items: dict[str, str] = {}
+        revision = 0
+        key = start
+        while True:
+            payload: dict[str, Any] = {
+                "key": _b64(key),
+                "range_end": _b64(end),
+                "limit": PAGE_SIZE,
+            }
+            if revision:
+                payload["revision"] = revision
+            body = self._post("/kv/range", payload)
+            if not revision:
+                revision = int(body["header"]["revision"])
+            kvs = body.get("kvs", [])
+            for kv in kvs:
+                items[_unb64(kv["key"])] = _unb64(kv.get("value", ""))
+            if not body.get("more") or not kvs:
+                return Snapshot(revision, items)
+            key = base64.b64decode(kvs[-1]["key"]) + b"\0"
+
+    def put(self, key: str, value: str, ttl: int | None = None) -> None:
+        payload: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if ttl is not None:
+            lease = self._post("/lease/grant", {"TTL": ttl})
+            payload["lease"] = lease["ID"]
+        self._post("/kv/put", payload)
+
+    def delete(self, key: str) -> bool:
+        body = self._post("/kv/deleterange", {"key": _b64(key)})
+        return int(body.get("deleted", 0)) > 0
+
+    def delete_prefix(self, prefix: str) -> None:
+        start = prefix.rstrip("/") + "/"
+        self._post("/kv/deleterange", {"key": _b64(start), "range_end": _b64(_range_end(start))})
+        self.delete(prefix.rstrip("/"))
+
+    # -- watching ------------------------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int, timeout: float) -> list[WatchEvent]:
+        stream = self._stream
+        if stream is None or stream.prefix != prefix or stream.next_revision != start_revision:
+            self._close_stream()
+            stream = self._stream = self._open_stream(prefix, start_revision, timeout)
+        try:
+            while True:
+                events = self._read_response(stream)
+                if events:
+                    stream.next_revision = events[-1].revision + 1
+                    return events
+        except _StreamIdle:
+            self._close_stream()
+            return []
+        except (EtcdUnavailable, ResyncRequired):
+            self._close_stream()
+            raise
+
+    def _open_stream(self, prefix: str, start_revision: int, timeout: float) -> _WatchStream:
+        start = prefix.rstrip("/") + "/"
+        request = {
+            "create_request": {
+                "key": _b64(start),
+                "range_end": _b64(_range_end(start)),
+                "start_revision": start_revision,
+            }
+        }
+        try:
+            response = self._session.post(
+                self._client.get_url("/watch"),
+                json=request,
+                stream=True,
+                timeout=(self._settings.timeout, timeout),
+            )
+        except requests.RequestException as e:
+            raise EtcdUnavailable(f"{self.endpoint}: {_short(e)}") from None
+        if response.status_code != 200:
+            response.close()
+            raise EtcdUnavailable(f"{self.endpoint}: watch HTTP {response.status_code}")
+        return _WatchStream(response, prefix, start_revision)
+
+    def _read_response(self, stream: _WatchStream) -> list[WatchEvent]:
+        try:
+            line = next(stream.lines)
+        except StopIteration:
+            raise EtcdUnavailable(f"{self.endpoint}: watch stream ended") from None
+        except requests.RequestException as e:
+            if _is_read_timeout(e):
+                raise _StreamIdle() from None
+            raise EtcdUnavailable(f"{self.endpoint}: {_short(e)}") from None
+        if not line.strip():
+            return []
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise EtcdUnavailable(f"{self.endpoint}: bad watch message") from None
+        if "error" in message:
+            raise EtcdUnavailable(f"{self.endpoint}: watch error {message['error']}")
+        result = message.get("result", {})
+        self._guard.check(result.get("header", {}).get("cluster_id"))
+        if int(result.get("compact_revision", 0) or 0) > 0:
+            raise ResyncRequired(
+                f"etcd compacted to revision {result['compact_revision']}, past "
+                f"{stream.next_revision}"
+            )
+        if result.get("canceled"):
+            raise EtcdUnavailable(f"{self.endpoint}: watch canceled: {result.get('cancel_reason')}")
+        events = []
+        for event in result.get("events", ()):
+            kv = event["kv"]
+            deleted = event.get("type") == "DELETE"
+            events.append(
+                WatchEvent(
+                    _unb64(kv["key"]),
+                    None if deleted else _unb64(kv.get("value", "")),
+                    int(kv["mod_revision"]),
+                )
+            )
+        return events
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+class _StreamIdle(Exception):
+    """No watch message arrived within the read timeout (normal)."""

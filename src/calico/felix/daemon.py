@@ -1,0 +1,144 @@
+"""Felix's running phase: the datastore syncer on its own thread, the main loop on this one.
+
+The syncer thread hands status changes and update batches to the main loop over a bounded
+queue (back-pressure instead of unbounded memory). A thread that dies, a changed etcd
+cluster ID or a change of Felix's own configuration ends the process with a non-zero exit
+status, for the service manager to restart it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from calico.common.etcd.base import ClusterIdChanged, KVStore
+from calico.common.etcd.syncer import Syncer, SyncStatus, Update
+from calico.felix.config.changes import ConfigChangeDetector
+
+log = logging.getLogger(__name__)
+
+EXIT_STOPPED = 0
+EXIT_RESTART = 1  # the service manager should restart us
+# Pause before exiting on a config change, so that an admin churning the config cannot make
+# Felix die often enough to trip the service manager's restart limit.
+RESTART_PAUSE_SECS = 2.0
+QUEUE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class _Status:
+    status: SyncStatus
+
+
+@dataclass(frozen=True)
+class _Updates:
+    updates: list[Update]
+
+
+@dataclass(frozen=True)
+class _Fatal:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Stop:
+    pass
+
+
+_Message = _Status | _Updates | _Fatal | _Stop
+
+
+class _QueueListener:
+    def __init__(self, q: queue.Queue[_Message]):
+        self._queue = q
+
+    def on_status(self, status: SyncStatus) -> None:
+        self._queue.put(_Status(status))
+
+    def on_updates(self, updates: list[Update]) -> None:
+        self._queue.put(_Updates(updates))
+
+
+class FelixDaemon:
+    def __init__(
+        self,
+        client: KVStore,
+        config_changes: ConfigChangeDetector,
+        *,
+        restart_pause: float = RESTART_PAUSE_SECS,
+    ):
+        self._client = client
+        self._config_changes = config_changes
+        self._restart_pause = restart_pause
+        self._queue: queue.Queue[_Message] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._syncer = Syncer(client, _QueueListener(self._queue))
+        self._keys: set[str] = set()
+        self._in_sync_once = False
+
+    def request_stop(self) -> None:
+        """Thread- and signal-safe: ask the main loop to finish."""
+        self._syncer.stop()
+        try:
+            self._queue.put_nowait(_Stop())
+        except queue.Full:
+            pass  # the loop also polls the syncer's stop flag
+
+    def run(self) -> int:
+        thread = threading.Thread(target=self._run_syncer, name="syncer", daemon=True)
+        thread.start()
+        while True:
+            try:
+                message = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if self._syncer.stop_event.is_set():
+                    return EXIT_STOPPED
+                continue
+            match message:
+                case _Stop():
+                    log.info("Stopping")
+                    return EXIT_STOPPED
+                case _Fatal(reason):
+                    log.critical("Exiting: %s", reason)
+                    return EXIT_RESTART
+                case _Status(status):
+                    self._on_status(status)
+                case _Updates(updates):
+                    if (code := self._on_updates(updates)) is not None:
+                        return code
+
+    def _run_syncer(self) -> None:
+        try:
+            self._syncer.run()
+        except ClusterIdChanged as e:
+            self._queue.put(_Fatal(f"{e}; the datastore was rebuilt, local state is invalid"))
+        except BaseException as e:  # a dead thread must take the process down
+            log.exception("Datastore syncer died")
+            self._queue.put(_Fatal(f"datastore syncer died: {e!r}"))
+
+    def _on_status(self, status: SyncStatus) -> None:
+        if status == SyncStatus.IN_SYNC:
+            first = "" if self._in_sync_once else " for the first time"
+            log.info("In sync with the datastore%s: %d keys", first, len(self._keys))
+            self._in_sync_once = True
+
+    def _on_updates(self, updates: list[Update]) -> int | None:
+        for key, value in updates:
+            if value is None:
+                self._keys.discard(key)
+            else:
+                self._keys.add(key)
+            changes = self._config_changes.update(key, value)
+            if changes:
+                for change in changes:
+                    log.warning("Felix configuration changed in etcd: %s", change)
+                log.warning(
+                    "Felix must restart to apply its new configuration; exiting in %.0f s",
+                    self._restart_pause,
+                )
+                self._syncer.stop()
+                time.sleep(self._restart_pause)
+                return EXIT_RESTART
+        return None

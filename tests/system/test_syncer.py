@@ -1,0 +1,396 @@
+"""The datastore watcher against a real etcd, over the v2 and the v3 API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from calico.common.etcd import connect
+from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, EtcdUnavailable, KVStore
+from calico.common.etcd.syncer import Syncer, SyncStatus, Update
+from calico.lab.etcd_server import EtcdServer, free_port
+
+READY = "/calico/v1/Ready"
+WAIT = 20.0
+
+
+@dataclass
+class Recorder:
+    """A SyncListener that mirrors the datastore and lets tests wait for conditions."""
+
+    state: dict[str, str] = field(default_factory=dict)
+    statuses: list[SyncStatus] = field(default_factory=list)
+    updates: list[Update] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def on_status(self, status: SyncStatus) -> None:
+        with self.cond:
+            self.statuses.append(status)
+            self.cond.notify_all()
+
+    def on_updates(self, updates: list[Update]) -> None:
+        with self.cond:
+            for key, value in updates:
+                if value is None:
+                    assert key in self.state, f"delete of unknown key {key}"
+                    del self.state[key]
+                else:
+                    self.state[key] = value
+            self.updates.extend(updates)
+            self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), f"timed out waiting for {what}"
+
+    def in_sync(self) -> bool:
+        return bool(self.statuses) and self.statuses[-1] == SyncStatus.IN_SYNC
+
+
+class Writer:
+    """Writes through the harness (not the code under test), in the API being tested."""
+
+    def __init__(self, server: EtcdServer, api: str):
+        self.server, self.api = server, api
+
+    def put(self, key: str, value: str) -> None:
+        if self.api == "v2":
+            self.server.v2_put(key, value)
+        else:
+            self.server.v3_put(key, value)
+
+    def delete(self, key: str) -> None:
+        if self.api == "v2":
+            self.server.v2_delete(key)
+        else:
+            self.server.v3_delete(key)
+
+    def delete_tree(self, prefix: str) -> None:
+        if self.api == "v2":
+            self.server.v2_delete(prefix, recursive=True)
+        else:
+            self.server.v3_delete(prefix + "/", prefix=True)
+
+
+class Gate:
+    """Wraps a client so a test can hold the watcher between two watch calls."""
+
+    def __init__(self, inner: KVStore):
+        self.inner = inner
+        self.hold = threading.Event()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.fail_read_prefix_once: Callable[[], None] | None = None
+        self.after_read_prefix: Callable[[], None] | None = None
+
+    def watch(self, prefix: str, start_revision: int, timeout: float) -> Any:
+        if self.hold.is_set():
+            self.holding.set()
+            self.release.wait()
+            self.hold.clear()
+            self.inner.rotate()  # v3: drop the open stream so the next call starts afresh
+        return self.inner.watch(prefix, start_revision, timeout)
+
+    def read_prefix(self, prefix: str) -> Any:
+        snapshot = self.inner.read_prefix(prefix)
+        if self.after_read_prefix is not None:
+            hook, self.after_read_prefix = self.after_read_prefix, None
+            hook()
+        return snapshot
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class Running:
+    syncer: Syncer
+    thread: threading.Thread
+    recorder: Recorder
+    gate: Gate
+    error: list[BaseException]
+
+
+@pytest.fixture(params=["v2", "v3"])
+def api(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def start_syncer(
+    server: EtcdServer,
+    api: str,
+    endpoints: tuple[str, ...] | None = None,
+    tls: Any = None,
+    **settings: Any,
+) -> Running:
+    kw = {}
+    if tls is not None:
+        kw = {
+            "key_file": str(tls.client_key),
+            "cert_file": str(tls.client_cert),
+            "ca_file": str(tls.ca_file),
+        }
+    kw.update(settings)
+    settings_ = EtcdSettings(endpoints or (server.client_url,), timeout=2.0, **kw)
+    client = connect(api, settings_, shuffle=False)
+    gate = Gate(client)
+    recorder = Recorder()
+    syncer = Syncer(gate, recorder, watch_timeout=0.5, ready_poll_interval=0.1)  # type: ignore[arg-type]
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            syncer.run()
+        except BaseException as e:
+            error.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return Running(syncer, thread, recorder, gate, error)
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for r in started:
+        r.gate.release.set()
+        r.syncer.stop()
+        r.thread.join(10)
+        assert not r.thread.is_alive(), "syncer did not stop"
+
+
+def datastore(server: EtcdServer, api: str) -> dict[str, str]:
+    client = connect(api, EtcdSettings((server.client_url,)))
+    return client.read_prefix("/calico/v1").items
+
+
+def test_snapshot_then_watch(etcd: EtcdServer, api: str, running: list[Running]):
+    w = Writer(etcd, api)
+    w.put(READY, "true")
+    for i in range(50):
+        w.put(f"/calico/v1/host/h{i % 3}/workload/o/w{i}/endpoint/e", f'{{"n": {i}}}')
+    r = start_syncer(etcd, api)
+    running.append(r)
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync")
+    assert r.recorder.statuses[:3] == [
+        SyncStatus.WAIT_FOR_READY,
+        SyncStatus.RESYNC,
+        SyncStatus.IN_SYNC,
+    ]
+    assert r.recorder.state == datastore(etcd, api)
+    assert len(r.recorder.state) == 51
+
+    # Ordered updates after in-sync: set, overwrite, delete, delete of a whole tree.
+    w.put("/calico/v1/policy/profile/p1/rules", "1")
+    w.put("/calico/v1/policy/profile/p1/rules", "2")
+    w.delete("/calico/v1/host/h0/workload/o/w0/endpoint/e")
+    w.delete_tree("/calico/v1/host/h1")
+    w.put("/calico/v1/last", "x")
+    r.recorder.wait_for(lambda: "/calico/v1/last" in r.recorder.state, "last key")
+    tail = r.recorder.updates[51:]
+    assert tail[:3] == [
+        ("/calico/v1/policy/profile/p1/rules", "1"),
+        ("/calico/v1/policy/profile/p1/rules", "2"),
+        ("/calico/v1/host/h0/workload/o/w0/endpoint/e", None),
+    ]
+    assert r.recorder.state == datastore(etcd, api)
+    assert not any(k.startswith("/calico/v1/host/h1/") for k in r.recorder.state)
+    assert r.syncer.resyncs == 1
+
+
+def test_waits_for_ready(etcd: EtcdServer, api: str, running: list[Running]):
+    w = Writer(etcd, api)
+    w.put("/calico/v1/config/Foo", "1")
+    r = start_syncer(etcd, api)
+    running.append(r)
+    time.sleep(1.0)
+    assert r.recorder.statuses == [SyncStatus.WAIT_FOR_READY]
+    assert r.recorder.state == {}
+    w.put(READY, "false")
+    time.sleep(0.5)
+    assert r.recorder.statuses == [SyncStatus.WAIT_FOR_READY]
+    w.put(READY, "true")
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync")
+    assert r.recorder.state == {READY: "true", "/calico/v1/config/Foo": "1"}
+
+
+def test_ready_turning_false_waits_and_resyncs(etcd: EtcdServer, api: str, running: list[Running]):
+    w = Writer(etcd, api)
+    w.put(READY, "true")
+    w.put("/calico/v1/a", "1")
+    r = start_syncer(etcd, api)
+    running.append(r)
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync")
+    w.put(READY, "false")
+    r.recorder.wait_for(
+        lambda: r.recorder.statuses[-1] == SyncStatus.WAIT_FOR_READY, "wait-for-ready"
+    )
+    # Changes while not ready are picked up by the resync that follows.
+    w.delete("/calico/v1/a")
+    w.put("/calico/v1/b", "2")
+    w.put(READY, "true")
+    r.recorder.wait_for(
+        lambda: r.recorder.in_sync() and "/calico/v1/b" in r.recorder.state, "second in-sync"
+    )
+    assert r.recorder.state == datastore(etcd, api)
+    assert r.syncer.resyncs == 2
+
+
+def test_updates_during_the_snapshot_are_not_lost(
+    etcd: EtcdServer, api: str, running: list[Running]
+):
+    w = Writer(etcd, api)
+    w.put(READY, "true")
+    for i in range(20):
+        w.put(f"/calico/v1/k{i}", "old")
+    r_holder: list[Running] = []
+
+    def write_after_snapshot() -> None:
+        # The snapshot is already read; these land after its revision.
+        w.put("/calico/v1/k1", "new")
+        w.delete("/calico/v1/k2")
+        w.put("/calico/v1/k-added", "new")
+
+    r = start_syncer(etcd, api)
+    r.gate.after_read_prefix = write_after_snapshot
+    r_holder.append(r)
+    running.append(r)
+    r.recorder.wait_for(lambda: "/calico/v1/k-added" in r.recorder.state, "late write")
+    assert r.recorder.state == datastore(etcd, api)
+    assert r.recorder.state["/calico/v1/k1"] == "new"
+    assert "/calico/v1/k2" not in r.recorder.state
+
+
+def _hold(r: Running) -> None:
+    r.gate.hold.set()
+    assert r.gate.holding.wait(WAIT), "watcher did not come back to the gate"
+
+
+def test_lost_history_forces_a_resync_that_reports_deletions(
+    etcd_factory: Callable[..., EtcdServer], api: str, running: list[Running]
+):
+    """v3: compaction; v2: more than 1000 events while not watching (event index cleared)."""
+    server = etcd_factory()
+    w = Writer(server, api)
+    w.put(READY, "true")
+    for i in range(10):
+        w.put(f"/calico/v1/gone/k{i}", "x")
+    w.put("/calico/v1/stays", "1")
+    r = start_syncer(server, api)
+    running.append(r)
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync")
+    _hold(r)
+
+    w.delete_tree("/calico/v1/gone")
+    w.put("/calico/v1/stays", "2")
+    if api == "v3":
+        server.v3_compact(server.v3_revision())
+    else:
+        for i in range(1100):
+            server.v2_put("/calico/other/churn", str(i))  # outside the watched prefix
+    w.put("/calico/v1/new", "n")
+    r.gate.release.set()
+
+    r.recorder.wait_for(
+        lambda: r.syncer.resyncs == 2 and r.recorder.in_sync(), "resync after lost history"
+    )
+    assert r.recorder.state == datastore(server, api)
+    assert r.recorder.state["/calico/v1/stays"] == "2"
+    deleted = {k for k, v in r.recorder.updates if v is None}
+    assert deleted == {f"/calico/v1/gone/k{i}" for i in range(10)}
+
+
+def test_survives_etcd_stop_and_restart(
+    etcd_factory: Callable[..., EtcdServer], api: str, running: list[Running]
+):
+    server = etcd_factory()
+    w = Writer(server, api)
+    w.put(READY, "true")
+    w.put("/calico/v1/a", "1")
+    r = start_syncer(server, api)
+    running.append(r)
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync")
+    server.stop()
+    r.recorder.wait_for(lambda: not r.recorder.in_sync(), "leaving in-sync")
+    server.start()
+    w.put("/calico/v1/b", "2")
+    w.delete("/calico/v1/a")
+    r.recorder.wait_for(
+        lambda: r.recorder.in_sync() and "/calico/v1/b" in r.recorder.state, "resynced", 40
+    )
+    assert r.recorder.state == datastore(server, api)
+    assert not r.error
+
+
+def test_rotates_to_a_live_endpoint(etcd: EtcdServer, api: str, running: list[Running]):
+    w = Writer(etcd, api)
+    w.put(READY, "true")
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = start_syncer(etcd, api, endpoints=(dead, etcd.client_url))
+    running.append(r)
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync via the second endpoint")
+    assert r.recorder.state == {READY: "true"}
+
+
+def test_changed_cluster_id_is_fatal(
+    etcd_factory: Callable[..., EtcdServer], api: str, running: list[Running]
+):
+    server = etcd_factory()
+    w = Writer(server, api)
+    w.put(READY, "true")
+    r = start_syncer(server, api)
+    running.append(r)
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync")
+    server.stop()
+    server.wipe()  # a rebuilt etcd on the same address: new cluster ID
+    server.start()
+    w.put(READY, "true")
+    r.thread.join(WAIT)
+    assert not r.thread.is_alive()
+    assert len(r.error) == 1 and isinstance(r.error[0], ClusterIdChanged)
+
+
+def test_tls_with_client_certificate(
+    etcd_factory: Callable[..., EtcdServer], api: str, running: list[Running]
+):
+    server = etcd_factory(tls=True)
+    assert server.client_url.startswith("https://")
+    w = Writer(server, api)
+    w.put(READY, "true")
+    w.put("/calico/v1/secret", "s")
+    r = start_syncer(server, api, tls=server.tls)
+    running.append(r)
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync over TLS")
+    assert r.recorder.state == {READY: "true", "/calico/v1/secret": "s"}
+
+
+def test_tls_server_refuses_plaintext_and_clients_without_certificates(
+    etcd_factory: Callable[..., EtcdServer], api: str
+):
+    server = etcd_factory(tls=True)
+    plain = connect(api, EtcdSettings((server.client_url.replace("https", "http"),), timeout=2))
+    with pytest.raises(EtcdUnavailable):
+        plain.get(READY)
+    no_cert = connect(
+        api, EtcdSettings((server.client_url,), ca_file=str(server.tls.ca_file), timeout=2)
+    )
+    with pytest.raises(EtcdUnavailable):
+        no_cert.get(READY)
+    wrong_ca = connect(
+        api,
+        EtcdSettings(
+            (server.client_url,),
+            key_file=str(server.tls.client_key),
+            cert_file=str(server.tls.client_cert),
+            ca_file="/etc/ssl/certs/ca-certificates.crt",
+            timeout=2,
+        ),
+    )
+    with pytest.raises(EtcdUnavailable):
+        wrong_ca.get(READY)
