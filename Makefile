@@ -35,8 +35,8 @@ demo: setup
 	$(PY) -m calico.lab.demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
 
 test: setup lint
 	$(VENV)/bin/pytest -q

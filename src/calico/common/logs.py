@@ -8,6 +8,7 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Mapping
+from typing import TextIO
 
 FORMAT = "%(asctime)s [%(levelname)s][%(process)d/%(threadName)s] %(name)s %(lineno)d: %(message)s"
 SYSLOG_FORMAT = "%(program)s[%(process)d]: %(module)s@%(lineno)d %(message)s"
@@ -30,16 +31,22 @@ def _level(name: str | None) -> int | None:
     return None if name is None else logging.getLevelNamesMapping()[name]
 
 
-def configure_early(environ: Mapping[str, str], env_var: str) -> None:
-    """Screen logging before the configuration is known: the env's screen level, else ERROR."""
+def configure_early(environ: Mapping[str, str], env_var: str, stream: TextIO | None = None) -> None:
+    """Screen logging before the configuration is known: the env's screen level, else ERROR.
+
+    stream: where "screen" goes (stdout, unless the program's stdout is its output).
+    """
     wanted = environ.get(env_var, "ERROR").strip().upper()
-    level = logging.getLevelNamesMapping().get(wanted, logging.ERROR)
+    level: str | None = None
+    if wanted != "NONE":
+        level = logging.getLevelName(logging.getLevelNamesMapping().get(wanted, logging.ERROR))
     configure(
         program="",
-        screen=logging.getLevelName(level),
+        screen=level,
         file_path=None,
         file_level=None,
         syslog_level=None,
+        stream=stream,
     )
 
 
@@ -50,6 +57,7 @@ def configure(
     file_path: str | None,
     file_level: str | None,
     syslog_level: str | None,
+    stream: TextIO | None = None,
 ) -> list[str]:
     """Replace our handlers; returns warnings (a target that could not be opened)."""
     root = logging.getLogger()
@@ -67,9 +75,9 @@ def configure(
         levels.append(level)
 
     if (level := _level(screen)) is not None:
-        stream = logging.StreamHandler(sys.stdout)
-        stream.setFormatter(formatter)
-        add(stream, level)
+        screen_handler = logging.StreamHandler(stream or sys.stdout)
+        screen_handler.setFormatter(formatter)
+        add(screen_handler, level)
     if file_path and (level := _level(file_level)) is not None:
         try:
             os.makedirs(os.path.dirname(file_path) or ".", exist_ok=True)

@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     args = _parser().parse_args(argv)
     env = os.environ if environ is None else environ
-    logs.configure_early(env, "FELIX_LOGSEVERITYSCREEN")
+    # With --show-config, stdout carries the JSON: log to stderr.
+    logs.configure_early(
+        env, "FELIX_LOGSEVERITYSCREEN", stream=sys.stderr if args.show_config else None
+    )
 
     # Phase 1: environment and file, enough to reach etcd.
     try:
