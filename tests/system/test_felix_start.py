@@ -233,3 +233,40 @@ def test_missing_required_command_refuses_to_start(lab_v2: Lab, tmp_path: Path):
     felix = lab_v2.start(PATH="/usr/bin:/bin")  # no /usr/sbin: no iptables-restore, ipset
     assert felix.wait_exit() == 2
     assert "required command 'iptables-restore' not found" in felix.text()
+
+
+@pytest.mark.parametrize("style", ["endpoints", "scheme-and-addr"])
+def test_show_config_over_tls_with_client_certificate(
+    etcd_factory: Callable[..., EtcdServer],
+    netns: Callable[[], NetNS],
+    tmp_path: Path,
+    style: str,
+):
+    server = etcd_factory(tls=True)
+    server.v2_put("/calico/v1/config/MetadataPort", "4433")
+    lab = Lab(server, netns(), tmp_path, "v2")
+    try:
+        tls = {
+            "FELIX_ETCDCAFILE": str(server.tls.ca_file),
+            "FELIX_ETCDCERTFILE": str(server.tls.client_cert),
+            "FELIX_ETCDKEYFILE": str(server.tls.client_key),
+        }
+        if style == "scheme-and-addr":
+            # The lab's felix_env sets EtcdEndpoints; an empty value means "not set".
+            tls |= {
+                "FELIX_ETCDENDPOINTS": "",
+                "FELIX_ETCDSCHEME": "https",
+                "FELIX_ETCDADDR": f"127.0.0.1:{server.port}",
+            }
+        code, data, stderr = lab.show_config(**tls)
+        assert code == 0, stderr
+        assert data["MetadataPort"] == {"value": 4433, "source": "etcd-global"}
+        assert data["EtcdEndpoints"]["value"] == [server.client_url]
+
+        # Without a client certificate the TLS-only etcd refuses us: a clear failure.
+        no_cert = {"FELIX_ETCDCAFILE": str(server.tls.ca_file)}
+        code, _, stderr = lab.show_config(**no_cert)
+        assert code == 1
+        assert "cannot read configuration from etcd" in stderr
+    finally:
+        lab.close()
