@@ -4,8 +4,10 @@ and the cluster-ID check."""
 from __future__ import annotations
 
 import random
+import re
 
 import requests
+import urllib3.exceptions
 
 from calico.common.etcd.base import ClusterIdChanged, EtcdSettings
 
@@ -52,3 +54,29 @@ class ClusterIdGuard:
             raise ClusterIdChanged(
                 f"etcd cluster ID changed from {self.cluster_id} to {cluster_id}"
             )
+
+
+def is_read_timeout(error: Exception) -> bool:
+    if isinstance(error, requests.ReadTimeout):
+        return True
+    # While streaming the body, requests wraps urllib3's read timeout in ConnectionError.
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+            return True
+        cause = cause.__context__ or cause.__cause__
+        if cause is error:
+            break
+    return bool(error.args) and isinstance(error.args[0], urllib3.exceptions.ReadTimeoutError)
+
+
+def describe_error(error: Exception) -> str:
+    """The useful part of a requests/urllib3 error ("[Errno 111] Connection refused")."""
+    text = str(error)
+    if match := re.search(r"\[Errno -?\d+\][^'\")]*", text):
+        return match.group(0).strip()
+    if "timed out" in text.lower():
+        return "timed out"
+    if match := re.search(r"SSLError\((.{0,150})", text):
+        return "TLS error: " + match.group(1)
+    return text if len(text) < 200 else text[:200] + "..."

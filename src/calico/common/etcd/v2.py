@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 from urllib.parse import quote
 
 import requests
-import urllib3.exceptions
 
 from calico.common.etcd.base import (
     EtcdRequestError,
@@ -25,7 +23,13 @@ from calico.common.etcd.base import (
     Snapshot,
     WatchEvent,
 )
-from calico.common.etcd.transport import ClusterIdGuard, Endpoints, make_session
+from calico.common.etcd.transport import (
+    ClusterIdGuard,
+    Endpoints,
+    describe_error,
+    is_read_timeout,
+    make_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +72,9 @@ class EtcdV2Client:
             response = self._session.request(method, self._url(key), timeout=timeout, **kwargs)
             body = response.json()
         except requests.RequestException as e:
-            if _is_read_timeout(e) and read_timeout is not None:
+            if is_read_timeout(e) and read_timeout is not None:
                 raise _WatchIdle() from None
-            raise EtcdUnavailable(f"{self.endpoint}: {_short(e)}") from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e)}") from None
         except (ValueError, json.JSONDecodeError):
             raise EtcdUnavailable(f"{self.endpoint}: answer is not JSON") from None
         self._guard.check(response.headers.get("X-Etcd-Cluster-Id"))
@@ -147,29 +151,3 @@ class _WatchIdle(Exception):
 def _raise_for_error(body: dict[str, Any]) -> None:
     if "errorCode" in body:
         raise EtcdRequestError(f"etcd error {body['errorCode']}: {body.get('message')}")
-
-
-def _is_read_timeout(error: Exception) -> bool:
-    if isinstance(error, requests.ReadTimeout):
-        return True
-    # While streaming the body, requests wraps urllib3's read timeout in ConnectionError.
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
-            return True
-        cause = cause.__context__ or cause.__cause__
-        if cause is error:
-            break
-    return bool(error.args) and isinstance(error.args[0], urllib3.exceptions.ReadTimeoutError)
-
-
-def _short(error: Exception) -> str:
-    """The useful part of a requests/urllib3 error ("[Errno 111] Connection refused")."""
-    text = str(error)
-    if match := re.search(r"\[Errno -?\d+\][^'\")]*", text):
-        return match.group(0).strip()
-    if "timed out" in text.lower():
-        return "timed out"
-    if match := re.search(r"SSLError\((.{0,150})", text):
-        return "TLS error: " + match.group(1)
-    return text if len(text) < 200 else text[:200] + "..."

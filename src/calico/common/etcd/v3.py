@@ -27,8 +27,13 @@ from calico.common.etcd.base import (
     Snapshot,
     WatchEvent,
 )
-from calico.common.etcd.transport import ClusterIdGuard, Endpoints, make_session
-from calico.common.etcd.v2 import _is_read_timeout, _short
+from calico.common.etcd.transport import (
+    ClusterIdGuard,
+    Endpoints,
+    describe_error,
+    is_read_timeout,
+    make_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +117,9 @@ class EtcdV3Client:
             etcd3gw.exceptions.ConnectionTimeoutError,
             etcd3gw.exceptions.InternalServerError,
         ) as e:
-            raise EtcdUnavailable(f"{self.endpoint}: {_short(e)}") from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e)}") from None
         except etcd3gw.exceptions.Etcd3Exception as e:
-            raise EtcdRequestError(f"{self.endpoint}: {_short(e)}") from None
+            raise EtcdRequestError(f"{self.endpoint}: {describe_error(e)}") from None
         except ValueError:
             raise EtcdUnavailable(f"{self.endpoint}: answer is not JSON") from None
         self._guard.check(body.get("header", {}).get("cluster_id"))
@@ -203,7 +208,7 @@ class EtcdV3Client:
                 timeout=(self._settings.timeout, timeout),
             )
         except requests.RequestException as e:
-            raise EtcdUnavailable(f"{self.endpoint}: {_short(e)}") from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e)}") from None
         if response.status_code != 200:
             response.close()
             raise EtcdUnavailable(f"{self.endpoint}: watch HTTP {response.status_code}")
@@ -215,9 +220,9 @@ class EtcdV3Client:
         except StopIteration:
             raise EtcdUnavailable(f"{self.endpoint}: watch stream ended") from None
         except requests.RequestException as e:
-            if _is_read_timeout(e):
+            if is_read_timeout(e):
                 raise _StreamIdle() from None
-            raise EtcdUnavailable(f"{self.endpoint}: {_short(e)}") from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e)}") from None
         if not line.strip():
             return []
         try:
