@@ -1,11 +1,14 @@
 """Every key path of the Calico v1 data model in etcd; no other module builds key strings.
 
 Orchestrator -> Felix data lives under /calico/v1, Felix -> orchestrator status under
-/calico/felix/v1. This module grows with the data model (endpoints, profiles, policies...);
-for now it holds the paths Felix needs to start: the Ready flag and the config directories.
+/calico/felix/v1. The string helpers below serve
+config loading; the typed keys (`parse_key`, `Key`, `key.path`) cover everything Felix reads
+and writes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 ROOT = "/calico"
 VERSION_DIR = "/calico/v1"
@@ -41,4 +44,317 @@ def parse_config_key(key: str) -> tuple[str | None, str] | None:
     # "", "calico", "v1", "host", <hostname>, "config", <name>
     if len(parts) == 7 and key.startswith(HOST_DIR + "/") and parts[5] == "config" and parts[6]:
         return parts[4], parts[6]
+    return None
+
+
+# --- Typed keys -------------------------------------------------------------------------------
+#
+# One frozen dataclass per kind of key Felix reads (under /calico/v1) or writes (under
+# /calico/felix/v1). `key.path` formats the key; `parse_key(path)` parses one, returning None for
+# keys Felix ignores. `parse_key(k.path) == k` for every key whose ID segments are non-empty and
+# contain no "/" (IDs are "anything but /"; `path` raises ValueError otherwise).
+#
+# Parsing splits on "/" and dispatches on the fixed segments: no regular expression per key.
+
+FELIX_HOST_DIR = f"{FELIX_STATUS_DIR}/host"
+POLICY_DIR = f"{VERSION_DIR}/policy"
+PROFILE_DIR = f"{POLICY_DIR}/profile"
+TIER_DIR = f"{POLICY_DIR}/tier"
+IPAM_DIR = f"{VERSION_DIR}/ipam"
+
+
+def _seg(segment: str) -> str:
+    """An ID segment, checked so that the formatted path parses back to the same key."""
+    if not segment or "/" in segment:
+        raise ValueError(f"invalid key segment {segment!r}: must be non-empty and without '/'")
+    return segment
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyKey:
+    @property
+    def path(self) -> str:
+        return READY_KEY
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfigKey:
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"{CONFIG_DIR}/{_seg(self.name)}"
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfigKey:
+    hostname: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"{HOST_DIR}/{_seg(self.hostname)}/config/{_seg(self.name)}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadEndpointKey:
+    hostname: str
+    orchestrator: str
+    workload: str
+    endpoint: str
+
+    @property
+    def path(self) -> str:
+        return (
+            f"{HOST_DIR}/{_seg(self.hostname)}/workload/{_seg(self.orchestrator)}"
+            f"/{_seg(self.workload)}/endpoint/{_seg(self.endpoint)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HostEndpointKey:
+    hostname: str
+    endpoint: str
+
+    @property
+    def path(self) -> str:
+        return f"{HOST_DIR}/{_seg(self.hostname)}/endpoint/{_seg(self.endpoint)}"
+
+
+@dataclass(frozen=True, slots=True)
+class HostIPKey:
+    """The host's BGP (bird) IPv4 address, a plain string value."""
+
+    hostname: str
+
+    @property
+    def path(self) -> str:
+        return f"{HOST_DIR}/{_seg(self.hostname)}/bird_ip"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRulesKey:
+    profile: str
+
+    @property
+    def path(self) -> str:
+        return f"{PROFILE_DIR}/{_seg(self.profile)}/rules"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileTagsKey:
+    profile: str
+
+    @property
+    def path(self) -> str:
+        return f"{PROFILE_DIR}/{_seg(self.profile)}/tags"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileLabelsKey:
+    profile: str
+
+    @property
+    def path(self) -> str:
+        return f"{PROFILE_DIR}/{_seg(self.profile)}/labels"
+
+
+@dataclass(frozen=True, slots=True)
+class TierMetadataKey:
+    tier: str
+
+    @property
+    def path(self) -> str:
+        return f"{TIER_DIR}/{_seg(self.tier)}/metadata"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyKey:
+    tier: str
+    policy: str
+
+    @property
+    def path(self) -> str:
+        return f"{TIER_DIR}/{_seg(self.tier)}/policy/{_seg(self.policy)}"
+
+
+@dataclass(frozen=True, slots=True)
+class IPPoolKey:
+    """`/calico/v1/ipam/v<version>/pool/<pool_id>`; pool_id is the CIDR with "/" -> "-"."""
+
+    version: int
+    pool_id: str
+
+    @property
+    def path(self) -> str:
+        if self.version not in (4, 6):
+            raise ValueError(f"invalid IP version {self.version!r}")
+        return f"{IPAM_DIR}/v{self.version}/pool/{_seg(self.pool_id)}"
+
+    @classmethod
+    def for_cidr(cls, cidr: str) -> IPPoolKey:
+        return cls(6 if ":" in cidr else 4, cidr.replace("/", "-"))
+
+    @property
+    def cidr(self) -> str:
+        """The pool ID turned back into CIDR text (the last "-" becomes "/")."""
+        head, sep, tail = self.pool_id.rpartition("-")
+        return f"{head}/{tail}" if sep else self.pool_id
+
+
+@dataclass(frozen=True, slots=True)
+class FelixStatusKey:
+    """Felix's liveness report (written with a TTL)."""
+
+    hostname: str
+
+    @property
+    def path(self) -> str:
+        return f"{FELIX_HOST_DIR}/{_seg(self.hostname)}/status"
+
+
+@dataclass(frozen=True, slots=True)
+class FelixLastStatusKey:
+    """Felix's last liveness report (same value, no TTL)."""
+
+    hostname: str
+
+    @property
+    def path(self) -> str:
+        return f"{FELIX_HOST_DIR}/{_seg(self.hostname)}/last_reported_status"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadEndpointStatusKey:
+    hostname: str
+    orchestrator: str
+    workload: str
+    endpoint: str
+
+    @property
+    def path(self) -> str:
+        return (
+            f"{FELIX_HOST_DIR}/{_seg(self.hostname)}/workload/{_seg(self.orchestrator)}"
+            f"/{_seg(self.workload)}/endpoint/{_seg(self.endpoint)}"
+        )
+
+    @classmethod
+    def for_endpoint(cls, key: WorkloadEndpointKey) -> WorkloadEndpointStatusKey:
+        return cls(key.hostname, key.orchestrator, key.workload, key.endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class HostEndpointStatusKey:
+    hostname: str
+    endpoint: str
+
+    @property
+    def path(self) -> str:
+        return f"{FELIX_HOST_DIR}/{_seg(self.hostname)}/endpoint/{_seg(self.endpoint)}"
+
+    @classmethod
+    def for_endpoint(cls, key: HostEndpointKey) -> HostEndpointStatusKey:
+        return cls(key.hostname, key.endpoint)
+
+
+Key = (
+    ReadyKey
+    | GlobalConfigKey
+    | HostConfigKey
+    | WorkloadEndpointKey
+    | HostEndpointKey
+    | HostIPKey
+    | ProfileRulesKey
+    | ProfileTagsKey
+    | ProfileLabelsKey
+    | TierMetadataKey
+    | PolicyKey
+    | IPPoolKey
+    | FelixStatusKey
+    | FelixLastStatusKey
+    | WorkloadEndpointStatusKey
+    | HostEndpointStatusKey
+)
+
+_PROFILE_KEYS: dict[str, type[ProfileRulesKey | ProfileTagsKey | ProfileLabelsKey]] = {
+    "rules": ProfileRulesKey,
+    "tags": ProfileTagsKey,
+    "labels": ProfileLabelsKey,
+}
+_IP_VERSIONS = {"v4": 4, "v6": 6}
+
+
+def felix_host_status_dir(hostname: str) -> str:
+    """The directory holding everything Felix reports for one host."""
+    return f"{FELIX_HOST_DIR}/{_seg(hostname)}"
+
+
+def parse_key(path: str) -> Key | None:
+    """The typed key for an etcd path, or None for a key Felix ignores (or a malformed one)."""
+    parts = path.split("/")
+    n = len(parts)
+    # Every segment must be non-empty except the leading "" (paths are absolute).
+    if n < 4 or parts[0] or parts[1] != "calico" or "" in parts[1:]:
+        return None
+    if parts[2] == "v1":
+        return _parse_v1(parts, n)
+    if parts[2] == "felix" and parts[3] == "v1":
+        return _parse_felix_v1(parts, n)
+    return None
+
+
+def _parse_v1(parts: list[str], n: int) -> Key | None:
+    section = parts[3]
+    if section == "host":
+        if n < 6:
+            return None
+        hostname, kind = parts[4], parts[5]
+        if kind == "workload":
+            if n == 10 and parts[8] == "endpoint":
+                return WorkloadEndpointKey(hostname, parts[6], parts[7], parts[9])
+        elif kind == "endpoint":
+            if n == 7:
+                return HostEndpointKey(hostname, parts[6])
+        elif kind == "config":
+            if n == 7:
+                return HostConfigKey(hostname, parts[6])
+        elif kind == "bird_ip" and n == 6:
+            return HostIPKey(hostname)
+        return None
+    if section == "policy":
+        if n == 7 and parts[4] == "profile":
+            profile_cls = _PROFILE_KEYS.get(parts[6])
+            return profile_cls(parts[5]) if profile_cls is not None else None
+        if parts[4] == "tier":
+            if n == 7 and parts[6] == "metadata":
+                return TierMetadataKey(parts[5])
+            if n == 8 and parts[6] == "policy":
+                return PolicyKey(parts[5], parts[7])
+        return None
+    if section == "config":
+        return GlobalConfigKey(parts[4]) if n == 5 else None
+    if section == "Ready":
+        return ReadyKey() if n == 4 else None
+    if section == "ipam" and n == 7 and parts[5] == "pool":
+        version = _IP_VERSIONS.get(parts[4])
+        return IPPoolKey(version, parts[6]) if version is not None else None
+    return None
+
+
+def _parse_felix_v1(parts: list[str], n: int) -> Key | None:
+    # "", "calico", "felix", "v1", "host", <hostname>, <kind>, ...
+    if n < 7 or parts[4] != "host":
+        return None
+    hostname, kind = parts[5], parts[6]
+    if kind == "workload":
+        if n == 11 and parts[9] == "endpoint":
+            return WorkloadEndpointStatusKey(hostname, parts[7], parts[8], parts[10])
+    elif kind == "endpoint":
+        if n == 8:
+            return HostEndpointStatusKey(hostname, parts[7])
+    elif kind == "status":
+        if n == 7:
+            return FelixStatusKey(hostname)
+    elif kind == "last_reported_status" and n == 7:
+        return FelixLastStatusKey(hostname)
     return None

@@ -1,0 +1,227 @@
+"""Matching selectors against labelled items (felix.md §3.5). Pure, no I/O.
+
+Both indexes take two callbacks, ``on_match_started(sel_id, item_id)`` and
+``on_match_stopped(sel_id, item_id)``, which are idempotent: a start is reported only for a new
+match and a stop only for an existing one. The index's own state is updated before each callback.
+
+* LabelIndex: keeps ``(label, value) -> items`` so that simple selectors (one ``k == "v"`` or
+  ``k in {...}``) are matched by lookup and complex ones scan only the items that carry one of their
+  required pairs (or all items, if they have none).
+* LinearScanIndex: the obvious O(selectors x items) implementation, used as the test oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import TypeVar
+
+from calico.common.selectors import Pair, Selector
+
+__all__ = ["LabelIndex", "LinearScanIndex", "MatchCallback"]
+
+MatchCallback = Callable[[Hashable, Hashable], None]
+
+# Once a candidate bucket this small is found, stop looking for a smaller one.
+_SMALL_ENOUGH = 10
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+def _add(index: dict[_K, set[Hashable]], key: _K, member: Hashable) -> None:
+    index.setdefault(key, set()).add(member)
+
+
+def _discard(index: dict[_K, set[Hashable]], key: _K, member: Hashable) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(member)
+        if not members:
+            del index[key]
+
+
+class _MatchTracker:
+    """Selectors, item labels and the current match relation, with diff-and-report helpers."""
+
+    def __init__(self, on_match_started: MatchCallback, on_match_stopped: MatchCallback) -> None:
+        self._on_started = on_match_started
+        self._on_stopped = on_match_stopped
+        self._selectors: dict[Hashable, Selector] = {}
+        self._labels: dict[Hashable, dict[str, str]] = {}
+        self._items_by_sel: dict[Hashable, set[Hashable]] = {}
+        self._sels_by_item: dict[Hashable, set[Hashable]] = {}
+
+    # Queries
+
+    def matches(self, sel_id: Hashable) -> frozenset[Hashable]:
+        """IDs of the items the selector currently matches (empty if unknown)."""
+        return frozenset(self._items_by_sel.get(sel_id, ()))
+
+    def selectors_for(self, item_id: Hashable) -> frozenset[Hashable]:
+        """IDs of the selectors currently matching the item (empty if unknown)."""
+        return frozenset(self._sels_by_item.get(item_id, ()))
+
+    # Match bookkeeping
+
+    def _start(self, sel_id: Hashable, item_id: Hashable) -> None:
+        self._items_by_sel.setdefault(sel_id, set()).add(item_id)
+        self._sels_by_item.setdefault(item_id, set()).add(sel_id)
+        self._on_started(sel_id, item_id)
+
+    def _stop(self, sel_id: Hashable, item_id: Hashable) -> None:
+        _discard(self._items_by_sel, sel_id, item_id)
+        _discard(self._sels_by_item, item_id, sel_id)
+        self._on_stopped(sel_id, item_id)
+
+    def _set_selector_matches(self, sel_id: Hashable, items: Iterable[Hashable]) -> None:
+        new = set(items)
+        old = set(self._items_by_sel.get(sel_id, ()))
+        for item_id in old - new:
+            self._stop(sel_id, item_id)
+        for item_id in new - old:
+            self._start(sel_id, item_id)
+
+    def _set_item_matches(self, item_id: Hashable, sel_ids: Iterable[Hashable]) -> None:
+        new = set(sel_ids)
+        old = set(self._sels_by_item.get(item_id, ()))
+        for sel_id in old - new:
+            self._stop(sel_id, item_id)
+        for sel_id in new - old:
+            self._start(sel_id, item_id)
+
+
+class LinearScanIndex(_MatchTracker):
+    """Reference implementation: every change re-evaluates against everything."""
+
+    def update_selector(self, sel_id: Hashable, selector: Selector) -> None:
+        self._selectors[sel_id] = selector
+        self._set_selector_matches(
+            sel_id, (i for i, labels in self._labels.items() if selector.evaluate(labels))
+        )
+
+    def remove_selector(self, sel_id: Hashable) -> None:
+        if self._selectors.pop(sel_id, None) is not None:
+            self._set_selector_matches(sel_id, ())
+
+    def update_labels(self, item_id: Hashable, labels: Mapping[str, str]) -> None:
+        labels = dict(labels)
+        self._labels[item_id] = labels
+        self._set_item_matches(
+            item_id, (s for s, sel in self._selectors.items() if sel.evaluate(labels))
+        )
+
+    def remove_labels(self, item_id: Hashable) -> None:
+        if self._labels.pop(item_id, None) is not None:
+            self._set_item_matches(item_id, ())
+
+
+class LabelIndex(_MatchTracker):
+    """Label-value index (the [1.4] ``LabelValueIndex`` algorithm)."""
+
+    def __init__(self, on_match_started: MatchCallback, on_match_stopped: MatchCallback) -> None:
+        super().__init__(on_match_started, on_match_stopped)
+        # (label, value) -> items carrying that pair.
+        self._items_by_pair: dict[Pair, set[Hashable]] = {}
+        # Simple selectors: their pairs, and (label, value) -> simple selectors listing it.
+        self._simple_pairs: dict[Hashable, frozenset[Pair]] = {}
+        self._simple_by_pair: dict[Pair, set[Hashable]] = {}
+        # Complex selectors with required pairs are filed under one of them (any match must
+        # carry it); those without are evaluated against every changed item.
+        self._complex_key: dict[Hashable, Pair] = {}
+        self._complex_by_pair: dict[Pair, set[Hashable]] = {}
+        self._complex_unkeyed: set[Hashable] = set()
+
+    # Selectors
+
+    def update_selector(self, sel_id: Hashable, selector: Selector) -> None:
+        if self._selectors.get(sel_id) == selector:
+            return
+        self._unindex_selector(sel_id)
+        self._selectors[sel_id] = selector
+        simple = selector.simple_pairs()
+        if simple is not None:
+            self._simple_pairs[sel_id] = simple
+            for pair in simple:
+                _add(self._simple_by_pair, pair, sel_id)
+            new: set[Hashable] = set()
+            for pair in simple:
+                new |= self._items_by_pair.get(pair, set())
+            self._set_selector_matches(sel_id, new)
+            return
+        required = selector.required_pairs()
+        if required:
+            key = self._smallest_pair(required)
+            self._complex_key[sel_id] = key
+            _add(self._complex_by_pair, key, sel_id)
+            candidates: Iterable[Hashable] = self._items_by_pair.get(key, set())
+        else:
+            self._complex_unkeyed.add(sel_id)
+            candidates = self._labels
+        labels = self._labels
+        self._set_selector_matches(sel_id, [i for i in candidates if selector.evaluate(labels[i])])
+
+    def remove_selector(self, sel_id: Hashable) -> None:
+        if sel_id not in self._selectors:
+            return
+        self._unindex_selector(sel_id)
+        del self._selectors[sel_id]
+        self._set_selector_matches(sel_id, ())
+
+    def _smallest_pair(self, pairs: frozenset[Pair]) -> Pair:
+        best: Pair | None = None
+        best_size = 0
+        for pair in sorted(pairs):
+            size = len(self._items_by_pair.get(pair, ()))
+            if best is None or size < best_size:
+                best, best_size = pair, size
+                if size < _SMALL_ENOUGH:
+                    break
+        assert best is not None
+        return best
+
+    def _unindex_selector(self, sel_id: Hashable) -> None:
+        simple = self._simple_pairs.pop(sel_id, None)
+        if simple is not None:
+            for pair in simple:
+                _discard(self._simple_by_pair, pair, sel_id)
+        key = self._complex_key.pop(sel_id, None)
+        if key is not None:
+            _discard(self._complex_by_pair, key, sel_id)
+        self._complex_unkeyed.discard(sel_id)
+
+    # Items
+
+    def update_labels(self, item_id: Hashable, labels: Mapping[str, str]) -> None:
+        new_labels = dict(labels)
+        old_labels = self._labels.get(item_id)
+        if old_labels == new_labels:
+            return
+        if old_labels is not None:
+            for pair in old_labels.items():
+                _discard(self._items_by_pair, pair, item_id)
+        self._labels[item_id] = new_labels
+        pairs = list(new_labels.items())
+        for pair in pairs:
+            _add(self._items_by_pair, pair, item_id)
+
+        matched: set[Hashable] = set()
+        # Simple selectors under the item's pairs match by construction.
+        for pair in pairs:
+            matched |= self._simple_by_pair.get(pair, set())
+        # The only other selectors that can match: complex ones keyed by one of the item's pairs
+        # and complex ones with no required pairs. Previous matches need no re-evaluation here:
+        # any that are not found again are stopped by the diff in _set_item_matches.
+        candidates = set(self._complex_unkeyed)
+        for pair in pairs:
+            candidates |= self._complex_by_pair.get(pair, set())
+        candidates -= matched
+        selectors = self._selectors
+        matched.update(s for s in candidates if selectors[s].evaluate(new_labels))
+        self._set_item_matches(item_id, matched)
+
+    def remove_labels(self, item_id: Hashable) -> None:
+        old_labels = self._labels.pop(item_id, None)
+        if old_labels is None:
+            return
+        for pair in old_labels.items():
+            _discard(self._items_by_pair, pair, item_id)
+        self._set_item_matches(item_id, ())
