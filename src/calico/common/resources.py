@@ -11,7 +11,6 @@ become their decimal text); collections are tuples; label maps are immutable `La
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import json
 import math
@@ -31,13 +30,13 @@ from calico.common.datamodel_v1 import (
     TierMetadataKey,
     WorkloadEndpointKey,
 )
+from calico.common.selectors import LABEL_NAME_RE, parse_selector
 
 # A selector check: raises ValueError (e.g. selectors.BadSelector) for a bad expression.
 SelectorValidator = Callable[[str], object]
 
 ID_RE = re.compile(r"[a-zA-Z0-9_.-]+")  # profile, tag, tier, policy and endpoint IDs
 INTERFACE_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,15}")
-LABEL_NAME_RE = re.compile(r"[a-zA-Z0-9_./-]+")
 POOL_ID_RE = re.compile(r"[0-9.:a-fA-F-]{1,43}")
 _LOG_PREFIX_BAD_CHARS_RE = re.compile(r"[^a-zA-Z0-9_:-]")
 _MAC_GROUPS_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
@@ -222,33 +221,10 @@ class IPPool:
 
 # --- Selector validation -----------------------------------------------------------------------
 
-_selector_parser: SelectorValidator | None = None
-
-
-def default_selector_validator() -> SelectorValidator | None:
-    """`calico.common.selectors.parse_selector` if that module is importable, else None.
-
-    With None, selector strings are accepted unchecked (only their type is validated).
-    """
-    global _selector_parser  # noqa: PLW0603 - cache of a lazily imported function
-    if _selector_parser is None:
-        try:
-            module = importlib.import_module("calico.common.selectors")
-        except ImportError:
-            return None
-        parser = getattr(module, "parse_selector", None)
-        if callable(parser):
-            _selector_parser = parser
-    return _selector_parser
-
 
 def validate_selector(text: str) -> object:
-    """The default selector check: the selectors module's parser, or no check if it is absent.
-
-    TODO: once calico.common.selectors always exists, import parse_selector directly.
-    """
-    parser = default_selector_validator()
-    return None if parser is None else parser(text)
+    """The default selector check: raises BadSelector (a ValueError) for a bad expression."""
+    return parse_selector(text)
 
 
 def _check_selector(text: str, validator: SelectorValidator | None) -> str | None:

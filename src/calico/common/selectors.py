@@ -275,7 +275,8 @@ class Selector:
 # --------------------------------------------------------------------------------------------------
 # Parser
 
-_LABEL_RE: Final = re.compile(r"[a-zA-Z0-9_./-]+")
+# Label names, here and wherever labels are validated (resources.py).
+LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z0-9_./-]+")
 _PUNCT: Final = ("||", "&&", "==", "!=", "!", "(", ")", "{", "}", ",")
 _WORD = "word"
 _STRING = "string"
@@ -313,7 +314,7 @@ def _tokenize(text: str) -> list[_Token]:
             tokens.append(_Token(_STRING, text[pos + 1 : end], pos))
             pos = end + 1
             continue
-        match = _LABEL_RE.match(text, pos)
+        match = LABEL_NAME_RE.match(text, pos)
         if match:
             tokens.append(_Token(_WORD, match.group(), pos))
             pos = match.end()
