@@ -1,0 +1,288 @@
+"""The calculation graph: datastore updates in, ordered dataplane messages out.
+
+Pure: no I/O, threads or clocks. The caller feeds it `(key path, value or None)` updates and sync
+status changes, and calls `flush()` whenever it wants the resulting messages (after each batch from
+the syncer). The design and the message contract are in docs/design/calc-graph.md.
+
+Wiring, in the order an update flows:
+
+    dispatcher (parse key, validate value; invalid = deleted)
+      ├─ config / Ready ─────────────────────────────────────────────────────► sequencer
+      ├─ IP pools, host bird_ip ─────────────────────────────────────────────► sequencer
+      ├─ endpoints (every host) ─► label inheritance ─► selector index ─┐
+      │                         └─► tag index ───────────────────────────┼─► member calculator ─┐
+      │                         └─► member calculator (endpoint IPs) ────┘                      │
+      ├─ local endpoints only ───► active rules (policy index, profiles) ─► rule scanner       │
+      │                              (activates the IP sets above)     └─► policy resolver ──┤
+      └─ profiles, policies, tiers ──► active rules                                           ▼
+                                                                                         sequencer
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+from types import MappingProxyType
+from typing import TypeVar
+
+from calico.common import resources as res
+from calico.common.datamodel_v1 import (
+    READY_VALUE,
+    GlobalConfigKey,
+    HostConfigKey,
+    HostEndpointKey,
+    HostIPKey,
+    IPPoolKey,
+    Key,
+    PolicyKey,
+    ProfileLabelsKey,
+    ProfileRulesKey,
+    ProfileTagsKey,
+    ReadyKey,
+    TierMetadataKey,
+    WorkloadEndpointKey,
+    parse_key,
+)
+from calico.common.etcd.syncer import SyncStatus
+from calico.common.labelindex import LabelIndex
+from calico.common.selectors import Selector
+from calico.felix.calc import messages as m
+from calico.felix.calc.active import ActiveRulesCalculator, Endpoint, EndpointKey
+from calico.felix.calc.members import MemberCalculator, TagIndex
+from calico.felix.calc.rules import IPSetSource
+from calico.felix.calc.sequencer import EventSequencer
+
+log = logging.getLogger(__name__)
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def endpoint_ips(endpoint: Endpoint) -> frozenset[str]:
+    """The addresses an endpoint contributes to IP sets: a workload's nets without their prefix
+    length; a host endpoint's expected addresses (felix.md §3.6)."""
+    if isinstance(endpoint, res.WorkloadEndpoint):
+        return frozenset(net.split("/")[0] for net in endpoint.ipv4_nets + endpoint.ipv6_nets)
+    return frozenset(endpoint.expected_ipv4_addrs + endpoint.expected_ipv6_addrs)
+
+
+class CalcGraph:
+    def __init__(self, hostname: str, interface_prefixes: Iterable[str]) -> None:
+        self._hostname = hostname
+        self._interface_prefixes = tuple(interface_prefixes)
+        self.sequencer = EventSequencer()
+        self._members = MemberCalculator(self.sequencer)
+        # Rule selectors and tags x endpoints on every host -> IP-set membership.
+        self._selector_index = LabelIndex(self._set_match_started, self._set_match_stopped)
+        self._tag_index = TagIndex(self._members.match_started, self._members.match_stopped)
+        self.active = ActiveRulesCalculator(
+            self.sequencer, self._activate_set, self._deactivate_set
+        )
+        self._endpoints: dict[EndpointKey, Endpoint] = {}
+        self._endpoints_by_profile: dict[str, set[EndpointKey]] = {}
+        self._profile_labels: dict[str, res.Labels] = {}
+        self._global_config: dict[str, str] = {}
+        self._host_config: dict[str, str] = {}
+        self._config_changed = False
+        self._ready: bool | None = None
+
+    # --- Inputs --------------------------------------------------------------------------------
+
+    def on_status(self, status: SyncStatus) -> None:
+        if status == SyncStatus.IN_SYNC:
+            self.sequencer.on_datastore_in_sync()
+
+    def on_updates(self, updates: Iterable[tuple[str, str | None]]) -> None:
+        for path, value in updates:
+            self.on_update(path, value)
+
+    def on_update(self, path: str, value: str | None) -> None:
+        key = parse_key(path)
+        if key is not None:
+            self._dispatch(key, value)
+
+    def flush(self) -> list[m.Message]:
+        if self._config_changed:
+            self.sequencer.on_config(
+                m.ConfigUpdate(
+                    MappingProxyType(dict(self._global_config)),
+                    MappingProxyType(dict(self._host_config)),
+                )
+            )
+            self._config_changed = False
+        self.active.resolve_dirty_endpoints()
+        return self.sequencer.flush()
+
+    # --- Dispatcher ----------------------------------------------------------------------------
+
+    def _dispatch(self, key: Key, value: str | None) -> None:
+        match key:
+            case WorkloadEndpointKey():
+                endpoint = _parsed(res.parse_workload_endpoint, value, key)
+                if endpoint is not None and not self._valid_local_name(key, endpoint):
+                    endpoint = None
+                self._update_endpoint(key, endpoint)
+            case HostEndpointKey():
+                self._update_endpoint(key, _parsed(res.parse_host_endpoint, value, key))
+            case ProfileRulesKey(profile):
+                rules = _parsed(res.parse_profile_rules, value, key)
+                self.active.update_profile_rules(profile, rules)
+            case ProfileTagsKey(profile):
+                tags = _parsed(res.parse_profile_tags, value, key)
+                self._tag_index.update_profile_tags(profile, tags or ())
+            case ProfileLabelsKey(profile):
+                labels = _parsed(res.parse_profile_labels, value, key)
+                self._update_profile_labels(profile, labels)
+            case TierMetadataKey(tier):
+                self.active.update_tier(tier, _parsed(res.parse_tier_metadata, value, key))
+            case PolicyKey():
+                self.active.update_policy(key, _parsed(res.parse_policy, value, key))
+            case IPPoolKey():
+                pool = _parsed(res.parse_ip_pool, value, key)
+                if pool is None:
+                    self.sequencer.pools.remove(key)
+                else:
+                    self.sequencer.pools.update(key, m.IPPoolUpdate(key, pool))
+            case HostIPKey(hostname):
+                self._update_host_ip(hostname, value)
+            case GlobalConfigKey(name):
+                self._update_config(self._global_config, name, value)
+            case HostConfigKey(hostname, name) if hostname == self._hostname:
+                self._update_config(self._host_config, name, value)
+            case ReadyKey():
+                ready = None if value is None else value == READY_VALUE
+                if ready != self._ready:
+                    self._ready = ready
+                    self.sequencer.on_ready(ready)
+            case _:
+                pass  # other hosts' config, Felix's own status keys
+
+    def _valid_local_name(self, key: WorkloadEndpointKey, endpoint: res.WorkloadEndpoint) -> bool:
+        if key.hostname != self._hostname or endpoint.name.startswith(self._interface_prefixes):
+            return True
+        log.warning(
+            "Invalid workload endpoint %s: interface %r does not start with any InterfacePrefix "
+            "(%s); treating it as deleted",
+            key.path,
+            endpoint.name,
+            ",".join(self._interface_prefixes),
+        )
+        return False
+
+    def _update_config(self, config: dict[str, str], name: str, value: str | None) -> None:
+        if config.get(name) == value:
+            return
+        if value is None:
+            del config[name]
+        else:
+            config[name] = value
+        self._config_changed = True
+
+    def _update_host_ip(self, hostname: str, value: str | None) -> None:
+        address: str | None = None
+        if value is not None:
+            try:
+                address = str(ipaddress.IPv4Address(value.strip()))
+            except ValueError:
+                log.warning(
+                    "Invalid bird_ip %r for host %s; treating it as deleted", value, hostname
+                )
+        if address is None:
+            self.sequencer.host_metadata.remove(hostname)
+        else:
+            self.sequencer.host_metadata.update(hostname, m.HostMetadataUpdate(hostname, address))
+
+    # --- Endpoints and label inheritance ---------------------------------------------------------
+
+    def _update_endpoint(self, key: EndpointKey, endpoint: Endpoint | None) -> None:
+        old = self._endpoints.get(key)
+        if old == endpoint:
+            return
+        old_profiles = old.profile_ids if old is not None else ()
+        if endpoint is None:
+            del self._endpoints[key]
+        else:
+            self._endpoints[key] = endpoint
+        new_profiles = endpoint.profile_ids if endpoint is not None else ()
+        for profile_id in set(old_profiles) - set(new_profiles):
+            users = self._endpoints_by_profile[profile_id]
+            users.discard(key)
+            if not users:
+                del self._endpoints_by_profile[profile_id]
+        for profile_id in new_profiles:
+            self._endpoints_by_profile.setdefault(profile_id, set()).add(key)
+
+        # IPs first, so that matches started or stopped below count the endpoint's new IPs.
+        self._members.update_endpoint_ips(
+            key, endpoint_ips(endpoint) if endpoint is not None else frozenset()
+        )
+        if endpoint is None:
+            self._tag_index.remove_endpoint(key)
+            self._selector_index.remove_labels(key)
+            labels = None
+        else:
+            self._tag_index.update_endpoint(key, endpoint.profile_ids)
+            labels = self._merged_labels(endpoint)
+            self._selector_index.update_labels(key, labels)
+        if key.hostname == self._hostname:
+            self.active.update_local_endpoint(key, endpoint, labels)
+
+    def _update_profile_labels(self, profile_id: str, labels: res.Labels | None) -> None:
+        if self._profile_labels.get(profile_id) == labels:
+            return
+        if labels is None:
+            del self._profile_labels[profile_id]
+        else:
+            self._profile_labels[profile_id] = labels
+        for key in self._endpoints_by_profile.get(profile_id, ()):
+            merged = self._merged_labels(self._endpoints[key])
+            self._selector_index.update_labels(key, merged)
+            if key.hostname == self._hostname:
+                self.active.update_local_labels(key, merged)
+
+    def _merged_labels(self, endpoint: Endpoint) -> res.Labels:
+        """Profiles' labels in list order (later wins), then the endpoint's own (felix.md §3.4)."""
+        if not endpoint.profile_ids:
+            return endpoint.labels
+        merged: dict[str, str] = {}
+        for profile_id in endpoint.profile_ids:
+            merged.update(self._profile_labels.get(profile_id, res.EMPTY_LABELS))
+        merged.update(endpoint.labels)
+        return res.Labels(merged)
+
+    # --- IP sets -------------------------------------------------------------------------------
+
+    def _activate_set(self, set_id: str, source: IPSetSource) -> None:
+        self._members.set_activated(set_id)
+        if isinstance(source, Selector):
+            self._selector_index.update_selector(set_id, source)
+        else:
+            self._tag_index.activate(source)
+
+    def _deactivate_set(self, set_id: str, source: IPSetSource) -> None:
+        if isinstance(source, Selector):
+            self._selector_index.remove_selector(set_id)
+        else:
+            self._tag_index.deactivate(source)
+        self._members.set_deactivated(set_id)
+
+    def _set_match_started(self, set_id: object, endpoint: object) -> None:
+        assert isinstance(set_id, str)
+        self._members.match_started(set_id, endpoint)  # type: ignore[arg-type]
+
+    def _set_match_stopped(self, set_id: object, endpoint: object) -> None:
+        assert isinstance(set_id, str)
+        self._members.match_stopped(set_id, endpoint)  # type: ignore[arg-type]
+
+
+def _parsed(parser: Callable[[str, _K], _V], value: str | None, key: _K) -> _V | None:
+    """The validated value, or None for a deleted key or an invalid value (logged once per write;
+    felix.md §2.9: invalid data is treated as if the key were deleted)."""
+    if value is None:
+        return None
+    try:
+        return parser(value, key)
+    except res.InvalidValue as e:
+        log.warning("%s; treating it as deleted", e)
+        return None

@@ -1,0 +1,159 @@
+"""IP-set membership: which endpoints carry each active tag, and which IPs each active set holds.
+
+* `TagIndex` answers "which endpoints (on any host) have tag T", through their profiles: an
+  endpoint has every tag of every profile it lists (felix.md §2.4). It reports match start/stop for
+  active tags only, like the selector `LabelIndex` does for active selectors.
+* `MemberCalculator` turns (set, endpoint) matches into IP members. One IP can come from several
+  endpoints (or one endpoint twice, through a tag and a selector set), so each (set, IP) is
+  reference-counted and leaves the set only with its last owner (§3.6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+
+from calico.common.selectors import tag_id
+from calico.felix.calc.sequencer import EventSequencer
+
+MatchCallback = Callable[[str, Hashable], None]
+
+
+class TagIndex:
+    def __init__(self, on_match_started: MatchCallback, on_match_stopped: MatchCallback) -> None:
+        self._on_started = on_match_started
+        self._on_stopped = on_match_stopped
+        self._profile_tags: dict[str, frozenset[str]] = {}
+        self._endpoint_profiles: dict[Hashable, tuple[str, ...]] = {}
+        self._endpoints_by_profile: dict[str, set[Hashable]] = {}
+        self._endpoint_tags: dict[Hashable, frozenset[str]] = {}
+        self._endpoints_by_tag: dict[str, set[Hashable]] = {}
+        self._active: set[str] = set()
+
+    def update_profile_tags(self, profile_id: str, tags: Iterable[str]) -> None:
+        new = frozenset(tags)
+        if self._profile_tags.get(profile_id, frozenset()) == new:
+            return
+        if new:
+            self._profile_tags[profile_id] = new
+        else:
+            self._profile_tags.pop(profile_id, None)
+        for endpoint in list(self._endpoints_by_profile.get(profile_id, ())):
+            self._recalculate(endpoint)
+
+    def update_endpoint(self, endpoint: Hashable, profile_ids: tuple[str, ...]) -> None:
+        old = self._endpoint_profiles.get(endpoint, ())
+        if old == profile_ids and endpoint in self._endpoint_profiles:
+            return
+        for profile_id in old:
+            self._drop_user(profile_id, endpoint)
+        self._endpoint_profiles[endpoint] = profile_ids
+        for profile_id in profile_ids:
+            self._endpoints_by_profile.setdefault(profile_id, set()).add(endpoint)
+        self._recalculate(endpoint)
+
+    def remove_endpoint(self, endpoint: Hashable) -> None:
+        for profile_id in self._endpoint_profiles.pop(endpoint, ()):
+            self._drop_user(profile_id, endpoint)
+        self._recalculate(endpoint)
+
+    def activate(self, tag: str) -> None:
+        self._active.add(tag)
+        for endpoint in self._endpoints_by_tag.get(tag, ()):
+            self._on_started(tag_id(tag), endpoint)
+
+    def deactivate(self, tag: str) -> None:
+        self._active.discard(tag)
+        for endpoint in self._endpoints_by_tag.get(tag, ()):
+            self._on_stopped(tag_id(tag), endpoint)
+
+    def _drop_user(self, profile_id: str, endpoint: Hashable) -> None:
+        users = self._endpoints_by_profile.get(profile_id)
+        if users is not None:
+            users.discard(endpoint)
+            if not users:
+                del self._endpoints_by_profile[profile_id]
+
+    def _recalculate(self, endpoint: Hashable) -> None:
+        new: frozenset[str] = frozenset()
+        for profile_id in self._endpoint_profiles.get(endpoint, ()):
+            new |= self._profile_tags.get(profile_id, frozenset())
+        old = self._endpoint_tags.get(endpoint, frozenset())
+        if new:
+            self._endpoint_tags[endpoint] = new
+        else:
+            self._endpoint_tags.pop(endpoint, None)
+        for tag in old - new:
+            holders = self._endpoints_by_tag[tag]
+            holders.discard(endpoint)
+            if not holders:
+                del self._endpoints_by_tag[tag]
+            if tag in self._active:
+                self._on_stopped(tag_id(tag), endpoint)
+        for tag in new - old:
+            self._endpoints_by_tag.setdefault(tag, set()).add(endpoint)
+            if tag in self._active:
+                self._on_started(tag_id(tag), endpoint)
+
+
+class MemberCalculator:
+    """Reference-counted members of the active IP sets, reported to the sequencer as they change."""
+
+    def __init__(self, sequencer: EventSequencer) -> None:
+        self._sequencer = sequencer
+        self._endpoint_ips: dict[Hashable, frozenset[str]] = {}
+        self._sets_by_endpoint: dict[Hashable, set[str]] = {}
+        self._counts: dict[str, dict[str, int]] = {}
+
+    def set_activated(self, set_id: str) -> None:
+        self._counts[set_id] = {}
+        self._sequencer.add_ip_set(set_id)
+
+    def set_deactivated(self, set_id: str) -> None:
+        # The indexes have already stopped every match, so the set is empty by now.
+        del self._counts[set_id]
+        self._sequencer.remove_ip_set(set_id)
+
+    def match_started(self, set_id: str, endpoint: Hashable) -> None:
+        self._sets_by_endpoint.setdefault(endpoint, set()).add(set_id)
+        for ip in self._endpoint_ips.get(endpoint, ()):
+            self._increment(set_id, ip)
+
+    def match_stopped(self, set_id: str, endpoint: Hashable) -> None:
+        sets = self._sets_by_endpoint[endpoint]
+        sets.discard(set_id)
+        if not sets:
+            del self._sets_by_endpoint[endpoint]
+        for ip in self._endpoint_ips.get(endpoint, ()):
+            self._decrement(set_id, ip)
+
+    def update_endpoint_ips(self, endpoint: Hashable, ips: frozenset[str]) -> None:
+        """Set an endpoint's IPs; call before its labels/tags change so that matches started or
+        stopped by the label change count the new IPs."""
+        old = self._endpoint_ips.get(endpoint, frozenset())
+        if old == ips:
+            return
+        if ips:
+            self._endpoint_ips[endpoint] = ips
+        else:
+            self._endpoint_ips.pop(endpoint, None)
+        for set_id in self._sets_by_endpoint.get(endpoint, ()):
+            for ip in old - ips:
+                self._decrement(set_id, ip)
+            for ip in ips - old:
+                self._increment(set_id, ip)
+
+    def _increment(self, set_id: str, ip: str) -> None:
+        counts = self._counts[set_id]
+        count = counts.get(ip, 0)
+        counts[ip] = count + 1
+        if count == 0:
+            self._sequencer.add_member(set_id, ip)
+
+    def _decrement(self, set_id: str, ip: str) -> None:
+        counts = self._counts[set_id]
+        count = counts[ip] - 1
+        if count:
+            counts[ip] = count
+        else:
+            del counts[ip]
+            self._sequencer.remove_member(set_id, ip)

@@ -1,0 +1,205 @@
+"""The calc graph's output stage: coalesce changes, then emit them in dependency order.
+
+The graph's nodes call the `EventSequencer` as things change; nothing leaves until `flush()`.
+Between flushes, changes to the same object collapse (an update then a removal of something never
+sent emits nothing; a member added then removed emits nothing). `flush()` emits, in this order:
+
+1. `ConfigUpdate`, `ReadyUpdate` (these are sent even before the first in-sync);
+2. host metadata and IP pools (removals, then updates);
+3. new IP sets with their full membership, then member deltas of IP sets already sent;
+4. policy updates, then profile updates (their IP sets now exist);
+5. endpoint updates (their policies and profiles now exist), then endpoint removals;
+6. profile removals, then policy removals (no endpoint lists them any more);
+7. IP-set removals (no policy or profile uses them any more);
+8. `InSync`, after the first flush that follows the datastore's first in-sync.
+
+Until the datastore is first in sync, only step 1 is emitted: everything else stays pending, so
+the dataplane never programs partial state (felix.md §4.4). Calls that break the contract (a member
+of an unknown set, a set activated twice) raise `ContractError`: they are bugs in the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
+from calico.felix.calc import messages as m
+
+_Id = TypeVar("_Id", bound=Hashable)
+_Msg = TypeVar("_Msg")
+
+
+class ContractError(AssertionError):
+    """The graph called the sequencer in a way that would break the dataplane contract."""
+
+
+class _Pending(Generic[_Id, _Msg]):
+    """Pending updates and removals of one kind of object, and which IDs the dataplane knows."""
+
+    def __init__(self) -> None:
+        self.updates: dict[_Id, _Msg] = {}
+        self.removals: set[_Id] = set()
+        self.sent: set[_Id] = set()
+
+    def update(self, key: _Id, message: _Msg) -> None:
+        self.updates[key] = message
+        self.removals.discard(key)
+
+    def remove(self, key: _Id) -> None:
+        self.updates.pop(key, None)
+        if key in self.sent:
+            self.removals.add(key)
+
+    def take_updates(self) -> list[_Msg]:
+        messages = list(self.updates.values())
+        self.sent.update(self.updates)
+        self.updates.clear()
+        return messages
+
+    def take_removals(self) -> list[_Id]:
+        removed = sorted(self.removals, key=repr)  # deterministic output order
+        self.sent.difference_update(removed)
+        self.removals.clear()
+        return removed
+
+
+class EventSequencer:
+    def __init__(self) -> None:
+        self._in_sync = False
+        self._sent_in_sync = False
+        self._config: m.ConfigUpdate | None = None
+        self._ready: m.ReadyUpdate | None = None
+        self.host_metadata: _Pending[str, m.HostMetadataUpdate] = _Pending()
+        self.pools: _Pending[IPPoolKey, m.IPPoolUpdate] = _Pending()
+        self.policies: _Pending[PolicyKey, m.ActivePolicyUpdate] = _Pending()
+        self.profiles: _Pending[str, m.ActiveProfileUpdate] = _Pending()
+        self.workload_endpoints: _Pending[WorkloadEndpointKey, m.WorkloadEndpointUpdate] = (
+            _Pending()
+        )
+        self.host_endpoints: _Pending[HostEndpointKey, m.HostEndpointUpdate] = _Pending()
+        # IP sets: current members of every active set; which sets the dataplane has; sets that
+        # are active but not yet sent; sent sets to remove; per sent set, members to add/remove.
+        self._members: dict[str, set[str]] = {}
+        self._sent_sets: set[str] = set()
+        self._new_sets: set[str] = set()
+        self._removed_sets: set[str] = set()
+        self._added: dict[str, set[str]] = {}
+        self._removed: dict[str, set[str]] = {}
+
+    # --- Inputs ------------------------------------------------------------------------------
+
+    def on_datastore_in_sync(self) -> None:
+        self._in_sync = True
+
+    def on_config(self, update: m.ConfigUpdate) -> None:
+        self._config = update
+
+    def on_ready(self, ready: bool | None) -> None:
+        self._ready = m.ReadyUpdate(ready)
+
+    def add_ip_set(self, set_id: str) -> None:
+        if set_id in self._removed_sets:
+            # Sent, deactivated and reactivated within one flush: the dataplane still has the
+            # set; the pending deltas (members removed, then re-added) bring it up to date.
+            self._removed_sets.discard(set_id)
+            self._members[set_id] = set()
+            return
+        if set_id in self._members:
+            raise ContractError(f"IP set {set_id} activated twice")
+        self._members[set_id] = set()
+        if set_id not in self._sent_sets:
+            self._new_sets.add(set_id)
+
+    def remove_ip_set(self, set_id: str) -> None:
+        members = self._members.pop(set_id, None)
+        if members is None:
+            raise ContractError(f"unknown IP set {set_id} removed")
+        if members:
+            raise ContractError(f"IP set {set_id} removed while it still has members")
+        if set_id in self._new_sets:
+            self._new_sets.discard(set_id)
+        else:
+            self._removed_sets.add(set_id)
+
+    def add_member(self, set_id: str, member: str) -> None:
+        members = self._members.get(set_id)
+        if members is None:
+            raise ContractError(f"member {member} added to unknown IP set {set_id}")
+        if member in members:
+            raise ContractError(f"member {member} added twice to IP set {set_id}")
+        members.add(member)
+        if set_id in self._new_sets:
+            return
+        removed = self._removed.get(set_id)
+        if removed is not None and member in removed:
+            removed.discard(member)
+        else:
+            self._added.setdefault(set_id, set()).add(member)
+
+    def remove_member(self, set_id: str, member: str) -> None:
+        members = self._members.get(set_id)
+        if members is None or member not in members:
+            raise ContractError(f"member {member} removed from IP set {set_id} but absent")
+        members.discard(member)
+        if set_id in self._new_sets:
+            return
+        added = self._added.get(set_id)
+        if added is not None and member in added:
+            added.discard(member)
+        else:
+            self._removed.setdefault(set_id, set()).add(member)
+
+    def ip_set_members(self, set_id: str) -> frozenset[str]:
+        return frozenset(self._members.get(set_id, ()))
+
+    # --- Output ------------------------------------------------------------------------------
+
+    def flush(self) -> list[m.Message]:
+        out: list[m.Message] = []
+        if self._config is not None:
+            out.append(self._config)
+            self._config = None
+        if self._ready is not None:
+            out.append(self._ready)
+            self._ready = None
+        if not self._in_sync:
+            return out
+        out.extend(m.HostMetadataRemove(h) for h in self.host_metadata.take_removals())
+        out.extend(self.host_metadata.take_updates())
+        out.extend(m.IPPoolRemove(p) for p in self.pools.take_removals())
+        out.extend(self.pools.take_updates())
+        self._flush_ip_set_additions(out)
+        out.extend(self.policies.take_updates())
+        out.extend(self.profiles.take_updates())
+        out.extend(self.workload_endpoints.take_updates())
+        out.extend(self.host_endpoints.take_updates())
+        out.extend(m.WorkloadEndpointRemove(e) for e in self.workload_endpoints.take_removals())
+        out.extend(m.HostEndpointRemove(e) for e in self.host_endpoints.take_removals())
+        out.extend(m.ActiveProfileRemove(p) for p in self.profiles.take_removals())
+        out.extend(m.ActivePolicyRemove(p) for p in self.policies.take_removals())
+        for set_id in sorted(self._removed_sets):
+            out.append(m.IPSetRemove(set_id))
+            self._sent_sets.discard(set_id)
+            self._added.pop(set_id, None)
+            self._removed.pop(set_id, None)
+        self._removed_sets.clear()
+        if not self._sent_in_sync:
+            out.append(m.InSync())
+            self._sent_in_sync = True
+        return out
+
+    def _flush_ip_set_additions(self, out: list[m.Message]) -> None:
+        for set_id in sorted(self._new_sets):
+            out.append(m.IPSetUpdate(set_id, frozenset(self._members[set_id])))
+        self._sent_sets.update(self._new_sets)
+        self._new_sets.clear()
+        for set_id in sorted(self._added.keys() | self._removed.keys()):
+            if set_id in self._removed_sets:
+                continue  # about to be removed: its deltas are moot
+            added = frozenset(self._added.get(set_id, ()))
+            removed = frozenset(self._removed.get(set_id, ()))
+            if added or removed:
+                out.append(m.IPSetDeltaUpdate(set_id, added, removed))
+        self._added.clear()
+        self._removed.clear()
