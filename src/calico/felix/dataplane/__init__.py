@@ -1,0 +1,1 @@
+"""The dataplane driver: programs iptables, ipsets, routes and interfaces from calc messages."""

@@ -1,0 +1,513 @@
+"""Reconciling ipset driver for one IP version (felix.md §5.7, §4.4).
+
+API model
+    :class:`IpsetTable` is declarative. The caller says what each set should contain, keyed by
+    the calc graph's set IDs (``s:...`` selector / ``t:...`` tag sets, always ``hash:ip``), or by
+    a fixed kernel name for Felix's own sets (the ``hash:net`` IPAM pool sets):
+    :meth:`~IpsetTable.replace_members`, :meth:`~IpsetTable.add_members`,
+    :meth:`~IpsetTable.remove_members`, :meth:`~IpsetTable.remove_set`,
+    :meth:`~IpsetTable.replace_named`, :meth:`~IpsetTable.remove_named`. These only record
+    intent; :meth:`~IpsetTable.apply` makes the kernel match it. The calc graph sends both
+    families in one set, so members of the other family are silently dropped: a v4 table and a
+    v6 table each keep their own half.
+
+Design goals
+    * Nothing touches the kernel before the first ``apply()``; the caller only calls it once the
+      calc graph is in sync (§4.4), so a partial membership is never programmed.
+    * One ``ipset restore`` per ``apply()`` in the normal case, however many sets changed, so a
+      burst of endpoint churn costs one fork.
+    * A set is never briefly empty or missing while iptables uses it: the first write (and any
+      rewrite) fills a temporary set and ``swap``\\s it in; later changes are ``add``/``del``.
+    * Self-healing: a failed delta means the kernel is not what we think, so the set falls back to
+      a full replace; ``apply(force_refresh=True)`` re-reads the kernel and repairs any drift
+      (someone flushed or destroyed our set).
+    * Never destroy what might be in use: removed sets are destroyed best effort (the kernel
+      refuses while an iptables rule still references them) and retried on the next apply;
+      leftovers from a previous run are only swept by :meth:`~IpsetTable.cleanup_orphans`, which
+      the caller runs after ``StartupCleanupDelay``.
+
+Implementation
+    Per set we keep the desired members, the members we believe the kernel holds (``None`` when
+    unknown, which forces a full replace) and the members touched since the last write, so a
+    delta costs O(changes), and an add followed by a remove of the same member cancels out.
+    ``ipset restore`` is not transactional: lines before a failing line have been applied, and it
+    reports the failing line number, so after a failure the operations before that line are
+    committed, the failing set is marked unknown (or, for a busy destroy, left pending) and the
+    rest is re-planned and run again. Each set gets at most two failures per apply.
+
+Thread safety
+    None: an :class:`IpsetTable` belongs to the one dataplane thread that calls it. ``apply()``
+    and ``cleanup_orphans()`` block while the ipset tool runs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from calico.felix.dataplane import names
+from calico.felix.dataplane.commands import CommandRunner
+
+log = logging.getLogger(__name__)
+
+HASH_IP: Final = "hash:ip"
+HASH_NET: Final = "hash:net"
+SET_TYPES: Final = (HASH_IP, HASH_NET)
+DEFAULT_MAX_SIZE: Final = 1048576
+
+# How ipset reports which restore line failed, e.g. "ipset v7.17: Error in line 3: ...".
+_ERROR_LINE_RE = re.compile(r"Error in line (\d+):")
+
+
+class IpsetError(RuntimeError):
+    """The ipset tool failed in a way the table cannot work around (e.g. cannot list sets)."""
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """One set as listed by ``ipset list``; `members` is None for a terse (``-t``) listing."""
+
+    name: str
+    set_type: str
+    family: str
+    maxelem: int | None = None
+    references: int | None = None
+    members: frozenset[str] | None = None
+
+
+def parse_ipset_list(text: str) -> dict[str, KernelSet]:
+    """Parse ``ipset list`` / ``ipset list -t`` output into sets by name."""
+    sets: dict[str, KernelSet] = {}
+    for block in re.split(r"\n\s*\n", text.strip()):
+        if block.strip():
+            kset = _parse_block(block.splitlines())
+            sets[kset.name] = kset
+    return sets
+
+
+def _parse_block(lines: list[str]) -> KernelSet:
+    fields: dict[str, str] = {}
+    members: list[str] | None = None
+    for line in lines:
+        if members is not None:
+            if line.strip():
+                members.append(line.split()[0])  # ignore per-entry extras (timeout, comment)
+        elif line.startswith("Members:"):
+            members = []
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    header = fields.get("Header", "").split()
+    # The header is "key value" pairs: "family inet hashsize 1024 maxelem 65536 ...".
+    options = dict(zip(header[::2], header[1::2], strict=False))
+    maxelem = options.get("maxelem")
+    refs = fields.get("References")
+    return KernelSet(
+        name=fields["Name"],
+        set_type=fields.get("Type", ""),
+        family=options.get("family", ""),
+        maxelem=int(maxelem) if maxelem else None,
+        references=int(refs) if refs else None,
+        members=frozenset(members) if members is not None else None,
+    )
+
+
+@dataclass
+class _Set:
+    """Everything the table knows about one set it owns."""
+
+    name: str
+    temp_name: str
+    set_type: str
+    desired: set[str]
+    # What the kernel holds as far as we know; None = unknown, so the next write is a full replace.
+    programmed: set[str] | None = None
+    # Members whose state may differ from `programmed` (only tracked while that is known).
+    touched: set[str] = field(default_factory=set)
+    # We have written (or tried to write) it in this run, so removing it must destroy it.
+    written: bool = False
+
+
+@dataclass
+class _Op:
+    """One unit of an ``ipset restore`` input: a set's delta or replace, or one destroy."""
+
+    kind: Literal["delta", "replace", "destroy"]
+    name: str
+    lines: list[str]
+    adds: list[str] = field(default_factory=list)
+    dels: list[str] = field(default_factory=list)
+
+
+class IpsetTable:
+    """The ipsets of one IP version, reconciled with the kernel on :meth:`apply`."""
+
+    def __init__(self, ip_version: int, runner: CommandRunner, *, max_size: int = DEFAULT_MAX_SIZE):
+        if ip_version not in (4, 6):
+            raise ValueError(f"ip_version must be 4 or 6, not {ip_version!r}")
+        self.ip_version = ip_version
+        self.family = "inet" if ip_version == 4 else "inet6"
+        self.max_size = max_size
+        self._runner = runner
+        self._sets: dict[str, _Set] = {}  # by kernel name
+        self._dirty: set[str] = set()  # sets with changes not yet written
+        self._pending_destroy: set[str] = set()  # kernel names to destroy on the next apply
+        self._kernel: dict[str, KernelSet] | None = None  # None until first read
+
+    # -- declarative API: calc-graph sets ------------------------------------------------------
+
+    def replace_members(self, set_id: str, members: Iterable[str]) -> None:
+        """Set the full membership of a calc-graph set (creating it if new)."""
+        self._replace(names.ipset_name(set_id, self.ip_version), self._temp(set_id), HASH_IP,
+                      members)  # fmt: skip
+
+    def add_members(self, set_id: str, members: Iterable[str]) -> None:
+        """Add members to a calc-graph set (an unknown set is created with them)."""
+        name = names.ipset_name(set_id, self.ip_version)
+        state = self._sets.get(name) or self._new_set(name, self._temp(set_id), HASH_IP)
+        new = self._normalize_all(members, HASH_IP) - state.desired
+        state.desired |= new
+        self._touch(state, new)
+
+    def remove_members(self, set_id: str, members: Iterable[str]) -> None:
+        """Remove members from a calc-graph set; members or sets we do not have are ignored."""
+        state = self._sets.get(names.ipset_name(set_id, self.ip_version))
+        if state is None:
+            log.debug("remove_members for unknown ipset %s ignored", set_id)
+            return
+        gone = self._normalize_all(members, HASH_IP) & state.desired
+        state.desired -= gone
+        self._touch(state, gone)
+
+    def remove_set(self, set_id: str) -> None:
+        """Forget a calc-graph set; it is destroyed on the next apply (once unreferenced)."""
+        self._remove(names.ipset_name(set_id, self.ip_version))
+
+    # -- declarative API: fixed-name sets --------------------------------------------------------
+
+    def replace_named(self, name: str, set_type: str, members: Iterable[str]) -> None:
+        """Set the membership of a Felix set with a fixed name, e.g. ``names.IPSET_ALL_POOLS``."""
+        if set_type not in SET_TYPES:
+            raise ValueError(f"unsupported ipset type {set_type!r}")
+        if not names.is_felix_name(name) or len(name) > names.MAX_IPSET_NAME_LEN:
+            raise ValueError(f"bad Felix ipset name {name!r}")
+        state = self._sets.get(name)
+        if state is not None and state.set_type != set_type:
+            self._remove(name)  # the full replace below recreates it with the new type
+        self._replace(name, names.named_ipset_temp_name(name), set_type, members)
+
+    def remove_named(self, name: str) -> None:
+        """Forget a fixed-name set; it is destroyed on the next apply (once unreferenced)."""
+        self._remove(name)
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    def desired_names(self) -> set[str]:
+        """Kernel names of all sets this table wants to exist."""
+        return set(self._sets)
+
+    def desired_members(self, name: str) -> frozenset[str]:
+        """Desired (normalised, this family only) members of the set with this kernel name."""
+        return frozenset(self._sets[name].desired)
+
+    @property
+    def in_sync(self) -> bool:
+        """True when the last apply wrote everything and nothing changed since."""
+        return not self._dirty and not self._pending_destroy and self._kernel is not None
+
+    # -- applying --------------------------------------------------------------------------------
+
+    def apply(self, force_refresh: bool = False) -> bool:
+        """Write all pending changes; with `force_refresh`, first re-read and repair the kernel.
+
+        Returns True if the kernel now matches the desired state, False if something is left for
+        the next apply (errors are logged).
+        """
+        try:
+            if force_refresh or self._kernel is None:
+                self._load_kernel(with_members=force_refresh)
+        except IpsetError as exc:
+            log.error("Cannot read ipsets, will retry: %s", exc)
+            return False
+        return self._write_all()
+
+    def cleanup_orphans(self) -> list[str]:
+        """Destroy this family's ``felix-v<N>-``/``felix-tmp-v<N>-`` sets we do not want.
+
+        Best effort: sets still referenced (by iptables) are left and logged. Returns the names
+        destroyed. Call only after StartupCleanupDelay, so a restarted Felix keeps the previous
+        run's sets working until it has rebuilt them.
+        """
+        try:
+            kernel = self._load_kernel(with_members=False)
+        except IpsetError as exc:
+            log.error("Cannot list ipsets for cleanup: %s", exc)
+            return []
+        prefixes = names.ipset_sweep_prefixes(self.ip_version)
+        orphans = sorted(n for n in kernel if n.startswith(prefixes) and n not in self._sets)
+        busy = [n for n in orphans if (kernel[n].references or 0) > 0]
+        if busy:
+            log.info("Leaving orphaned ipsets still referenced by the kernel: %s", busy)
+        ops = [self._destroy_op(n) for n in orphans if n not in busy]
+        destroyed = []
+        while ops:
+            failed_at = self._restore(ops)
+            done = ops if failed_at is None else ops[: max(failed_at, 0)]
+            for op in done:
+                self._succeeded(op)
+                destroyed.append(op.name)
+            if failed_at is None or failed_at < 0:
+                break
+            log.warning("Could not destroy orphaned ipset %s; leaving it", ops[failed_at].name)
+            ops = ops[failed_at + 1 :]
+        if destroyed:
+            log.info("Destroyed orphaned ipsets: %s", destroyed)
+        return destroyed
+
+    # -- internals: recording intent ----------------------------------------------------------
+
+    def _temp(self, set_id: str) -> str:
+        return names.ipset_temp_name(set_id, self.ip_version)
+
+    def _new_set(self, name: str, temp_name: str, set_type: str) -> _Set:
+        # A set that was being destroyed is simply rewritten in place (full replace).
+        self._pending_destroy -= {name, temp_name}
+        state = _Set(name, temp_name, set_type, desired=set())
+        self._sets[name] = state
+        self._dirty.add(name)
+        return state
+
+    def _replace(self, name: str, temp_name: str, set_type: str, members: Iterable[str]) -> None:
+        state = self._sets.get(name) or self._new_set(name, temp_name, set_type)
+        new = self._normalize_all(members, set_type)
+        self._touch(state, state.desired ^ new)
+        state.desired = new
+
+    def _touch(self, state: _Set, changed: set[str]) -> None:
+        if not changed:
+            return
+        if state.programmed is not None:  # else the next write is a full replace anyway
+            state.touched |= changed
+        self._dirty.add(state.name)
+
+    def _remove(self, name: str) -> None:
+        state = self._sets.pop(name, None)
+        self._dirty.discard(name)
+        # Sets we never wrote in this run are a previous run's: only cleanup_orphans sweeps them.
+        if state is not None and state.written:
+            self._pending_destroy |= {state.name, state.temp_name}
+
+    def _normalize_all(self, members: Iterable[str], set_type: str) -> set[str]:
+        normalized = (self._normalize(m, set_type) for m in members)
+        return {m for m in normalized if m is not None}
+
+    def _normalize(self, member: str, set_type: str) -> str | None:
+        """The member as the kernel lists it, or None if it does not belong in this table."""
+        try:
+            net = ipaddress.ip_network(member.strip(), strict=False)
+        except ValueError:
+            log.warning("Ignoring invalid ipset member %r", member)
+            return None
+        if net.version != self.ip_version:
+            return None  # the other family's table takes it
+        if net.prefixlen == net.max_prefixlen:
+            return str(net.network_address)  # the kernel lists /32 and /128 as bare addresses
+        if set_type == HASH_IP:
+            log.warning("Ignoring CIDR %r: a hash:ip set holds single addresses", member)
+            return None
+        if net.prefixlen == 0:
+            log.warning("Ignoring %r: hash:net sets cannot hold a /0", member)
+            return None
+        return str(net)
+
+    # -- internals: reading the kernel ---------------------------------------------------------
+
+    def _load_kernel(self, with_members: bool) -> dict[str, KernelSet]:
+        """Re-read the kernel's sets and mark ours that are missing or drifted for rewrite."""
+        argv = ["ipset", "list"] if with_members else ["ipset", "list", "-t"]
+        proc = self._runner.run(argv)
+        if proc.returncode != 0:
+            raise IpsetError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+        self._kernel = parse_ipset_list(proc.stdout)
+        for state in self._sets.values():
+            self._reconcile(state, self._kernel.get(state.name))
+        return self._kernel
+
+    def _reconcile(self, state: _Set, kset: KernelSet | None) -> None:
+        if kset is None or kset.set_type != state.set_type or kset.family != self.family:
+            if state.programmed is not None:
+                log.warning("ipset %s is missing or changed in the kernel; rewriting", state.name)
+            state.programmed = None
+            state.touched.clear()
+            self._dirty.add(state.name)
+        elif kset.members is not None:
+            actual = {m for m in (self._normalize(x, state.set_type) for x in kset.members) if m}
+            if state.programmed is not None and actual != state.programmed:
+                log.warning("ipset %s was modified outside Felix; repairing", state.name)
+            state.programmed = actual
+            state.touched = actual ^ state.desired
+            if state.touched:
+                self._dirty.add(state.name)
+
+    # -- internals: planning and writing --------------------------------------------------------
+
+    def _write_all(self) -> bool:
+        """Plan, write with one restore, and on failure commit what worked and re-plan."""
+        assert self._kernel is not None
+        failures: Counter[str] = Counter()
+        skip: set[str] = set()  # sets given up on (oversize, failed twice) until the next apply
+        while ops := self._plan(skip):
+            failed_at = self._restore(ops)
+            if failed_at is None:
+                for op in ops:
+                    self._succeeded(op)
+                break
+            if failed_at < 0:  # cannot tell which line failed: assume the worst about all
+                for op in ops:
+                    self._failed(op)
+                self._reload_names()
+                break
+            for op in ops[:failed_at]:
+                self._succeeded(op)
+            bad = ops[failed_at]
+            self._failed(bad)
+            failures[bad.name] += 1
+            # A busy destroy will not succeed now; a delta gets one full-replace retry, and a
+            # replace one retry against a freshly read kernel (our view of it may be stale).
+            if bad.kind == "destroy" or failures[bad.name] >= 2:
+                skip.add(bad.name)
+            self._reload_names()
+        return not (self._dirty or self._pending_destroy)
+
+    def _reload_names(self) -> None:
+        try:
+            self._load_kernel(with_members=False)
+        except IpsetError as exc:
+            log.error("Cannot re-read ipsets after a failure: %s", exc)
+
+    def _plan(self, skip: set[str]) -> list[_Op]:
+        assert self._kernel is not None
+        ops: list[_Op] = []
+        for name in sorted(self._dirty - skip):
+            state = self._sets[name]
+            if len(state.desired) > self.max_size:
+                log.error(
+                    "ipset %s would have %d members; ipset will not be updated until size drops "
+                    "below %d (MaxIpsetSize)", name, len(state.desired), self.max_size,
+                )  # fmt: skip
+                skip.add(name)
+                continue
+            op = self._update_op(state)
+            if op is None:
+                self._dirty.discard(name)  # changes cancelled out
+            else:
+                state.written = True
+                ops.append(op)
+        # Destroys go last so a busy one (the usual failure) cannot hold up the updates.
+        for name in sorted(self._pending_destroy - skip):
+            if name in self._kernel:
+                ops.append(self._destroy_op(name))
+            else:
+                self._pending_destroy.discard(name)
+        return ops
+
+    def _update_op(self, state: _Set) -> _Op | None:
+        if state.programmed is None or state.name not in self._kernel_or_empty():
+            return self._replace_op(state)
+        adds = sorted(m for m in state.touched if m in state.desired and m not in state.programmed)
+        dels = sorted(m for m in state.touched if m not in state.desired and m in state.programmed)
+        if not adds and not dels:
+            return None
+        # Deletes first, so a set near maxelem has room for the adds.
+        lines = [f"del {state.name} {m}" for m in dels] + [f"add {state.name} {m}" for m in adds]
+        return _Op("delta", state.name, lines, adds=adds, dels=dels)
+
+    def _replace_op(self, state: _Set) -> _Op:
+        kernel = self._kernel_or_empty()
+        main, temp = state.name, state.temp_name
+        create = f"{state.set_type} family {self.family} maxelem {self.max_size}"
+        want = (state.set_type, self.family)
+        lines = []
+        existing = kernel.get(main)
+        if existing is not None and (existing.set_type, existing.family) != want:
+            # swap needs matching type and family; if it is referenced this fails and is retried.
+            lines.append(f"destroy {main}")
+            existing = None
+        if existing is None:
+            # Never "create -exist" over an existing main set: with different parameters (e.g. an
+            # old maxelem) that fails. The swap below gives it our parameters anyway.
+            lines.append(f"create {main} {create} -exist")
+        old_temp = kernel.get(temp)
+        temp_params = (*want, self.max_size)
+        if old_temp and (old_temp.set_type, old_temp.family, old_temp.maxelem) != temp_params:
+            # A leftover temp with other parameters would make "create -exist" fail.
+            lines.append(f"destroy {temp}")
+        lines.append(f"create {temp} {create} -exist")
+        lines.append(f"flush {temp}")
+        lines.extend(f"add {temp} {m}" for m in sorted(state.desired))
+        lines.append(f"swap {temp} {main}")
+        lines.append(f"destroy {temp}")
+        return _Op("replace", state.name, lines)
+
+    @staticmethod
+    def _destroy_op(name: str) -> _Op:
+        return _Op("destroy", name, [f"destroy {name}"])
+
+    def _kernel_or_empty(self) -> dict[str, KernelSet]:
+        return self._kernel if self._kernel is not None else {}
+
+    def _restore(self, ops: list[_Op]) -> int | None:
+        """Run one ``ipset restore`` of all ops. None on success, else the index of the failing
+        op, or -1 if the failure cannot be pinned to one."""
+        lines: list[str] = []
+        starts: list[int] = []  # 1-based first line of each op
+        for op in ops:
+            starts.append(len(lines) + 1)
+            lines.extend(op.lines)
+        lines.append("COMMIT")
+        proc = self._runner.run(["ipset", "restore"], input="\n".join(lines) + "\n")
+        if proc.returncode == 0:
+            return None
+        match = _ERROR_LINE_RE.search(proc.stderr)
+        line_no = int(match.group(1)) if match else 0
+        index = bisect.bisect_right(starts, line_no) - 1
+        if line_no == 0 or line_no > len(lines) - 1 or index < 0:
+            log.error("ipset restore failed: %s", proc.stderr.strip())
+            return -1
+        op = ops[index]
+        log_fn = log.warning if op.kind == "destroy" else log.error
+        log_fn("ipset restore failed at %s of %s: %s", op.kind, op.name, proc.stderr.strip())
+        return index
+
+    def _succeeded(self, op: _Op) -> None:
+        kernel = self._kernel_or_empty()
+        if op.kind == "destroy":
+            self._pending_destroy.discard(op.name)
+            kernel.pop(op.name, None)
+            return
+        state = self._sets[op.name]
+        if op.kind == "replace":
+            state.programmed = set(state.desired)
+            kernel[state.name] = KernelSet(state.name, state.set_type, self.family, self.max_size)
+            kernel.pop(state.temp_name, None)
+        else:
+            assert state.programmed is not None
+            state.programmed.difference_update(op.dels)
+            state.programmed.update(op.adds)
+        state.touched.clear()
+        self._dirty.discard(op.name)
+
+    def _failed(self, op: _Op) -> None:
+        if op.kind == "destroy":
+            return  # stays pending: retried on the next apply
+        # Part of it may have been applied: forget what the kernel holds, so it is rewritten whole.
+        state = self._sets[op.name]
+        state.programmed = None
+        state.touched.clear()
+        self._dirty.add(op.name)

@@ -1,0 +1,430 @@
+"""A reconciling iptables driver for one (IP version, table) pair (felix.md §5.1, §5.10).
+
+API model
+---------
+Declarative. The owner states what it wants and then calls :meth:`IptablesTable.apply`:
+
+- ``set_chain(name, rules)`` / ``remove_chain(name)``: the full content of a Felix chain
+  (``felix-*``), as iptables rule specs without the leading ``-A <chain>``.
+- ``set_hook(kernel_chain, felix_chain)`` / ``remove_hook(kernel_chain)``: a single plain
+  ``-j <felix_chain>`` rule kept at position 1 of a kernel built-in chain (INPUT, ...).
+- ``apply(force_refresh=False)``: make the kernel match, in one ``iptables-restore --noflush``
+  transaction. Without pending changes it does nothing; ``force_refresh=True`` re-reads the kernel
+  and repairs whatever another tool changed (the owner calls that every IptablesRefreshInterval).
+- ``end_grace_period()``: from the next ``apply()`` on, unwanted ``felix-*`` chains left by an
+  earlier run are deleted and missing-chain stubs replace leftovers.
+
+Design goals
+------------
+- Only chains whose content differs are rewritten, so a steady-state apply writes nothing and a
+  restart with unchanged policy does not touch the dataplane.
+- Felix owns ``felix-*`` chains whole; of everything else it only ever adds or removes its own
+  plain hook jumps. Host rules are never rewritten and non-Felix chains are never deleted.
+- A failed apply leaves the desired state intact, so the next apply simply tries again.
+- Graceful restart: until ``end_grace_period()`` an earlier run's chains keep carrying traffic.
+
+Implementation
+--------------
+Each apply reads ``iptables-save -t <table>``, tokenises every rule with :mod:`shlex`, plans the
+difference and writes it as one restore transaction: ``:chain - [0:0]`` declarations, ``-F`` plus
+``-A`` lines for rewritten chains, ``-D``/``-I <chain> 1`` for hooks, ``-F`` then ``-X`` for chains
+to delete, ``COMMIT``. Declaring an existing chain flushes it under ``--noflush``, so only chains we
+rewrite or delete are ever declared.
+
+Comparison normalises both sides only lightly (shlex tokens, so spacing and quoting do not matter);
+iptables-save also canonicalises rules (``-p tcp --dport 22`` prints as ``-p tcp -m tcp --dport
+22``). To stay idempotent whatever form the caller uses, after every write the driver reads the
+kernel back and remembers, per chain, the form the kernel printed for the rules it was given; later
+applies compare against that. Rules written in iptables-save's own form match even on the first
+apply after a restart (no rewrite at all); others cost one rewrite per chain after a restart.
+
+References: a ``felix-*`` target of ``-j``/``-g`` in a desired chain (or a hook target) that is not
+itself desired is written as a drop stub (comment "WARNING Missing chain"); during the grace
+period a leftover kernel chain of that name is left as is instead.
+
+Failures: if restore's error points at the ``COMMIT`` line, someone else changed the table
+concurrently: re-read and retry with backoff (10 ms doubling, capped at 0.5 s, 10 tries in all).
+Any other failure raises :class:`IptablesError` carrying stderr and the offending input line.
+(The legacy backend reports every kernel-side error, e.g. a jump loop, at ``COMMIT``; such an
+error is retried too and raised after the last try, about 2.6 s later.)
+
+Thread safety
+-------------
+None. One owner (the dataplane thread) creates, mutates and applies an instance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from calico.felix.dataplane import names
+from calico.felix.dataplane.commands import CommandRunner
+
+log = logging.getLogger(__name__)
+
+Rule = tuple[str, ...]  # one rule as shlex tokens, without "-A <chain>"
+
+STUB_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Missing chain" -j DROP',)
+BACKENDS = (None, "nft", "legacy")
+LOCK_WAIT_SECS = 10
+MAX_TRIES = 10
+FIRST_BACKOFF = 0.01
+MAX_BACKOFF = 0.5
+# The kernel's built-in chains (all tables): the only non-Felix chains Felix puts rules in.
+BUILTIN_CHAINS = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
+JUMP_FLAGS = frozenset({"-j", "--jump", "-g", "--goto"})
+
+# "Error occurred at line: 7" (parse errors), "iptables-restore: line 7 failed" (legacy commit
+# errors) or "line 7: RULE_INSERT failed (...)" (nft kernel errors).
+_ERROR_LINE_RE = re.compile(r"Error occurred at line: (\d+)|\bline (\d+)(?: failed|:)")
+
+
+class IptablesError(Exception):
+    """iptables-save or iptables-restore failed (and retrying would not help)."""
+
+    def __init__(self, message: str, stderr: str = "", line: str | None = None, input: str = ""):
+        detail = f"{message}: {stderr.strip()}" if stderr else message
+        if line is not None:
+            detail += f" (offending input line: {line!r})"
+        super().__init__(detail)
+        self.stderr = stderr
+        self.line = line
+        self.input = input
+
+
+def binary(ip_version: int, tool: str, backend: str | None = None) -> str:
+    """``iptables-restore``, ``ip6tables-nft-save``, ...; tool is "restore" or "save"."""
+    if ip_version not in (4, 6) or backend not in BACKENDS or tool not in ("restore", "save"):
+        raise ValueError(f"bad iptables binary request: v{ip_version} {backend} {tool}")
+    base = "iptables" if ip_version == 4 else "ip6tables"
+    return f"{base}-{backend}-{tool}" if backend else f"{base}-{tool}"
+
+
+def tokens(rule: str) -> Rule:
+    return tuple(shlex.split(rule))
+
+
+def targets(rule: Rule) -> Iterator[str]:
+    """The chains/targets a rule jumps or goes to (``-j X``, ``-g X``)."""
+    for flag, value in itertools.pairwise(rule):
+        if flag in JUMP_FLAGS:
+            yield value
+
+
+def is_hook_rule(rule: Rule, felix_chain: str | None = None) -> bool:
+    """A plain, unconditional jump to a Felix chain: the only shape Felix puts in other chains."""
+    if len(rule) != 2 or rule[0] not in ("-j", "--jump"):
+        return False
+    return rule[1] == felix_chain if felix_chain else names.is_felix_name(rule[1])
+
+
+def parse_save(text: str, table: str) -> dict[str, list[Rule]]:
+    """Chains of `table` in iptables-save output, each with its rules in order."""
+    chains: dict[str, list[Rule]] = {}
+    in_table = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            in_table = line[1:] == table
+        elif not in_table:
+            continue
+        elif line == "COMMIT":
+            in_table = False
+        elif line.startswith(":"):
+            chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            rule = _split_host_line(line)
+            chains.setdefault(rule[1], []).append(rule[2:])
+    return chains
+
+
+def _split_host_line(line: str) -> Rule:
+    # Host rules may hold quoting shlex rejects; we only need their targets, so fall back.
+    try:
+        return tuple(shlex.split(line))
+    except ValueError:
+        return tuple(line.split())
+
+
+@dataclass
+class _Plan:
+    """One restore transaction and what it does."""
+
+    writes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # chain -> rule specs
+    deletes: list[str] = field(default_factory=list)
+    hook_lines: list[str] = field(default_factory=list)  # -D/-I lines on kernel chains
+    unhook_lines: list[str] = field(default_factory=list)  # -D lines that must precede -X
+
+    def empty(self) -> bool:
+        return not (self.writes or self.deletes or self.hook_lines or self.unhook_lines)
+
+    def render(self, table: str) -> str:
+        lines = [f"*{table}"]
+        lines += [f":{chain} - [0:0]" for chain in [*self.writes, *self.deletes]]
+        lines += self.unhook_lines
+        for chain, rules in self.writes.items():
+            lines.append(f"-F {chain}")
+            lines += [f"-A {chain} {rule}" for rule in rules]
+        lines += self.hook_lines
+        # Flush all before deleting any, so references among the doomed chains don't block.
+        lines += [f"-F {chain}" for chain in self.deletes]
+        lines += [f"-X {chain}" for chain in self.deletes]
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+
+class IptablesTable:
+    """Keeps the ``felix-*`` chains and hooks of one (IP version, table) as desired."""
+
+    def __init__(
+        self,
+        ip_version: int,
+        table: str,
+        runner: CommandRunner,
+        *,
+        backend: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.ip_version = ip_version
+        self.table = table
+        self._runner = runner
+        self._sleep = sleep
+        self._restore = [binary(ip_version, "restore", backend), "--noflush", "--verbose"]
+        self._restore += ["--wait", str(LOCK_WAIT_SECS)]  # xtables lock (legacy; nft ignores)
+        self._save = [binary(ip_version, "save", backend), "-t", table]
+        self._chains: dict[str, tuple[str, ...]] = {}
+        self._hooks: dict[str, str] = {}  # kernel chain -> felix chain
+        self._unhooks: set[tuple[str, str]] = set()  # hooks removed: re-removed on refresh
+        self._owned: set[str] = set()  # chains this instance has written (safe to delete)
+        # chain -> (rule specs we wrote, how iptables-save printed them back)
+        self._learned: dict[str, tuple[tuple[str, ...], tuple[Rule, ...]]] = {}
+        self._in_grace = True
+        self._dirty = False
+
+    def __repr__(self) -> str:
+        return f"IptablesTable(v{self.ip_version}, {self.table!r})"
+
+    # -- desired state ------------------------------------------------------------------------
+
+    def set_chain(self, name: str, rules: Sequence[str]) -> None:
+        _check_chain_name(name)
+        for rule in rules:
+            tokens(rule)  # fail here, not in the middle of a later apply
+        self._chains[name] = tuple(rules)
+        self._dirty = True
+
+    def remove_chain(self, name: str) -> None:
+        if self._chains.pop(name, None) is not None:
+            self._dirty = True
+
+    def set_hook(self, kernel_chain: str, felix_chain: str) -> None:
+        """Keep ``-j felix_chain`` at position 1 of kernel_chain (replacing an earlier hook)."""
+        _check_chain_name(felix_chain)
+        old = self._hooks.get(kernel_chain)
+        if old and old != felix_chain:
+            self._unhooks.add((kernel_chain, old))
+        self._unhooks.discard((kernel_chain, felix_chain))
+        self._hooks[kernel_chain] = felix_chain
+        self._dirty = True
+
+    def remove_hook(self, kernel_chain: str) -> None:
+        felix_chain = self._hooks.pop(kernel_chain, None)
+        if felix_chain:
+            self._unhooks.add((kernel_chain, felix_chain))
+            self._dirty = True
+
+    def end_grace_period(self) -> None:
+        """Let the next apply() delete an earlier run's leftovers and stub missing chains."""
+        self._in_grace = False
+        self._dirty = True
+
+    @property
+    def chains(self) -> dict[str, tuple[str, ...]]:
+        return dict(self._chains)
+
+    @property
+    def hooks(self) -> dict[str, str]:
+        return dict(self._hooks)
+
+    # -- applying -----------------------------------------------------------------------------
+
+    def apply(self, force_refresh: bool = False) -> bool:
+        """Make the kernel match; return True if a restore was written.
+
+        Without changes since the last successful apply this runs nothing at all; with
+        ``force_refresh`` it re-reads the kernel and repairs whatever differs. Raises
+        IptablesError on failure; the desired state is kept, so the next call tries again.
+        """
+        if not (self._dirty or force_refresh):
+            return False
+        backoff = FIRST_BACKOFF
+        for attempt in range(1, MAX_TRIES + 1):
+            plan = self._plan(self._read())
+            if plan.empty():
+                self._dirty = False
+                return False
+            text = plan.render(self.table)
+            proc = self._runner.run(self._restore, input=text)
+            if proc.returncode == 0:
+                self._after_success(plan)
+                return True
+            line = _failed_line(proc.stderr, text)
+            if line != "COMMIT" or attempt == MAX_TRIES:
+                raise IptablesError(f"{self._restore[0]} failed", proc.stderr, line, text)
+            log.warning(
+                "%r: concurrent change at COMMIT; retry %d in %.2fs", self, attempt, backoff
+            )
+            self._sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read(self) -> dict[str, list[Rule]]:
+        proc = self._runner.run(self._save)
+        if proc.returncode != 0:
+            raise IptablesError(f"{self._save[0]} failed", proc.stderr)
+        return parse_save(proc.stdout, self.table)
+
+    def _after_success(self, plan: _Plan) -> None:
+        self._owned |= set(plan.writes)
+        self._owned -= set(plan.deletes)
+        for chain in plan.deletes:
+            self._learned.pop(chain, None)
+        # Learn the kernel's spelling of what we wrote, so the next compare is exact.
+        readback = self._read()
+        for chain, rules in plan.writes.items():
+            self._learned[chain] = (rules, tuple(readback.get(chain, ())))
+        self._dirty = False
+
+    # -- planning -----------------------------------------------------------------------------
+
+    def _plan(self, kernel: dict[str, list[Rule]]) -> _Plan:
+        plan = _Plan()
+        wanted = self._wanted_content(kernel)
+        for chain, rules in wanted.items():
+            if not self._up_to_date(chain, rules, kernel):
+                plan.writes[chain] = rules
+        unwanted = {
+            chain
+            for chain in kernel
+            if names.is_felix_name(chain)
+            and chain not in wanted
+            # During grace only chains this run wrote may go; an earlier run's stay as they are.
+            and (not self._in_grace or chain in self._owned)
+        }
+        after = {chain: list(rules) for chain, rules in kernel.items()}
+        after.update({chain: [tokens(r) for r in rules] for chain, rules in plan.writes.items()})
+        self._plan_unhooks(kernel, after, unwanted, plan)
+        self._plan_hooks(after, plan)
+        plan.deletes = sorted(_deletable(unwanted, after))
+        return plan
+
+    def _wanted_content(self, kernel: dict[str, list[Rule]]) -> dict[str, tuple[str, ...]]:
+        """Desired chains plus stubs for the felix chains they (or hooks) reference."""
+        wanted = dict(self._chains)
+        for chain in sorted(self._references()):
+            if chain in wanted:
+                continue
+            if self._in_grace and chain in kernel and chain not in self._owned:
+                continue  # the previous run's chain keeps carrying traffic for now
+            wanted[chain] = STUB_RULES
+        return wanted
+
+    def _references(self) -> set[str]:
+        refs = set(self._hooks.values())
+        for rules in self._chains.values():
+            for rule in rules:
+                refs.update(targets(tokens(rule)))
+        return {ref for ref in refs if names.is_felix_name(ref)}
+
+    def _up_to_date(
+        self, chain: str, rules: tuple[str, ...], kernel: dict[str, list[Rule]]
+    ) -> bool:
+        if chain not in kernel:
+            return False
+        learned = self._learned.get(chain)
+        if learned and learned[0] == rules:
+            expected = list(learned[1])
+        else:
+            expected = [tokens(rule) for rule in rules]
+        return kernel[chain] == expected
+
+    def _plan_unhooks(
+        self,
+        kernel: dict[str, list[Rule]],
+        after: dict[str, list[Rule]],
+        unwanted: set[str],
+        plan: _Plan,
+    ) -> None:
+        """Remove hooks we were told to remove and, after grace, an earlier run's stale hooks.
+
+        Only plain ``-j felix-*`` rules in built-in chains count as hooks; a host's own chains
+        are never edited, even if they jump to our chains.
+        """
+        for kernel_chain, rules in kernel.items():
+            if kernel_chain not in BUILTIN_CHAINS:
+                continue
+            for rule in rules:
+                if not is_hook_rule(rule):
+                    continue
+                target = rule[1]
+                if self._hooks.get(kernel_chain) == target:
+                    continue  # a wanted hook: _plan_hooks keeps exactly one, at the top
+                stale = not self._in_grace or target in unwanted
+                if stale or (kernel_chain, target) in self._unhooks:
+                    plan.unhook_lines.append(f"-D {kernel_chain} -j {target}")
+                    after[kernel_chain].remove(rule)
+
+    def _plan_hooks(self, after: dict[str, list[Rule]], plan: _Plan) -> None:
+        for kernel_chain, felix_chain in sorted(self._hooks.items()):
+            rules = after.setdefault(kernel_chain, [])
+            count = sum(1 for rule in rules if is_hook_rule(rule, felix_chain))
+            if count == 1 and is_hook_rule(rules[0], felix_chain):
+                continue
+            # Delete every copy, then insert at the top: this also moves a pushed-down hook back.
+            plan.hook_lines += [f"-D {kernel_chain} -j {felix_chain}"] * count
+            plan.hook_lines.append(f"-I {kernel_chain} 1 -j {felix_chain}")
+            rules[:] = [("-j", felix_chain)] + [
+                rule for rule in rules if not is_hook_rule(rule, felix_chain)
+            ]
+
+
+def _deletable(unwanted: set[str], after: dict[str, list[Rule]]) -> set[str]:
+    """The unwanted chains nothing left behind refers to.
+
+    A fixpoint: keeping a chain keeps its rules, and so whatever they reference.
+    """
+    doomed = set(unwanted)
+    while True:
+        refs = _referenced(rules for chain, rules in after.items() if chain not in doomed)
+        kept = doomed & refs
+        if not kept:
+            return doomed
+        log.info("Not deleting chains still referenced: %s", sorted(kept))
+        doomed -= kept
+
+
+def _referenced(rule_lists: Iterable[list[Rule]]) -> set[str]:
+    return {target for rules in rule_lists for rule in rules for target in targets(rule)}
+
+
+def _failed_line(stderr: str, text: str) -> str | None:
+    """The input line restore's error message points at, if it names one."""
+    match = _ERROR_LINE_RE.search(stderr)
+    if not match:
+        return None
+    number = int(match.group(1) or match.group(2))
+    lines = text.splitlines()
+    return lines[number - 1].strip() if 0 < number <= len(lines) else None
+
+
+def _check_chain_name(name: str) -> None:
+    if not names.is_felix_name(name) or len(name) > names.MAX_CHAIN_NAME_LEN:
+        raise ValueError(f"not a valid Felix chain name: {name!r}")
