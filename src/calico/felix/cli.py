@@ -24,6 +24,7 @@ from calico.common.etcd import connect
 from calico.common.etcd.base import EtcdError, EtcdUnavailable, KVStore
 from calico.common.etcd.syncer import Backoff, wait_for_ready
 from calico.felix import startup_checks
+from calico.felix.calc.graph import CalcGraph
 from calico.felix.config.changes import ConfigChangeDetector
 from calico.felix.config.loader import (
     DEFAULT_CONFIG_FILE,
@@ -38,7 +39,7 @@ from calico.felix.config.loader import (
     read_file,
     resolve,
 )
-from calico.felix.daemon import EXIT_STOPPED, FelixDaemon
+from calico.felix.daemon import EXIT_STOPPED, CountingDataplane, FelixDaemon
 
 log = logging.getLogger("calico.felix")
 
@@ -151,7 +152,8 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     changes = ConfigChangeDetector(
         config, env_raw, file_raw, host_raw, global_raw, args.config_file
     )
-    daemon.append(FelixDaemon(client, changes))
+    graph = CalcGraph(config["FelixHostname"], config["InterfacePrefix"])
+    daemon.append(FelixDaemon(client, changes, graph, CountingDataplane()))
     if stop.is_set():
         return EXIT_STOPPED
     return daemon[0].run()

@@ -12,10 +12,14 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from calico.common.etcd.base import ClusterIdChanged, KVStore
 from calico.common.etcd.syncer import Syncer, SyncStatus, Update
+from calico.felix.calc import messages as m
+from calico.felix.calc.graph import CalcGraph
 from calico.felix.config.changes import ConfigChangeDetector
 
 log = logging.getLogger(__name__)
@@ -62,16 +66,39 @@ class _QueueListener:
         self._queue.put(_Updates(updates))
 
 
+class Dataplane(Protocol):
+    """Where the calc graph's messages go (the dataplane driver, or a stand-in)."""
+
+    def send(self, messages: list[m.Message]) -> None: ...
+
+
+class CountingDataplane:
+    """A stand-in dataplane that only counts messages, logging a summary at each InSync."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def send(self, messages: list[m.Message]) -> None:
+        for message in messages:
+            self.counts[type(message).__name__] += 1
+            if isinstance(message, m.InSync):
+                log.info("Calculated dataplane state: %s", dict(sorted(self.counts.items())))
+
+
 class FelixDaemon:
     def __init__(
         self,
         client: KVStore,
         config_changes: ConfigChangeDetector,
+        graph: CalcGraph,
+        dataplane: Dataplane,
         *,
         restart_pause: float = RESTART_PAUSE_SECS,
     ):
         self._client = client
         self._config_changes = config_changes
+        self._graph = graph
+        self._dataplane = dataplane
         self._restart_pause = restart_pause
         self._queue: queue.Queue[_Message] = queue.Queue(maxsize=QUEUE_SIZE)
         self._syncer = Syncer(client, _QueueListener(self._queue))
@@ -119,6 +146,8 @@ class FelixDaemon:
             self._queue.put(_Fatal(f"datastore syncer died: {e!r}"))
 
     def _on_status(self, status: SyncStatus) -> None:
+        self._graph.on_status(status)
+        self._flush()
         if status == SyncStatus.IN_SYNC:
             first = "" if self._in_sync_once else " for the first time"
             log.info("In sync with the datastore%s: %d keys", first, len(self._keys))
@@ -141,4 +170,11 @@ class FelixDaemon:
                 self._syncer.stop()
                 time.sleep(self._restart_pause)
                 return EXIT_RESTART
+        self._graph.on_updates(updates)
+        self._flush()
         return None
+
+    def _flush(self) -> None:
+        messages = self._graph.flush()
+        if messages:
+            self._dataplane.send(messages)

@@ -1,0 +1,264 @@
+"""Routes and static ARP entries to local workloads (felix.md §5.11), plus conntrack flushing.
+
+API model
+    :class:`RouteTable` is declarative. The caller says what it wants per workload interface
+    with :meth:`RouteTable.set_routes` / :meth:`RouteTable.remove_interface`, then calls
+    :meth:`RouteTable.apply`, which makes the kernel agree: one host route (/32 or /128, scope
+    link) per workload IP via its interface, and for IPv4 a permanent neighbour (static ARP)
+    entry per IP when the workload's MAC is known. One table per IP version.
+
+Design
+    * Felix owns only the interfaces whose names start with one of the configured prefixes
+      (e.g. ``("tap",)``), and on those only the routes tagged with :data:`RTPROT_FELIX`.
+      Routes with any other protocol number (the kernel's own ``fe80::/64``, an operator's
+      static route) are never deleted, so a restart can safely sweep what it no longer wants.
+    * Routes are installed with "replace", which wins over a route to the same IP that an
+      earlier owner left on another interface (e.g. during a VM migration; §5.11).
+    * Static ARP entries carry no protocol tag, so on our interfaces Felix treats every
+      *permanent* IPv4 neighbour entry as its own: nothing else puts them on a workload TAP.
+    * Desired state for interfaces that do not exist (or are admin-down, when the kernel
+      refuses routes) is kept; the caller calls :meth:`RouteTable.apply` again on interface
+      events and the routes then appear.
+    * IPs an interface loses (or all its IPs, when it is removed) have their conntrack entries
+      flushed on the next apply (§9 item 18), if a command runner was given.
+
+Implementation
+    Every :meth:`RouteTable.apply` is a full resync: it dumps links, our routes and permanent
+    neighbours over netlink and computes the difference. That is cheap at the scale of one
+    host's workloads and makes every apply self-healing.
+
+Thread safety
+    None: one thread (the dataplane loop) owns a RouteTable and its netlink socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+
+from calico.felix.dataplane.commands import CommandRunner
+
+_log = logging.getLogger(__name__)
+
+# Protocol number that tags every route Felix makes (shown as "proto 80" by `ip route`). 80 is
+# unassigned in iproute2's rt_protos and is the number Calico's own Felix uses for its routes.
+RTPROT_FELIX: Final = 80
+RT_TABLE_MAIN: Final = 254
+
+CONNTRACK_DIRECTIONS: Final = ("--orig-src", "--orig-dst", "--reply-src", "--reply-dst")
+CONNTRACK_ATTEMPTS: Final = 3
+
+
+class IPRouteLike(Protocol):
+    """The slice of pyroute2's ``IPRoute`` that RouteTable uses (tests pass fakes or netns)."""
+
+    def get_links(self, *argv: Any, **kwarg: Any) -> Any: ...
+    def get_routes(self, family: int = ..., match: Any = None, **kwarg: Any) -> Any: ...
+    def get_neighbours(self, family: int = ..., match: Any = None, **kwarg: Any) -> Any: ...
+    def route(self, command: str, **kwarg: Any) -> Any: ...
+    def neigh(self, command: str, **kwarg: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Desired:
+    ips: frozenset[str]  # canonical address strings, no prefix length
+    mac: str | None
+
+
+def _canonical_ip(ip: str, ip_version: int) -> str:
+    """Accept "10.0.0.1" or "10.0.0.1/32"; anything wider than a host route is a caller bug."""
+    net = ipaddress.ip_network(ip, strict=True)
+    if net.version != ip_version or net.prefixlen != net.max_prefixlen:
+        raise ValueError(f"not an IPv{ip_version} host address: {ip!r}")
+    return str(net.network_address)
+
+
+class RouteTable:
+    """Declarative host routes (and static ARP) to workloads for one IP version."""
+
+    def __init__(
+        self,
+        ip_version: int,
+        ipr: IPRouteLike,
+        prefixes: Iterable[str] = ("tap",),
+        conntrack_runner: CommandRunner | None = None,
+    ) -> None:
+        if ip_version not in (4, 6):
+            raise ValueError(f"ip_version must be 4 or 6, not {ip_version!r}")
+        self.ip_version = ip_version
+        self._family = socket.AF_INET if ip_version == 4 else socket.AF_INET6
+        self._max_len = 32 if ip_version == 4 else 128
+        self._ipr = ipr
+        self._prefixes = tuple(prefixes)
+        if not self._prefixes or "" in self._prefixes:
+            # An empty prefix would make every interface on the host ours.
+            raise ValueError("RouteTable needs non-empty interface name prefixes")
+        self._conntrack_runner = conntrack_runner
+        self._desired: dict[str, _Desired] = {}
+        self._lost_ips: set[str] = set()  # awaiting a conntrack flush
+        # Desired interfaces that are missing or down, and per-interface errors, after apply().
+        self.pending: set[str] = set()
+        self.errors: dict[str, str] = {}
+
+    # -- desired state ----------------------------------------------------------------------
+
+    def owns(self, ifname: str) -> bool:
+        return ifname.startswith(self._prefixes)
+
+    def set_routes(self, interface_name: str, ips: Iterable[str], mac: str | None = None) -> None:
+        """Want exactly `ips` routed via `interface_name` (and ARP entries if `mac`, IPv4)."""
+        if not self.owns(interface_name):
+            raise ValueError(f"{interface_name!r} does not start with one of {self._prefixes}")
+        wanted = frozenset(_canonical_ip(ip, self.ip_version) for ip in ips)
+        old = self._desired.get(interface_name)
+        if old is not None:
+            self._lost_ips |= old.ips - wanted
+        mac = mac.lower() if mac and self.ip_version == 4 else None
+        self._desired[interface_name] = _Desired(wanted, mac)
+
+    def remove_interface(self, name: str) -> None:
+        """Want no routes via `name`; its IPs get their conntrack entries flushed."""
+        old = self._desired.pop(name, None)
+        if old is not None:
+            self._lost_ips |= old.ips
+
+    def desired_ips(self, name: str) -> frozenset[str]:
+        entry = self._desired.get(name)
+        return entry.ips if entry else frozenset()
+
+    # -- programming ------------------------------------------------------------------------
+
+    def apply(self) -> None:
+        """Make the kernel match the desired state on our interfaces; flush lost conntrack."""
+        links = self._our_links()
+        routes = self._our_routes(links)
+        neighbours = self._our_neighbours(links) if self.ip_version == 4 else {}
+        self.pending = set()
+        self.errors = {}
+        for name, (index, is_up) in links.items():
+            try:
+                self._sync_interface(name, index, is_up, routes, neighbours)
+            except NetlinkError as exc:
+                # E.g. the interface vanished mid-apply; the next interface event retries.
+                _log.warning("programming routes on %s failed: %s", name, exc)
+                self.errors[name] = str(exc)
+        self.pending |= set(self._desired) - set(links)
+        self._flush_lost_conntrack()
+
+    def _sync_interface(
+        self,
+        name: str,
+        index: int,
+        is_up: bool,
+        routes: dict[int, set[str]],
+        neighbours: dict[int, dict[str, str]],
+    ) -> None:
+        desired = self._desired.get(name, _Desired(frozenset(), None))
+        have_routes = routes.get(index, set())
+        have_neigh = neighbours.get(index, {})
+        want_neigh = dict.fromkeys(desired.ips, desired.mac) if desired.mac else {}
+        # Removals first (ARP before route, as §5.11), so a moved IP never briefly has two.
+        for ip in set(have_neigh) - set(want_neigh):
+            self._ipr.neigh("del", dst=ip, ifindex=index)
+        for ip in have_routes - desired.ips:
+            self._ipr.route("del", **self._route_spec(ip, index))
+        if desired.ips and not is_up:
+            # The kernel refuses routes via an admin-down device; retried on the up event.
+            self.pending.add(name)
+            return
+        for ip, mac in want_neigh.items():
+            if have_neigh.get(ip) != mac:
+                self._ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
+        for ip in desired.ips - have_routes:
+            self._ipr.route("replace", **self._route_spec(ip, index))
+
+    def _route_spec(self, ip: str, index: int) -> dict[str, Any]:
+        return {
+            "dst": f"{ip}/{self._max_len}",
+            "oif": index,
+            "scope": "link",
+            "proto": RTPROT_FELIX,
+            "table": RT_TABLE_MAIN,
+            "family": self._family,
+        }
+
+    # -- reading the kernel -----------------------------------------------------------------
+
+    def _our_links(self) -> dict[str, tuple[int, bool]]:
+        """name -> (ifindex, admin up) for the interfaces whose names carry our prefixes."""
+        links = {}
+        for link in self._ipr.get_links():
+            name = link.get("ifname")
+            if name and self.owns(name):
+                links[name] = (link["index"], bool(link["flags"] & IFF_UP))
+        return links
+
+    def _our_routes(self, links: dict[str, tuple[int, bool]]) -> dict[int, set[str]]:
+        """ifindex -> host-route IPs with our protocol, on our interfaces, in the main table."""
+        indexes = {index for index, _ in links.values()}
+        found: dict[int, set[str]] = {}
+        for route in self._ipr.get_routes(family=self._family, table=RT_TABLE_MAIN):
+            oif = route.get("oif")
+            if route["proto"] != RTPROT_FELIX or oif not in indexes:
+                continue
+            if route["dst_len"] != self._max_len or not route.get("dst"):
+                continue  # not a shape we create; leave it alone
+            found.setdefault(oif, set()).add(route.get("dst"))
+        return found
+
+    def _our_neighbours(self, links: dict[str, tuple[int, bool]]) -> dict[int, dict[str, str]]:
+        """ifindex -> {ip: mac} of permanent IPv4 neighbour entries on our interfaces."""
+        indexes = {index for index, _ in links.values()}
+        found: dict[int, dict[str, str]] = {}
+        for entry in self._ipr.get_neighbours(family=socket.AF_INET):
+            index = entry["ifindex"]
+            if index in indexes and entry["state"] & NUD_PERMANENT and entry.get("dst"):
+                mac = (entry.get("lladdr") or "").lower()
+                found.setdefault(index, {})[entry.get("dst")] = mac
+        return found
+
+    # -- conntrack --------------------------------------------------------------------------
+
+    def _flush_lost_conntrack(self) -> None:
+        # An IP that was moved to another interface is still in use: keep its flows.
+        still_wanted = set().union(*(d.ips for d in self._desired.values()))
+        lost, self._lost_ips = self._lost_ips - still_wanted, set()
+        if self._conntrack_runner is None:
+            return
+        for ip in sorted(lost):
+            flush_conntrack(self._conntrack_runner, ip, self.ip_version)
+
+
+def flush_conntrack(runner: CommandRunner, ip: str, ip_version: int | None = None) -> bool:
+    """Delete every conntrack flow to or from `ip` (both directions, orig and reply).
+
+    Returns False if some deletion still failed after CONNTRACK_ATTEMPTS tries; that is only
+    logged (§5.11): stale flows are a nuisance, not a reason to stop programming.
+    """
+    version = ip_version or ipaddress.ip_address(ip).version
+    family = f"ipv{version}"
+    ok = True
+    for direction in CONNTRACK_DIRECTIONS:
+        argv = ["conntrack", "--family", family, "--delete", direction, ip]
+        ok = _run_conntrack(runner, argv) and ok
+    return ok
+
+
+def _run_conntrack(runner: CommandRunner, argv: list[str]) -> bool:
+    for attempt in range(1, CONNTRACK_ATTEMPTS + 1):
+        proc = runner.run(argv)
+        if proc.returncode == 0:
+            return True
+        # Exit 1 with "0 flow entries" just means there was nothing to delete.
+        if proc.returncode == 1 and "0 flow entries" in proc.stderr:
+            return True
+        _log.warning("%s failed (attempt %d): %s", argv, attempt, proc.stderr.strip())
+    return False

@@ -1,0 +1,363 @@
+"""RouteTable, sysctls and InterfaceWatcher against real kernels, inside test namespaces only.
+
+Every pyroute2 object here is bound to a test namespace (``IPRoute(netns=..., flags=0)``, which
+never creates one), and sysctls are written and read through ``ip netns exec``: nothing in these
+tests touches the root namespace. Addresses come from 10.65.0.0/16 and fd00:65::/64.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from pyroute2 import IPRoute
+
+from calico.felix.dataplane.commands import NetnsRunner
+from calico.felix.dataplane.interfaces import (
+    InterfaceWatcher,
+    LooseRPFError,
+    ProcSysctlWriter,
+    RunnerSysctlWriter,
+    configure_global,
+    configure_interface,
+)
+from calico.felix.dataplane.routes import RTPROT_FELIX, RouteTable, flush_conntrack
+from calico.lab.netns import NetNS
+
+TAP = "tapabc123"
+MAC = "aa:bb:cc:00:00:02"
+
+MakeNS = Callable[[], NetNS]
+MakeIPR = Callable[[NetNS], IPRoute]
+
+
+@pytest.fixture
+def ipr_in(netns: MakeNS) -> Iterator[MakeIPR]:
+    """pyroute2 IPRoute bound to a test namespace; closed before the namespaces go."""
+    made: list[IPRoute] = []
+
+    def make(ns: NetNS) -> IPRoute:
+        ipr = IPRoute(netns=ns.name, flags=0)
+        made.append(ipr)
+        return ipr
+
+    try:
+        yield make
+    finally:
+        for ipr in made:
+            ipr.close()
+
+
+def host_and_workload(netns: MakeNS, tap: str = TAP, up: bool = True) -> tuple[NetNS, NetNS]:
+    """A "host" namespace with `tap`, veth-joined to a "workload" namespace's eth0."""
+    host, workload = netns(), netns()
+    host.add_veth_to(workload, tap, "eth0")
+    if up:
+        workload.set_up("eth0")
+        host.set_up(tap)
+    return host, workload
+
+
+def felix_routes(ns: NetNS, version: int = 4) -> list[str]:
+    out = ns.run(["ip", f"-{version}", "route", "show", "proto", str(RTPROT_FELIX)]).stdout
+    return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+
+def all_routes(ns: NetNS, version: int = 4) -> list[str]:
+    out = ns.run(["ip", f"-{version}", "route", "show"]).stdout
+    return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+
+def sysctl(ns: NetNS, key: str) -> str:
+    return ns.run(["sysctl", "-n", key]).stdout.strip()
+
+
+# -- RouteTable --------------------------------------------------------------------------------
+
+
+def test_routes_added_idempotently_and_removed(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    host, _ = host_and_workload(netns)
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",))
+
+    table.set_routes(TAP, ["10.65.0.2", "10.65.0.3/32"])
+    table.apply()
+    expected = [f"10.65.0.2 dev {TAP} scope link", f"10.65.0.3 dev {TAP} scope link"]
+    assert felix_routes(host) == expected
+    assert table.pending == set()
+    assert table.errors == {}
+
+    table.apply()  # nothing to do, nothing duplicated
+    assert felix_routes(host) == expected
+
+    table.set_routes(TAP, ["10.65.0.2"])
+    table.apply()
+    assert felix_routes(host) == [f"10.65.0.2 dev {TAP} scope link"]
+
+    table.remove_interface(TAP)
+    table.apply()
+    assert felix_routes(host) == []
+
+
+def test_routes_we_did_not_make_are_untouched(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    host, workload = host_and_workload(netns)
+    host.add_veth_to(workload, "eth1", "eth1")
+    host.set_up("eth1")
+    workload.set_up("eth1")
+    host.run(["ip", "route", "add", "10.65.1.0/24", "dev", "eth1"])
+    # Our protocol number, but not on one of our interfaces.
+    host.run(["ip", "route", "add", "10.65.1.7/32", "dev", "eth1", "proto", str(RTPROT_FELIX)])
+    # On our interface, but another protocol (an operator's static route).
+    host.run(["ip", "route", "add", "10.65.2.5/32", "dev", TAP, "proto", "static"])
+    # Ours and no longer wanted (left by an earlier run): swept.
+    host.run(["ip", "route", "add", "10.65.3.3/32", "dev", TAP, "proto", str(RTPROT_FELIX)])
+    before = [r for r in all_routes(host) if "10.65.3.3" not in r]
+
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",))
+    table.apply()
+    assert all_routes(host) == before
+    assert "10.65.3.3" not in "".join(all_routes(host))
+
+    with pytest.raises(ValueError, match="does not start with"):
+        table.set_routes("eth1", ["10.65.1.8"])
+    with pytest.raises(ValueError, match="host address"):
+        table.set_routes(TAP, ["10.65.4.0/24"])
+
+
+def test_interface_that_appears_later_gets_routes(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    host, workload = netns(), netns()
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",))
+    table.set_routes("tapdef456", ["10.65.0.9"])
+    table.apply()
+    assert table.pending == {"tapdef456"}
+    assert felix_routes(host) == []
+
+    # Exists but admin-down: the kernel refuses routes, so it stays pending.
+    host.add_veth_to(workload, "tapdef456", "eth0")
+    table.apply()
+    assert table.pending == {"tapdef456"}
+    assert felix_routes(host) == []
+
+    host.set_up("tapdef456")
+    table.apply()  # what the caller does on the interface event
+    assert table.pending == set()
+    assert felix_routes(host) == ["10.65.0.9 dev tapdef456 scope link linkdown"]
+
+
+def test_static_arp_entries_follow_the_mac(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    host, _ = host_and_workload(netns)
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",))
+
+    def neighbours() -> str:
+        return host.run(["ip", "-4", "neigh", "show", "dev", TAP]).stdout
+
+    table.set_routes(TAP, ["10.65.0.2", "10.65.0.3"], mac=MAC)
+    table.apply()
+    assert f"10.65.0.2 lladdr {MAC} PERMANENT" in neighbours()
+    assert f"10.65.0.3 lladdr {MAC} PERMANENT" in neighbours()
+
+    table.set_routes(TAP, ["10.65.0.2"], mac="AA:BB:CC:00:00:09")
+    table.apply()
+    assert "10.65.0.2 lladdr aa:bb:cc:00:00:09 PERMANENT" in neighbours()
+    assert "10.65.0.3" not in neighbours()
+
+    table.remove_interface(TAP)
+    table.apply()
+    assert "PERMANENT" not in neighbours()
+    assert felix_routes(host) == []
+
+
+def test_ipv6_host_route(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    host, _ = host_and_workload(netns)
+    table = RouteTable(6, ipr_in(host), prefixes=("tap",))
+    # The kernel adds fe80::/64 (proto kernel) on the tap shortly after it comes up: not ours.
+    deadline = time.monotonic() + 5
+    while not any(r.startswith("fe80::/64") for r in all_routes(host, 6)):
+        assert time.monotonic() < deadline, "no fe80::/64 route appeared"
+        time.sleep(0.05)
+    kernel_routes = all_routes(host, 6)
+
+    table.set_routes(TAP, ["fd00:65::2", "fd00:65::3/128"], mac=MAC)  # no neighbours for v6
+    table.apply()
+    routes = felix_routes(host, 6)
+    assert [r.split()[:3] for r in routes] == [
+        ["fd00:65::2", "dev", TAP],
+        ["fd00:65::3", "dev", TAP],
+    ]
+    assert "PERMANENT" not in host.run(["ip", "-6", "neigh", "show", "dev", TAP]).stdout
+
+    table.set_routes(TAP, [])
+    table.apply()
+    assert felix_routes(host, 6) == []
+    assert all_routes(host, 6) == kernel_routes
+
+
+def conntrack_entries(ns: NetNS) -> str:
+    return ns.run(["conntrack", "-L"]).stdout
+
+
+def insert_flow(ns: NetNS, src: str, dst: str) -> None:
+    ns.run(["conntrack", "-I", "-s", src, "-d", dst, "-p", "udp", "--sport", "1000",
+            "--dport", "2000", "-t", "30"])  # fmt: skip
+
+
+def test_flush_conntrack(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    host, _ = host_and_workload(netns)
+    runner = NetnsRunner(host.name)
+    insert_flow(host, "10.65.0.2", "10.65.0.3")
+    insert_flow(host, "10.65.0.4", "10.65.0.2")  # the lost IP as destination
+    insert_flow(host, "10.65.0.5", "10.65.0.6")  # unrelated, must survive
+    assert flush_conntrack(runner, "10.65.0.2")
+    assert "10.65.0.2" not in conntrack_entries(host)
+    assert "10.65.0.5" in conntrack_entries(host)
+    assert flush_conntrack(runner, "10.65.0.2")  # nothing left: still fine
+
+    # A RouteTable flushes the flows of IPs an interface loses, on apply().
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",), conntrack_runner=runner)
+    table.set_routes(TAP, ["10.65.0.5", "10.65.0.7"])
+    table.apply()
+    insert_flow(host, "10.65.0.7", "10.65.0.8")
+    table.set_routes(TAP, ["10.65.0.7"])
+    table.apply()
+    assert "10.65.0.5" not in conntrack_entries(host)
+    assert "10.65.0.7" in conntrack_entries(host)
+
+
+# -- sysctls -----------------------------------------------------------------------------------
+
+
+def test_interface_and_global_sysctls_inside_namespace(netns: MakeNS) -> None:
+    host, _ = host_and_workload(netns, tap="tap.x1")  # a dot: paths must not need escaping
+    writer = RunnerSysctlWriter(NetnsRunner(host.name))
+
+    configure_interface("tap.x1", 4, writer)
+    configure_interface("tap.x1", 6, writer)
+    assert sysctl(host, "net/ipv4/conf/tap.x1/rp_filter") == "1"
+    assert sysctl(host, "net/ipv4/conf/tap.x1/route_localnet") == "1"
+    assert sysctl(host, "net/ipv4/conf/tap.x1/proxy_arp") == "1"
+    assert sysctl(host, "net/ipv4/neigh/tap.x1/proxy_delay") == "0"
+    assert sysctl(host, "net/ipv6/conf/tap.x1/proxy_ndp") == "1"
+    with pytest.raises(OSError, match="tapmissing"):
+        configure_interface("tapmissing", 4, writer)
+
+    host.run(["sysctl", "-w", "net.ipv4.conf.default.rp_filter=0"])
+    configure_global(4, writer)
+    assert sysctl(host, "net.ipv4.conf.default.rp_filter") == "1"
+
+    host.run(["sysctl", "-w", "net.ipv4.conf.all.rp_filter=2"])
+    with pytest.raises(LooseRPFError):
+        configure_global(4, writer)
+    configure_global(4, writer, ignore_loose_rpf=True, runner=NetnsRunner(host.name))
+    configure_global(6, writer)  # nothing global for IPv6
+
+
+def test_proc_sysctl_writer_paths(tmp_path) -> None:
+    conf = tmp_path / "net/ipv4/conf/tapabc"
+    conf.mkdir(parents=True)
+    writer = ProcSysctlWriter(root=tmp_path)
+    writer.write("net/ipv4/conf/tapabc/proxy_arp", "1")
+    assert (conf / "proxy_arp").read_text() == "1\n"
+    assert writer.read("net/ipv4/conf/tapabc/proxy_arp") == "1"
+    with pytest.raises(ValueError, match="bad sysctl path"):
+        writer.write("net/../../etc/passwd", "x")
+    with pytest.raises(ValueError, match="bad interface name"):
+        configure_interface("../x", 4, writer)
+
+
+# -- InterfaceWatcher --------------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_interface_update(self, name: str, up: bool) -> None:
+        self.events.append(("update", name, up))
+
+    def on_interface_removed(self, name: str) -> None:
+        self.events.append(("removed", name))
+
+    def on_interface_addrs(self, name: str, addrs: frozenset[str]) -> None:
+        self.events.append(("addrs", name, addrs))
+
+
+def wait_for(watcher: InterfaceWatcher, recorder: Recorder, event: tuple) -> None:
+    deadline = time.monotonic() + 5
+    while event not in recorder.events:
+        assert time.monotonic() < deadline, f"no {event} in {recorder.events}"
+        watcher.read_events(timeout=0.2)
+
+
+def test_watcher_reports_add_up_down_delete(netns: MakeNS) -> None:
+    host, workload = netns(), netns()
+    recorder = Recorder()
+    with InterfaceWatcher(recorder, netns=host.name) as watcher:
+        listing = watcher.snapshot()
+        assert set(listing) == {"lo"}
+        assert listing["lo"].up  # lo reports oper-state UNKNOWN with IFF_UP|IFF_RUNNING
+        assert recorder.events[0] == ("update", "lo", True)
+        assert watcher.read_events() == 0  # nothing pending: returns at once
+
+        host.add_veth_to(workload, TAP, "eth0")
+        wait_for(watcher, recorder, ("update", TAP, False))
+
+        workload.set_up("eth0")
+        host.set_up(TAP)
+        wait_for(watcher, recorder, ("update", TAP, True))
+
+        host.add_addr(TAP, "10.65.0.1/32")
+        wait_for(watcher, recorder, ("addrs", TAP, frozenset({"10.65.0.1/32"})))
+
+        host.run(["ip", "link", "set", TAP, "down"])
+        wait_for(watcher, recorder, ("update", TAP, False))
+
+        host.run(["ip", "link", "del", TAP])
+        wait_for(watcher, recorder, ("removed", TAP))
+        assert TAP not in watcher.interfaces
+
+        # A fresh listing agrees with what the events said, so it reports nothing new.
+        count = len(recorder.events)
+        assert set(watcher.snapshot()) == {"lo"}
+        assert len(recorder.events) == count
+
+
+# -- packets -----------------------------------------------------------------------------------
+
+
+def ping(ns: NetNS, ip: str) -> bool:
+    proc = ns.run(["ping", "-c1", "-W1", ip], check=False)
+    return proc.returncode == 0
+
+
+def test_ping_workload_only_after_apply(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    host, workload = host_and_workload(netns)
+    workload.add_addr("eth0", "10.65.0.2/32")
+    workload.run(["ip", "route", "add", "default", "dev", "eth0"])  # everything via proxy ARP
+    host.add_addr("lo", "10.65.255.1/32")  # the host's own address, the ping's source
+    configure_interface(TAP, 4, RunnerSysctlWriter(NetnsRunner(host.name)))
+
+    assert not ping(host, "10.65.0.2")
+
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",))
+    table.set_routes(TAP, ["10.65.0.2"])
+    table.apply()
+    assert ping(host, "10.65.0.2")
+
+    table.remove_interface(TAP)
+    table.apply()
+    assert not ping(host, "10.65.0.2")
+
+
+def test_missing_namespace_is_an_error_not_created() -> None:
+    """flags=0 (as the fixtures and InterfaceWatcher use) never creates a namespace."""
+    with pytest.raises(FileNotFoundError):
+        IPRoute(netns="calt-does-not-exist", flags=0).close()
+    with pytest.raises(FileNotFoundError):
+        InterfaceWatcher(Recorder(), netns="calt-does-not-exist")
+    assert (
+        "calt-does-not-exist"
+        not in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout
+    )
