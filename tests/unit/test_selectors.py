@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from calico.common.selectors import (
@@ -285,3 +287,98 @@ SIMPLE = [
 def test_simple_pairs(text: str, pairs: set[tuple[str, str]] | None) -> None:
     result = parse_selector(text).simple_pairs()
     assert result == (None if pairs is None else frozenset(pairs))
+
+
+# --- Property test against a simple reference evaluator ------------------------------------------
+#
+# Random expression trees are built as plain tuples, written out as selector text (with random
+# quoting, spacing and redundant parentheses) and evaluated two ways: by the parser's AST and by
+# `_reference`, a direct reading of felix.md §3.2. The canonical text must also re-parse to itself.
+
+_KEYS = ("a", "b", "c/d")
+_VALUES = ("x", "y", "it's", 'say "hi"')
+
+
+def _lit(rng: random.Random, value: str) -> str:
+    if "'" in value:
+        return '"' + value + '"'
+    if '"' in value:
+        return "'" + value + "'"
+    quote = rng.choice(("'", '"'))
+    return quote + value + quote
+
+
+def _random_tree(rng: random.Random, depth: int) -> tuple:  # type: ignore[type-arg]
+    if depth == 0 or rng.random() < 0.35:
+        kind = rng.choice(("==", "!=", "in", "not in", "has", "all"))
+        key = rng.choice(_KEYS)
+        if kind in ("in", "not in"):
+            return (kind, key, frozenset(rng.sample(_VALUES, rng.randint(1, 3))))
+        return (kind, key, rng.choice(_VALUES))
+    kind = rng.choice(("&&", "||", "!"))
+    if kind == "!":
+        return ("!", _random_tree(rng, depth - 1))
+    return (kind, _random_tree(rng, depth - 1), _random_tree(rng, depth - 1))
+
+
+def _text(rng: random.Random, tree: tuple) -> str:  # type: ignore[type-arg]
+    sp = rng.choice(("", " ", "  "))
+    kind = tree[0]
+    if kind in ("==", "!="):
+        return f"{tree[1]}{sp}{kind}{sp}{_lit(rng, tree[2])}"
+    if kind in ("in", "not in"):
+        items = f",{sp}".join(_lit(rng, v) for v in sorted(tree[2]))
+        return f"{tree[1]} {kind} {{{sp}{items}{sp}}}"
+    if kind == "has":
+        return f"has({sp}{tree[1]}{sp})"
+    if kind == "all":
+        return "all()"
+    if kind == "!":
+        return f"!({_text(rng, tree[1])})"
+    return f"({_text(rng, tree[1])}){sp}{kind}{sp}({_text(rng, tree[2])})"
+
+
+def _reference(tree: tuple, labels: dict[str, str]) -> bool:  # type: ignore[type-arg]
+    kind = tree[0]
+    if kind == "==":
+        return labels.get(tree[1]) == tree[2]
+    if kind == "!=":
+        return labels.get(tree[1]) != tree[2]  # also true when the label is missing
+    if kind == "in":
+        return tree[1] in labels and labels[tree[1]] in tree[2]
+    if kind == "not in":
+        return tree[1] not in labels or labels[tree[1]] not in tree[2]
+    if kind == "has":
+        return tree[1] in labels
+    if kind == "all":
+        return True
+    if kind == "!":
+        return not _reference(tree[1], labels)
+    if kind == "&&":
+        return _reference(tree[1], labels) and _reference(tree[2], labels)
+    return _reference(tree[1], labels) or _reference(tree[2], labels)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_selectors_agree_with_reference_evaluator(seed: int) -> None:
+    rng = random.Random(seed)
+    label_sets = [{k: rng.choice(_VALUES) for k in _KEYS if rng.random() < 0.6} for _ in range(30)]
+    for _ in range(50):
+        tree = _random_tree(rng, 4)
+        text = _text(rng, tree)
+        selector = parse_selector(text)
+        again = parse_selector(selector.canonical)
+        assert again.canonical == selector.canonical
+        assert again.unique_id == selector.unique_id
+        for labels in label_sets:
+            expected = _reference(tree, labels)
+            assert selector.evaluate(labels) is expected, (text, labels)
+            assert again.evaluate(labels) is expected, (selector.canonical, labels)
+
+
+def test_double_negation_cancels_however_written() -> None:
+    # Found by the property test: "!(!x)" used to keep both negations while "!!x" dropped them,
+    # so the canonical text of the first did not re-parse to itself.
+    for text in ("!!has(a)", "!(!has(a))", "!(!(has(a)))", "! ( ! has(a) )"):
+        assert parse_selector(text).canonical == "has(a)"
+    assert parse_selector("!(!(!has(a)))").canonical == "!has(a)"

@@ -392,7 +392,11 @@ class _Parser:
             self.expect(")", "')'")
         else:
             node = self.comparison()
-        return NotNode(node) if negations % 2 else node
+        if negations % 2 == 0:
+            return node
+        # Double negation cancels however it is written ("!!x" or "!(!x)"), so that the
+        # canonical text re-parses to itself and equivalent spellings share one ID.
+        return node.operand if isinstance(node, NotNode) else NotNode(node)
 
     def comparison(self) -> Node:
         first = self.peek()
