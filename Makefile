@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := etcd-server etcd-client iptables ipset iproute2 iputils-ping conntrack \
                 netcat-openbsd dnsmasq-base openssl procps
 
-.PHONY: all setup deb venv demo test lint unit system clean
+.PHONY: all setup deb venv demo test lint unit system clean bench-calc
 
 all: test
 
@@ -35,14 +35,18 @@ demo: setup
 	$(PY) -m calico.lab.demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 test: setup lint
 	$(VENV)/bin/pytest -q
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
+
+# The calculation graph alone at issue 3's scale (no kernel, no etcd); see docs/benchmarks.md.
+bench-calc: venv
+	$(PY) bench/calc_graph.py --json bench/results/calc_graph.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

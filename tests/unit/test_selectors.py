@@ -382,3 +382,31 @@ def test_double_negation_cancels_however_written() -> None:
     for text in ("!!has(a)", "!(!has(a))", "!(!(has(a)))", "! ( ! has(a) )"):
         assert parse_selector(text).canonical == "has(a)"
     assert parse_selector("!(!(!has(a)))").canonical == "!has(a)"
+
+
+@pytest.mark.parametrize(
+    ("text", "options"),
+    [
+        ("a == 'x'", [{("a", "x")}]),
+        ("a in {'x', 'y'}", [{("a", "x"), ("a", "y")}]),
+        ("a == 'x' && b in {'y'}", [{("a", "x")}, {("b", "y")}]),
+        ("a == 'x' || b == 'y'", [{("a", "x"), ("b", "y")}]),
+        ("(a == 'x' && c == 'z') || b == 'y'", [{("a", "x"), ("b", "y")}]),
+        ("a == 'x' || has(b)", []),
+        ("!a == 'x'", []),
+        ("a != 'x' && has(b) && all()", []),
+    ],
+)
+def test_pair_options(text: str, options: list[set[tuple[str, str]]]) -> None:
+    assert [set(o) for o in parse_selector(text).pair_options()] == options
+
+
+def test_pair_options_are_sound() -> None:
+    # Whatever a selector matches carries at least one pair of every option.
+    rng = random.Random(7)
+    for _ in range(300):
+        selector = parse_selector(_text(rng, _random_tree(rng, 3)))
+        for labels in ({k: rng.choice(_VALUES) for k in _KEYS if rng.random() < 0.6},):
+            if selector.evaluate(labels):
+                for option in selector.pair_options():
+                    assert option & set(labels.items()), (selector, labels)

@@ -8,7 +8,7 @@ and writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROOT = "/calico"
 VERSION_DIR = "/calico/v1"
@@ -102,6 +102,21 @@ class WorkloadEndpointKey:
     orchestrator: str
     workload: str
     endpoint: str
+    # The calc graph uses these keys as dict keys in its hot paths; a dataclass would recompute
+    # the hash on every lookup, so it is computed once. Not pickled: string hashes differ
+    # between processes, so __reduce__ rebuilds the key (and its hash) on the other side.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "_hash", hash((self.hostname, self.orchestrator, self.workload, self.endpoint))
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type, tuple[str, ...]]:
+        return (type(self), (self.hostname, self.orchestrator, self.workload, self.endpoint))
 
     @property
     def path(self) -> str:
@@ -115,6 +130,19 @@ class WorkloadEndpointKey:
 class HostEndpointKey:
     hostname: str
     endpoint: str
+    # The calc graph uses these keys as dict keys in its hot paths; a dataclass would recompute
+    # the hash on every lookup, so it is computed once. Not pickled: string hashes differ
+    # between processes, so __reduce__ rebuilds the key (and its hash) on the other side.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.hostname, self.endpoint)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type, tuple[str, ...]]:
+        return (type(self), (self.hostname, self.endpoint))
 
     @property
     def path(self) -> str:
@@ -172,6 +200,19 @@ class TierMetadataKey:
 class PolicyKey:
     tier: str
     policy: str
+    # The calc graph uses these keys as dict keys in its hot paths; a dataclass would recompute
+    # the hash on every lookup, so it is computed once. Not pickled: string hashes differ
+    # between processes, so __reduce__ rebuilds the key (and its hash) on the other side.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.tier, self.policy)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type, tuple[str, ...]]:
+        return (type(self), (self.tier, self.policy))
 
     @property
     def path(self) -> str:

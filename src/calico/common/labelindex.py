@@ -5,8 +5,9 @@ Both indexes take two callbacks, ``on_match_started(sel_id, item_id)`` and
 match and a stop only for an existing one. The index's own state is updated before each callback.
 
 * LabelIndex: keeps ``(label, value) -> items`` so that simple selectors (one ``k == "v"`` or
-  ``k in {...}``) are matched by lookup and complex ones scan only the items that carry one of their
-  required pairs (or all items, if they have none).
+  ``k in {...}``) are matched by lookup and complex ones scan only the items that carry a pair of
+  their cheapest pair option (``Selector.pair_options``), or all items if they have none. This
+  extends [1.4]'s "smallest required pair" to ``in {...}`` sets and to ``||`` branches.
 * LinearScanIndex: the obvious O(selectors x items) implementation, used as the test oracle.
 """
 
@@ -124,9 +125,9 @@ class LabelIndex(_MatchTracker):
         # Simple selectors: their pairs, and (label, value) -> simple selectors listing it.
         self._simple_pairs: dict[Hashable, frozenset[Pair]] = {}
         self._simple_by_pair: dict[Pair, set[Hashable]] = {}
-        # Complex selectors with required pairs are filed under one of them (any match must
-        # carry it); those without are evaluated against every changed item.
-        self._complex_key: dict[Hashable, Pair] = {}
+        # Complex selectors with pair options are filed under each pair of their cheapest option
+        # (any match carries one of them); those without are evaluated against every changed item.
+        self._complex_key: dict[Hashable, frozenset[Pair]] = {}
         self._complex_by_pair: dict[Pair, set[Hashable]] = {}
         self._complex_unkeyed: set[Hashable] = set()
 
@@ -147,12 +148,17 @@ class LabelIndex(_MatchTracker):
                 new |= self._items_by_pair.get(pair, set())
             self._set_selector_matches(sel_id, new)
             return
-        required = selector.required_pairs()
-        if required:
-            key = self._smallest_pair(required)
-            self._complex_key[sel_id] = key
-            _add(self._complex_by_pair, key, sel_id)
-            candidates: Iterable[Hashable] = self._items_by_pair.get(key, set())
+        options = selector.pair_options()
+        candidates: Iterable[Hashable]
+        if options:
+            pairs = self._cheapest_option(options)
+            self._complex_key[sel_id] = pairs
+            for pair in pairs:
+                _add(self._complex_by_pair, pair, sel_id)
+            found: set[Hashable] = set()
+            for pair in pairs:
+                found |= self._items_by_pair.get(pair, set())
+            candidates = found
         else:
             self._complex_unkeyed.add(sel_id)
             candidates = self._labels
@@ -166,13 +172,14 @@ class LabelIndex(_MatchTracker):
         del self._selectors[sel_id]
         self._set_selector_matches(sel_id, ())
 
-    def _smallest_pair(self, pairs: frozenset[Pair]) -> Pair:
-        best: Pair | None = None
+    def _cheapest_option(self, options: tuple[frozenset[Pair], ...]) -> frozenset[Pair]:
+        """The option whose pairs the fewest items carry (stopping early at a small enough one)."""
+        best: frozenset[Pair] | None = None
         best_size = 0
-        for pair in sorted(pairs):
-            size = len(self._items_by_pair.get(pair, ()))
+        for option in options:
+            size = sum(len(self._items_by_pair.get(pair, ())) for pair in option)
             if best is None or size < best_size:
-                best, best_size = pair, size
+                best, best_size = option, size
                 if size < _SMALL_ENOUGH:
                     break
         assert best is not None
@@ -183,9 +190,8 @@ class LabelIndex(_MatchTracker):
         if simple is not None:
             for pair in simple:
                 _discard(self._simple_by_pair, pair, sel_id)
-        key = self._complex_key.pop(sel_id, None)
-        if key is not None:
-            _discard(self._complex_by_pair, key, sel_id)
+        for pair in self._complex_key.pop(sel_id, ()):
+            _discard(self._complex_by_pair, pair, sel_id)
         self._complex_unkeyed.discard(sel_id)
 
     # Items

@@ -92,6 +92,12 @@ class Node(ABC):
         """(label, value) pairs that every matching label dict must contain."""
         return _NO_PAIRS
 
+    def pair_options(self) -> tuple[frozenset[Pair], ...]:
+        """Sets of (label, value) pairs such that every matching label dict contains at least
+        one pair of each set. The label index files a selector under the cheapest option, so
+        only items carrying one of its pairs need evaluating. Empty: no such set is known."""
+        return ()
+
 
 @dataclass(frozen=True, slots=True)
 class AllNode(Node):
@@ -127,6 +133,9 @@ class EqNode(Node):
     def required_pairs(self) -> frozenset[Pair]:
         return frozenset({(self.label, self.value)})
 
+    def pair_options(self) -> tuple[frozenset[Pair], ...]:
+        return (frozenset({(self.label, self.value)}),)
+
 
 @dataclass(frozen=True, slots=True)
 class NeNode(Node):
@@ -157,6 +166,9 @@ class InNode(Node):
         if len(self.values) == 1:
             return frozenset((self.label, v) for v in self.values)
         return _NO_PAIRS
+
+    def pair_options(self) -> tuple[frozenset[Pair], ...]:
+        return (frozenset((self.label, v) for v in self.values),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +201,10 @@ class AndNode(Node):
     operands: tuple[Node, ...]
 
     def evaluate(self, labels: Mapping[str, str]) -> bool:
-        return all(op.evaluate(labels) for op in self.operands)
+        for op in self.operands:  # a plain loop: much faster than all() over a generator
+            if not op.evaluate(labels):
+                return False
+        return True
 
     def canonical(self) -> str:
         return "(" + " && ".join(op.canonical() for op in self.operands) + ")"
@@ -200,13 +215,20 @@ class AndNode(Node):
             result |= op.required_pairs()
         return frozenset(result)
 
+    def pair_options(self) -> tuple[frozenset[Pair], ...]:
+        # A match satisfies every operand, so any operand's option will do.
+        return tuple(option for op in self.operands for option in op.pair_options())
+
 
 @dataclass(frozen=True, slots=True)
 class OrNode(Node):
     operands: tuple[Node, ...]
 
     def evaluate(self, labels: Mapping[str, str]) -> bool:
-        return any(op.evaluate(labels) for op in self.operands)
+        for op in self.operands:
+            if op.evaluate(labels):
+                return True
+        return False
 
     def canonical(self) -> str:
         return "(" + " || ".join(op.canonical() for op in self.operands) + ")"
@@ -218,6 +240,16 @@ class OrNode(Node):
                 break
             result &= op.required_pairs()
         return result
+
+    def pair_options(self) -> tuple[frozenset[Pair], ...]:
+        # A match satisfies some operand: the union of one option per operand covers it.
+        union: set[Pair] = set()
+        for op in self.operands:
+            options = op.pair_options()
+            if not options:
+                return ()
+            union |= min(options, key=len)
+        return (frozenset(union),)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,6 +278,9 @@ class Selector:
         """(label, value) pairs any matching label dict must have: from ``==`` and single-element
         ``in``, unioned across ``&&`` and intersected across ``||``; negations give nothing."""
         return self.root.required_pairs()
+
+    def pair_options(self) -> tuple[frozenset[Pair], ...]:
+        return self.root.pair_options()
 
     def simple_pairs(self) -> frozenset[Pair] | None:
         """For a selector that is exactly one ``k == "v"`` or ``k in {...}``: the (k, v) pairs, any

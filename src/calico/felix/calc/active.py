@@ -81,9 +81,8 @@ class ActiveRulesCalculator:
 
     # --- Inputs --------------------------------------------------------------------------------
 
-    def update_local_endpoint(
-        self, key: EndpointKey, endpoint: Endpoint | None, labels: Labels | None
-    ) -> None:
+    def update_local_endpoint(self, key: EndpointKey, endpoint: Endpoint | None) -> None:
+        """A local endpoint changed; its labels follow through `update_local_labels`."""
         old = self._local_endpoints.get(key)
         old_profiles = old.profile_ids if old is not None else ()
         new_profiles = endpoint.profile_ids if endpoint is not None else ()
@@ -94,8 +93,6 @@ class ActiveRulesCalculator:
             self._remove_endpoint_message(key)
         else:
             self._local_endpoints[key] = endpoint
-            assert labels is not None
-            self._policy_index.update_labels(key, labels)
             self._dirty.add(key)
         # Add new users before dropping old ones, so a profile that stays listed stays active.
         for profile_id in new_profiles:
@@ -104,7 +101,7 @@ class ActiveRulesCalculator:
             self._remove_profile_user(profile_id, key)
 
     def update_local_labels(self, key: EndpointKey, labels: Labels) -> None:
-        """Inherited labels of a local endpoint changed (a profile's labels did)."""
+        """A local endpoint's merged labels (its own and its profiles') may have changed."""
         self._policy_index.update_labels(key, labels)
 
     def update_profile_rules(self, profile_id: str, rules: ProfileRules | None) -> None:

@@ -74,7 +74,10 @@ class CalcGraph:
         self.sequencer = EventSequencer()
         self._members = MemberCalculator(self.sequencer)
         # Rule selectors and tags x endpoints on every host -> IP-set membership.
-        self._selector_index = LabelIndex(self._set_match_started, self._set_match_stopped)
+        self._selector_index = LabelIndex(
+            self._members.match_started,  # type: ignore[arg-type]
+            self._members.match_stopped,  # type: ignore[arg-type]
+        )
         self._tag_index = TagIndex(self._members.match_started, self._members.match_stopped)
         self.active = ActiveRulesCalculator(
             self.sequencer, self._activate_set, self._deactivate_set
@@ -82,6 +85,7 @@ class CalcGraph:
         self._endpoints: dict[EndpointKey, Endpoint] = {}
         self._endpoints_by_profile: dict[str, set[EndpointKey]] = {}
         self._profile_labels: dict[str, res.Labels] = {}
+        self._labels_dirty: set[EndpointKey] = set()
         self._global_config: dict[str, str] = {}
         self._host_config: dict[str, str] = {}
         self._config_changed = False
@@ -111,6 +115,7 @@ class CalcGraph:
                 )
             )
             self._config_changed = False
+        self._index_dirty_labels()
         self.active.resolve_dirty_endpoints()
         return self.sequencer.flush()
 
@@ -213,20 +218,20 @@ class CalcGraph:
         for profile_id in new_profiles:
             self._endpoints_by_profile.setdefault(profile_id, set()).add(key)
 
-        # IPs first, so that matches started or stopped below count the endpoint's new IPs.
+        # IPs first, so that matches started or stopped later count the endpoint's new IPs.
         self._members.update_endpoint_ips(
             key, endpoint_ips(endpoint) if endpoint is not None else frozenset()
         )
+        local = key.hostname == self._hostname
         if endpoint is None:
             self._tag_index.remove_endpoint(key)
             self._selector_index.remove_labels(key)
-            labels = None
+            self._labels_dirty.discard(key)
         else:
             self._tag_index.update_endpoint(key, endpoint.profile_ids)
-            labels = self._merged_labels(endpoint)
-            self._selector_index.update_labels(key, labels)
-        if key.hostname == self._hostname:
-            self.active.update_local_endpoint(key, endpoint, labels)
+            self._labels_dirty.add(key)  # indexed at the next flush
+        if local:
+            self.active.update_local_endpoint(key, endpoint)
 
     def _update_profile_labels(self, profile_id: str, labels: res.Labels | None) -> None:
         if self._profile_labels.get(profile_id) == labels:
@@ -235,11 +240,18 @@ class CalcGraph:
             del self._profile_labels[profile_id]
         else:
             self._profile_labels[profile_id] = labels
-        for key in self._endpoints_by_profile.get(profile_id, ()):
+        self._labels_dirty.update(self._endpoints_by_profile.get(profile_id, ()))
+
+    def _index_dirty_labels(self) -> None:
+        """Index the merged labels of endpoints that changed since the last flush. Deferred to
+        the flush so that a batch (a snapshot above all, where profiles' labels arrive after
+        the endpoints that inherit them) evaluates each endpoint once, not once per change."""
+        for key in self._labels_dirty:
             merged = self._merged_labels(self._endpoints[key])
             self._selector_index.update_labels(key, merged)
             if key.hostname == self._hostname:
                 self.active.update_local_labels(key, merged)
+        self._labels_dirty.clear()
 
     def _merged_labels(self, endpoint: Endpoint) -> res.Labels:
         """Profiles' labels in list order (later wins), then the endpoint's own (felix.md §3.4)."""
@@ -266,14 +278,6 @@ class CalcGraph:
         else:
             self._tag_index.deactivate(source)
         self._members.set_deactivated(set_id)
-
-    def _set_match_started(self, set_id: object, endpoint: object) -> None:
-        assert isinstance(set_id, str)
-        self._members.match_started(set_id, endpoint)  # type: ignore[arg-type]
-
-    def _set_match_stopped(self, set_id: object, endpoint: object) -> None:
-        assert isinstance(set_id, str)
-        self._members.match_stopped(set_id, endpoint)  # type: ignore[arg-type]
 
 
 def _parsed(parser: Callable[[str, _K], _V], value: str | None, key: _K) -> _V | None:

@@ -115,8 +115,12 @@ class MemberCalculator:
 
     def match_started(self, set_id: str, endpoint: Hashable) -> None:
         self._sets_by_endpoint.setdefault(endpoint, set()).add(set_id)
-        for ip in self._endpoint_ips.get(endpoint, ()):
-            self._increment(set_id, ip)
+        counts = self._counts[set_id]
+        for ip in self._endpoint_ips.get(endpoint, ()):  # _increment, inlined: the hottest loop
+            count = counts.get(ip, 0)
+            counts[ip] = count + 1
+            if count == 0:
+                self._sequencer.add_member(set_id, ip)
 
     def match_stopped(self, set_id: str, endpoint: Hashable) -> None:
         sets = self._sets_by_endpoint[endpoint]
