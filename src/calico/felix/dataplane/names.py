@@ -126,3 +126,15 @@ def named_ipset_temp_name(name: str) -> str:
 def ipset_sweep_prefixes(ip_version: int) -> tuple[str, str]:
     """Prefixes of the calc-graph sets (main and temp) of one family, for startup cleanup."""
     return f"{PREFIX}v{ip_version}-", f"{PREFIX}tmp-v{ip_version}-"
+
+
+def dispatch_leaf_chain(leaf_prefix: str, char: str) -> str:
+    """A dispatch leaf chain, e.g. ``felix-FROM-EP-PFX-a``: `leaf_prefix` is one of the
+    ``CHAIN_*_LEAF_PREFIX`` constants, `char` the interface-name character the leaf covers."""
+    assert len(char) == 1, char
+    return f"{leaf_prefix}{char}"
+
+
+def host_endpoint_chain(direction: str, interface: str) -> str:
+    """``felix-to-<iface>`` / ``felix-from-<iface>`` for a host endpoint (no prefix to strip)."""
+    return endpoint_chain(direction, interface, ())
