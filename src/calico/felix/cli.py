@@ -39,7 +39,8 @@ from calico.felix.config.loader import (
     read_file,
     resolve,
 )
-from calico.felix.daemon import EXIT_STOPPED, CountingDataplane, FelixDaemon
+from calico.felix.daemon import EXIT_STOPPED, FelixDaemon
+from calico.felix.dataplane.connection import DriverProcess
 
 log = logging.getLogger("calico.felix")
 
@@ -153,10 +154,14 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
         config, env_raw, file_raw, host_raw, global_raw, args.config_file
     )
     graph = CalcGraph(config["FelixHostname"], config["InterfacePrefix"])
-    daemon.append(FelixDaemon(client, changes, graph, CountingDataplane()))
-    if stop.is_set():
-        return EXIT_STOPPED
-    return daemon[0].run()
+    driver = DriverProcess(config.values(), on_exit=lambda reason: daemon[0].fatal(reason))  # noqa: PLW0108 (late: daemon[0] is set below)
+    try:
+        daemon.append(FelixDaemon(client, changes, graph, driver))
+        if stop.is_set():
+            return EXIT_STOPPED
+        return daemon[0].run()
+    finally:
+        driver.stop()
 
 
 def _configure_logging(config: Config) -> None:

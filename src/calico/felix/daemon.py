@@ -12,7 +12,6 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,23 +65,15 @@ class _QueueListener:
         self._queue.put(_Updates(updates))
 
 
+class DataplaneGone(RuntimeError):
+    """The dataplane cannot take messages any more (its process died)."""
+
+
 class Dataplane(Protocol):
-    """Where the calc graph's messages go (the dataplane driver, or a stand-in)."""
+    """Where the calc graph's messages go (the dataplane driver, or a stand-in). `send` raises
+    DataplaneGone when the dataplane has died."""
 
     def send(self, messages: list[m.Message]) -> None: ...
-
-
-class CountingDataplane:
-    """A stand-in dataplane that only counts messages, logging a summary at each InSync."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def send(self, messages: list[m.Message]) -> None:
-        for message in messages:
-            self.counts[type(message).__name__] += 1
-            if isinstance(message, m.InSync):
-                log.info("Calculated dataplane state: %s", dict(sorted(self.counts.items())))
 
 
 class FelixDaemon:
@@ -105,6 +96,10 @@ class FelixDaemon:
         self._keys: set[str] = set()
         self._in_sync_once = False
 
+    def fatal(self, reason: str) -> None:
+        """Thread-safe: end the process with a restart status (e.g. the driver died)."""
+        self._queue.put(_Fatal(reason))
+
     def request_stop(self) -> None:
         """Thread- and signal-safe: ask the main loop to finish."""
         self._syncer.stop()
@@ -123,18 +118,27 @@ class FelixDaemon:
                 if self._syncer.stop_event.is_set():
                     return EXIT_STOPPED
                 continue
-            match message:
-                case _Stop():
-                    log.info("Stopping")
-                    return EXIT_STOPPED
-                case _Fatal(reason):
-                    log.critical("Exiting: %s", reason)
-                    return EXIT_RESTART
-                case _Status(status):
-                    self._on_status(status)
-                case _Updates(updates):
-                    if (code := self._on_updates(updates)) is not None:
-                        return code
+            try:
+                code = self._handle(message)
+            except DataplaneGone as e:
+                log.critical("Exiting: %s", e)
+                return EXIT_RESTART
+            if code is not None:
+                return code
+
+    def _handle(self, message: _Message) -> int | None:
+        match message:
+            case _Stop():
+                log.info("Stopping")
+                return EXIT_STOPPED
+            case _Fatal(reason):
+                log.critical("Exiting: %s", reason)
+                return EXIT_RESTART
+            case _Status(status):
+                self._on_status(status)
+            case _Updates(updates):
+                return self._on_updates(updates)
+        return None
 
     def _run_syncer(self) -> None:
         try:

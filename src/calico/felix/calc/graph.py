@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
-from types import MappingProxyType
 from typing import TypeVar
 
 from calico.common import resources as res
@@ -109,10 +108,7 @@ class CalcGraph:
     def flush(self) -> list[m.Message]:
         if self._config_changed:
             self.sequencer.on_config(
-                m.ConfigUpdate(
-                    MappingProxyType(dict(self._global_config)),
-                    MappingProxyType(dict(self._host_config)),
-                )
+                m.ConfigUpdate(dict(self._global_config), dict(self._host_config))
             )
             self._config_changed = False
         self._index_dirty_labels()

@@ -109,7 +109,8 @@ class TierInfo:
 
 @dataclass(frozen=True, slots=True)
 class ConfigUpdate:
-    """Felix's raw configuration from the datastore (global and this host's) after a change."""
+    """Felix's raw configuration from the datastore (global and this host's) after a change.
+    The mappings are copies owned by the message: receivers must not modify them."""
 
     global_config: Mapping[str, str]
     host_config: Mapping[str, str]

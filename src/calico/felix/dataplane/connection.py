@@ -1,0 +1,91 @@
+"""Felix's end of the dataplane driver: start the child process, feed it, watch it die.
+
+`DriverProcess.send()` is the daemon's `Dataplane`. A monitor thread reads the driver's reports
+(`pipe.DriverReady`); when the driver's pipe closes or the process exits, `on_exit(reason)` is
+called once, and the daemon exits so that the service manager restarts both processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from calico.felix.calc import messages as m
+from calico.felix.daemon import DataplaneGone
+from calico.felix.dataplane.pipe import DriverInit, DriverReady, FrameReader, FrameWriter
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_SECS = 4.0  # after closing its pipe, before SIGTERM (then SIGKILL)
+
+
+class DriverProcess:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        on_exit: Callable[[str], None],
+        on_ready: Callable[[float], None] | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
+        self._on_exit = on_exit
+        self._on_ready = on_ready
+        self._stopping = threading.Event()
+        to_driver_r, to_driver_w = os.pipe()
+        from_driver_r, from_driver_w = os.pipe()
+        command = argv or [sys.executable, "-m", "calico.felix.dataplane.driver"]
+        command += ["--from-felix", str(to_driver_r), "--to-felix", str(from_driver_w)]
+        self._proc = subprocess.Popen(command, pass_fds=(to_driver_r, from_driver_w))
+        os.close(to_driver_r)
+        os.close(from_driver_w)
+        self._writer = FrameWriter(to_driver_w)
+        self._reader = FrameReader(from_driver_r)
+        self._lock = threading.Lock()
+        log.info("Started the dataplane driver (pid %d)", self._proc.pid)
+        self.send([DriverInit(dict(config))])  # type: ignore[list-item]
+        self._monitor = threading.Thread(target=self._watch, name="driver-monitor", daemon=True)
+        self._monitor.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def send(self, messages: list[m.Message]) -> None:
+        try:
+            with self._lock:
+                self._writer.send(list(messages))
+        except (BrokenPipeError, OSError) as e:
+            raise DataplaneGone(f"cannot write to the dataplane driver: {e}") from e
+
+    def _watch(self) -> None:
+        try:
+            while (frames := self._reader.read()) is not None:
+                for batch in frames:
+                    for report in batch:
+                        if isinstance(report, DriverReady) and self._on_ready is not None:
+                            self._on_ready(report.seconds_since_in_sync)
+        except OSError as e:
+            log.warning("Reading from the dataplane driver failed: %s", e)
+        code = self._proc.wait()
+        if not self._stopping.is_set():
+            self._on_exit(f"the dataplane driver exited (status {code})")
+
+    def stop(self) -> int:
+        """Close the driver's pipe (it exits on end of file); escalate if it lingers."""
+        self._stopping.set()
+        with self._lock:
+            self._writer.close()
+        try:
+            return self._proc.wait(STOP_TIMEOUT_SECS)
+        except subprocess.TimeoutExpired:
+            log.warning("Dataplane driver did not stop; terminating it")
+            self._proc.terminate()
+            try:
+                return self._proc.wait(STOP_TIMEOUT_SECS)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                return self._proc.wait()

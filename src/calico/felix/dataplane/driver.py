@@ -1,0 +1,219 @@
+"""The dataplane driver process: reads calc messages from Felix and programs the kernel.
+
+Started by Felix (`connection.DriverProcess`) as
+`python -m calico.felix.dataplane.driver --from-felix FD --to-felix FD`. One thread, one loop:
+`select()` on Felix's pipe and the netlink interface watcher, with timers for the iptables refresh
+(IptablesRefreshInterval, jittered +0-20 %), the start-of-day cleanup (StartupCleanupDelay after
+the first in-sync) and retries after a failed apply (exponential backoff, capped). End of file on
+Felix's pipe means Felix has gone: the driver exits. Any unexpected exception also ends the
+process, and Felix, seeing the pipe close, exits for the service manager to restart both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import select
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from calico.common import logs
+from calico.felix.calc import messages as m
+from calico.felix.dataplane.commands import LocalRunner
+from calico.felix.dataplane.interfaces import (
+    InterfaceWatcher,
+    LooseRPFError,
+    ProcSysctlWriter,
+    configure_global,
+)
+from calico.felix.dataplane.ipsets import IpsetError, IpsetTable
+from calico.felix.dataplane.iptables import IptablesError, IptablesTable
+from calico.felix.dataplane.manager import DataplaneManager, KernelTables
+from calico.felix.dataplane.pipe import DriverInit, DriverReady, FrameReader, FrameWriter
+from calico.felix.dataplane.rendering import RenderConfig
+from calico.felix.dataplane.routes import RouteTable
+
+log = logging.getLogger("calico.felix.dataplane")
+
+PROG = "calico-felix-dataplane"
+RETRY_MIN_SECS = 0.1
+RETRY_MAX_SECS = 10.0
+EXIT_FELIX_GONE = 0
+EXIT_FATAL = 1
+_APPLY_ERRORS = (IptablesError, IpsetError, OSError)
+
+
+def ipv6_available() -> bool:
+    return os.path.exists("/proc/net/if_inet6") and shutil.which("ip6tables-restore") is not None
+
+
+def ip_versions(ipv6_support: bool | str) -> tuple[int, ...]:
+    """Ipv6Support: True, False, or "auto" (on when the host has IPv6 and ip6tables)."""
+    if ipv6_support is True or (ipv6_support == "auto" and ipv6_available()):
+        return (4, 6)
+    return (4,)
+
+
+class DriverLoop:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        reader: FrameReader,
+        writer: FrameWriter,
+        manager: DataplaneManager,
+        watcher: InterfaceWatcher | None,
+    ) -> None:
+        self._config = config
+        self._reader = reader
+        self._writer = writer
+        self._manager = manager
+        self._watcher = watcher
+        self._dirty = False
+        self._in_sync_at: float | None = None
+        self._reported_ready = False
+        self._cleanup_at: float | None = None
+        self._retry_at: float | None = None
+        self._retry_delay = RETRY_MIN_SECS
+        self._refresh_at = self._next_refresh(time.monotonic())
+
+    def _next_refresh(self, now: float) -> float | None:
+        interval = float(self._config["IptablesRefreshInterval"])
+        return None if interval <= 0 else now + interval * (1 + random.random() * 0.2)  # noqa: S311
+
+    def run(self) -> int:
+        while True:
+            now = time.monotonic()
+            self._run_due_work(now)
+            deadlines = [t for t in (self._cleanup_at, self._retry_at, self._refresh_at) if t]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            sources: list[Any] = [self._reader]
+            if self._watcher is not None:
+                sources.append(self._watcher)
+            readable, _, _ = select.select(sources, [], [], timeout)
+            if self._reader in readable and not self._read_from_felix():
+                log.info("Felix closed the pipe; the dataplane driver stops")
+                return EXIT_FELIX_GONE
+            if self._watcher is not None and self._watcher in readable:
+                self._watcher.read_events()
+                self._dirty = True
+
+    def _read_from_felix(self) -> bool:
+        frames = self._reader.read()
+        if frames is None:
+            return False
+        self.feed(frames)
+        return True
+
+    def feed(self, frames: list[list[Any]]) -> None:
+        for batch in frames:
+            for message in batch:
+                if isinstance(message, m.InSync):
+                    self._in_sync_at = time.monotonic()
+                self._manager.on_message(message)
+        self._dirty = True
+
+    def _run_due_work(self, now: float) -> None:
+        if self._cleanup_at is not None and now >= self._cleanup_at:
+            self._cleanup_at = None
+            log.info("Start-of-day cleanup: removing the previous run's leftover chains and sets")
+            self._guarded(self._manager.cleanup)
+        if self._refresh_at is not None and now >= self._refresh_at:
+            self._refresh_at = self._next_refresh(now)
+            log.debug("Periodic iptables/ipset refresh")
+            self._guarded(lambda: self._manager.apply(force_refresh=True))
+        if self._dirty and (self._retry_at is None or now >= self._retry_at):
+            self._dirty = not self._guarded(self._manager.apply)
+        if self._manager.in_sync and not self._dirty and not self._reported_ready:
+            self._report_ready(now)
+
+    def _guarded(self, work: Any) -> bool:
+        try:
+            work()
+        except _APPLY_ERRORS as e:
+            log.error("Dataplane update failed (will retry in %.1f s): %s", self._retry_delay, e)
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECS)
+            self._dirty = True
+            return False
+        self._retry_at = None
+        self._retry_delay = RETRY_MIN_SECS
+        return True
+
+    def _report_ready(self, now: float) -> None:
+        self._reported_ready = True
+        elapsed = now - (self._in_sync_at or now)
+        log.info("Dataplane programmed: in sync with the datastore (%.2f s after in-sync)", elapsed)
+        self._writer.send([DriverReady(elapsed)])
+        delay = float(self._config["StartupCleanupDelay"])
+        self._cleanup_at = now + delay
+
+
+def build(config: Mapping[str, Any]) -> tuple[DataplaneManager, InterfaceWatcher]:
+    from pyroute2 import IPRoute  # noqa: PLC0415 (import only in the driver process)
+
+    render = RenderConfig.from_config(config)
+    runner = LocalRunner()
+    versions = ip_versions(config["Ipv6Support"])
+    ipr = IPRoute()
+    prefixes = tuple(config["InterfacePrefix"])
+    kernel = KernelTables(
+        versions,
+        lambda v, t: IptablesTable(v, t, runner),
+        lambda v: IpsetTable(v, runner, max_size=int(config["MaxIpsetSize"])),
+        lambda v: RouteTable(v, ipr, prefixes, conntrack_runner=runner),
+    )
+    sysctls = ProcSysctlWriter()
+    for v in versions:
+        configure_global(v, sysctls, bool(config["IgnoreLooseRPF"]), runner)
+    manager = DataplaneManager(render, kernel, sysctls)
+    watcher = InterfaceWatcher(manager)
+    watcher.snapshot()
+    log.info("Dataplane driver ready: IP versions %s, interface prefixes %s", versions, prefixes)
+    return manager, watcher
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--from-felix", type=int, required=True, help="fd of Felix's messages")
+    parser.add_argument("--to-felix", type=int, required=True, help="fd for reports to Felix")
+    args = parser.parse_args(argv)
+    logs.configure_early(os.environ, "FELIX_LOGSEVERITYSCREEN", sys.stderr)
+    reader, writer = FrameReader(args.from_felix), FrameWriter(args.to_felix)
+    first = reader.read()
+    while first == []:
+        first = reader.read()
+    if not first or not first[0] or not isinstance(first[0][0], DriverInit):
+        log.critical("Felix did not start with its configuration; exiting")
+        return EXIT_FATAL
+    init: DriverInit = first[0][0]
+    config = init.config
+    logs.configure(
+        program=PROG,
+        screen=config["LogSeverityScreen"],
+        file_path=config["LogFilePath"],
+        file_level=config["LogSeverityFile"],
+        syslog_level=config["LogSeveritySys"],
+    )
+    try:
+        manager, watcher = build(config)
+    except LooseRPFError as e:
+        log.critical("%s", e)
+        return EXIT_FATAL
+    loop = DriverLoop(config, reader, writer, manager, watcher)
+    loop.feed([first[0][1:], *first[1:]])
+    try:
+        return loop.run()
+    except BrokenPipeError:
+        log.info("Felix closed the pipe; the dataplane driver stops")
+        return EXIT_FELIX_GONE
+    finally:
+        watcher.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

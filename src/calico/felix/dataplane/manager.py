@@ -1,0 +1,325 @@
+"""The dataplane manager: calc messages in, desired kernel state out, applied in a fixed order.
+
+API model: `on_message()` is cheap bookkeeping (remember the message, mark what it affects as
+dirty); `apply()` does the work for everything dirty at once, so one batch from Felix costs one
+ipset restore and one iptables-restore per table. Interface events from the netlink watcher come
+in through `on_interface_*` and mark the endpoints using that interface dirty.
+
+Apply order (each step relies on the ones before it):
+
+1. IP sets: create and update (rules about to be written may reference new sets);
+2. iptables, per IP version: filter, nat, raw (policies/profiles, endpoint chains, dispatch
+   chains, NAT; the table driver writes only what differs from the kernel);
+3. IP sets again: destroy sets that no rule references any more;
+4. routes and static ARP, per IP version, then per-interface sysctls for interfaces that are up.
+
+Nothing touches the kernel before `InSync`: until then the previous run's chains, sets and routes
+keep traffic flowing. Orphans of the previous run are swept by `cleanup()` (StartupCleanupDelay
+after in-sync).
+
+Not thread safe: the driver's single loop owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
+from calico.felix.calc import messages as m
+from calico.felix.dataplane import names
+from calico.felix.dataplane import rendering as r
+from calico.felix.dataplane.interfaces import SysctlWriter, configure_interface
+from calico.felix.dataplane.ipsets import HASH_NET, IpsetTable
+from calico.felix.dataplane.iptables import IptablesTable
+from calico.felix.dataplane.routes import RouteTable
+
+log = logging.getLogger(__name__)
+
+TABLES = (names.FILTER, names.NAT, names.RAW)
+# Kernel chain → Felix chain hooks per table (names.HOOKS, grouped).
+_HOOKS: dict[str, list[tuple[str, str]]] = {
+    t: [(k, f) for (table, k), f in names.HOOKS.items() if table == t] for t in TABLES
+}
+
+Chains = dict[str, list[str]]
+Owner = tuple[str, object]  # who wants a group of chains: ("policy", key), ("static", None)...
+
+
+class KernelTables:
+    """The per-version drivers: iptables tables, ipsets and routes."""
+
+    def __init__(
+        self,
+        ip_versions: Iterable[int],
+        make_table: Callable[[int, str], IptablesTable],
+        make_ipsets: Callable[[int], IpsetTable],
+        make_routes: Callable[[int], RouteTable],
+    ) -> None:
+        self.versions = tuple(ip_versions)
+        self.iptables = {(v, t): make_table(v, t) for v in self.versions for t in TABLES}
+        self.ipsets = {v: make_ipsets(v) for v in self.versions}
+        self.routes = {v: make_routes(v) for v in self.versions}
+
+
+class DataplaneManager:
+    def __init__(
+        self, config: r.RenderConfig, kernel: KernelTables, sysctls: SysctlWriter | None
+    ) -> None:
+        self._config = config
+        self._kernel = kernel
+        self._sysctls = sysctls
+        self.in_sync = False
+        self._owned: dict[tuple[int, str], dict[Owner, set[str]]] = {
+            key: {} for key in kernel.iptables
+        }
+        self._workloads: dict[WorkloadEndpointKey, m.WorkloadEndpointUpdate] = {}
+        self._host_endpoints: dict[HostEndpointKey, m.HostEndpointUpdate] = {}
+        self._pools: dict[IPPoolKey, m.IPPoolUpdate] = {}
+        self._interfaces_up: dict[str, bool] = {}
+        self._interface_addrs: dict[str, frozenset[str]] = {}
+        self._dirty_workloads: set[WorkloadEndpointKey] = set()
+        self._removed_interfaces: set[str] = set()
+        self._dirty_globals = True  # dispatch, NAT, host endpoints, static chains
+        self._configured: set[tuple[str, int]] = set()  # (interface, version) sysctls done
+
+    # --- Inputs --------------------------------------------------------------------------------
+
+    def on_message(self, message: m.Message) -> None:
+        match message:
+            case m.InSync():
+                self.in_sync = True
+            case m.IPSetUpdate(set_id, members):
+                for ipsets in self._kernel.ipsets.values():
+                    ipsets.replace_members(set_id, members)
+            case m.IPSetDeltaUpdate(set_id, added, removed):
+                for ipsets in self._kernel.ipsets.values():
+                    ipsets.remove_members(set_id, removed)
+                    ipsets.add_members(set_id, added)
+            case m.IPSetRemove(set_id):
+                for ipsets in self._kernel.ipsets.values():
+                    ipsets.remove_set(set_id)
+            case m.ActivePolicyUpdate(key):
+                self._set_policy(key, message)
+            case m.ActivePolicyRemove(key):
+                self._set_policy(key, None)
+            case m.ActiveProfileUpdate(profile_id):
+                self._set_profile(profile_id, message)
+            case m.ActiveProfileRemove(profile_id):
+                self._set_profile(profile_id, None)
+            case m.WorkloadEndpointUpdate(key):
+                old = self._workloads.get(key)
+                if old is not None and old.endpoint.name != message.endpoint.name:
+                    self._removed_interfaces.add(old.endpoint.name)
+                self._workloads[key] = message
+                self._dirty_workloads.add(key)
+                self._dirty_globals = True
+            case m.WorkloadEndpointRemove(key):
+                old = self._workloads.pop(key, None)
+                if old is not None:
+                    self._removed_interfaces.add(old.endpoint.name)
+                self._dirty_workloads.add(key)
+                self._dirty_globals = True
+            case m.HostEndpointUpdate(key):
+                self._host_endpoints[key] = message
+                self._dirty_globals = True
+            case m.HostEndpointRemove(key):
+                self._host_endpoints.pop(key, None)
+                self._dirty_globals = True
+            case m.IPPoolUpdate(key):
+                self._pools[key] = message
+                self._dirty_globals = True
+            case m.IPPoolRemove(key):
+                self._pools.pop(key, None)
+                self._dirty_globals = True
+            case _:
+                pass  # config (Felix restarts itself), Ready, host metadata (no IPIP yet)
+
+    def on_interface_update(self, name: str, up: bool) -> None:
+        was_up = self._interfaces_up.get(name)
+        self._interfaces_up[name] = up
+        if was_up != up:
+            if not up:
+                self._configured = {c for c in self._configured if c[0] != name}
+            self._dirty_interface(name)
+
+    def on_interface_removed(self, name: str) -> None:
+        self._interfaces_up.pop(name, None)
+        self._interface_addrs.pop(name, None)
+        self._configured = {c for c in self._configured if c[0] != name}
+        self._dirty_interface(name)
+
+    def on_interface_addrs(self, name: str, addrs: frozenset[str]) -> None:
+        if self._interface_addrs.get(name) != addrs:
+            self._interface_addrs[name] = addrs
+            if self._host_endpoints:
+                self._dirty_globals = True  # host endpoints may resolve by address
+
+    def _dirty_interface(self, name: str) -> None:
+        for key, update in self._workloads.items():
+            if update.endpoint.name == name:
+                self._dirty_workloads.add(key)
+        if self._host_endpoints:
+            self._dirty_globals = True
+
+    # --- Policies and profiles -----------------------------------------------------------------
+
+    def _set_policy(self, key: PolicyKey, update: m.ActivePolicyUpdate | None) -> None:
+        for v in self._kernel.versions:
+            chains = r.policy_chains(update, v, self._config) if update else {}
+            self._own(v, names.FILTER, ("policy", key), chains)
+            raw = chains if update is not None and update.untracked else {}
+            self._own(v, names.RAW, ("policy", key), raw)
+
+    def _set_profile(self, profile_id: str, update: m.ActiveProfileUpdate | None) -> None:
+        for v in self._kernel.versions:
+            chains = r.profile_chains(update, v, self._config) if update else {}
+            self._own(v, names.FILTER, ("profile", profile_id), chains)
+
+    def _own(self, version: int, table: str, owner: Owner, chains: Chains) -> None:
+        """Make `chains` the chains `owner` wants in one table; drop what it no longer wants."""
+        owned = self._owned[(version, table)]
+        driver = self._kernel.iptables[(version, table)]
+        # Chain names are unique per owner by construction (they embed the owner's ID).
+        for name in owned.get(owner, set()) - chains.keys():
+            driver.remove_chain(name)
+        for name, rules in chains.items():
+            driver.set_chain(name, rules)
+        if chains:
+            owned[owner] = set(chains)
+        else:
+            owned.pop(owner, None)
+
+    # --- Apply ---------------------------------------------------------------------------------
+
+    def apply(self, force_refresh: bool = False) -> None:
+        """Program everything dirty. Raises the drivers' errors; state stays dirty for a retry."""
+        if not self.in_sync:
+            return
+        for name in self._removed_interfaces:  # first: a name may be reused by another endpoint
+            for routes in self._kernel.routes.values():
+                routes.remove_interface(name)
+        for key in sorted(self._dirty_workloads, key=repr):
+            self._program_workload(key)
+        if self._dirty_globals:
+            self._program_globals()
+        for ipsets in self._kernel.ipsets.values():
+            ipsets.apply(force_refresh)
+        for driver in self._kernel.iptables.values():
+            driver.apply(force_refresh)
+        for ipsets in self._kernel.ipsets.values():
+            ipsets.apply()  # destroys sets the rules no longer reference
+        for routes in self._kernel.routes.values():
+            routes.apply()
+        self._configure_interfaces()
+        self._dirty_workloads.clear()
+        self._removed_interfaces.clear()
+        self._dirty_globals = False
+
+    def cleanup(self) -> None:
+        """End the graceful-restart period: sweep the previous run's orphan chains and sets."""
+        for driver in self._kernel.iptables.values():
+            driver.end_grace_period()
+        self.apply(force_refresh=True)
+        for ipsets in self._kernel.ipsets.values():
+            for name in ipsets.cleanup_orphans():
+                log.info("Removed orphan ipset %s", name)
+
+    def _program_workload(self, key: WorkloadEndpointKey) -> None:
+        update = self._workloads.get(key)
+        for v in self._kernel.versions:
+            chains = r.workload_endpoint_chains(update, v, self._config) if update else {}
+            self._own(v, names.FILTER, ("endpoint", key), chains)
+            routes = self._kernel.routes[v]
+            if update is None:
+                continue
+            endpoint = update.endpoint
+            if not endpoint.active:
+                routes.remove_interface(endpoint.name)
+                continue
+            nets = endpoint.ipv4_nets if v == 4 else endpoint.ipv6_nets
+            nats = endpoint.ipv4_nat if v == 4 else endpoint.ipv6_nat
+            ips = [net.split("/")[0] for net in nets] + [nat.ext_ip for nat in nats]
+            routes.set_routes(endpoint.name, ips, mac=endpoint.mac if v == 4 else None)
+
+    def _program_globals(self) -> None:
+        active = [u.endpoint.name for u in self._workloads.values() if u.endpoint.active]
+        host_ifaces = self._resolve_host_endpoints()
+        masquerade = any(p.pool.masquerade for p in self._pools.values() if p.id.version == 4)
+        floating = [
+            (nat.int_ip, nat.ext_ip)
+            for u in self._workloads.values()
+            if u.endpoint.active
+            for nat in u.endpoint.ipv4_nat + u.endpoint.ipv6_nat
+        ]
+        for v in self._kernel.versions:
+            cfg = self._config
+            self._own(v, names.FILTER, ("static", None), r.static_filter_chains(v, cfg))
+            self._own(v, names.FILTER, ("dispatch", None), r.dispatch_chains(active, v, cfg))
+            host_dispatch = r.dispatch_chains(host_ifaces, v, cfg, host=True)
+            self._own(v, names.FILTER, ("host-dispatch", None), host_dispatch)
+            self._own(v, names.RAW, ("host-dispatch", None), host_dispatch)
+            self._own(v, names.RAW, ("static", None), r.raw_chains(v, cfg))
+            self._own(v, names.NAT, ("static", None), r.nat_chains(v, cfg, floating, masquerade))
+            self._program_host_endpoints(v, host_ifaces)
+            for table in TABLES:
+                for kernel_chain, felix_chain in _HOOKS[table]:
+                    self._kernel.iptables[(v, table)].set_hook(kernel_chain, felix_chain)
+        if 4 in self._kernel.ipsets:
+            self._program_pool_sets(self._kernel.ipsets[4])
+
+    def _program_pool_sets(self, ipsets: IpsetTable) -> None:
+        v4 = [p.pool for p in self._pools.values() if p.id.version == 4]
+        ipsets.replace_named(names.IPSET_ALL_POOLS, HASH_NET, [p.cidr for p in v4])
+        ipsets.replace_named(names.IPSET_MASQ_POOLS, HASH_NET, [p.cidr for p in v4 if p.masquerade])
+
+    def _resolve_host_endpoints(self) -> dict[str, m.HostEndpointUpdate]:
+        """Interface → host endpoint: by name, else by any expected address the interface holds
+        (the first endpoint in key order wins an interface, with a warning)."""
+        resolved: dict[str, m.HostEndpointUpdate] = {}
+        for key in sorted(self._host_endpoints, key=lambda k: k.endpoint):
+            update = self._host_endpoints[key]
+            endpoint = update.endpoint
+            if endpoint.name:
+                candidates = [endpoint.name]
+            else:
+                expected = set(endpoint.expected_ipv4_addrs + endpoint.expected_ipv6_addrs)
+                candidates = sorted(
+                    name for name, addrs in self._interface_addrs.items() if addrs & expected
+                )
+            for name in candidates:
+                if name in resolved:
+                    log.warning("Interface %s matches two host endpoints; using the first", name)
+                    continue
+                resolved[name] = update
+        return resolved
+
+    def _program_host_endpoints(
+        self, version: int, resolved: Mapping[str, m.HostEndpointUpdate]
+    ) -> None:
+        filter_chains: Chains = {}
+        raw_chains: Chains = {}
+        for interface, update in resolved.items():
+            f, raw = r.host_endpoint_chains(update, interface, version, self._config)
+            filter_chains.update(f)
+            raw_chains.update(raw)
+        self._own(version, names.FILTER, ("host-endpoints", None), filter_chains)
+        self._own(version, names.RAW, ("host-endpoints", None), raw_chains)
+
+    def _configure_interfaces(self) -> None:
+        """Per-interface sysctls for active workload interfaces that are up (§5.11)."""
+        if self._sysctls is None:
+            return
+        for update in self._workloads.values():
+            endpoint = update.endpoint
+            if not endpoint.active or not self._interfaces_up.get(endpoint.name):
+                continue
+            for v in self._kernel.versions:
+                if (endpoint.name, v) in self._configured:
+                    continue
+                try:
+                    configure_interface(endpoint.name, v, self._sysctls)
+                except OSError as e:
+                    log.warning("Could not configure interface %s: %s", endpoint.name, e)
+                    continue
+                self._configured.add((endpoint.name, v))

@@ -1,0 +1,102 @@
+"""Felix ↔ dataplane driver transport: framed batches of messages over a pair of OS pipes.
+
+Felix starts the driver as a child process and passes it two extra file descriptors, as Felix
+2.0 did (felix.md §7.1): fd 3 carries batches from Felix to the driver, fd 4 carries the
+driver's reports back. Each frame is an 8-byte little-endian length followed by a pickled list
+of messages (`calc.messages` values, plus `DriverInit` as the very first frame).
+
+Why pickle: both ends are this package, the pipes are private to the two processes, and the
+messages are frozen dataclasses, so pickle carries them exactly with no schema to keep in sync.
+Nothing from outside the host ever reaches these pipes.
+
+Either side seeing end-of-file knows the other has gone and exits: the service manager then
+restarts Felix, which restarts the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+HEADER = struct.Struct("<Q")
+TO_DRIVER_FD = 3
+FROM_DRIVER_FD = 4
+_READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class DriverInit:
+    """First frame to the driver: Felix's resolved configuration (parameter name → value)."""
+
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DriverReady:
+    """Report from the driver: the first in-sync state has been programmed into the kernel."""
+
+    seconds_since_in_sync: float
+
+
+def encode(batch: list[Any]) -> bytes:
+    payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(payload)) + payload
+
+
+class FrameWriter:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def send(self, batch: list[Any]) -> None:
+        """Write one frame (blocking until the pipe takes it all)."""
+        data = memoryview(encode(batch))
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class FrameReader:
+    """Reads frames from a pipe fd; `read()` blocks for at least one read and returns every frame
+    completed so far, or None at end of file."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self) -> list[list[Any]] | None:
+        chunk = os.read(self._fd, _READ_SIZE)
+        if not chunk:
+            return None
+        self._buffer += chunk
+        return self._complete_frames()
+
+    def _complete_frames(self) -> list[list[Any]]:
+        frames: list[list[Any]] = []
+        offset = 0
+        buffer = self._buffer
+        while len(buffer) - offset >= HEADER.size:
+            (length,) = HEADER.unpack_from(buffer, offset)
+            end = offset + HEADER.size + length
+            if len(buffer) < end:
+                break
+            frames.append(pickle.loads(buffer[offset + HEADER.size : end]))  # noqa: S301 (see module doc)
+            offset = end
+        del buffer[:offset]
+        return frames
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
