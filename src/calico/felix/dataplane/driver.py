@@ -170,7 +170,7 @@ def build(config: Mapping[str, Any]) -> tuple[DataplaneManager, InterfaceWatcher
     sysctls = ProcSysctlWriter()
     for v in versions:
         configure_global(v, sysctls, bool(config["IgnoreLooseRPF"]), runner)
-    manager = DataplaneManager(render, kernel, sysctls)
+    manager = DataplaneManager(render, kernel, sysctls, runner)
     watcher = InterfaceWatcher(manager)
     watcher.snapshot()
     log.info("Dataplane driver ready: IP versions %s, interface prefixes %s", versions, prefixes)

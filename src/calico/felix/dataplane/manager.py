@@ -29,6 +29,7 @@ from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, Wo
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
+from calico.felix.dataplane.commands import CommandRunner
 from calico.felix.dataplane.interfaces import SysctlWriter, configure_interface
 from calico.felix.dataplane.ipsets import HASH_NET, IpsetTable
 from calico.felix.dataplane.iptables import IptablesTable
@@ -64,9 +65,14 @@ class KernelTables:
 
 class DataplaneManager:
     def __init__(
-        self, config: r.RenderConfig, kernel: KernelTables, sysctls: SysctlWriter | None
+        self,
+        config: r.RenderConfig,
+        kernel: KernelTables,
+        sysctls: SysctlWriter | None,
+        runner: CommandRunner | None = None,
     ) -> None:
         self._config = config
+        self._runner = runner
         self._kernel = kernel
         self._sysctls = sysctls
         self.in_sync = False
@@ -81,7 +87,8 @@ class DataplaneManager:
         self._dirty_workloads: set[WorkloadEndpointKey] = set()
         self._removed_interfaces: set[str] = set()
         self._dirty_globals = True  # dispatch, NAT, host endpoints, static chains
-        self._configured: set[tuple[str, int]] = set()  # (interface, version) sysctls done
+        # (interface, version, IPv6 gateway) whose sysctls (and proxy NDP entry) are in place.
+        self._configured: set[tuple[str, int, str | None]] = set()
 
     # --- Inputs --------------------------------------------------------------------------------
 
@@ -307,7 +314,8 @@ class DataplaneManager:
         self._own(version, names.RAW, ("host-endpoints", None), raw_chains)
 
     def _configure_interfaces(self) -> None:
-        """Per-interface sysctls for active workload interfaces that are up (§5.11)."""
+        """Per-interface sysctls for active workload interfaces that are up, and for IPv6 a proxy
+        NDP entry for the endpoint's gateway so the workload can resolve it (§5.11)."""
         if self._sysctls is None:
             return
         for update in self._workloads.values():
@@ -315,11 +323,28 @@ class DataplaneManager:
             if not endpoint.active or not self._interfaces_up.get(endpoint.name):
                 continue
             for v in self._kernel.versions:
-                if (endpoint.name, v) in self._configured:
+                gateway = endpoint.ipv6_gateway if v == 6 else None
+                if (endpoint.name, v, gateway) in self._configured:
                     continue
                 try:
                     configure_interface(endpoint.name, v, self._sysctls)
                 except OSError as e:
                     log.warning("Could not configure interface %s: %s", endpoint.name, e)
                     continue
-                self._configured.add((endpoint.name, v))
+                if gateway is not None and not self._proxy_ndp(endpoint.name, gateway):
+                    continue
+                self._configured.add((endpoint.name, v, gateway))
+
+    def _proxy_ndp(self, interface: str, gateway: str) -> bool:
+        if self._runner is None:
+            return True
+        argv = ["ip", "-6", "neigh", "replace", "proxy", gateway, "dev", interface]
+        result = self._runner.run(argv)
+        if result.returncode != 0:
+            log.warning(
+                "Could not add proxy NDP for %s on %s: %s",
+                gateway,
+                interface,
+                result.stderr.strip(),
+            )
+        return result.returncode == 0
