@@ -18,6 +18,7 @@ from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess, felix_env, run_felix
 from calico.lab.netns import NetNS
 from calico.lab.relay import LoopbackRelay
+from calico.lab.topology import ComputeHost, ping, tcp_ok, wait_until
 
 HOST = "demo-host-1"
 
@@ -115,8 +116,50 @@ def main() -> int:
                     felix.stop()
                 say("Log of the felix run")
                 print(felix.text().rstrip())
-        say("Cleaned up: felix stopped, namespace deleted, etcd stopped")
+            dataplane_demo(etcd, work)
+        say("Cleaned up: felix stopped, namespaces deleted, etcd stopped")
     return 0
+
+
+DP_HOST = "demo-host-2"
+
+
+def dataplane_demo(etcd: EtcdServer, work: Path) -> None:
+    """Three VMs on a second compute host: web-1 and web-2 share a security group that admits
+    its own members; db-1's security group is missing from etcd, so it is denied everything."""
+    say("Dataplane: a compute host with three VMs (TAP interfaces, /32 routes, security groups)")
+    (work / "lab").mkdir()
+    with ComputeHost(etcd, hostname=DP_HOST, work_dir=work / "lab") as host:
+        web1 = host.add_workload("10.65.1.2", "fd00:65::1:2", label="web1")
+        web2 = host.add_workload("10.65.1.3", "fd00:65::1:3", label="web2")
+        db1 = host.add_workload("10.65.1.4", "fd00:65::1:4", label="db1")
+        sg = "openstack-sg-web"
+        etcd.v2_put(
+            f"/calico/v1/policy/profile/{sg}/rules",
+            json.dumps({"inbound_rules": [{"src_tag": sg}], "outbound_rules": [{}]}),
+        )
+        etcd.v2_put(f"/calico/v1/policy/profile/{sg}/tags", json.dumps([sg]))
+        for vm in (web1, web2):
+            etcd.v2_put(vm.endpoint_key(), vm.endpoint_json([sg]))
+        etcd.v2_put(db1.endpoint_key(), db1.endpoint_json(["openstack-sg-missing"]))
+        felix = host.start_felix()
+        felix.wait_for("Dataplane programmed", timeout=60)
+        print(f"  felix programmed {host.name}; routes there:")
+        for line in host.run(["ip", "route", "show", "proto", "80"]).stdout.splitlines():
+            print(f"    {line}")
+        wait_until(lambda: ping(web1.ns, web2), timeout=20)
+        wait_until(lambda: ping(web1.ns, web2, v6=True), timeout=20)  # neighbour discovery
+        say("Connectivity (expected: web <-> web allowed; anything to or from db-1 denied)")
+        vms = {"web-1": web1, "web-2": web2, "db-1": db1}
+        for src_name, src in vms.items():
+            for dst_name, dst in vms.items():
+                if src is dst:
+                    continue
+                v4 = "allowed" if ping(src.ns, dst) else "denied"
+                v6 = "allowed" if ping(src.ns, dst, v6=True) else "denied"
+                tcp = "allowed" if tcp_ok(src.ns, dst, 80) else "denied"
+                print(f"  {src_name:6} -> {dst_name:6}  ping {v4:8} ping6 {v6:8} tcp/80 {tcp}")
+        felix.stop()
 
 
 if __name__ == "__main__":
