@@ -378,13 +378,15 @@ def test_tier_policy_denies_then_removal_restores(lab: FelixLab) -> None:
         assert ping(a, b), "A->B ICMP should still be allowed (next-tier to the profile)"
         assert tcp_ok(b, a, 80), "B's outbound should be unaffected (next-tier)"
         if lab.problem_v6 is None:  # (a broken IPv6 fails the v6 tests, not this one)
-            assert not tcp_ok(a, b, 80, v6=True), "the policy should deny over IPv6 too"
+            # v4 and v6 tables are written one after the other: wait, do not race.
+            denied_v6 = wait_until(lambda: not tcp_ok(a, b, 80, v6=True), CHANGE_TIMEOUT)
+            assert denied_v6, "the policy should deny over IPv6 too"
     finally:
         lab.etcd.v2_delete(TIER, recursive=True)
     if not wait_until(lambda: tcp_ok(a, b, 80), CHANGE_TIMEOUT):
         lab.fail("removing the tier policy did not restore A->B tcp/80")
     if lab.problem_v6 is None:
-        assert tcp_ok(a, b, 80, v6=True)
+        assert wait_until(lambda: tcp_ok(a, b, 80, v6=True), CHANGE_TIMEOUT)
 
 
 def test_profile_rule_change_takes_effect(lab: FelixLab) -> None:
