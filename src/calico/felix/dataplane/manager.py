@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
+from calico.common.resources import IPPool
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
@@ -86,7 +87,13 @@ class DataplaneManager:
         self._interface_addrs: dict[str, frozenset[str]] = {}
         self._dirty_workloads: set[WorkloadEndpointKey] = set()
         self._removed_interfaces: set[str] = set()
-        self._dirty_globals = True  # dispatch, NAT, host endpoints, static chains
+        self._dirty_globals = True  # dispatch, NAT, host endpoints, static chains, pool sets
+        # What the global chains were last rendered from (None: not yet).
+        self._static_programmed = False
+        self._last_dispatch: tuple[str, ...] | None = None
+        self._last_host_endpoints: dict[str, m.HostEndpointUpdate] | None = None
+        self._last_nat: tuple[list[tuple[str, str]], bool] | None = None
+        self._last_pools: tuple[IPPool, ...] | None = None
         # (interface, version, IPv6 gateway) whose sysctls (and proxy NDP entry) are in place.
         self._configured: set[tuple[str, int, str | None]] = set()
 
@@ -250,35 +257,66 @@ class DataplaneManager:
             routes.set_routes(endpoint.name, ips, mac=endpoint.mac if v == 4 else None)
 
     def _program_globals(self) -> None:
-        active = [u.endpoint.name for u in self._workloads.values() if u.endpoint.active]
+        """Chains that depend on more than one endpoint, and the pool sets. This runs after every
+        endpoint change, so each group is re-rendered only when its own inputs changed (a label
+        change at 1,000 endpoints must not re-render the dispatch trees)."""
+        if not self._static_programmed:
+            self._program_static()
+        active = tuple(
+            sorted(u.endpoint.name for u in self._workloads.values() if u.endpoint.active)
+        )
+        if active != self._last_dispatch:
+            self._last_dispatch = active
+            for v in self._kernel.versions:
+                chains = r.dispatch_chains(active, v, self._config)
+                self._own(v, names.FILTER, ("dispatch", None), chains)
         host_ifaces = self._resolve_host_endpoints()
-        masquerade = any(p.pool.masquerade for p in self._pools.values() if p.id.version == 4)
-        floating = [
-            (nat.int_ip, nat.ext_ip)
-            for u in self._workloads.values()
-            if u.endpoint.active
-            for nat in u.endpoint.ipv4_nat + u.endpoint.ipv6_nat
-        ]
+        if host_ifaces != self._last_host_endpoints:
+            self._last_host_endpoints = host_ifaces
+            for v in self._kernel.versions:
+                host_dispatch = r.dispatch_chains(host_ifaces, v, self._config, host=True)
+                self._own(v, names.FILTER, ("host-dispatch", None), host_dispatch)
+                self._own(v, names.RAW, ("host-dispatch", None), host_dispatch)
+                self._program_host_endpoints(v, host_ifaces)
+        self._program_nat()
+        v4_pools = (p.pool for p in self._pools.values() if p.id.version == 4)
+        pools = tuple(sorted(v4_pools, key=lambda pool: (pool.cidr, pool.masquerade)))
+        if pools != self._last_pools and 4 in self._kernel.ipsets:
+            self._last_pools = pools
+            self._program_pool_sets(self._kernel.ipsets[4], pools)
+
+    def _program_static(self) -> None:
+        """The chains that depend on configuration alone, and the hooks into the kernel chains."""
+        self._static_programmed = True
         for v in self._kernel.versions:
-            cfg = self._config
-            self._own(v, names.FILTER, ("static", None), r.static_filter_chains(v, cfg))
-            self._own(v, names.FILTER, ("dispatch", None), r.dispatch_chains(active, v, cfg))
-            host_dispatch = r.dispatch_chains(host_ifaces, v, cfg, host=True)
-            self._own(v, names.FILTER, ("host-dispatch", None), host_dispatch)
-            self._own(v, names.RAW, ("host-dispatch", None), host_dispatch)
-            self._own(v, names.RAW, ("static", None), r.raw_chains(v, cfg))
-            self._own(v, names.NAT, ("static", None), r.nat_chains(v, cfg, floating, masquerade))
-            self._program_host_endpoints(v, host_ifaces)
+            self._own(v, names.FILTER, ("static", None), r.static_filter_chains(v, self._config))
+            self._own(v, names.RAW, ("static", None), r.raw_chains(v, self._config))
             for table in TABLES:
                 for kernel_chain, felix_chain in _HOOKS[table]:
                     self._kernel.iptables[(v, table)].set_hook(kernel_chain, felix_chain)
-        if 4 in self._kernel.ipsets:
-            self._program_pool_sets(self._kernel.ipsets[4])
 
-    def _program_pool_sets(self, ipsets: IpsetTable) -> None:
-        v4 = [p.pool for p in self._pools.values() if p.id.version == 4]
-        ipsets.replace_named(names.IPSET_ALL_POOLS, HASH_NET, [p.cidr for p in v4])
-        ipsets.replace_named(names.IPSET_MASQ_POOLS, HASH_NET, [p.cidr for p in v4 if p.masquerade])
+    def _program_nat(self) -> None:
+        floating = sorted(
+            {
+                (nat.int_ip, nat.ext_ip)
+                for u in self._workloads.values()
+                if u.endpoint.active
+                for nat in u.endpoint.ipv4_nat + u.endpoint.ipv6_nat
+            }
+        )
+        masquerade = any(p.pool.masquerade for p in self._pools.values() if p.id.version == 4)
+        if (floating, masquerade) == self._last_nat:
+            return
+        self._last_nat = (floating, masquerade)
+        for v in self._kernel.versions:
+            chains = r.nat_chains(v, self._config, floating, masquerade)
+            self._own(v, names.NAT, ("static", None), chains)
+
+    def _program_pool_sets(self, ipsets: IpsetTable, pools: tuple[IPPool, ...]) -> None:
+        ipsets.replace_named(names.IPSET_ALL_POOLS, HASH_NET, [p.cidr for p in pools])
+        ipsets.replace_named(
+            names.IPSET_MASQ_POOLS, HASH_NET, [p.cidr for p in pools if p.masquerade]
+        )
 
     def _resolve_host_endpoints(self) -> dict[str, m.HostEndpointUpdate]:
         """Interface → host endpoint: by name, else by any expected address the interface holds
