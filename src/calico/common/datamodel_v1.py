@@ -9,6 +9,7 @@ and writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 ROOT = "/calico"
 VERSION_DIR = "/calico/v1"
@@ -70,6 +71,31 @@ def _seg(segment: str) -> str:
     return segment
 
 
+_K = TypeVar("_K")
+
+
+def _cached_hash(cls: type[_K]) -> type[_K]:
+    """For keys the calc graph uses as dict keys in its hot paths: compute the hash once, at
+    construction (a dataclass would recompute it on every lookup). Apply under @dataclass, with
+    a ``_hash`` field declared (init=False, compare=False). Pickling rebuilds the key from its
+    fields, because string hashes differ between processes."""
+    fields = tuple(name for name in cls.__annotations__ if name != "_hash")
+
+    def __post_init__(self: _K) -> None:
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f) for f in fields)))
+
+    def __hash__(self: _K) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
+
+    def __reduce__(self: _K) -> tuple[type, tuple[object, ...]]:
+        return (type(self), tuple(getattr(self, f) for f in fields))
+
+    cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
+    cls.__hash__ = __hash__  # type: ignore[assignment,method-assign]
+    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    return cls
+
+
 @dataclass(frozen=True, slots=True)
 class ReadyKey:
     @property
@@ -97,26 +123,13 @@ class HostConfigKey:
 
 
 @dataclass(frozen=True, slots=True)
+@_cached_hash
 class WorkloadEndpointKey:
     hostname: str
     orchestrator: str
     workload: str
     endpoint: str
-    # The calc graph uses these keys as dict keys in its hot paths; a dataclass would recompute
-    # the hash on every lookup, so it is computed once. Not pickled: string hashes differ
-    # between processes, so __reduce__ rebuilds the key (and its hash) on the other side.
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "_hash", hash((self.hostname, self.orchestrator, self.workload, self.endpoint))
-        )
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __reduce__(self) -> tuple[type, tuple[str, ...]]:
-        return (type(self), (self.hostname, self.orchestrator, self.workload, self.endpoint))
+    _hash: int = field(init=False, repr=False, compare=False)  # see _cached_hash
 
     @property
     def path(self) -> str:
@@ -127,22 +140,11 @@ class WorkloadEndpointKey:
 
 
 @dataclass(frozen=True, slots=True)
+@_cached_hash
 class HostEndpointKey:
     hostname: str
     endpoint: str
-    # The calc graph uses these keys as dict keys in its hot paths; a dataclass would recompute
-    # the hash on every lookup, so it is computed once. Not pickled: string hashes differ
-    # between processes, so __reduce__ rebuilds the key (and its hash) on the other side.
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.hostname, self.endpoint)))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __reduce__(self) -> tuple[type, tuple[str, ...]]:
-        return (type(self), (self.hostname, self.endpoint))
+    _hash: int = field(init=False, repr=False, compare=False)  # see _cached_hash
 
     @property
     def path(self) -> str:
@@ -197,22 +199,11 @@ class TierMetadataKey:
 
 
 @dataclass(frozen=True, slots=True)
+@_cached_hash
 class PolicyKey:
     tier: str
     policy: str
-    # The calc graph uses these keys as dict keys in its hot paths; a dataclass would recompute
-    # the hash on every lookup, so it is computed once. Not pickled: string hashes differ
-    # between processes, so __reduce__ rebuilds the key (and its hash) on the other side.
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.tier, self.policy)))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __reduce__(self) -> tuple[type, tuple[str, ...]]:
-        return (type(self), (self.tier, self.policy))
+    _hash: int = field(init=False, repr=False, compare=False)  # see _cached_hash
 
     @property
     def path(self) -> str:
