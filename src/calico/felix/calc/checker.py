@@ -42,7 +42,6 @@ class ContractChecker:
         self.in_sync = False
         self.config: m.ConfigUpdate | None = None
         self.ready: bool | None = None
-        self.messages_seen = 0
 
     def apply_flush(self, messages: list[m.Message]) -> None:
         """Apply one flush's messages. Before the first `InSync`, a flush may only carry config
@@ -55,7 +54,6 @@ class ContractChecker:
             self.apply(message)
 
     def apply(self, message: m.Message) -> None:
-        self.messages_seen += 1
         state = self.state
         match message:
             case m.ConfigUpdate():

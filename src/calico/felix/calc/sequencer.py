@@ -178,11 +178,8 @@ class EventSequencer:
         out.extend(m.HostEndpointRemove(e) for e in self.host_endpoints.take_removals())
         out.extend(m.ActiveProfileRemove(p) for p in self.profiles.take_removals())
         out.extend(m.ActivePolicyRemove(p) for p in self.policies.take_removals())
-        for set_id in sorted(self._removed_sets):
-            out.append(m.IPSetRemove(set_id))
-            self._sent_sets.discard(set_id)
-            self._added.pop(set_id, None)
-            self._removed.pop(set_id, None)
+        out.extend(m.IPSetRemove(set_id) for set_id in sorted(self._removed_sets))
+        self._sent_sets -= self._removed_sets
         self._removed_sets.clear()
         if not self._sent_in_sync:
             out.append(m.InSync())

@@ -1,8 +1,9 @@
 """Felix's end of the dataplane driver: start the child process, feed it, watch it die.
 
 `DriverProcess.send()` is the daemon's `Dataplane`. A monitor thread reads the driver's reports
-(`pipe.DriverReady`); when the driver's pipe closes or the process exits, `on_exit(reason)` is
-called once, and the daemon exits so that the service manager restarts both processes.
+(`pipe.DriverReady`, only logged for now); when the driver's pipe closes or the process exits,
+`on_exit(reason)` is called once, and the daemon exits so that the service manager restarts
+both processes.
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ class DriverProcess:
         self,
         config: Mapping[str, Any],
         on_exit: Callable[[str], None],
-        on_ready: Callable[[float], None] | None = None,
         argv: list[str] | None = None,
     ) -> None:
         self._on_exit = on_exit
-        self._on_ready = on_ready
         self._stopping = threading.Event()
         to_driver_r, to_driver_w = os.pipe()
         from_driver_r, from_driver_w = os.pipe()
@@ -66,8 +65,8 @@ class DriverProcess:
             while (frames := self._reader.read()) is not None:
                 for batch in frames:
                     for report in batch:
-                        if isinstance(report, DriverReady) and self._on_ready is not None:
-                            self._on_ready(report.seconds_since_in_sync)
+                        if isinstance(report, DriverReady):
+                            log.debug("Dataplane driver programmed the first in-sync state")
         except OSError as e:
             log.warning("Reading from the dataplane driver failed: %s", e)
         code = self._proc.wait()
