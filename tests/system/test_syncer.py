@@ -321,8 +321,11 @@ def test_survives_etcd_stop_and_restart(
     server.start()
     w.put("/calico/v1/b", "2")
     w.delete("/calico/v1/a")
+    # The resync snapshot may land between the put and the delete, in which case
+    # the delete arrives by watch a moment later: wait for the final state.
+    expected = {READY: "true", "/calico/v1/b": "2"}
     r.recorder.wait_for(
-        lambda: r.recorder.in_sync() and "/calico/v1/b" in r.recorder.state, "resynced", 40
+        lambda: r.recorder.in_sync() and r.recorder.state == expected, "resynced", 40
     )
     assert r.recorder.state == datastore(server, api)
     assert not r.error
