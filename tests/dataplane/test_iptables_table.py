@@ -14,10 +14,12 @@ import pytest
 
 from calico.felix.dataplane.commands import CommandRunner, LocalRunner, NetnsRunner
 from calico.felix.dataplane.iptables import (
+    FAILED_RULES,
     IptablesError,
     IptablesTable,
     binary,
     parse_save,
+    tokens,
 )
 from calico.lab.netns import NetNS
 
@@ -175,17 +177,36 @@ def test_commit_failure_gives_up_after_ten_tries() -> None:
     assert sleeps == [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5, 0.5]
 
 
-def test_other_failure_raises_and_keeps_desired_state() -> None:
+def test_refused_chain_fails_closed_and_the_rest_is_applied() -> None:
     sleeps: list[float] = []
-    runner = FakeRunner(save_text(), [(2, "Bad argument `--bogus'\nError occurred at line: 4\n")])
+    runner = FakeRunner(save_text(), [(2, "Bad argument `--bogus'\nError occurred at line: 7\n")])
     table = IptablesTable(4, "filter", runner, sleep=sleeps.append)
-    table.set_chain("felix-A", ["--bogus -j RETURN"])
+    table.set_chain("felix-A", [SSH])
+    table.set_chain("felix-B", ["--bogus -j RETURN"])
+    assert table.apply() is True
+    first, second = runner.restores
+    assert first.splitlines()[6] == "-A felix-B --bogus -j RETURN"
+    assert f"-A felix-A {SSH}" in second
+    assert '-A felix-B -m comment --comment "WARNING Failed to program chain" -j DROP' in second
+    assert sleeps == []  # not a concurrent change: no backoff
+    assert set(table.failed_chains) == {"felix-B"}
+    assert "--bogus" in table.failed_chains["felix-B"]
+    assert table.chains["felix-B"] == ("--bogus -j RETURN",)  # desired state kept
+    table.set_chain("felix-B", ["-j RETURN"])  # new content: tried again
+    assert table.failed_chains == {}
+    table.apply()
+    assert "-A felix-B -j RETURN" in runner.restores[-1]
+
+
+def test_unattributable_failure_raises_and_keeps_desired_state() -> None:
+    runner = FakeRunner(save_text(), [(1, "iptables-restore: unable to initialize table\n")])
+    table = IptablesTable(4, "filter", runner, sleep=lambda _: None)
+    table.set_chain("felix-A", [SSH])
     with pytest.raises(IptablesError) as info:
         table.apply()
-    assert info.value.line == "-A felix-A --bogus -j RETURN"
-    assert "--bogus" in info.value.stderr
-    assert sleeps == []
-    assert table.chains == {"felix-A": ("--bogus -j RETURN",)}
+    assert info.value.line is None
+    assert "unable to initialize" in info.value.stderr
+    assert table.chains == {"felix-A": (SSH,)}
     assert table.apply() is True  # still dirty: the next apply tries again
 
 
@@ -445,18 +466,23 @@ def test_graceful_restart_keeps_old_chains_until_grace_ends(env: Env) -> None:
     assert after["INPUT"] == [("-j", "felix-INPUT")]
 
 
-def test_bad_rule_raises_then_later_apply_succeeds(env: Env) -> None:
+def test_refused_chain_is_isolated_in_the_kernel(env: Env) -> None:
     table = env.table()
     table.set_chain("felix-A", [SSH])
     table.apply()
     table.set_chain("felix-B", ["-m nosuchmatch --frob -j ACCEPT"])
-    with pytest.raises(IptablesError) as info:
-        table.apply()
-    assert info.value.line is not None and "nosuchmatch" in info.value.line
-    assert "felix-B" not in env.save()  # the transaction is all or nothing
+    table.set_chain("felix-C", ["-j felix-B", "-j ACCEPT"])
+    assert table.apply() is True
+    kernel = env.save()
+    assert kernel["felix-C"] == [("-j", "felix-B"), ("-j", "ACCEPT")]  # the good chain landed
+    failed_stub = tokens(FAILED_RULES[0])
+    assert kernel["felix-B"] == [failed_stub]  # the refused one fails closed
+    assert set(table.failed_chains) == {"felix-B"}
+    assert table.apply() is False  # steady state: no retry storm
     table.set_chain("felix-B", ["-j ACCEPT"])
     assert table.apply() is True
     assert env.save()["felix-B"] == [("-j", "ACCEPT")]
+    assert table.failed_chains == {}
 
 
 def test_nat_table(netns: Callable[[], NetNS]) -> None:
@@ -506,6 +532,5 @@ def test_offending_line_found_in_each_error_format(stderr: str) -> None:
     runner = FakeRunner(save_text(), [(1, stderr)])
     table = IptablesTable(4, "filter", runner)
     table.set_chain("felix-A", ["-j HOST-GONE"])
-    with pytest.raises(IptablesError) as info:
-        table.apply()
-    assert info.value.line == "-A felix-A -j HOST-GONE"
+    table.apply()  # line 4 is "-A felix-A -j HOST-GONE": that chain, and only it, failed
+    assert table.failed_chains == {"felix-A": stderr.strip()}

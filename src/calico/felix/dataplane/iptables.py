@@ -44,6 +44,11 @@ period a leftover kernel chain of that name is left as is instead.
 
 Failures: if restore's error points at the ``COMMIT`` line, someone else changed the table
 concurrently: re-read and retry with backoff (10 ms doubling, capped at 0.5 s, 10 tries in all).
+If it points at an ``-A <chain> ...`` line of a chain we were asked for, that chain alone is
+bad (say, a rule the kernel refuses): it is written as a drop stub instead (comment "WARNING
+Failed to program chain"; fail closed), recorded in :attr:`IptablesTable.failed_chains` and the
+transaction is retried without it, so one bad chain never holds back the others. It is tried
+again when its content changes or on the next refresh.
 Any other failure raises :class:`IptablesError` carrying stderr and the offending input line.
 (The legacy backend reports every kernel-side error, e.g. a jump loop, at ``COMMIT``; such an
 error is retried too and raised after the last try, about 2.6 s later.)
@@ -71,6 +76,8 @@ log = logging.getLogger(__name__)
 Rule = tuple[str, ...]  # one rule as shlex tokens, without "-A <chain>"
 
 STUB_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Missing chain" -j DROP',)
+# What a chain the kernel refused becomes until its content changes (fail closed).
+FAILED_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Failed to program chain" -j DROP',)
 BACKENDS = (None, "nft", "legacy")
 LOCK_WAIT_SECS = 10
 MAX_TRIES = 10
@@ -206,6 +213,7 @@ class IptablesTable:
         self._owned: set[str] = set()  # chains this instance has written (safe to delete)
         # chain -> (rule specs we wrote, how iptables-save printed them back)
         self._learned: dict[str, tuple[tuple[str, ...], tuple[Rule, ...]]] = {}
+        self._failed: dict[str, str] = {}  # chain -> why the kernel refused it
         self._in_grace = True
         self._dirty = False
 
@@ -218,10 +226,13 @@ class IptablesTable:
         _check_chain_name(name)
         for rule in rules:
             tokens(rule)  # fail here, not in the middle of a later apply
+        if self._chains.get(name) != tuple(rules):
+            self._failed.pop(name, None)  # new content deserves a new try
         self._chains[name] = tuple(rules)
         self._dirty = True
 
     def remove_chain(self, name: str) -> None:
+        self._failed.pop(name, None)
         if self._chains.pop(name, None) is not None:
             self._dirty = True
 
@@ -254,6 +265,11 @@ class IptablesTable:
     def hooks(self) -> dict[str, str]:
         return dict(self._hooks)
 
+    @property
+    def failed_chains(self) -> dict[str, str]:
+        """Chains the kernel refused (programmed as drop stubs instead), with the reason."""
+        return dict(self._failed)
+
     # -- applying -----------------------------------------------------------------------------
 
     def apply(self, force_refresh: bool = False) -> bool:
@@ -265,8 +281,11 @@ class IptablesTable:
         """
         if not (self._dirty or force_refresh):
             return False
+        if force_refresh:
+            self._failed.clear()  # a refresh gives refused chains another chance
         backoff = FIRST_BACKOFF
-        for attempt in range(1, MAX_TRIES + 1):
+        attempt = 0
+        while True:
             plan = self._plan(self._read())
             if plan.empty():
                 self._dirty = False
@@ -277,6 +296,19 @@ class IptablesTable:
                 self._after_success(plan)
                 return True
             line = _failed_line(proc.stderr, text)
+            bad_chain = self._refused_chain(line, plan)
+            if bad_chain is not None:
+                # Each round fails closed one more chain, so this ends.
+                self._failed[bad_chain] = proc.stderr.strip()
+                log.error(
+                    "%r: the kernel refused chain %s (%s); programming it as a drop stub and "
+                    "applying the rest",
+                    self,
+                    bad_chain,
+                    proc.stderr.strip(),
+                )
+                continue
+            attempt += 1
             if line != "COMMIT" or attempt == MAX_TRIES:
                 raise IptablesError(f"{self._restore[0]} failed", proc.stderr, line, text)
             log.warning(
@@ -284,7 +316,14 @@ class IptablesTable:
             )
             self._sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refused_chain(self, line: str | None, plan: _Plan) -> str | None:
+        """The requested chain an ``-A <chain> ...`` error line belongs to, if any."""
+        if line is None or not line.startswith("-A "):
+            return None
+        chain = line.split()[1]
+        wanted = chain in plan.writes and chain in self._chains
+        return chain if wanted and chain not in self._failed else None
 
     def _read(self) -> dict[str, list[Rule]]:
         proc = self._runner.run(self._save)
@@ -329,6 +368,7 @@ class IptablesTable:
     def _wanted_content(self, kernel: dict[str, list[Rule]]) -> dict[str, tuple[str, ...]]:
         """Desired chains plus stubs for the felix chains they (or hooks) reference."""
         wanted = dict(self._chains)
+        wanted.update({chain: FAILED_RULES for chain in self._failed if chain in wanted})
         for chain in sorted(self._references()):
             if chain in wanted:
                 continue
