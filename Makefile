@@ -7,9 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := etcd-server etcd-client iptables ipset iproute2 iputils-ping conntrack \
-                netcat-openbsd dnsmasq-base openssl procps
+                netcat-openbsd dnsmasq-base openssl procps logrotate busybox
 
-.PHONY: all setup deb venv demo test lint unit system clean bench-calc
+.PHONY: all setup deb venv demo test lint unit system clean bench-calc bench-dataplane docs
 
 all: test
 
@@ -28,7 +28,7 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,openstack]'
 	touch $@
 
 demo: setup
@@ -41,12 +41,22 @@ lint: venv
 test: setup lint
 	$(VENV)/bin/pytest -q
 
+# The parameter reference and the example felix.cfg, regenerated from the parameter table
+# (tests/unit/test_config_docs.py fails when either is stale).
+docs: venv
+	$(PY) -m calico.felix.config.docs --write
+
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 # The calculation graph alone at issue 3's scale (no kernel, no etcd); see docs/benchmarks.md.
 bench-calc: venv
 	$(PY) bench/calc_graph.py --json bench/results/calc_graph.json
+
+# calico-felix programming a real kernel (root; lab namespaces only) against the kernel floor
+# measured in the same run; see docs/benchmarks.md.
+bench-dataplane: venv
+	$(PY) bench/dataplane.py --json bench/results/dataplane.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -41,8 +41,8 @@ def endpoint_labels(i: int) -> dict[str, str]:
     return {"role": f"r{i % 50}", "tier": f"t{i % 10}", "app": f"a{i % 100}", "env": "prod"}
 
 
-def endpoint_key(i: int) -> str:
-    host = LOCAL_HOST if i < LOCAL else f"host-{1 + i % (HOSTS - 1)}"
+def endpoint_key(i: int, local: int = LOCAL) -> str:
+    host = LOCAL_HOST if i < local else f"host-{1 + i % (HOSTS - 1)}"
     return f"/calico/v1/host/{host}/workload/openstack/vm{i}/endpoint/ep{i}"
 
 
@@ -74,10 +74,11 @@ def rule_selector(n: int) -> str:
             return f"role == 'r{n % 50}' && !has(never{n})" + distinct
 
 
-def datastore() -> dict[str, str]:
+def datastore(endpoints: int = ENDPOINTS, local: int = LOCAL) -> dict[str, str]:
+    """The whole datastore: `endpoints` workload endpoints, the first `local` on LOCAL_HOST."""
     keys: dict[str, str] = {"/calico/v1/Ready": "true"}
-    for i in range(ENDPOINTS):
-        keys[endpoint_key(i)] = endpoint_value(i, endpoint_labels(i))
+    for i in range(endpoints):
+        keys[endpoint_key(i, local)] = endpoint_value(i, endpoint_labels(i))
     for p in range(PROFILES):
         base = f"/calico/v1/policy/profile/prof{p}"
         keys[base + "/tags"] = json.dumps([f"prof{p}"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from calico.common.datamodel_v1 import IPPoolKey, WorkloadEndpointKey
-from calico.common.resources import IPPool, Labels, NatMapping, WorkloadEndpoint
+from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, WorkloadEndpointKey
+from calico.common.resources import HostEndpoint, IPPool, Labels, NatMapping, WorkloadEndpoint
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
@@ -91,3 +91,27 @@ def test_global_chains_are_rerendered_only_when_their_inputs_change() -> None:
     replaced = [args for name, args in ipsets.calls if name == "replace_named"]  # type: ignore[attr-defined]
     assert [a[0] for a in replaced] == [names.IPSET_ALL_POOLS, names.IPSET_MASQ_POOLS]
     assert names.CHAIN_POSTROUTING in nat_table.chains_set()  # type: ignore[attr-defined]
+
+
+def test_host_endpoint_by_expected_ip_matches_the_interface_holding_it() -> None:
+    """The watcher reports addresses as "ip/prefixlen"; expected IPs are plain. A workload
+    interface never becomes a host endpoint by address (§2.3)."""
+    manager, kernel = make()
+    manager.on_message(m.InSync())
+    hep = HostEndpoint(expected_ipv4_addrs=("198.18.9.1",), expected_ipv6_addrs=("fd00:65::9",))
+    manager.on_message(m.HostEndpointUpdate(HostEndpointKey("h", "svc"), hep, (), ()))
+    manager.on_interface_addrs("tapx", frozenset({"198.18.9.1/32"}))  # a workload's: skipped
+    manager.on_interface_addrs("eth1", frozenset({"198.18.9.1/24", "10.0.0.1/8"}))
+    manager.on_interface_addrs("eth2", frozenset({"fd00:65:0:0::9/64"}))  # any spelling
+    manager.on_interface_addrs("eth3", frozenset({"198.18.9.2/24"}))
+    manager.apply()
+    chains = kernel.iptables[(4, names.FILTER)].chains_set()  # type: ignore[attr-defined]
+    assert {"felix-from-eth1", "felix-from-eth2"} <= set(chains)
+    assert not {"felix-from-eth3", "felix-from-tapx"} & set(chains)
+
+    manager.on_interface_addrs("eth1", frozenset({"10.0.0.1/8"}))  # the address moves away
+    manager.on_interface_addrs("eth3", frozenset({"198.18.9.1/32"}))
+    manager.apply()
+    removed = [a[0] for n, a in kernel.iptables[(4, names.FILTER)].calls if n == "remove_chain"]  # type: ignore[attr-defined]
+    assert "felix-from-eth1" in removed
+    assert "felix-from-eth3" in kernel.iptables[(4, names.FILTER)].chains_set()  # type: ignore[attr-defined]

@@ -57,6 +57,10 @@ SPEC_DEFAULTS = {
     "ClusterGUID": "baddecaf",
     "ClusterType": "",
     "EtcdAddr": "localhost:4001",
+    # Our extensions, not in the spec (usage reporting; see docs/operations.md).
+    "UsageReportingURL": "https://usage.projectcalico.org/UsageCheck/calicoVersionCheck",
+    "UsageReportingInitialDelaySecs": 300.0,
+    "UsageReportingIntervalSecs": 86400.0,
 }
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from calico.common import datamodel_v1 as dm
 from calico.common.datamodel_v1 import (
+    DhcpSubnetKey,
     FelixLastStatusKey,
     FelixStatusKey,
     GlobalConfigKey,
@@ -14,6 +15,7 @@ from calico.common.datamodel_v1 import (
     HostEndpointStatusKey,
     HostIPKey,
     IPPoolKey,
+    NeutronElectionKey,
     PolicyKey,
     ProfileLabelsKey,
     ProfileRulesKey,
@@ -189,3 +191,25 @@ def test_legacy_string_helpers_unchanged() -> None:
     assert dm.parse_config_key("/calico/v1/Ready") is None
     assert dm.global_config_dir() == dm.CONFIG_DIR
     assert dm.host_config_dir("h") == "/calico/v1/host/h/config"
+
+
+@pytest.mark.parametrize("subnet_id", ["sub-1", "6f1c0a9e-2b7d-4c1e-9d0a-8f3b2c1d0e9f", "a b"])
+def test_dhcp_subnet_key_round_trip(subnet_id: str) -> None:
+    key = DhcpSubnetKey(subnet_id)
+    assert key.path == f"/calico/dhcp/v1/subnet/{subnet_id}"
+    assert dm.parse_dhcp_subnet_key(key.path) == key
+    # Felix's parser ignores the DHCP and election keys: they are not Felix's business.
+    assert parse_key(key.path) is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/calico/dhcp/v1/subnet", "/calico/dhcp/v1/subnet/", "/calico/dhcp/v1/subnet/a/b", "/x/a"],
+)
+def test_dhcp_subnet_key_rejects(path: str) -> None:
+    assert dm.parse_dhcp_subnet_key(path) is None
+
+
+def test_neutron_election_key() -> None:
+    assert NeutronElectionKey().path == "/calico/openstack/v1/neutron_election"
+    assert parse_key(NeutronElectionKey().path) is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,9 @@ from calico.felix import startup_checks
 def restore_logging():
     yield
     logs.configure(program="", screen=None, file_path=None, file_level=None, syslog_level=None)
+    # configure() with every target off silences the root logger; later tests' caplog needs
+    # Python's default back.
+    logging.getLogger().setLevel(logging.WARNING)
 
 
 def test_file_target_honours_its_severity_and_creates_the_directory(tmp_path: Path, capsys):
@@ -115,3 +120,102 @@ def test_loose_rpf_refuses_unless_ignored():
     assert len(errors) == 1 and "IgnoreLooseRPF" in errors[0]
     errors, _ = startup_checks.check_host(True, which=lambda c: "/x", read_int=read)
     assert errors == []
+
+
+# -- Added for issue 5: every target at once, syslog for real, the early screen ----------------
+
+
+def test_each_target_has_its_own_severity(tmp_path: Path, monkeypatch, capsys):
+    syslog = _SyslogSink(tmp_path / "dev-log")
+    monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(syslog.path))
+    path = tmp_path / "felix.log"
+    warnings = logs.configure(
+        program="calico-felix",
+        screen="WARNING",
+        file_path=str(path),
+        file_level="DEBUG",
+        syslog_level="ERROR",
+    )
+    assert warnings == []
+    log = logging.getLogger("calico.test")
+    log.debug("d-msg")
+    log.warning("w-msg")
+    log.error("e-msg")
+    file_text = path.read_text()
+    assert all(m in file_text for m in ("d-msg", "w-msg", "e-msg"))
+    out = capsys.readouterr().out
+    assert "w-msg" in out and "e-msg" in out and "d-msg" not in out
+    [datagram] = syslog.receive()
+    # <facility/priority>program[pid]: module@line message
+    assert re.fullmatch(r"<\d+>calico-felix\[\d+\]: test_logs_and_checks@\d+ e-msg\x00?", datagram)
+    syslog.close()
+
+
+def test_none_disables_file_and_syslog(tmp_path: Path, monkeypatch):
+    syslog = _SyslogSink(tmp_path / "dev-log")
+    monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(syslog.path))
+    path = tmp_path / "felix.log"
+    # LogSeverityFile=none and LogSeveritySys=none (the parameter type maps none to None).
+    logs.configure(
+        program="x", screen=None, file_path=str(path), file_level=None, syslog_level=None
+    )
+    logging.getLogger("calico.test").critical("nowhere")
+    assert not path.exists()
+    assert syslog.receive(timeout=0.2) == []
+    # LogFilePath=none: no file even with a severity.
+    logs.configure(program="x", screen=None, file_path=None, file_level="DEBUG", syslog_level=None)
+    logging.getLogger("calico.test").critical("still nowhere")
+    assert list(tmp_path.iterdir()) == [syslog.path]
+    syslog.close()
+
+
+def test_logrotate_rename_then_new_lines_go_to_a_new_file(tmp_path: Path):
+    path = tmp_path / "felix.log"
+    logs.configure(
+        program="", screen=None, file_path=str(path), file_level="INFO", syslog_level=None
+    )
+    log = logging.getLogger("calico.test")
+    log.info("first")
+    path.rename(tmp_path / "felix.log.1")
+    assert not path.exists()
+    log.info("second")
+    log.info("third")
+    assert "first" not in path.read_text()
+    assert "second" in path.read_text() and "third" in path.read_text()
+    assert "second" not in (tmp_path / "felix.log.1").read_text()
+
+
+def test_early_messages_go_to_the_screen_before_config_is_known(capsys):
+    logs.configure_early({}, "FELIX_LOGSEVERITYSCREEN")
+    logging.getLogger("calico.test").info("early info")
+    logging.getLogger("calico.test").error("early error")
+    out = capsys.readouterr().out
+    assert "early error" in out and "early info" not in out  # ERROR until configured
+    logs.configure_early({"FELIX_LOGSEVERITYSCREEN": "info"}, "FELIX_LOGSEVERITYSCREEN")
+    logging.getLogger("calico.test").info("early info 2")
+    assert "early info 2" in capsys.readouterr().out
+    logs.configure_early({"FELIX_LOGSEVERITYSCREEN": "None"}, "FELIX_LOGSEVERITYSCREEN")
+    logging.getLogger("calico.test").critical("silenced")
+    assert capsys.readouterr().out == ""
+
+
+class _SyslogSink:
+    """A Unix datagram socket standing in for /dev/log."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+
+    def receive(self, timeout: float = 5.0) -> list[str]:
+        self._sock.settimeout(timeout)
+        got = []
+        try:
+            while True:
+                got.append(self._sock.recv(65536).decode())
+                self._sock.settimeout(0.2)
+        except TimeoutError:
+            return got
+
+    def close(self) -> None:
+        self._sock.close()

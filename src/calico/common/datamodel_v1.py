@@ -289,6 +289,39 @@ class HostEndpointStatusKey:
         return cls(key.hostname, key.endpoint)
 
 
+DHCP_SUBNET_DIR = f"{ROOT}/dhcp/v1/subnet"
+OPENSTACK_DIR = f"{ROOT}/openstack/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpSubnetKey:
+    """A Neutron subnet with DHCP enabled, written by the Neutron driver for the DHCP agent."""
+
+    subnet_id: str
+
+    @property
+    def path(self) -> str:
+        return f"{DHCP_SUBNET_DIR}/{_seg(self.subnet_id)}"
+
+
+def parse_dhcp_subnet_key(path: str) -> DhcpSubnetKey | None:
+    """The DHCP subnet key for a path under DHCP_SUBNET_DIR, else None. Kept apart from
+    `parse_key`, which returns only what Felix reads."""
+    head, sep, subnet_id = path.rpartition("/")
+    if head != DHCP_SUBNET_DIR or not sep or not subnet_id:
+        return None
+    return DhcpSubnetKey(subnet_id)
+
+
+@dataclass(frozen=True, slots=True)
+class NeutronElectionKey:
+    """The key whose holder (TTL-limited) is the one neutron-server that resyncs etcd."""
+
+    @property
+    def path(self) -> str:
+        return f"{OPENSTACK_DIR}/neutron_election"
+
+
 Key = (
     ReadyKey
     | GlobalConfigKey

@@ -23,7 +23,7 @@ from calico.common import logs
 from calico.common.etcd import connect
 from calico.common.etcd.base import EtcdError, EtcdUnavailable, KVStore
 from calico.common.etcd.syncer import Backoff, wait_for_ready
-from calico.felix import startup_checks
+from calico.felix import diags, metrics, startup_checks, usage
 from calico.felix.calc.graph import CalcGraph
 from calico.felix.config.changes import ConfigChangeDetector
 from calico.felix.config.loader import (
@@ -41,6 +41,7 @@ from calico.felix.config.loader import (
 )
 from calico.felix.daemon import EXIT_STOPPED, FelixDaemon
 from calico.felix.dataplane.connection import DriverProcess
+from calico.felix.status import StatusReporter
 
 log = logging.getLogger("calico.felix")
 
@@ -58,7 +59,11 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Calico per-host agent")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Calico per-host agent",
+        epilog=f"`{PROG} diags --help`: collect diagnostics into a tarball",
+    )
     parser.add_argument(
         "-c",
         "--config-file",
@@ -85,6 +90,9 @@ def _config_errors(e: ConfigErrors) -> int:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["diags"]:  # `calico-felix diags [...]`: see diags.py
+        return diags.main(args[1:], environ)
     try:
         return _main(argv, environ)
     except EtcdError as e:
@@ -92,6 +100,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
+    started_at = time.monotonic()  # the origin of the uptime in status reports
     args = _parser().parse_args(argv)
     env = os.environ if environ is None else environ
     # With --show-config, stdout carries the JSON: log to stderr.
@@ -154,7 +163,25 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
         config, env_raw, file_raw, host_raw, global_raw, args.config_file
     )
     graph = CalcGraph(config["FelixHostname"], config["InterfacePrefix"])
-    driver = DriverProcess(config.values(), on_exit=lambda reason: daemon[0].fatal(reason))  # noqa: PLW0108 (late: daemon[0] is set below)
+    usage.start_if_enabled(config, _version(), graph.num_hosts)
+    if config["PrometheusMetricsEnabled"]:
+        metrics.serve(config["PrometheusMetricsPort"])
+    # The reporter has its own etcd client: its writes never wait behind the syncer's watch.
+    reporter = StatusReporter(
+        connect(etcd_api(config), etcd_settings(config)),
+        config["FelixHostname"],
+        interval=config["ReportingIntervalSecs"],
+        ttl=config["ReportingTTLSecs"],
+        endpoint_reporting=config["EndpointReportingEnabled"],
+        endpoint_delay=config["EndpointReportingDelaySecs"],
+        started_at=started_at,
+    )
+    reporter.start()
+    driver = DriverProcess(
+        config.values(),
+        on_exit=lambda reason: daemon[0].fatal(reason),  # noqa: PLW0108 (late: daemon[0] is set below)
+        on_report=reporter.on_driver_report,
+    )
     try:
         daemon.append(FelixDaemon(client, changes, graph, driver))
         if stop.is_set():
@@ -162,6 +189,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
         return daemon[0].run()
     finally:
         driver.stop()
+        reporter.stop()
 
 
 def _configure_logging(config: Config) -> None:

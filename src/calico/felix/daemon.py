@@ -17,6 +17,7 @@ from typing import Protocol
 
 from calico.common.etcd.base import ClusterIdChanged, KVStore
 from calico.common.etcd.syncer import Syncer, SyncStatus, Update
+from calico.felix import metrics
 from calico.felix.calc import messages as m
 from calico.felix.calc.graph import CalcGraph
 from calico.felix.config.changes import ConfigChangeDetector
@@ -39,6 +40,7 @@ class _Status:
 @dataclass(frozen=True)
 class _Updates:
     updates: list[Update]
+    received_at: float  # time.monotonic() when the syncer handed them over
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class _QueueListener:
         self._queue.put(_Status(status))
 
     def on_updates(self, updates: list[Update]) -> None:
-        self._queue.put(_Updates(updates))
+        self._queue.put(_Updates(updates, time.monotonic()))
 
 
 class DataplaneGone(RuntimeError):
@@ -73,7 +75,7 @@ class Dataplane(Protocol):
     """Where the calc graph's messages go (the dataplane driver, or a stand-in). `send` raises
     DataplaneGone when the dataplane has died."""
 
-    def send(self, messages: list[m.Message]) -> None: ...
+    def send(self, messages: list[m.Message], received_at: float | None = None) -> None: ...
 
 
 class FelixDaemon:
@@ -95,6 +97,10 @@ class FelixDaemon:
         self._syncer = Syncer(client, _QueueListener(self._queue))
         self._keys: set[str] = set()
         self._in_sync_once = False
+        self._stats = metrics.DataplaneStats()
+        # When the oldest datastore update not yet reflected in a batch to the dataplane was
+        # received (the start of the convergence-latency measurement).
+        self._unsent_since: float | None = None
 
     def fatal(self, reason: str) -> None:
         """Thread-safe: end the process with a restart status (e.g. the driver died)."""
@@ -136,7 +142,10 @@ class FelixDaemon:
                 return EXIT_RESTART
             case _Status(status):
                 self._on_status(status)
-            case _Updates(updates):
+            case _Updates(updates, received_at):
+                metrics.on_datastore_updates(len(updates))
+                if self._unsent_since is None:
+                    self._unsent_since = received_at
                 return self._on_updates(updates)
         return None
 
@@ -150,6 +159,7 @@ class FelixDaemon:
             self._queue.put(_Fatal(f"datastore syncer died: {e!r}"))
 
     def _on_status(self, status: SyncStatus) -> None:
+        metrics.on_sync_status(status)
         self._graph.on_status(status)
         self._flush()
         if status == SyncStatus.IN_SYNC:
@@ -181,4 +191,10 @@ class FelixDaemon:
     def _flush(self) -> None:
         messages = self._graph.flush()
         if messages:
-            self._dataplane.send(messages)
+            self._stats.observe(messages)
+            self._dataplane.send(messages, self._unsent_since)
+            self._unsent_since = None
+        elif self._in_sync_once:
+            # Updates that changed nothing here (e.g. another host's endpoint): nothing to wait
+            # for. Before the first in-sync the graph holds everything back, so keep the time.
+            self._unsent_since = None

@@ -85,6 +85,12 @@ def _new_ns(prefix: str) -> NetNS:
     return NetNS(name).create()
 
 
+def _random_mac() -> str:
+    """A locally administered unicast MAC (first octet 0x02), the kind veth itself picks."""
+    octets = secrets.token_bytes(5)
+    return "02:" + ":".join(f"{b:02x}" for b in octets)
+
+
 class _HasNetns(Protocol):
     ns: NetNS
 
@@ -256,9 +262,13 @@ class ComputeHost:
         port_id: str | None = None,
         workload_id: str | None = None,
         label: str = "vm",
+        plugged: bool = True,
     ) -> Workload:
-        """A new VM namespace wired to this host (deleted by :meth:`close`)."""
-        workload = Workload(self, ip, ip6, port_id=port_id, workload_id=workload_id, label=label)
+        """A new VM namespace wired to this host (deleted by :meth:`close`); with
+        ``plugged=False`` its TAP appears only when :meth:`Workload.plug` is called."""
+        workload = Workload(
+            self, ip, ip6, port_id=port_id, workload_id=workload_id, label=label, plugged=plugged
+        )
         self.workloads.append(workload)
         return workload
 
@@ -335,7 +345,11 @@ class ComputeHost:
 class Workload(Node):
     """A VM: its own namespace whose ``eth0`` is a veth peer of ``tap<port_id[:11]>`` on the
     host. eth0 holds ``ip``/32 (and ``ip6``/128); the default routes go via 169.254.1.1
-    (onlink) and fe80::1, which the host must answer by proxy ARP / proxy NDP."""
+    (onlink) and fe80::1, which the host must answer by proxy ARP / proxy NDP.
+
+    ``plugged=False`` makes only the VM's namespace: the veth pair appears when :meth:`plug` is
+    called (as when Neutron writes the port before Nova creates the TAP). The MAC is chosen up
+    front then, so the endpoint can name it before the interface exists."""
 
     def __init__(
         self,
@@ -345,6 +359,7 @@ class Workload(Node):
         port_id: str | None = None,
         workload_id: str | None = None,
         label: str = "vm",
+        plugged: bool = True,
     ):
         self.host = host
         self.ip = ip
@@ -352,24 +367,37 @@ class Workload(Node):
         self.port_id = port_id or str(uuid.uuid4())
         self.workload_id = workload_id or str(uuid.uuid4())
         self.tap = "tap" + self.port_id[:11]
+        self.mac: str = "" if plugged else _random_mac()  # (plug() reads it back from eth0)
         self.ns = _new_ns(label)
         try:
-            host.ns.add_veth_to(self.ns, self.tap, "eth0")
-            vm = self.ns.name
-            # No DAD on the VM side: its addresses are usable at once.
-            self.ns.run(["sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_dad=0"])
-            self.ns.set_up("eth0")
-            host.ns.set_up(self.tap)  # Nova/libvirt brings the TAP up when the VM runs
-            self.ns.add_addr("eth0", f"{ip}/32")
-            _ip("-n", vm, "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0", "onlink")
-            if ip6:
-                _ip("-n", vm, "-6", "addr", "add", f"{ip6}/128", "dev", "eth0", "nodad")
-                _ip("-n", vm, "-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0")
-            link = json.loads(_ip("-n", vm, "-j", "link", "show", "eth0"))
-            self.mac: str = link[0]["address"]
+            if plugged:
+                self.plug()
         except BaseException:
             self.ns.delete()
             raise
+
+    def plug(self) -> None:
+        """Create the veth pair and configure the VM's side (addresses, default routes)."""
+        host, vm = self.host, self.ns.name
+        host.ns.add_veth_to(self.ns, self.tap, "eth0")
+        if self.mac:
+            _ip("-n", vm, "link", "set", "eth0", "address", self.mac)
+        # No DAD on the VM side: its addresses are usable at once.
+        self.ns.run(["sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_dad=0"])
+        self.ns.set_up("eth0")
+        host.ns.set_up(self.tap)  # Nova/libvirt brings the TAP up when the VM runs
+        self.ns.add_addr("eth0", f"{self.ip}/32")
+        _ip("-n", vm, "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0", "onlink")
+        if self.ip6:
+            _ip("-n", vm, "-6", "addr", "add", f"{self.ip6}/128", "dev", "eth0", "nodad")
+            _ip("-n", vm, "-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0")
+        link = json.loads(_ip("-n", vm, "-j", "link", "show", "eth0"))
+        self.mac = link[0]["address"]
+
+    def unplug(self) -> None:
+        """Delete the veth pair (both ends), as when the VM stops; :meth:`plug` makes it again,
+        with the same MAC."""
+        _ip("-n", self.host.ns.name, "link", "del", self.tap)
 
     def __repr__(self) -> str:
         return f"Workload({self.ip}, tap={self.tap!r}, ns={self.ns.name!r})"

@@ -34,8 +34,11 @@ from calico.common.etcd.transport import (
 log = logging.getLogger(__name__)
 
 KEY_NOT_FOUND = 100
+DIR_NOT_EMPTY = 108
 EVENT_INDEX_CLEARED = 401
 _DELETE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
+# Key not found, compare failed, node exists: the condition did not hold.
+_COMPARE_FAILURES = frozenset({100, 101, 105})
 
 
 class EtcdV2Client:
@@ -124,6 +127,63 @@ class EtcdV2Client:
         body, _ = self._request("DELETE", prefix, params={"recursive": "true"})
         if body.get("errorCode") != KEY_NOT_FOUND:
             _raise_for_error(body)
+
+    def delete_empty_dir(self, path: str) -> bool:
+        body, _ = self._request("DELETE", path, params={"dir": "true"})
+        if body.get("errorCode") in (KEY_NOT_FOUND, DIR_NOT_EMPTY):
+            return False
+        _raise_for_error(body)
+        return True
+
+    # -- compare-and-swap ----------------------------------------------------------------
+
+    def get_versioned(self, key: str) -> tuple[str, int] | None:
+        body, _ = self._request("GET", key)
+        if body.get("errorCode") == KEY_NOT_FOUND:
+            return None
+        _raise_for_error(body)
+        node = body["node"]
+        return None if node.get("dir") else (node.get("value", ""), int(node["modifiedIndex"]))
+
+    def read_prefix_versioned(self, prefix: str) -> dict[str, tuple[str, int]]:
+        body, _ = self._request("GET", prefix, params={"recursive": "true"})
+        if body.get("errorCode") == KEY_NOT_FOUND:
+            return {}
+        _raise_for_error(body)
+        items: dict[str, tuple[str, int]] = {}
+        stack = [body["node"]]
+        while stack:
+            node = stack.pop()
+            if node.get("dir"):
+                stack.extend(node.get("nodes", ()))
+            elif "value" in node:
+                items[node["key"]] = (node["value"], int(node["modifiedIndex"]))
+        return items
+
+    def _conditional_put(
+        self, key: str, value: str, ttl: int | None, condition: dict[str, str]
+    ) -> int | None:
+        data: dict[str, Any] = {"value": value, **condition}
+        if ttl is not None:
+            data["ttl"] = ttl
+        body, _ = self._request("PUT", key, data=data)
+        if body.get("errorCode") in _COMPARE_FAILURES:
+            return None
+        _raise_for_error(body)
+        return int(body["node"]["modifiedIndex"])
+
+    def create(self, key: str, value: str, ttl: int | None = None) -> bool:
+        return self._conditional_put(key, value, ttl, {"prevExist": "false"}) is not None
+
+    def put_if(self, key: str, value: str, version: int, ttl: int | None = None) -> int | None:
+        return self._conditional_put(key, value, ttl, {"prevIndex": str(version)})
+
+    def delete_if(self, key: str, version: int) -> bool:
+        body, _ = self._request("DELETE", key, params={"prevIndex": str(version)})
+        if body.get("errorCode") in _COMPARE_FAILURES:
+            return False
+        _raise_for_error(body)
+        return True
 
     def watch(self, prefix: str, start_revision: int, timeout: float) -> list[WatchEvent]:
         """One long poll: v2 returns a single event per request."""

@@ -171,6 +171,48 @@ class EtcdV3Client:
         self._post("/kv/deleterange", {"key": _b64(start), "range_end": _b64(_range_end(start))})
         self.delete(prefix.rstrip("/"))
 
+    def delete_empty_dir(self, path: str) -> bool:
+        return False  # v3 keys are flat: there are no directories to remove
+
+    # -- compare-and-swap ----------------------------------------------------------------
+
+    def get_versioned(self, key: str) -> tuple[str, int] | None:
+        kvs = self._post("/kv/range", {"key": _b64(key)}).get("kvs", [])
+        return (_unb64(kvs[0].get("value", "")), int(kvs[0]["mod_revision"])) if kvs else None
+
+    def read_prefix_versioned(self, prefix: str) -> dict[str, tuple[str, int]]:
+        # One unpaged range: the driver's resync reads a few thousand keys at most.
+        start = prefix.rstrip("/") + "/"
+        body = self._post("/kv/range", {"key": _b64(start), "range_end": _b64(_range_end(start))})
+        return {
+            _unb64(kv["key"]): (_unb64(kv.get("value", "")), int(kv["mod_revision"]))
+            for kv in body.get("kvs", [])
+        }
+
+    def _txn(self, compare: dict[str, Any], request: dict[str, Any]) -> int | None:
+        """Run request if compare holds: the new revision, or None."""
+        body = self._post("/kv/txn", {"compare": [compare], "success": [request]})
+        # proto3 JSON leaves out false booleans: a missing "succeeded" means it failed.
+        return int(body["header"]["revision"]) if body.get("succeeded") else None
+
+    def _put_request(self, key: str, value: str, ttl: int | None) -> dict[str, Any]:
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if ttl is not None:
+            put["lease"] = self._post("/lease/grant", {"TTL": ttl})["ID"]
+        return {"request_put": put}
+
+    def create(self, key: str, value: str, ttl: int | None = None) -> bool:
+        compare = {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+        return self._txn(compare, self._put_request(key, value, ttl)) is not None
+
+    def put_if(self, key: str, value: str, version: int, ttl: int | None = None) -> int | None:
+        compare = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": version}
+        return self._txn(compare, self._put_request(key, value, ttl))
+
+    def delete_if(self, key: str, version: int) -> bool:
+        compare = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": version}
+        return self._txn(compare, {"request_delete_range": {"key": _b64(key)}}) is not None
+
     # -- watching ------------------------------------------------------------------------
 
     def watch(self, prefix: str, start_revision: int, timeout: float) -> list[WatchEvent]:

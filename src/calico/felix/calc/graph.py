@@ -85,6 +85,8 @@ class CalcGraph:
         self._endpoints_by_profile: dict[str, set[EndpointKey]] = {}
         self._profile_labels: dict[str, res.Labels] = {}
         self._labels_dirty: set[EndpointKey] = set()
+        # Hosts with a valid bird_ip: only for num_hosts() (the sequencer keeps pending changes).
+        self._host_ips: set[str] = set()
         self._global_config: dict[str, str] = {}
         self._host_config: dict[str, str] = {}
         self._config_changed = False
@@ -114,6 +116,15 @@ class CalcGraph:
         self._index_dirty_labels()
         self.active.resolve_dirty_endpoints()
         return self.sequencer.flush()
+
+    def num_hosts(self) -> int:
+        """Distinct hosts in the datastore with an endpoint or a bird_ip (usage reports' size).
+
+        Read-only, and safe to call from another thread: `.copy()` of a dict or set is one C
+        call that runs no Python code, so the graph's thread cannot change it half-way (GIL).
+        """
+        endpoint_hosts = {key.hostname for key in self._endpoints.copy()}
+        return len(endpoint_hosts | self._host_ips.copy())
 
     # --- Dispatcher ----------------------------------------------------------------------------
 
@@ -190,8 +201,10 @@ class CalcGraph:
                     "Invalid bird_ip %r for host %s; treating it as deleted", value, hostname
                 )
         if address is None:
+            self._host_ips.discard(hostname)
             self.sequencer.host_metadata.remove(hostname)
         else:
+            self._host_ips.add(hostname)
             self.sequencer.host_metadata.update(hostname, m.HostMetadataUpdate(hostname, address))
 
     # --- Endpoints and label inheritance ---------------------------------------------------------

@@ -1,8 +1,8 @@
 """Documents derived from the parameter table: the example felix.cfg and docs/config-params.md.
 
 Both are pure functions of `params.PARAMS`, so they cannot drift from what the loader does.
-`python -m calico.felix.config.docs --write` regenerates the checked-in copies and `--check`
-fails (exit status 1) when either copy is stale.
+`python -m calico.felix.config.docs --write` (or `make docs`) regenerates the checked-in copies
+and `--check` fails (exit status 1) when either copy is stale.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from calico.felix.config.loader import DEFAULT_CONFIG_FILE, ENV_PREFIX
 from calico.felix.config.params import PARAMS, Param
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
-EXAMPLE_PATH = Path("etc/felix.cfg.example")
+EXAMPLE_PATH = Path("packaging/felix.cfg.example")
 MARKDOWN_PATH = Path("docs/config-params.md")
 REGENERATE = "python -m calico.felix.config.docs --write"
 
@@ -138,7 +138,7 @@ def _example_param(param: Param) -> list[str]:
 
 
 def example_config() -> str:
-    """The text of etc/felix.cfg.example: every parameter, commented out at its default."""
+    """The text of packaging/felix.cfg.example: every parameter, commented out at its default."""
     lines = [*_example_header(), "", "[global]"]
     rule = "# " + "-" * (WRAP - 2)
     for section, params in _sections().items():
@@ -262,7 +262,7 @@ def stale_files(root: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m calico.felix.config.docs",
-        description="Generate etc/felix.cfg.example and docs/config-params.md from the "
+        description="Generate packaging/felix.cfg.example and docs/config-params.md from the "
         "Felix parameter table.",
     )
     mode = parser.add_mutually_exclusive_group(required=True)

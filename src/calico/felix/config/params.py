@@ -214,7 +214,33 @@ PARAMS: tuple[Param, ...] = (
         "ClusterType",
         t.Str(),
         "",
-        "Free-form cluster type, sent in usage reports.",
+        "Free-form cluster type, sent in usage reports (as unknown when empty).",
+        REPORTING,
+    ),
+    # Not in the spec: our extension, so that the usage server and schedule can be changed (and
+    # tested without the internet). The schedule names and defaults are later upstream Felix's.
+    Param(
+        "UsageReportingURL",
+        t.HttpUrl(),
+        "https://usage.projectcalico.org/UsageCheck/calicoVersionCheck",
+        "Extension (not in the spec): where usage reports go, as an HTTP GET with the query "
+        "parameters version, guid, type and size. The default is upstream Calico's server.",
+        REPORTING,
+    ),
+    Param(
+        "UsageReportingInitialDelaySecs",
+        t.Float(0.0),
+        "300",
+        "Extension (not in the spec): seconds from start to the first usage report (plus up "
+        "to 10% jitter).",
+        REPORTING,
+    ),
+    Param(
+        "UsageReportingIntervalSecs",
+        t.Float(1.0),
+        "86400",
+        "Extension (not in the spec): seconds between usage reports (daily, with 10% jitter "
+        "either way).",
         REPORTING,
     ),
     # -- etcd -----------------------------------------------------------------------------

@@ -293,6 +293,27 @@ class UrlList:
         return "comma-separated scheme://host:port URLs"
 
 
+@dataclass(frozen=True)
+class HttpUrl:
+    """One http:// or https:// URL with a host (e.g. the usage-report server)."""
+
+    def parse(self, raw: str) -> str:
+        text = raw.strip()
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadValue("not an http:// or https:// URL with a host")
+        if parts.fragment:
+            raise BadValue("must not have a #fragment")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise BadValue("bad port") from None
+        return text
+
+    def describe(self) -> str:
+        return "http:// or https:// URL"
+
+
 _IFACE_PREFIX_RE = re.compile(r"^[a-zA-Z0-9_-]{1,15}$")
 
 

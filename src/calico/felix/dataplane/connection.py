@@ -1,7 +1,8 @@
 """Felix's end of the dataplane driver: start the child process, feed it, watch it die.
 
 `DriverProcess.send()` is the daemon's `Dataplane`. A monitor thread reads the driver's reports
-(`pipe.DriverReady`, only logged for now); when the driver's pipe closes or the process exits,
+(`pipe.DriverReady`, `pipe.EndpointStatusReport`) and hands each to `on_report` (the status
+reporter); when the driver's pipe closes or the process exits,
 `on_exit(reason)` is called once, and the daemon exits so that the service manager restarts
 both processes.
 """
@@ -18,7 +19,13 @@ from typing import Any
 
 from calico.felix.calc import messages as m
 from calico.felix.daemon import DataplaneGone
-from calico.felix.dataplane.pipe import DriverInit, DriverReady, FrameReader, FrameWriter
+from calico.felix.dataplane.pipe import (
+    BatchReceived,
+    DriverInit,
+    DriverReady,
+    FrameReader,
+    FrameWriter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +38,10 @@ class DriverProcess:
         config: Mapping[str, Any],
         on_exit: Callable[[str], None],
         argv: list[str] | None = None,
+        on_report: Callable[[Any], None] | None = None,
     ) -> None:
         self._on_exit = on_exit
+        self._on_report = on_report
         self._stopping = threading.Event()
         to_driver_r, to_driver_w = os.pipe()
         from_driver_r, from_driver_w = os.pipe()
@@ -53,10 +62,15 @@ class DriverProcess:
     def pid(self) -> int:
         return self._proc.pid
 
-    def send(self, messages: list[m.Message]) -> None:
+    def send(self, messages: list[m.Message], received_at: float | None = None) -> None:
+        """received_at: time.monotonic() when Felix received the updates behind these messages
+        (the driver measures convergence latency from it)."""
+        batch: list[Any] = list(messages)
+        if received_at is not None:
+            batch.insert(0, BatchReceived(received_at))
         try:
             with self._lock:
-                self._writer.send(list(messages))
+                self._writer.send(batch)
         except (BrokenPipeError, OSError) as e:
             raise DataplaneGone(f"cannot write to the dataplane driver: {e}") from e
 
@@ -67,6 +81,8 @@ class DriverProcess:
                     for report in batch:
                         if isinstance(report, DriverReady):
                             log.debug("Dataplane driver programmed the first in-sync state")
+                        if self._on_report is not None:
+                            self._on_report(report)
         except OSError as e:
             log.warning("Reading from the dataplane driver failed: %s", e)
         code = self._proc.wait()

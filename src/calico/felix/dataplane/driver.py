@@ -3,10 +3,12 @@
 Started by Felix (`connection.DriverProcess`) as
 `python -m calico.felix.dataplane.driver --from-felix FD --to-felix FD`. One thread, one loop:
 `select()` on Felix's pipe and the netlink interface watcher, with timers for the iptables refresh
-(IptablesRefreshInterval, jittered +0-20 %), the start-of-day cleanup (StartupCleanupDelay after
-the first in-sync) and retries after a failed apply (exponential backoff, capped). End of file on
-Felix's pipe means Felix has gone: the driver exits. Any unexpected exception also ends the
-process, and Felix, seeing the pipe close, exits for the service manager to restart both.
+(IptablesRefreshInterval, jittered +0-20 %), the interface re-scan (HostInterfacePollInterval: a
+full listing of links and addresses that repairs any netlink event the kernel dropped or we
+missed), the start-of-day cleanup (StartupCleanupDelay after the first in-sync) and retries after
+a failed apply (exponential backoff, capped). End of file on Felix's pipe means Felix has gone:
+the driver exits. Any unexpected exception also ends the process, and Felix, seeing the pipe
+close, exits for the service manager to restart both.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from calico.common import logs
 from calico.felix.calc import messages as m
+from calico.felix.dataplane import metrics
 from calico.felix.dataplane.commands import LocalRunner
 from calico.felix.dataplane.interfaces import (
     InterfaceWatcher,
@@ -34,7 +37,14 @@ from calico.felix.dataplane.interfaces import (
 from calico.felix.dataplane.ipsets import IpsetError, IpsetTable
 from calico.felix.dataplane.iptables import IptablesError, IptablesTable
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
-from calico.felix.dataplane.pipe import DriverInit, DriverReady, FrameReader, FrameWriter
+from calico.felix.dataplane.pipe import (
+    BatchReceived,
+    DriverInit,
+    DriverReady,
+    EndpointStatusReport,
+    FrameReader,
+    FrameWriter,
+)
 from calico.felix.dataplane.rendering import RenderConfig
 from calico.felix.dataplane.routes import RouteTable
 
@@ -50,6 +60,13 @@ _APPLY_ERRORS = (IptablesError, IpsetError, OSError)
 
 def ipv6_available() -> bool:
     return os.path.exists("/proc/net/if_inet6") and shutil.which("ip6tables-restore") is not None
+
+
+def next_interface_poll(now: float, interval: float) -> float | None:
+    """When to re-scan interfaces next: `interval` s from `now`; None (never) if it is 0 or less.
+
+    Netlink events are the fast path; this poll only repairs a missed event, so no jitter."""
+    return None if interval <= 0 else now + interval
 
 
 def ip_versions(ipv6_support: bool | str) -> tuple[int, ...]:
@@ -80,16 +97,27 @@ class DriverLoop:
         self._retry_at: float | None = None
         self._retry_delay = RETRY_MIN_SECS
         self._refresh_at = self._next_refresh(time.monotonic())
+        self._poll_at = self._next_poll(time.monotonic())
+        self._convergence = metrics.ConvergenceTimer()
+        # Endpoint oper statuses last sent to Felix (only computed when Felix reports them).
+        self._report_statuses = bool(config.get("EndpointReportingEnabled", False))
+        self._sent_statuses: dict[Any, str] = {}
 
     def _next_refresh(self, now: float) -> float | None:
         interval = float(self._config["IptablesRefreshInterval"])
         return None if interval <= 0 else now + interval * (1 + random.random() * 0.2)  # noqa: S311
 
+    def _next_poll(self, now: float) -> float | None:
+        if self._watcher is None:
+            return None
+        return next_interface_poll(now, float(self._config["HostInterfacePollInterval"]))
+
     def run(self) -> int:
         while True:
             now = time.monotonic()
             self._run_due_work(now)
-            deadlines = [t for t in (self._cleanup_at, self._retry_at, self._refresh_at) if t]
+            timers = (self._cleanup_at, self._retry_at, self._refresh_at, self._poll_at)
+            deadlines = [t for t in timers if t]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             sources: list[Any] = [self._reader]
             if self._watcher is not None:
@@ -112,6 +140,9 @@ class DriverLoop:
     def feed(self, frames: list[list[Any]]) -> None:
         for batch in frames:
             for message in batch:
+                if isinstance(message, BatchReceived):
+                    self._convergence.received(message.monotonic)
+                    continue
                 if isinstance(message, m.InSync):
                     self._in_sync_at = time.monotonic()
                 self._manager.on_message(message)
@@ -121,20 +152,54 @@ class DriverLoop:
         if self._cleanup_at is not None and now >= self._cleanup_at:
             self._cleanup_at = None
             log.info("Start-of-day cleanup: removing the previous run's leftover chains and sets")
-            self._guarded(self._manager.cleanup)
+            if self._guarded(self._manager.cleanup):
+                log.info("Start-of-day cleanup done")
         if self._refresh_at is not None and now >= self._refresh_at:
             self._refresh_at = self._next_refresh(now)
             log.debug("Periodic iptables/ipset refresh")
             self._guarded(lambda: self._manager.apply(force_refresh=True))
+        if self._poll_at is not None and now >= self._poll_at:
+            self._poll_at = self._next_poll(now)
+            self.poll_interfaces()
         if self._dirty and (self._retry_at is None or now >= self._retry_at):
-            self._dirty = not self._guarded(self._manager.apply)
+            applied = self._guarded(self._manager.apply)
+            self._dirty = not applied
+            self._after_apply(applied)
         if self._manager.in_sync and not self._dirty and not self._reported_ready:
-            self._report_ready(now)
+            self._report_ready(time.monotonic())  # after the apply above
+
+    def poll_interfaces(self) -> None:
+        """Re-list every link and address; the watcher tells the manager what differs from
+        what events told it (nothing, normally), and apply() programs only what changed."""
+        if self._watcher is None:
+            return
+        before = self._watcher.changes
+        self._watcher.snapshot()
+        if self._watcher.changes != before:
+            log.info("Interface re-scan found changes that no netlink event reported")
+            self._dirty = True
+
+    def _after_apply(self, applied: bool) -> None:
+        """Convergence latency of the batches just programmed, and endpoint status changes."""
+        if not self._manager.in_sync:
+            return  # nothing was programmed yet (apply() waits for in-sync)
+        if applied:
+            self._convergence.programmed(time.monotonic())
+        if self._report_statuses:
+            statuses = self._manager.endpoint_statuses(apply_failed=not applied)
+            changes: dict[Any, str | None] = {
+                k: v for k, v in statuses.items() if self._sent_statuses.get(k) != v
+            }
+            changes.update({k: None for k in self._sent_statuses.keys() - statuses.keys()})
+            if changes:
+                self._sent_statuses = statuses
+                self._writer.send([EndpointStatusReport(changes)])
 
     def _guarded(self, work: Any) -> bool:
         try:
             work()
         except _APPLY_ERRORS as e:
+            metrics.APPLY_FAILURES.inc()
             log.error("Dataplane update failed (will retry in %.1f s): %s", self._retry_delay, e)
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECS)
@@ -157,7 +222,7 @@ def build(config: Mapping[str, Any]) -> tuple[DataplaneManager, InterfaceWatcher
     from pyroute2 import IPRoute  # noqa: PLC0415 (import only in the driver process)
 
     render = RenderConfig.from_config(config)
-    runner = LocalRunner()
+    runner = metrics.MeteredRunner(LocalRunner())
     versions = ip_versions(config["Ipv6Support"])
     ipr = IPRoute()
     prefixes = tuple(config["InterfacePrefix"])
@@ -199,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         file_level=config["LogSeverityFile"],
         syslog_level=config["LogSeveritySys"],
     )
+    if config.get("PrometheusMetricsEnabled"):
+        metrics.serve(int(config["DataplaneDriverPrometheusMetricsPort"]))
     try:
         manager, watcher = build(config)
     except LooseRPFError as e:

@@ -9,7 +9,9 @@ API model
       ``on_interface_update(name, up)``, ``on_interface_removed(name)`` and
       ``on_interface_addrs(name, addrs)``. :meth:`InterfaceWatcher.snapshot` lists every
       interface (and reports differences from what was known); :meth:`InterfaceWatcher.read_events`
-      drains pending netlink events.
+      drains pending netlink events. :attr:`InterfaceWatcher.changes` counts the changes
+      reported so far (the driver's periodic re-scan uses it to see whether a snapshot found
+      something the events missed).
 
 Design
     The watcher needs no thread: it exposes :meth:`InterfaceWatcher.fileno` so the dataplane
@@ -229,6 +231,9 @@ class InterfaceWatcher:
             raise
         self._marshal = MarshalRtnl()
         self._by_index: dict[int, InterfaceState] = {}
+        # How many changes were reported to the listener so far: lets a caller of snapshot()
+        # (the periodic re-scan) tell whether it found anything the events had not reported.
+        self.changes = 0
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -324,9 +329,11 @@ class InterfaceWatcher:
             old = None
         if old is None:
             self._by_index[index] = InterfaceState(name, index, up)
+            self.changes += 1
             self._listener.on_interface_update(name, up)
         elif old.up != up:
             old.up = up
+            self.changes += 1
             self._listener.on_interface_update(name, up)
 
     def _set_addrs(self, index: int, addrs: Iterable[str]) -> None:
@@ -334,11 +341,13 @@ class InterfaceWatcher:
         addrs = set(addrs)
         if state is not None and state.addrs != addrs:
             state.addrs = addrs
+            self.changes += 1
             self._listener.on_interface_addrs(state.name, frozenset(addrs))
 
     def _remove(self, index: int) -> None:
         state = self._by_index.pop(index, None)
         if state is not None:
+            self.changes += 1
             self._listener.on_interface_removed(state.name)
 
 

@@ -22,6 +22,7 @@ Not thread safe: the driver's single loop owns it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
@@ -96,6 +97,8 @@ class DataplaneManager:
         self._last_pools: tuple[IPPool, ...] | None = None
         # (interface, version, IPv6 gateway) whose sysctls (and proxy NDP entry) are in place.
         self._configured: set[tuple[str, int, str | None]] = set()
+        # Interfaces whose configuration last failed: their endpoints report "error" (§5.12).
+        self._config_failed: set[str] = set()
 
     # --- Inputs --------------------------------------------------------------------------------
 
@@ -320,8 +323,16 @@ class DataplaneManager:
 
     def _resolve_host_endpoints(self) -> dict[str, m.HostEndpointUpdate]:
         """Interface → host endpoint: by name, else by any expected address the interface holds
-        (the first endpoint in key order wins an interface, with a warning)."""
+        (the first endpoint in key order wins an interface, with a warning). Workload interfaces
+        are never matched by address (§2.3)."""
         resolved: dict[str, m.HostEndpointUpdate] = {}
+        prefixes = self._config.interface_prefixes
+        # The watcher reports "address/prefixlen"; expected addresses are plain canonical IPs.
+        held = {
+            name: {str(ipaddress.ip_interface(cidr).ip) for cidr in cidrs}
+            for name, cidrs in self._interface_addrs.items()
+            if not name.startswith(prefixes)
+        }
         for key in sorted(self._host_endpoints, key=lambda k: k.endpoint):
             update = self._host_endpoints[key]
             endpoint = update.endpoint
@@ -329,9 +340,7 @@ class DataplaneManager:
                 candidates = [endpoint.name]
             else:
                 expected = set(endpoint.expected_ipv4_addrs + endpoint.expected_ipv6_addrs)
-                candidates = sorted(
-                    name for name, addrs in self._interface_addrs.items() if addrs & expected
-                )
+                candidates = sorted(name for name, ips in held.items() if ips & expected)
             for name in candidates:
                 if name in resolved:
                     log.warning("Interface %s matches two host endpoints; using the first", name)
@@ -368,10 +377,13 @@ class DataplaneManager:
                     configure_interface(endpoint.name, v, self._sysctls)
                 except OSError as e:
                     log.warning("Could not configure interface %s: %s", endpoint.name, e)
+                    self._config_failed.add(endpoint.name)
                     continue
                 if gateway is not None and not self._proxy_ndp(endpoint.name, gateway):
+                    self._config_failed.add(endpoint.name)
                     continue
                 self._configured.add((endpoint.name, v, gateway))
+                self._config_failed.discard(endpoint.name)
 
     def _proxy_ndp(self, interface: str, gateway: str) -> bool:
         if self._runner is None:
@@ -386,3 +398,50 @@ class DataplaneManager:
                 result.stderr.strip(),
             )
         return result.returncode == 0
+
+    # --- Status --------------------------------------------------------------------------------
+
+    def _refused_chains(self) -> set[str]:
+        """Chains the kernel refused in any table (programmed as drop stubs instead)."""
+        return {c for table in self._kernel.iptables.values() for c in table.failed_chains}
+
+    def _endpoint_chains(self, interface: str) -> set[str]:
+        prefixes = self._config.interface_prefixes
+        return {names.endpoint_chain(d, interface, prefixes) for d in ("to", "from")}
+
+    def endpoint_statuses(
+        self, apply_failed: bool
+    ) -> dict[WorkloadEndpointKey | HostEndpointKey, str]:
+        """Every local endpoint's oper status after an apply (§5.12): "down" if its interface is
+        not oper-up (or missing) or the endpoint is inactive, "error" if the last apply failed
+        while the endpoint still had work pending or its interface could not be configured,
+        else "up". `apply_failed`: whether the apply just attempted raised."""
+        statuses: dict[WorkloadEndpointKey | HostEndpointKey, str] = {}
+        refused = self._refused_chains()
+        for key, update in self._workloads.items():
+            name = update.endpoint.name
+            if not self._interfaces_up.get(name):
+                statuses[key] = "down"
+            elif (
+                (apply_failed and key in self._dirty_workloads)
+                or name in self._config_failed
+                or self._endpoint_chains(name) & refused
+            ):
+                statuses[key] = "error"
+            elif not update.endpoint.active:
+                statuses[key] = "down"
+            else:
+                statuses[key] = "up"
+        if self._host_endpoints:
+            resolved = self._resolve_host_endpoints()
+            for key in self._host_endpoints:
+                names_up = [
+                    n for n, u in resolved.items() if u.id == key and self._interfaces_up.get(n)
+                ]
+                if not names_up:
+                    statuses[key] = "down"
+                elif apply_failed and self._dirty_globals:
+                    statuses[key] = "error"
+                else:
+                    statuses[key] = "up"
+        return statuses

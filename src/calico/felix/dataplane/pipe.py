@@ -42,6 +42,25 @@ class DriverReady:
     seconds_since_in_sync: float
 
 
+@dataclass(frozen=True)
+class BatchReceived:
+    """First message of a frame to the driver, when the frame comes from datastore updates: the
+    `time.monotonic()` at which Felix received the oldest of them. CLOCK_MONOTONIC is
+    system-wide, so the driver measures convergence latency (received → programmed) with its
+    own clock."""
+
+    monotonic: float
+
+
+@dataclass(frozen=True)
+class EndpointStatusReport:
+    """Report from the driver: endpoints whose oper status changed since the last report.
+    Keys are `WorkloadEndpointKey`/`HostEndpointKey`; the value is "up", "down", "error", or
+    None when the endpoint is gone (felix.md §5.12)."""
+
+    statuses: Mapping[Any, str | None]
+
+
 def encode(batch: list[Any]) -> bytes:
     payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(payload)) + payload

@@ -1,0 +1,414 @@
+"""Benchmark: calico-felix programming a real kernel, against the kernel's own floor.
+
+Scale (issue 4): N local endpoints (default 1,000) on TAP-named veths in a lab compute-host
+namespace, plus 10,000 remote endpoints feeding ipsets, 200 profiles and 100 policies with 800
+distinct selectors (the calc-graph benchmark's data set, bench/calc_graph.py). A private etcd on
+loopback holds it all before Felix starts. Measures, in one run:
+
+* cold start: calico-felix process start (etcd already loaded) -> the driver's "Dataplane
+  programmed" (everything applied); peak RSS and CPU seconds of both processes;
+* the floor: ``iptables-restore`` of exactly the ruleset Felix programmed (iptables-save of
+  every table, v4 and v6) plus ``ipset restore`` of its sets, into a fresh namespace, on the
+  nft and the legacy backend;
+* change latency at that scale, from the etcd write to the change visible in the kernel
+  (polled with ``iptables -S <chain>``): profile rule change, policy rule change, endpoint
+  label change (moves it between policies), endpoint add, endpoint delete; beside each, the
+  incremental floor: one ``iptables-restore --noflush`` rewriting just the chains that changed.
+
+Run as root: `make bench-dataplane` (or `.venv/bin/python bench/dataplane.py [--local N]
+[--changes K] [--json out.json]`). Everything runs in namespaces this script creates and
+deletes; the root namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).parent))
+import calc_graph as data
+
+from calico.felix.dataplane import names
+from calico.lab.etcd_server import EtcdServer
+from calico.lab.felix import FelixProcess
+from calico.lab.netns import NetNS
+from calico.lab.topology import ComputeHost
+
+REMOTE = 10_000
+PREFIXES = ("tap",)
+POLL_INTERVAL = 0.002
+CLEANUP_DELAY = 2  # StartupCleanupDelay, seconds (default 30)
+
+
+def load_etcd(etcd: EtcdServer, keys: dict[str, str]) -> float:
+    """Write every key (8 connections in parallel); return the seconds it took."""
+    started = time.monotonic()
+    items = list(keys.items())
+
+    def put_slice(part: list[tuple[str, str]]) -> None:
+        with requests.Session() as session:
+            for key, value in part:
+                url = f"{etcd.client_url}/v2/keys{key}"
+                session.put(url, data={"value": value}, timeout=30).raise_for_status()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put_slice, [items[i::8] for i in range(8)]))
+    return time.monotonic() - started
+
+
+def put(etcd: EtcdServer, key: str, value: object) -> None:
+    etcd.v2_put(key, value if isinstance(value, str) else json.dumps(value))
+
+
+def tap(i: int) -> str:
+    return json.loads(data.endpoint_value(i, {}))["name"]
+
+
+def add_taps(ns: NetNS, indices: range) -> None:
+    """Host-side TAP stand-ins: veth pairs whose both ends stay in the host namespace."""
+    lines = []
+    for i in indices:
+        lines += [
+            f"link add {tap(i)} type veth peer name v{i:011d}",
+            f"link set {tap(i)} up",
+            f"link set v{i:011d} up",
+        ]
+    subprocess.run(
+        ["ip", "-n", ns.name, "-batch", "-"], input="\n".join(lines) + "\n", text=True, check=True
+    )
+
+
+# -- process accounting ---------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    tree = [pid]
+    for child in children(pid):
+        tree += process_tree(child)
+    return tree
+
+
+def python_processes(root: int) -> dict[str, int]:
+    """calico-felix and its dataplane driver under ``ip netns exec``."""
+    found: dict[str, int] = {}
+    for pid in process_tree(root):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        if "dataplane.driver" in cmd:
+            found["driver"] = pid
+        elif "calico-felix" in cmd and "netns" not in cmd:
+            found["felix"] = pid
+    return found
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the kernel floor -----------------------------------------------------------------------
+
+
+def dump_ruleset(ns: NetNS) -> dict[str, str]:
+    """iptables-save of both families and ipset save, as Felix left them."""
+    return {
+        "v4": ns.run(["iptables-save"]).stdout,
+        "v6": ns.run(["ip6tables-save"]).stdout,
+        "ipset": ns.run(["ipset", "save"]).stdout,
+    }
+
+
+def count_rules(dump: dict[str, str]) -> dict[str, int]:
+    lines = (dump["v4"] + dump["v6"]).splitlines()
+    return {
+        "rules": sum(1 for line in lines if line.startswith("-A ")),
+        "chains": sum(1 for line in lines if line.startswith(":felix-")),
+        "ipset_members": sum(1 for line in dump["ipset"].splitlines() if line.startswith("add ")),
+    }
+
+
+def timed(ns: NetNS, argv: list[str], stdin: str) -> float:
+    started = time.perf_counter()
+    ns.run(argv, input=stdin)
+    return time.perf_counter() - started
+
+
+def floor(dump: dict[str, str], backend: str, runs: int) -> dict[str, float]:
+    """Median seconds to load the dump into fresh namespaces (ipsets first: rules use them)."""
+    ipset, iptables = [], []
+    for _ in range(runs):
+        with NetNS() as ns:
+            ipset.append(timed(ns, ["ipset", "restore"], dump["ipset"]))
+            iptables.append(
+                timed(ns, [f"iptables-{backend}-restore"], dump["v4"])
+                + timed(ns, [f"ip6tables-{backend}-restore"], dump["v6"])
+            )
+    return {
+        "iptables_restore_s": round(statistics.median(iptables), 3),
+        "ipset_restore_s": round(statistics.median(ipset), 3),
+        "total_s": round(statistics.median(iptables) + statistics.median(ipset), 3),
+    }
+
+
+def incremental_floor(ns: NetNS, chains: list[str], runs: int = 5) -> float:
+    """Median seconds of one restore that rewrites just these chains (their current content)."""
+    lines = ["*filter"] + [f":{chain} - [0:0]" for chain in chains]
+    for chain in chains:
+        lines += [line for line in chain_rules(ns, chain) if line.startswith("-A ")]
+    text = "\n".join([*lines, "COMMIT"]) + "\n"
+    samples = [timed(ns, ["iptables-restore", "--noflush"], text) for _ in range(runs)]
+    return statistics.median(samples)
+
+
+# -- change latency -------------------------------------------------------------------------
+
+
+def chain_rules(ns: NetNS, chain: str) -> list[str]:
+    proc = ns.run(["iptables", "-w", "-S", chain], check=False)
+    return proc.stdout.splitlines() if proc.returncode == 0 else []
+
+
+def has_port(ns: NetNS, chain: str, port: int) -> bool:
+    return any(f"--dports {port} " in rule + " " for rule in chain_rules(ns, chain))
+
+
+def progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def time_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    started = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError("the change did not reach the kernel")
+        time.sleep(POLL_INTERVAL)
+
+
+class Changes:
+    """Each change is one etcd write, then a poll of the chain that must show it."""
+
+    def __init__(self, etcd: EtcdServer, host: ComputeHost, local: int):
+        self.etcd, self.ns, self.local = etcd, host.ns, local
+        self.next_new = data.ENDPOINTS + REMOTE  # indices for added endpoints
+        self.version = 0
+        self.added: list[int] = []  # endpoints endpoint_add made, for endpoint_delete
+
+    def _timed(self, write: Callable[[], None], done: Callable[[], bool]) -> float:
+        started = time.perf_counter()
+        write()
+        time_until(done)
+        return time.perf_counter() - started
+
+    def profile_rule(self, k: int) -> tuple[float, list[str]]:
+        self.version += 1
+        port = 1000 + self.version
+        profile = f"prof{k % data.PROFILES}"
+        chain = names.profile_chain(profile, inbound=True)
+        rules = {
+            "inbound_rules": [{"protocol": "tcp", "dst_ports": [port]}],
+            "outbound_rules": [{}],
+        }
+        key = f"/calico/v1/policy/profile/{profile}/rules"
+        took = self._timed(
+            lambda: put(self.etcd, key, rules),
+            lambda: has_port(self.ns, chain, port),
+        )
+        return took, [chain]
+
+    def policy_rule(self, k: int) -> tuple[float, list[str]]:
+        self.version += 1
+        port = 2000 + self.version
+        q = k % data.POLICIES
+        chain = names.policy_chain("default", f"pol{q}", inbound=True)
+        policy = {
+            "selector": f"tier == 't{q % 10}'",
+            "order": q,
+            "inbound_rules": [{"action": "allow", "protocol": "tcp", "dst_ports": [port]}],
+            "outbound_rules": [{"action": "allow"}],
+        }
+        took = self._timed(
+            lambda: put(self.etcd, f"/calico/v1/policy/tier/default/policy/pol{q}", policy),
+            lambda: has_port(self.ns, chain, port),
+        )
+        return took, [chain]
+
+    def label_change(self, k: int) -> tuple[float, list[str]]:
+        """Move a local endpoint to another `tier` label, so other policies apply to it."""
+        i = k % self.local
+        labels = data.endpoint_labels(i)
+        old_tier = labels["tier"]
+        labels["tier"] = f"t{(int(old_tier[1:]) + 1 + self.version % 9) % 10}"
+        self.version += 1
+        new_policy = names.policy_chain("default", f"pol{int(labels['tier'][1:])}", True)
+        chain = names.endpoint_chain("to", tap(i), PREFIXES)
+        took = self._timed(
+            lambda: put(
+                self.etcd, data.endpoint_key(i, self.local), data.endpoint_value(i, labels)
+            ),
+            lambda: any(new_policy in r for r in chain_rules(self.ns, chain)),
+        )
+        put(
+            self.etcd,
+            data.endpoint_key(i, self.local),
+            data.endpoint_value(i, data.endpoint_labels(i)),
+        )
+        # Wait for the revert too, so it does not overlap (and slow) the next measured change.
+        time_until(lambda: not any(new_policy in r for r in chain_rules(self.ns, chain)))
+        return took, [chain, names.endpoint_chain("from", tap(i), PREFIXES)]
+
+    def endpoint_add(self, _k: int) -> tuple[float, list[str]]:
+        i = self.next_new
+        self.next_new += 1
+        add_taps(self.ns, range(i, i + 1))
+        chain = names.endpoint_chain("to", tap(i), PREFIXES)
+        key = data.endpoint_key(i, local=i + 1)  # on this host
+        took = self._timed(
+            lambda: put(self.etcd, key, data.endpoint_value(i, data.endpoint_labels(i))),
+            lambda: bool(chain_rules(self.ns, chain)),
+        )
+        self.added.append(i)
+        return took, [chain, names.endpoint_chain("from", tap(i), PREFIXES)]
+
+    def endpoint_delete(self, _k: int) -> tuple[float, list[str]]:
+        i = self.added.pop()
+        chain = names.endpoint_chain("to", tap(i), PREFIXES)
+        key = data.endpoint_key(i, local=i + 1)
+        took = self._timed(
+            lambda: self.etcd.v2_delete(key),
+            lambda: not chain_rules(self.ns, chain),
+        )
+        return took, []
+
+
+def measure_changes(changes: Changes, count: int) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    kinds: list[tuple[str, Callable[[int], tuple[float, list[str]]]]] = [
+        ("profile rule change", changes.profile_rule),
+        ("policy rule change", changes.policy_rule),
+        ("endpoint label change", changes.label_change),
+        ("endpoint add", changes.endpoint_add),
+        ("endpoint delete", changes.endpoint_delete),
+    ]
+    for name, change in kinds:
+        progress(f"{count} x {name}")
+        samples: list[float] = []
+        chains: list[str] = []
+        for k in range(count):
+            took, changed = change(k * 7 + 3)
+            samples.append(took)
+            chains = changed or chains
+            time.sleep(0.05)  # let Felix settle: each change is measured alone
+        samples.sort()
+        entry = {
+            "median_ms": round(statistics.median(samples) * 1000, 1),
+            "p99_ms": round(samples[max(0, int(len(samples) * 0.99) - 1)] * 1000, 1),
+            "changes": count,
+        }
+        if chains:
+            entry["incremental_floor_ms"] = round(incremental_floor(changes.ns, chains) * 1000, 1)
+        results[name] = entry
+    return results
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+@contextmanager
+def lab(local: int, work: Path) -> Iterator[tuple[EtcdServer, ComputeHost, dict[str, float]]]:
+    keys = data.datastore(endpoints=local + REMOTE, local=local)
+    with EtcdServer(work / "etcd", name="bench") as etcd:
+        progress(f"loading {len(keys)} keys into etcd")
+        load_secs = load_etcd(etcd, keys)
+        with ComputeHost(etcd, hostname=data.LOCAL_HOST, work_dir=work) as host:
+            started = time.monotonic()
+            add_taps(host.ns, range(local))
+            info = {"keys": len(keys), "etcd_load_s": round(load_secs, 2)}
+            info["taps_s"] = round(time.monotonic() - started, 2)
+            yield etcd, host, info
+
+
+def run(local: int, count: int, floor_runs: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="calico-bench-") as tmp:
+        with lab(local, Path(tmp)) as (etcd, host, info):
+            progress("starting calico-felix")
+            started = time.monotonic()
+            felix: FelixProcess = host.start_felix(
+                FELIX_IPTABLESREFRESHINTERVAL="0",
+                FELIX_STARTUPCLEANUPDELAY=str(CLEANUP_DELAY),
+                FELIX_LOGSEVERITYFILE="none",
+                FELIX_LOGFILEPATH="none",
+            )
+            felix.wait_for("Dataplane programmed", timeout=600)
+            cold_start = time.monotonic() - started
+            # Changes are timed in the steady state: after the one-off start-of-day cleanup (a
+            # full re-read of the kernel), which would otherwise land in the middle of them.
+            felix.wait_for("Start-of-day cleanup done", timeout=CLEANUP_DELAY + 120)
+            procs = python_processes(felix.proc.pid)
+            rss = {name: round(peak_rss_mb(pid), 1) for name, pid in procs.items()}
+            cpu = {name: round(cpu_seconds(pid), 2) for name, pid in procs.items()}
+            dump = dump_ruleset(host.ns)
+            sizes = count_rules(dump)
+            latency = measure_changes(Changes(etcd, host, local), count)
+            rss_after = {name: round(peak_rss_mb(pid), 1) for name, pid in procs.items()}
+            felix.stop()
+        progress("kernel floor")
+        floors = {backend: floor(dump, backend, floor_runs) for backend in ("nft", "legacy")}
+    return {
+        "scale": {"local_endpoints": local, "remote_endpoints": REMOTE, **info, **sizes},
+        "cold_start_s": round(cold_start, 2),
+        "floor": floors,
+        "cold_start_over_nft_floor": round(cold_start / floors["nft"]["total_s"], 2),
+        "peak_rss_mb_after_start": rss,
+        "peak_rss_mb_after_changes": rss_after,
+        "cpu_s_at_programmed": cpu,
+        "change_latency": latency,
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--local", type=int, default=1000, help="local endpoints")
+    parser.add_argument("--changes", type=int, default=50, help="changes of each kind")
+    parser.add_argument("--floor-runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    result = run(args.local, args.changes, args.floor_runs)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

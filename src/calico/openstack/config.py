@@ -1,0 +1,88 @@
+"""The `[calico]` options in neutron.conf (contract: shared/spec/openstack-configuration.md).
+
+The names and the defaults of etcd_host / etcd_port are the interface: keep them exactly.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from oslo_config import cfg
+
+from calico.common.etcd import EtcdSettings
+
+GROUP = "calico"
+
+OPTS = [
+    cfg.StrOpt(
+        "etcd_host",
+        default="localhost",
+        help="The hostname or IP of the etcd node/proxy.",
+    ),
+    cfg.PortOpt(
+        "etcd_port",
+        default=4001,
+        help="The port to use for the etcd node/proxy.",
+    ),
+    cfg.StrOpt(
+        "etcd_key_file",
+        help="Client private key for etcd over TLS. Setting any of the three TLS files "
+        "switches to https.",
+    ),
+    cfg.StrOpt(
+        "etcd_cert_file",
+        help="Client certificate for etcd over TLS (with etcd_key_file).",
+    ),
+    cfg.StrOpt(
+        "etcd_ca_cert_file",
+        help="CA certificate used to verify the etcd server over TLS.",
+    ),
+    cfg.StrOpt(
+        "etcd_api_version",
+        default="v2",
+        choices=["v2", "v3"],
+        help="The etcd API to store the /calico data under: v2 (default; what Felix reads "
+        "unless told otherwise) or v3. Felix and the DHCP agent must use the same one.",
+    ),
+    cfg.StrOpt(
+        "elector_name",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        help="This server's name in the election of the one neutron-server that resyncs "
+        "etcd and reports status; must differ between servers.",
+    ),
+    cfg.IntOpt(
+        "num_port_status_threads",
+        default=4,
+        min=1,
+        help="Threads writing Felix's endpoint status reports into Neutron's port status.",
+    ),
+]
+
+
+def register(conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
+    """Register the options (idempotent) and return the ConfigOpts they are on."""
+    conf = cfg.CONF if conf is None else conf
+    conf.register_opts(OPTS, GROUP)
+    return conf
+
+
+def etcd_settings(group: Any) -> EtcdSettings:
+    """EtcdSettings from the [calico] group; any TLS file means https."""
+    tls = any((group.etcd_key_file, group.etcd_cert_file, group.etcd_ca_cert_file))
+    scheme = "https" if tls else "http"
+    host = group.etcd_host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal in a URL
+    return EtcdSettings(
+        endpoints=(f"{scheme}://{host}:{group.etcd_port}",),
+        key_file=group.etcd_key_file,
+        cert_file=group.etcd_cert_file,
+        ca_file=group.etcd_ca_cert_file,
+    )
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """For oslo-config-generator."""
+    return [(GROUP, list(OPTS))]

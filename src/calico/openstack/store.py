@@ -1,0 +1,79 @@
+"""What the Neutron driver writes to etcd, given already-translated values.
+
+No Neutron imports here: the driver, the resync and the tests share this layer, and it is
+tested against a real etcd without Neutron.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from calico.common.datamodel_v1 import (
+    GlobalConfigKey,
+    ProfileRulesKey,
+    ProfileTagsKey,
+    ReadyKey,
+    WorkloadEndpointKey,
+)
+from calico.common.etcd.base import KVStore
+from calico.openstack import translation as t
+
+log = logging.getLogger(__name__)
+
+# Felix config the driver owns (openstack.md §3).
+INTERFACE_PREFIX = GlobalConfigKey("InterfacePrefix")
+ENDPOINT_REPORTING = GlobalConfigKey("EndpointReportingEnabled")
+CLUSTER_GUID = GlobalConfigKey("ClusterGUID")
+
+
+class CalicoStore:
+    def __init__(self, client: KVStore):
+        self.client = client
+
+    def put_endpoint(self, key: WorkloadEndpointKey, data: dict[str, Any]) -> None:
+        log.debug("writing endpoint %s", key.path)
+        self.client.put(key.path, t.dumps(data))
+
+    def delete_endpoint(self, key: WorkloadEndpointKey) -> None:
+        log.debug("deleting endpoint %s", key.path)
+        # A missing key is fine: the endpoint was never written or the resync removed it.
+        self.client.delete(key.path)
+
+    def cleanup_workload_dirs(self, key: WorkloadEndpointKey) -> None:
+        """v2 leaves empty directories behind; remove .../<workload>/endpoint and
+        .../<workload> if nothing else is in them (no-ops on v3)."""
+        endpoint_dir = key.path.rpartition("/")[0]
+        if self.client.delete_empty_dir(endpoint_dir):
+            self.client.delete_empty_dir(endpoint_dir.rpartition("/")[0])
+
+    def put_profile(self, sg_id: str, rules: list[dict[str, Any]]) -> None:
+        for path, value in t.profile_values(sg_id, rules).items():
+            self.client.put(path, value)
+
+    def delete_profile(self, sg_id: str) -> None:
+        pid = t.profile_id(sg_id)
+        # Tags first: nothing can match the group any more before its rules go.
+        self.client.delete(ProfileTagsKey(pid).path)
+        self.client.delete(ProfileRulesKey(pid).path)
+
+    def put_subnet(self, subnet: dict[str, Any]) -> None:
+        self.client.put(t.subnet_key(subnet["id"]).path, t.dumps(t.subnet_data(subnet)))
+
+    def delete_subnet(self, subnet_id: str) -> None:
+        self.client.delete(t.subnet_key(subnet_id).path)
+
+    def ensure_felix_config(self) -> None:
+        """The global Felix config keys the driver is responsible for, then Ready."""
+        prefix = t.interface_prefix_with_tap(self.client.get(INTERFACE_PREFIX.path))
+        if prefix is not None:
+            self.client.put(INTERFACE_PREFIX.path, prefix)
+        if self.client.get(ENDPOINT_REPORTING.path) != "true":
+            self.client.put(ENDPOINT_REPORTING.path, "true")
+        # Written once: create-only, so two servers starting together cannot both win.
+        if self.client.get(CLUSTER_GUID.path) is None:
+            created = self.client.create(CLUSTER_GUID.path, uuid.uuid4().hex)
+            log.info("ClusterGUID %s", "written" if created else "already written by a peer")
+        if self.client.get(ReadyKey().path) != "true":
+            self.client.put(ReadyKey().path, "true")

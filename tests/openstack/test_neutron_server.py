@@ -1,0 +1,226 @@
+"""A real Neutron API server (core_plugin = calico, sqlite, noauth) with its periodic workers
+and a real etcd, driven over REST (neutron-testing.md, Recipe A)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from calico.common import etcd as calico_etcd
+from calico.common import resources
+from calico.common.datamodel_v1 import (
+    DhcpSubnetKey,
+    FelixStatusKey,
+    ProfileRulesKey,
+    ProfileTagsKey,
+    ReadyKey,
+    WorkloadEndpointKey,
+    WorkloadEndpointStatusKey,
+    parse_key,
+)
+from calico.common.etcd.base import EtcdSettings, KVStore
+from calico.lab.etcd_server import EtcdServer
+from calico.lab.neutron import NeutronServer
+
+HOST = "compute-1"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def endpoints(client: KVStore) -> dict[WorkloadEndpointKey, resources.WorkloadEndpoint]:
+    out = {}
+    for path, value in client.read_prefix("/calico/v1/host").items.items():
+        key = parse_key(path)
+        if isinstance(key, WorkloadEndpointKey):
+            out[key] = resources.parse_workload_endpoint(value, key)
+    return out
+
+
+def profile_rules(client: KVStore, sg_id: str) -> resources.ProfileRules | None:
+    key = ProfileRulesKey(f"openstack-sg-{sg_id}")
+    raw = client.get(key.path)
+    return None if raw is None else resources.parse_profile_rules(raw, key)
+
+
+@pytest.fixture
+def neutron(etcd: EtcdServer, tmp_path: Path) -> Iterator[NeutronServer]:
+    server = NeutronServer(tmp_path / "neutron", etcd.port)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_rest_to_etcd(neutron: NeutronServer, etcd: EtcdServer) -> None:
+    client = calico_etcd.connect("v2", EtcdSettings((etcd.client_url,)))
+    n = neutron.call
+
+    # A live Felix on HOST: the elected worker turns its status key into the agent row that
+    # bind_port requires.
+    client.put(FelixStatusKey(HOST).path, json.dumps({"time": "now", "uptime": 1}), ttl=120)
+    wait_for(
+        "the Felix agent row",
+        lambda: [
+            a
+            for a in n("GET", "agents")["agents"]
+            if a["agent_type"] == "Calico per-host agent (felix)"
+            and a["host"] == HOST
+            and a["alive"]
+        ],
+        timeout=60,
+    )
+
+    net = n("POST", "networks", {"network": {"name": "calico", "shared": True}})["network"]
+    subnet = n(
+        "POST",
+        "subnets",
+        {
+            "subnet": {
+                "network_id": net["id"],
+                "ip_version": 4,
+                "cidr": "10.65.0.0/24",
+                "enable_dhcp": True,
+                "dns_nameservers": ["8.8.8.8"],
+            }
+        },
+    )["subnet"]
+    web = n("POST", "security-groups", {"security_group": {"name": "web"}})["security_group"]
+    db = n("POST", "security-groups", {"security_group": {"name": "db"}})["security_group"]
+    n(
+        "POST",
+        "security-group-rules",
+        {
+            "security_group_rule": {
+                "security_group_id": db["id"],
+                "direction": "ingress",
+                "ethertype": "IPv4",
+                "protocol": "tcp",
+                "port_range_min": 5432,
+                "port_range_max": 5432,
+                "remote_group_id": web["id"],
+            }
+        },
+    )
+
+    def port(name: str, sg: str) -> dict[str, Any]:
+        body = {
+            "network_id": net["id"],
+            "name": name,
+            "device_owner": "compute:nova",
+            "device_id": f"instance-{name}",
+            "binding:host_id": HOST,
+            "security_groups": [sg],
+        }
+        return n("POST", "ports", {"port": body})["port"]  # type: ignore[no-any-return]
+
+    p1 = port("vm1", web["id"])
+    p2 = port("vm2", db["id"])
+    assert p1["binding:vif_type"] == "tap"
+    key1 = WorkloadEndpointKey(HOST, "openstack", "instance-vm1", p1["id"])
+    key2 = WorkloadEndpointKey(HOST, "openstack", "instance-vm2", p2["id"])
+    eps = endpoints(client)
+    assert set(eps) == {key1, key2}
+    assert eps[key1].name == "tap" + p1["id"][:11]
+    assert eps[key1].profile_ids == (f"openstack-sg-{web['id']}",)
+    assert eps[key2].ipv4_nets == (p2["fixed_ips"][0]["ip_address"] + "/32",)
+    db_rules = profile_rules(client, db["id"])
+    assert db_rules is not None
+    assert [(r.src_tag, r.dst_ports) for r in db_rules.inbound_rules] == [(web["id"], (5432,))]
+    web_tags_key = ProfileTagsKey(f"openstack-sg-{web['id']}")
+    assert resources.parse_profile_tags(client.get(web_tags_key.path) or "", web_tags_key) == (
+        web["id"],
+    )
+    assert json.loads(client.get(DhcpSubnetKey(subnet["id"]).path) or "{}")["cidr"] == (
+        "10.65.0.0/24"
+    )
+    assert client.get(ReadyKey().path) == "true"
+
+    # Felix reports the endpoint up -> Neutron shows the port ACTIVE.
+    status_key = WorkloadEndpointStatusKey.for_endpoint(key1)
+    client.put(status_key.path, json.dumps({"status": "up"}))
+    wait_for("port ACTIVE", lambda: n("GET", f"ports/{p1['id']}")["port"]["status"] == "ACTIVE")
+
+    # A rule change through the API reaches the profile.
+    rule = n(
+        "POST",
+        "security-group-rules",
+        {
+            "security_group_rule": {
+                "security_group_id": web["id"],
+                "direction": "ingress",
+                "ethertype": "IPv4",
+                "protocol": "tcp",
+                "port_range_min": 22,
+                "port_range_max": 22,
+                "remote_ip_prefix": "10.0.0.0/8",
+            }
+        },
+    )["security_group_rule"]
+    web_rules = profile_rules(client, web["id"])
+    assert web_rules is not None
+    assert ("10.0.0.0/8", (22,)) in [(r.src_net, r.dst_ports) for r in web_rules.inbound_rules]
+    n("DELETE", f"security-group-rules/{rule['id']}")
+    web_rules = profile_rules(client, web["id"])
+    assert web_rules is not None
+    assert "10.0.0.0/8" not in [r.src_net for r in web_rules.inbound_rules]
+
+    # Floating IP through the calico core plugin's router support.
+    ext = n(
+        "POST",
+        "networks",
+        {
+            "network": {
+                "name": "public",
+                "router:external": True,
+                "provider:network_type": "flat",
+                "provider:physical_network": "public",
+            }
+        },
+    )["network"]
+    n(
+        "POST",
+        "subnets",
+        {
+            "subnet": {
+                "network_id": ext["id"],
+                "ip_version": 4,
+                "cidr": "172.24.4.0/24",
+                "enable_dhcp": False,
+            }
+        },
+    )
+    router = n(
+        "POST",
+        "routers",
+        {"router": {"name": "r", "external_gateway_info": {"network_id": ext["id"]}}},
+    )["router"]
+    n("PUT", f"routers/{router['id']}/add_router_interface", {"subnet_id": subnet["id"]})
+    fip = n(
+        "POST",
+        "floatingips",
+        {"floatingip": {"floating_network_id": ext["id"], "port_id": p1["id"]}},
+    )["floatingip"]
+    nat = endpoints(client)[key1].ipv4_nat
+    assert [(m.int_ip, m.ext_ip) for m in nat] == [
+        (p1["fixed_ips"][0]["ip_address"], fip["floating_ip_address"])
+    ]
+    n("PUT", f"floatingips/{fip['id']}", {"floatingip": {"port_id": None}})
+    assert endpoints(client)[key1].ipv4_nat == ()
+
+    # Deleting a port removes its endpoint.
+    n("DELETE", f"ports/{p2['id']}")
+    assert set(endpoints(client)) == {key1}

@@ -1,0 +1,149 @@
+"""calico-dhcp-agent's configuration and its view of etcd (the Syncer listener), no processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import calico.dhcp
+from calico.common.datamodel_v1 import DhcpSubnetKey, WorkloadEndpointKey
+from calico.common.etcd.syncer import SyncStatus
+from calico.dhcp import interface
+from calico.dhcp.agent import DhcpState, load_config, main
+from calico.dhcp.dnsmasq import DnsmasqConfig
+
+EP = WorkloadEndpointKey("h1", "openstack", "vm-1", "port-1")
+OTHER = WorkloadEndpointKey("h2", "openstack", "vm-2", "port-2")
+SUBNET = DhcpSubnetKey("s4")
+SUBNET_JSON = json.dumps({"network_id": "n1", "cidr": "10.65.0.0/24", "gateway_ip": "10.65.0.1"})
+
+
+def endpoint_json(mac: str = "02:00:00:00:00:01") -> str:
+    return json.dumps(
+        {
+            "state": "active",
+            "name": "tapport-1",
+            "mac": mac,
+            "ipv4_nets": ["10.65.0.2/32"],
+            "ipv4_subnet_ids": ["s4"],
+        }
+    )
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_defaults_are_the_contract(tmp_path: Path) -> None:
+    config = load_config([write(tmp_path, "empty.conf", "")])
+    assert config.etcd.endpoints == ("http://localhost:4001",)
+    assert (config.etcd.key_file, config.etcd.cert_file, config.etcd.ca_file) == (None,) * 3
+    assert config.etcd_api == "v2"
+    assert config.lease_seconds == 86400
+    assert config.hostname  # the system's host name
+    assert load_config([]) == config
+
+
+def test_config_from_neutron_files(tmp_path: Path) -> None:
+    neutron = write(
+        tmp_path,
+        "neutron.conf",
+        "[DEFAULT]\nhost = compute-7\ndhcp_lease_duration = 600\n"
+        "log_format = %(message)s\n"  # not interpolated
+        "[calico]\netcd_host = etcd.example\netcd_port = 2379\n",
+    )
+    override = write(
+        tmp_path,
+        "ml2.ini",
+        "[calico]\netcd_host = fd00::1\netcd_ca_cert_file = /ca.pem\netcd_api_version = v3\n",
+    )
+    config = load_config([neutron, override])
+    assert config.hostname == "compute-7"
+    assert config.lease_seconds == 600
+    assert config.etcd.endpoints == ("https://[fd00::1]:2379",)  # a TLS file means https
+    assert config.etcd.ca_file == "/ca.pem"
+    assert config.etcd_api == "v3"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[calico]\netcd_port = x\n", "etcd_port"),
+        ("[calico]\netcd_port = 70000\n", "etcd_port"),
+        ("[calico]\netcd_api_version = v4\n", "etcd_api_version"),
+        ("[DEFAULT]\ndhcp_lease_duration = 5\n", "dhcp_lease_duration"),
+        ("no section\n", "no section headers"),
+    ],
+)
+def test_config_errors(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        load_config([write(tmp_path, "bad.conf", text)])
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read"):
+        load_config([str(tmp_path / "absent.conf")])
+    assert main(["--config-file", str(tmp_path / "absent.conf")]) == 2
+
+
+def test_state_keeps_own_endpoints_and_subnets() -> None:
+    state = DhcpState("h1")
+    state.on_updates([(EP.path, endpoint_json()), (SUBNET.path, SUBNET_JSON)])
+    assert state.changed.is_set()
+    assert state.wanted(86400) is None  # not in sync yet: never serve a partial snapshot
+    state.on_status(SyncStatus.IN_SYNC)
+    wanted = state.wanted(86400)
+    assert wanted is not None
+    assert wanted.hosts == ("02:00:00:00:00:01,10.65.0.2,host-10-65-0-2",)
+    assert [i.taps for i in wanted.interfaces] == [("tapport-1",)]
+
+    # Other hosts' endpoints and unrelated keys do not count as changes.
+    state.changed.clear()
+    state.on_updates(
+        [
+            (OTHER.path, endpoint_json()),
+            ("/calico/v1/policy/profile/p/rules", "{}"),
+            ("/calico/felix/v1/host/h1/status", "{}"),
+        ]
+    )
+    assert not state.changed.is_set()
+    assert list(state.endpoints) == [EP]
+
+    # An invalid value counts as a deletion; so does a real deletion.
+    state.on_updates([(EP.path, endpoint_json(mac="nonsense"))])
+    assert state.changed.is_set() and state.endpoints == {}
+    state.on_updates([(EP.path, endpoint_json()), (SUBNET.path, "{bad")])
+    assert state.subnets == {}
+    assert state.wanted(86400) == DnsmasqConfig()
+    state.on_updates([(SUBNET.path, SUBNET_JSON)])
+    assert state.wanted(86400) != DnsmasqConfig()
+    state.on_updates([(EP.path, None)])
+    assert state.wanted(86400) == DnsmasqConfig()
+
+
+def test_neutron_is_optional() -> None:
+    # Without Neutron the package and the interface module still import, and asking for the
+    # driver names the missing extra; with it (the openstack extra), the driver is Neutron's kind.
+    assert calico.dhcp.__doc__
+    has_neutron = importlib.util.find_spec("neutron") is not None
+    assert interface.NEUTRON_AVAILABLE is has_neutron
+    if has_neutron:
+        from neutron.agent.linux.interface import LinuxInterfaceDriver
+
+        assert issubclass(interface.neutron_driver_class(), LinuxInterfaceDriver)
+    else:
+        with pytest.raises(ImportError, match="openstack"):
+            interface.neutron_driver_class()
+
+
+def test_entry_points_declared() -> None:
+    project = tomllib.loads(Path(__file__).parents[2].joinpath("pyproject.toml").read_text())
+    assert project["project"]["scripts"]["calico-dhcp-agent"] == "calico.dhcp.agent:main"
+    drivers = project["project"]["entry-points"]["neutron.interface_drivers"]
+    assert drivers["RoutedInterfaceDriver"] == "calico.dhcp.interface:RoutedInterfaceDriver"

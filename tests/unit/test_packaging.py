@@ -1,0 +1,179 @@
+"""What an operator installs: the systemd unit, the logrotate config (run for real against a
+log Felix is writing), the generated example felix.cfg and the Makefile target that
+regenerates it."""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from calico.common import logs
+from calico.felix.config import docs
+from calico.felix.config.params import PARAMS
+
+ROOT = docs.REPO_ROOT
+UNIT = ROOT / "packaging/systemd/calico-felix.service"
+LOGROTATE = ROOT / "packaging/logrotate/calico-felix"
+INSTALLED_FELIX = "/usr/local/bin/calico-felix"
+
+
+def _unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.read_string(UNIT.read_text())
+    return parser
+
+
+def test_unit_restarts_felix_always_after_a_pause_once_the_network_is_up():
+    unit = _unit()
+    assert unit.sections() == ["Unit", "Service", "Install"]
+    service = unit["Service"]
+    assert service["Restart"] == "always"
+    assert service["RestartSec"] == "5s"
+    assert unit["Unit"]["StartLimitIntervalSec"] == "0"  # never give up restarting
+    assert "network-online.target" in unit["Unit"]["After"].split()
+    assert "network-online.target" in unit["Unit"]["Wants"].split()
+    assert service["KillMode"] == "control-group"  # the dataplane driver goes with Felix
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    exec_start = service["ExecStart"].split()
+    assert exec_start[0] == INSTALLED_FELIX
+    assert exec_start[1:] == ["--config-file", "/etc/calico/felix.cfg"]
+
+
+def test_unit_runs_the_console_script_the_package_installs():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["calico-felix"] == "calico.felix.cli:main"
+    assert Path(INSTALLED_FELIX).name in scripts
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path):
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        # No systemd here: the key-by-key test above is the check.
+        _unit()
+        return
+    # verify checks that ExecStart exists: point it at this checkout's console script.
+    felix = Path(sys.executable).with_name("calico-felix")
+    assert felix.exists()
+    unit = tmp_path / "calico-felix.service"
+    unit.write_text(UNIT.read_text().replace(INSTALLED_FELIX, str(felix)))
+    proc = subprocess.run(
+        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    # It only warns about unknown keys or bad values: any mention of our file is a defect.
+    output = proc.stdout + proc.stderr
+    assert unit.name not in output, output
+
+
+def test_systemd_analyze_verify_would_catch_a_bad_unit(tmp_path: Path):
+    """The check above can fail: a misspelt key is reported."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        with pytest.raises(configparser.Error):
+            configparser.ConfigParser(strict=True).read_string("[Service]\nA=1\nA=2\n")
+        return
+    felix = Path(sys.executable).with_name("calico-felix")
+    unit = tmp_path / "calico-felix.service"
+    text = UNIT.read_text().replace(INSTALLED_FELIX, str(felix))
+    unit.write_text(text.replace("RestartSec=", "RestartSecs="))
+    proc = subprocess.run(
+        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "RestartSecs" in proc.stdout + proc.stderr
+
+
+# -- logrotate, for real ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def felix_log(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "log" / "felix.log"
+    logs.configure(
+        program="", screen=None, file_path=str(path), file_level="INFO", syslog_level=None
+    )
+    try:
+        yield path
+    finally:
+        logs.configure(program="", screen=None, file_path=None, file_level=None, syslog_level=None)
+        logging.getLogger().setLevel(logging.WARNING)  # as test_logs_and_checks.py does
+
+
+def test_logrotate_config_rotates_and_felix_keeps_logging(felix_log: Path, tmp_path: Path):
+    logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
+    assert Path(logrotate).exists(), "logrotate is a Debian package the Makefile installs"
+    text = LOGROTATE.read_text()
+    assert "/var/log/calico/felix.log {" in text
+    directives = [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert "copytruncate" not in directives  # Felix reopens the file itself
+    config = tmp_path / "logrotate.conf"
+    config.write_text(text.replace("/var/log/calico/felix.log", str(felix_log)))
+    config.chmod(0o644)  # logrotate refuses group/world-writable configs
+
+    log = logging.getLogger("calico.test")
+    log.info("before rotation")
+    state = tmp_path / "logrotate.state"
+    proc = subprocess.run(
+        [logrotate, "--force", "--state", str(state), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rotated = felix_log.with_name("felix.log.1")  # delaycompress: the newest stays plain
+    assert "before rotation" in rotated.read_text()
+    assert not felix_log.exists()
+
+    log.info("after rotation")
+    assert "after rotation" in felix_log.read_text()
+    assert "before rotation" not in felix_log.read_text()
+
+    # A second rotation compresses the first.
+    proc = subprocess.run(
+        [logrotate, "--force", "--state", str(state), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert felix_log.with_name("felix.log.2.gz").exists()
+    log.info("after the second rotation")
+    assert "after the second rotation" in felix_log.read_text()
+
+
+# -- The example felix.cfg and its regeneration -------------------------------------------------
+
+
+def test_example_is_in_packaging_and_generated_with_the_reference():
+    assert docs.EXAMPLE_PATH == Path("packaging/felix.cfg.example")
+    assert (ROOT / docs.EXAMPLE_PATH).read_text() == docs.example_config()
+    assert docs.stale_files(ROOT) == []
+
+
+def test_example_gives_every_parameter_its_meaning():
+    text = (ROOT / docs.EXAMPLE_PATH).read_text()
+    flat = " ".join(line.removeprefix("#").strip() for line in text.splitlines())
+    reference = (ROOT / docs.MARKDOWN_PATH).read_text()
+    for param in PARAMS:
+        assert " ".join(param.help.split()) in flat, param.name
+        assert param.help.replace("|", "\\|") in reference, param.name
+
+
+def test_make_docs_regenerates_both_files():
+    makefile = (ROOT / "Makefile").read_text()
+    lines = makefile.splitlines()
+    target = lines.index("docs: venv")
+    assert lines[target + 1] == "\t$(PY) -m calico.felix.config.docs --write"
+    phony = next(line for line in lines if line.startswith(".PHONY:"))
+    assert "docs" in phony.split()
+    assert "logrotate" in makefile.split("DEB_PACKAGES :=")[1].split("\n\n")[0]
