@@ -152,8 +152,9 @@ PARAMS: tuple[Param, ...] = (
         "HostInterfacePollInterval",
         t.Int(0),
         "10",
-        "Seconds between polls of host interface addresses, for host endpoints matched by "
-        "expected IPs; 0 reads them once at start.",
+        "Seconds between full re-scans of host interfaces and their addresses (for host "
+        "endpoints matched by expected IPs); netlink events apply changes at once and this poll "
+        "repairs any event missed. 0 disables the poll (events only).",
         GLOBAL,
     ),
     Param(
