@@ -84,6 +84,7 @@ def test_report_has_version_guid_type_and_cluster_size(lab: Lab):
     lab.etcd.v2_put(f"/calico/v1/host/{HOST}/config/ClusterType", "openstack")
 
     felix = lab.start(
+        FELIX_USAGEREPORTINGENABLED="true",  # the lab turns it off by default
         FELIX_USAGEREPORTINGURL=server.url(),
         FELIX_USAGEREPORTINGINITIALDELAYSECS="0",
         FELIX_USAGEREPORTINGINTERVALSECS="1",
@@ -120,6 +121,7 @@ def test_no_report_when_disabled(lab: Lab):
 def test_refusing_server_costs_an_info_line(lab: Lab):
     port = free_port()  # nothing listens on it inside the namespace
     felix = lab.start(
+        FELIX_USAGEREPORTINGENABLED="true",  # the lab turns it off by default
         FELIX_USAGEREPORTINGURL=f"http://127.0.0.1:{port}{PATH}",
         FELIX_USAGEREPORTINGINITIALDELAYSECS="0",
     )
@@ -168,6 +170,7 @@ def test_hanging_server_neither_delays_start_nor_stop(lab: Lab):
     server = TricklingServer(lab.ns)
     lab.on_close(server.close)
     felix = lab.start(
+        FELIX_USAGEREPORTINGENABLED="true",  # the lab turns it off by default
         FELIX_USAGEREPORTINGURL=f"http://127.0.0.1:{server.port}{PATH}",
         FELIX_USAGEREPORTINGINITIALDELAYSECS="0",
     )

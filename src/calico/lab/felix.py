@@ -28,6 +28,8 @@ def felix_env(
             "FELIX_LOGFILEPATH": "none",
             "FELIX_LOGSEVERITYSYS": "none",
             "FELIX_LOGSEVERITYSCREEN": "INFO",
+            # Lab traffic stays in the lab: no usage reports to the internet.
+            "FELIX_USAGEREPORTINGENABLED": "false",
         }
     )
     env.update(extra or {})
