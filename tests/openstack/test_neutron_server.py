@@ -144,6 +144,12 @@ def test_rest_to_etcd(neutron: NeutronServer, etcd: EtcdServer) -> None:
     assert resources.parse_profile_tags(client.get(web_tags_key.path) or "", web_tags_key) == (
         web["id"],
     )
+    # A new group has Neutron's default egress rules (the lab adds the rule templates that
+    # Neutron's migrations would have): egress anywhere, IPv4 and IPv6.
+    assert sorted((r.ip_version, r.dst_net) for r in db_rules.outbound_rules) == [
+        (4, "0.0.0.0/0"),
+        (6, "::/0"),
+    ]
     assert json.loads(client.get(DhcpSubnetKey(subnet["id"]).path) or "{}")["cidr"] == (
         "10.65.0.0/24"
     )
