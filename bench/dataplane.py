@@ -195,6 +195,17 @@ def chain_rules(ns: NetNS, chain: str) -> list[str]:
     return proc.stdout.splitlines() if proc.returncode == 0 else []
 
 
+def probe_cost_ms(ns: NetNS, runs: int = 10) -> float:
+    """Median milliseconds of one `iptables -S <chain>` poll at this scale."""
+    chain = names.profile_chain("prof0", inbound=True)
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        chain_rules(ns, chain)
+        samples.append(time.perf_counter() - started)
+    return round(statistics.median(samples) * 1000, 1)
+
+
 def has_port(ns: NetNS, chain: str, port: int) -> bool:
     return any(f"--dports {port} " in rule + " " for rule in chain_rules(ns, chain))
 
@@ -354,12 +365,21 @@ def lab(local: int, work: Path) -> Iterator[tuple[EtcdServer, ComputeHost, dict[
             yield etcd, host, info
 
 
-def run(local: int, count: int, floor_runs: int) -> dict[str, object]:
+def run(
+    local: int,
+    count: int,
+    floor_runs: int,
+    felix_log: Path | None,
+    interface_poll: str | None = None,
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="calico-bench-") as tmp:
         with lab(local, Path(tmp)) as (etcd, host, info):
             progress("starting calico-felix")
+            # Felix's default HostInterfacePollInterval unless asked (to isolate its cost).
+            poll = {"FELIX_HOSTINTERFACEPOLLINTERVAL": interface_poll} if interface_poll else {}
             started = time.monotonic()
             felix: FelixProcess = host.start_felix(
+                poll,
                 FELIX_IPTABLESREFRESHINTERVAL="0",
                 FELIX_STARTUPCLEANUPDELAY=str(CLEANUP_DELAY),
                 FELIX_LOGSEVERITYFILE="none",
@@ -377,7 +397,10 @@ def run(local: int, count: int, floor_runs: int) -> dict[str, object]:
             sizes = count_rules(dump)
             latency = measure_changes(Changes(etcd, host, local), count)
             rss_after = {name: round(peak_rss_mb(pid), 1) for name, pid in procs.items()}
+            probe_ms = probe_cost_ms(host.ns)
             felix.stop()
+            if felix_log is not None:
+                felix_log.write_text(felix.text())
         progress("kernel floor")
         floors = {backend: floor(dump, backend, floor_runs) for backend in ("nft", "legacy")}
     return {
@@ -389,6 +412,10 @@ def run(local: int, count: int, floor_runs: int) -> dict[str, object]:
         "peak_rss_mb_after_changes": rss_after,
         "cpu_s_at_programmed": cpu,
         "change_latency": latency,
+        # What one poll of a chain (`iptables -S <chain>`) costs: the resolution of the change
+        # timings above, which include the poll that sees the change.
+        "probe_ms": probe_ms,
+        "host_interface_poll_interval": interface_poll or "default",
         "python": sys.version.split()[0],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "date": time.strftime("%Y-%m-%d"),
@@ -401,8 +428,12 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=50, help="changes of each kind")
     parser.add_argument("--floor-runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--felix-log", type=Path, help="keep calico-felix's output here")
+    parser.add_argument(
+        "--interface-poll", help="HostInterfacePollInterval for Felix (default: Felix's own)"
+    )
     args = parser.parse_args()
-    result = run(args.local, args.changes, args.floor_runs)
+    result = run(args.local, args.changes, args.floor_runs, args.felix_log, args.interface_poll)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

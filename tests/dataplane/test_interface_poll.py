@@ -71,8 +71,12 @@ class FakeWatcher:
 class FakeManager:
     in_sync = False
 
-    def __init__(self) -> None:
+    def __init__(self, by_address: bool = True) -> None:
         self.applies = 0
+        self.by_address = by_address  # whether a host endpoint is found by address
+
+    def matches_host_endpoints_by_address(self) -> bool:
+        return self.by_address
 
     def apply(self, force_refresh: bool = False) -> None:
         self.applies += 1
@@ -100,6 +104,15 @@ def test_poll_runs_on_its_timer_and_applies_only_what_it_found(
     watcher.found = 1
     loop._run_due_work(t0 + 71)
     assert (watcher.snapshots, manager.applies) == (2, 1), "a change found is programmed"
+
+
+def test_no_poll_without_host_endpoints_found_by_address(
+    pipe_ends: tuple[FrameReader, FrameWriter],
+) -> None:
+    watcher, manager = FakeWatcher(), FakeManager(by_address=False)
+    loop = DriverLoop(config(5), *pipe_ends, manager, watcher)  # type: ignore[arg-type]
+    loop._run_due_work(time.monotonic() + 65)
+    assert watcher.snapshots == 0, "events suffice: no re-scan of every interface"
 
 
 def test_poll_interval_zero_never_polls(pipe_ends: tuple[FrameReader, FrameWriter]) -> None:

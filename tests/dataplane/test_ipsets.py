@@ -290,6 +290,31 @@ def test_removed_set_destroyed_and_busy_one_retried(
     assert table.in_sync
 
 
+def test_normal_path_never_lists_and_destroys_wait_for_destroy_pass(fake: FakeIpset) -> None:
+    table = IpsetTable(4, fake)
+    table.replace_members(SID, ["10.0.0.1"])
+    table.replace_members(SID2, ["10.0.0.2"])
+    table.apply()
+    fake.commands.clear()
+    table.add_members(SID2, ["10.0.0.3"])
+    table.remove_members(SID2, ["10.0.0.2"])
+    table.remove_set(SID)
+    # The update pass (before the rules are rewritten) writes the delta but no destroy.
+    assert not table.apply(destroy=False)
+    assert fake.commands == [["ipset", "restore"]]
+    assert fake.restores[-1] == f"del {V4_B} 10.0.0.2\nadd {V4_B} 10.0.0.3\nCOMMIT\n"
+    assert V4 in fake.sets
+    # A destroy that fails because the set is still in use does not re-list the kernel.
+    fake.sets[V4].references = 1
+    fake.commands.clear()
+    assert not table.apply()
+    assert fake.commands == [["ipset", "restore"]]
+    fake.sets[V4].references = 0
+    assert table.apply()
+    assert V4 not in fake.sets
+    assert not any(argv[:2] == ["ipset", "list"] for argv in fake.commands)
+
+
 def test_remove_before_first_write_destroys_nothing(fake: FakeIpset) -> None:
     fake.sets[V4] = FakeSet(HASH_IP, "inet", 1048576, {"10.0.0.1"})  # previous run's
     table = IpsetTable(4, fake)

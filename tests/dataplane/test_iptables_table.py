@@ -110,10 +110,8 @@ def test_transaction_for_new_chains_stub_and_hook() -> None:
         "*filter\n"
         ":felix-INPUT - [0:0]\n"
         ":felix-MISSING - [0:0]\n"
-        "-F felix-INPUT\n"
         f"-A felix-INPUT {ACCEPT_MARK}\n"
         "-A felix-INPUT -j felix-MISSING\n"
-        "-F felix-MISSING\n"
         f"-A felix-MISSING {STUB}\n"
         "-I INPUT 1 -j felix-INPUT\n"
         "COMMIT\n"
@@ -138,7 +136,6 @@ def test_only_changed_chains_rewritten_and_hook_moved_to_top() -> None:
     assert runner.restores == [
         "*filter\n"
         ":felix-B - [0:0]\n"
-        "-F felix-B\n"
         "-A felix-B -j DROP\n"
         "-D INPUT -j felix-A\n"
         "-I INPUT 1 -j felix-A\n"
@@ -155,20 +152,20 @@ def test_comparison_ignores_quoting_and_spacing() -> None:
 
 def test_commit_failure_retried_with_backoff_rereading_each_time() -> None:
     sleeps: list[float] = []
-    commit_error = (1, "iptables-restore: line 5 failed\nError occurred at line: 5\n")
+    commit_error = (1, "iptables-restore: line 4 failed\nError occurred at line: 4\n")
     runner = FakeRunner(save_text(), [commit_error, commit_error])
     table = IptablesTable(4, "filter", runner, sleep=sleeps.append)
-    table.set_chain("felix-A", ["-j RETURN"])  # input: *filter, :, -F, -A, COMMIT = line 5
+    table.set_chain("felix-A", ["-j RETURN"])  # input: *filter, :, -A, COMMIT = line 4
     assert table.apply() is True
     assert sleeps == [0.01, 0.02]
     assert len(runner.restores) == 3
     saves = [argv for argv, _ in runner.calls if argv[0].endswith("-save")]
-    assert len(saves) == 4  # one read per attempt plus the read-back after success
+    assert len(saves) == 3  # one read per attempt; a normal apply does not read back
 
 
 def test_commit_failure_gives_up_after_ten_tries() -> None:
     sleeps: list[float] = []
-    runner = FakeRunner(save_text(), [(4, "Error occurred at line: 5\n")] * 10)
+    runner = FakeRunner(save_text(), [(4, "Error occurred at line: 4\n")] * 10)
     table = IptablesTable(4, "filter", runner, sleep=sleeps.append)
     table.set_chain("felix-A", ["-j RETURN"])
     with pytest.raises(IptablesError, match="COMMIT"):
@@ -179,13 +176,13 @@ def test_commit_failure_gives_up_after_ten_tries() -> None:
 
 def test_refused_chain_fails_closed_and_the_rest_is_applied() -> None:
     sleeps: list[float] = []
-    runner = FakeRunner(save_text(), [(2, "Bad argument `--bogus'\nError occurred at line: 7\n")])
+    runner = FakeRunner(save_text(), [(2, "Bad argument `--bogus'\nError occurred at line: 5\n")])
     table = IptablesTable(4, "filter", runner, sleep=sleeps.append)
     table.set_chain("felix-A", [SSH])
     table.set_chain("felix-B", ["--bogus -j RETURN"])
     assert table.apply() is True
     first, second = runner.restores
-    assert first.splitlines()[6] == "-A felix-B --bogus -j RETURN"
+    assert first.splitlines()[4] == "-A felix-B --bogus -j RETURN"
     assert f"-A felix-A {SSH}" in second
     assert '-A felix-B -m comment --comment "WARNING Failed to program chain" -j DROP' in second
     assert sleeps == []  # not a concurrent change: no backoff
@@ -196,6 +193,95 @@ def test_refused_chain_fails_closed_and_the_rest_is_applied() -> None:
     assert table.failed_chains == {}
     table.apply()
     assert "-A felix-B -j RETURN" in runner.restores[-1]
+
+
+def test_normal_applies_trust_the_model_and_do_not_read_the_kernel() -> None:
+    runner = FakeRunner(save_text())
+    table = IptablesTable(4, "filter", runner)
+    table.set_chain("felix-A", [SSH])
+    table.set_hook("INPUT", "felix-A")
+    assert table.apply() is True
+    saves = [argv for argv, _ in runner.calls if argv[0].endswith("-save")]
+    assert len(saves) == 1  # the first apply reads the kernel once, before planning
+    runner.calls.clear()
+    table.set_chain("felix-B", ["-j RETURN"])
+    table.set_chain("felix-A", [SSH, "-j felix-B"])
+    assert table.apply() is True
+    assert [argv[0] for argv, _ in runner.calls] == ["iptables-restore"]  # no iptables-save
+    # Planned from the model: only the changed and new chains, and the hook is left alone.
+    assert runner.restores == [
+        "*filter\n"
+        ":felix-A - [0:0]\n"
+        ":felix-B - [0:0]\n"
+        f"-A felix-A {SSH}\n"
+        "-A felix-A -j felix-B\n"
+        "-A felix-B -j RETURN\n"
+        "COMMIT\n"
+    ]
+    runner.calls.clear()
+    table.set_chain("felix-A", [SSH, "-j felix-B"])  # the same content again: nothing to do
+    assert table.apply() is False
+    table.remove_chain("felix-B")  # still referenced: stubbed, from the model alone
+    assert table.apply() is True
+    assert [argv[0] for argv, _ in runner.calls] == ["iptables-restore"]
+    assert f"-A felix-B {STUB}" in runner.restores[-1]
+
+
+def test_removals_planned_from_the_model_respect_host_references() -> None:
+    # A host chain jumps to felix-B: removing felix-B from the desired state must not delete it,
+    # even when the plan is made from the model (no fresh read of the kernel).
+    runner = FakeRunner(save_text(":HOST - [0:0]", "-A HOST -j felix-B"))
+    table = IptablesTable(4, "filter", runner)
+    table.set_chain("felix-A", ["-j felix-C"])
+    table.set_chain("felix-B", ["-j RETURN"])
+    table.set_chain("felix-C", ["-j RETURN"])
+    table.end_grace_period()
+    table.apply()
+    runner.calls.clear()
+    table.remove_chain("felix-B")
+    table.remove_chain("felix-C")  # felix-A still jumps to it: becomes a stub
+    table.remove_chain("felix-A")  # ... but felix-A goes in the same apply, so C can go too
+    assert table.apply() is True
+    assert [argv[0] for argv, _ in runner.calls] == ["iptables-restore"]
+    assert runner.restores == [
+        "*filter\n:felix-A - [0:0]\n:felix-C - [0:0]\n-X felix-A\n-X felix-C\nCOMMIT\n"
+    ]
+
+
+def test_refresh_reads_the_kernel_and_repairs_a_flushed_chain() -> None:
+    runner = FakeRunner(save_text())
+    table = IptablesTable(4, "filter", runner)
+    table.set_chain("felix-A", [SSH])
+    table.set_hook("INPUT", "felix-A")
+    table.apply()
+    # What the kernel now holds; then another tool flushes our chain and deletes the hook.
+    runner.save_text = save_text(":felix-A - [0:0]")
+    runner.calls.clear()
+    assert table.apply() is False  # a normal apply trusts the model: no read, nothing to do
+    assert runner.calls == []
+    assert table.apply(force_refresh=True) is True
+    assert runner.restores == [
+        f"*filter\n:felix-A - [0:0]\n-A felix-A {SSH}\n-I INPUT 1 -j felix-A\nCOMMIT\n"
+    ]
+    # Read before planning and read back after the write (to learn the kernel's spelling).
+    saves = [argv for argv, _ in runner.calls if argv[0].endswith("-save")]
+    assert len(saves) == 2
+
+
+def test_failed_restore_makes_the_next_apply_reread_the_kernel() -> None:
+    runner = FakeRunner(save_text())
+    table = IptablesTable(4, "filter", runner, sleep=lambda _: None)
+    table.set_chain("felix-A", [SSH])
+    table.apply()
+    runner.restore_results = [(1, "iptables-restore: unable to initialize table\n")]
+    table.set_chain("felix-A", ["-j RETURN"])
+    with pytest.raises(IptablesError):
+        table.apply()
+    runner.calls.clear()
+    # The model may be wrong after a failure: the retry reads the kernel first.
+    runner.save_text = save_text(":felix-A - [0:0]", f"-A felix-A {SSH}")
+    assert table.apply() is True
+    assert [argv[0] for argv, _ in runner.calls] == ["iptables-save", "iptables-restore"]
 
 
 def test_unattributable_failure_raises_and_keeps_desired_state() -> None:
@@ -237,12 +323,7 @@ def test_orphans_referenced_by_host_rules_are_kept() -> None:
     table.end_grace_period()
     table.apply()
     assert runner.restores == [
-        "*filter\n"
-        ":felix-OLD1 - [0:0]\n"
-        "-D INPUT -j felix-OLD1\n"
-        "-F felix-OLD1\n"
-        "-X felix-OLD1\n"
-        "COMMIT\n"
+        "*filter\n:felix-OLD1 - [0:0]\n-D INPUT -j felix-OLD1\n-X felix-OLD1\nCOMMIT\n"
     ]
 
 
@@ -337,6 +418,13 @@ def test_chains_created_and_apply_idempotent(env: Env) -> None:
     env.runner.calls.clear()
     assert table.apply() is False
     assert env.runner.calls == []
+    # The first refresh finds felix-INPUT spelt the kernel's way, rewrites it once and learns
+    # that spelling from a read-back; from then on a refresh only reads.
+    assert table.apply(force_refresh=True) is True
+    (written,) = env.runner.restores()
+    assert ":felix-INPUT - [0:0]" in written
+    assert ":felix-B" not in written
+    env.runner.calls.clear()
     assert table.apply(force_refresh=True) is False
     assert [argv[0] for argv, _ in env.runner.calls] == [f"{env.cmd}-save"]
 
@@ -349,7 +437,7 @@ def test_chains_created_and_apply_idempotent(env: Env) -> None:
     env.runner.calls.clear()
     again.apply()
     (written,) = env.runner.restores()
-    assert "-F felix-INPUT" in written
+    assert ":felix-INPUT - [0:0]" in written
     assert ":felix-B" not in written
     assert "INPUT 1" not in written
 
@@ -523,14 +611,14 @@ def test_packets_dropped_by_hooked_chain(netns: Callable[[], NetNS]) -> None:
 @pytest.mark.parametrize(
     "stderr",
     [
-        "iptables-restore v1.8.9 (legacy): Bad argument\nError occurred at line: 4\n",
-        "iptables-restore: line 4 failed\n",
-        "iptables-nft-restore v1.8.9 (nf_tables): \nline 4: RULE_APPEND failed (No such file)\n",
+        "iptables-restore v1.8.9 (legacy): Bad argument\nError occurred at line: 3\n",
+        "iptables-restore: line 3 failed\n",
+        "iptables-nft-restore v1.8.9 (nf_tables): \nline 3: RULE_APPEND failed (No such file)\n",
     ],
 )
 def test_offending_line_found_in_each_error_format(stderr: str) -> None:
     runner = FakeRunner(save_text(), [(1, stderr)])
     table = IptablesTable(4, "filter", runner)
     table.set_chain("felix-A", ["-j HOST-GONE"])
-    table.apply()  # line 4 is "-A felix-A -j HOST-GONE": that chain, and only it, failed
+    table.apply()  # line 3 is "-A felix-A -j HOST-GONE": that chain, and only it, failed
     assert table.failed_chains == {"felix-A": stderr.strip()}

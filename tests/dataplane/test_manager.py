@@ -115,3 +115,24 @@ def test_host_endpoint_by_expected_ip_matches_the_interface_holding_it() -> None
     removed = [a[0] for n, a in kernel.iptables[(4, names.FILTER)].calls if n == "remove_chain"]  # type: ignore[attr-defined]
     assert "felix-from-eth1" in removed
     assert "felix-from-eth3" in kernel.iptables[(4, names.FILTER)].chains_set()  # type: ignore[attr-defined]
+
+
+def test_routes_are_set_again_only_when_their_inputs_change() -> None:
+    manager, kernel = make()
+    routes = kernel.routes[4]
+    manager.on_message(m.InSync())
+    manager.on_message(endpoint("tap1", {"a": "1"}))
+    manager.apply()
+
+    def route_calls() -> list[str]:
+        return [name for name, _ in routes.calls if name in ("set_routes", "remove_interface")]  # type: ignore[attr-defined]
+
+    assert route_calls() == ["set_routes"]
+    routes.calls.clear()  # type: ignore[attr-defined]
+    manager.on_message(endpoint("tap1", {"a": "2"}))  # labels (or policies): chains only
+    manager.on_message(endpoint("tap1", {"a": "2"}))  # re-sent unchanged: nothing at all
+    manager.apply()
+    assert route_calls() == []
+    manager.on_interface_update("tap1", True)  # an interface event: routes set again
+    manager.apply()
+    assert route_calls() == ["set_routes"]

@@ -125,6 +125,73 @@ def test_routes_we_did_not_make_are_untouched(netns: MakeNS, ipr_in: MakeIPR) ->
         table.set_routes(TAP, ["10.65.4.0/24"])
 
 
+class CountingIPR:
+    """Passes calls through to a real IPRoute, counting the full dumps."""
+
+    def __init__(self, ipr: IPRoute) -> None:
+        self.ipr = ipr
+        self.dumps = 0
+
+    def get_links(self, *argv: object, **kwarg: object) -> object:
+        self.dumps += 1
+        return self.ipr.get_links(*argv, **kwarg)
+
+    def get_routes(self, *argv: object, **kwarg: object) -> object:
+        self.dumps += 1
+        return self.ipr.get_routes(*argv, **kwarg)
+
+    def get_neighbours(self, *argv: object, **kwarg: object) -> object:
+        self.dumps += 1
+        return self.ipr.get_neighbours(*argv, **kwarg)
+
+    def route(self, command: str, **kwarg: object) -> object:
+        return self.ipr.route(command, **kwarg)
+
+    def neigh(self, command: str, **kwarg: object) -> object:
+        return self.ipr.neigh(command, **kwarg)
+
+    def link(self, command: str, **kwarg: object) -> object:
+        return self.ipr.link(command, **kwarg)
+
+
+def test_incremental_apply_does_not_dump_and_full_apply_repairs(
+    netns: MakeNS, ipr_in: MakeIPR
+) -> None:
+    host, workload = host_and_workload(netns)
+    host.add_veth_to(workload, "tapdef456", "eth1")
+    host.set_up("tapdef456")
+    workload.set_up("eth1")
+    ipr = CountingIPR(ipr_in(host))
+    table = RouteTable(4, ipr, prefixes=("tap",))
+    table.set_routes(TAP, ["10.65.0.2"], mac=MAC)
+    table.apply()  # the first apply is a full resync
+    assert ipr.dumps == 3
+    table.set_routes("tapdef456", ["10.65.0.9"])
+    table.set_routes(TAP, ["10.65.0.2", "10.65.0.3"], mac=MAC)
+    table.apply()
+    assert ipr.dumps == 3  # only the two changed interfaces were looked up
+    assert felix_routes(host) == [
+        f"10.65.0.2 dev {TAP} scope link",
+        f"10.65.0.3 dev {TAP} scope link",
+        "10.65.0.9 dev tapdef456 scope link",
+    ]
+    # Another tool deletes one of our routes: a normal apply trusts its record, a full one
+    # (the periodic refresh) reads the kernel and puts it back.
+    host.run(["ip", "route", "del", "10.65.0.3/32", "dev", TAP])
+    table.apply()
+    assert "10.65.0.3" not in "".join(felix_routes(host))
+    table.apply(full=True)
+    assert f"10.65.0.3 dev {TAP} scope link" in felix_routes(host)
+    # An interface re-created with the same name (new index) gets its routes again.
+    host.run(["ip", "link", "del", "tapdef456"])
+    host.add_veth_to(workload, "tapdef456", "eth2")
+    host.set_up("tapdef456")
+    workload.set_up("eth2")
+    table.set_routes("tapdef456", ["10.65.0.9"])  # what the manager does on the link event
+    table.apply()
+    assert "10.65.0.9 dev tapdef456 scope link" in felix_routes(host)
+
+
 def test_interface_that_appears_later_gets_routes(netns: MakeNS, ipr_in: MakeIPR) -> None:
     host, workload = netns(), netns()
     table = RouteTable(4, ipr_in(host), prefixes=("tap",))

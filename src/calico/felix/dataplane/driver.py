@@ -171,7 +171,10 @@ class DriverLoop:
     def poll_interfaces(self) -> None:
         """Re-list every link and address; the watcher tells the manager what differs from
         what events told it (nothing, normally), and apply() programs only what changed."""
-        if self._watcher is None:
+        if self._watcher is None or not self._manager.matches_host_endpoints_by_address():
+            # The poll exists for host endpoints found by address (felix.md §2.3). Without
+            # them, events suffice (an event-queue overflow triggers a full re-scan anyway),
+            # and a re-scan of thousands of TAPs would stall the loop for seconds.
             return
         before = self._watcher.changes
         self._watcher.snapshot()

@@ -87,6 +87,9 @@ class DataplaneManager:
         self._interfaces_up: dict[str, bool] = {}
         self._interface_addrs: dict[str, frozenset[str]] = {}
         self._dirty_workloads: set[WorkloadEndpointKey] = set()
+        # Workloads whose routes must be set again (new, moved, re-addressed, interface event):
+        # a policy or label change re-renders an endpoint's chains but leaves its routes alone.
+        self._dirty_routes: set[WorkloadEndpointKey] = set()
         self._removed_interfaces: set[str] = set()
         self._dirty_globals = True  # dispatch, NAT, host endpoints, static chains, pool sets
         # What the global chains were last rendered from (None: not yet).
@@ -126,8 +129,12 @@ class DataplaneManager:
                 self._set_profile(profile_id, None)
             case m.WorkloadEndpointUpdate(key):
                 old = self._workloads.get(key)
+                if old == message:
+                    return  # re-sent unchanged: nothing to do
                 if old is not None and old.endpoint.name != message.endpoint.name:
                     self._removed_interfaces.add(old.endpoint.name)
+                if old is None or _route_inputs(old) != _route_inputs(message):
+                    self._dirty_routes.add(key)
                 self._workloads[key] = message
                 self._dirty_workloads.add(key)
                 self._dirty_globals = True
@@ -176,6 +183,7 @@ class DataplaneManager:
         for key, update in self._workloads.items():
             if update.endpoint.name == name:
                 self._dirty_workloads.add(key)
+                self._dirty_routes.add(key)
         if self._host_endpoints:
             self._dirty_globals = True
 
@@ -221,15 +229,16 @@ class DataplaneManager:
         if self._dirty_globals:
             self._program_globals()
         for ipsets in self._kernel.ipsets.values():
-            ipsets.apply(force_refresh)
+            ipsets.apply(force_refresh, destroy=False)  # rules may still use removed sets
         for driver in self._kernel.iptables.values():
             driver.apply(force_refresh)
         for ipsets in self._kernel.ipsets.values():
             ipsets.apply()  # destroys sets the rules no longer reference
         for routes in self._kernel.routes.values():
-            routes.apply()
+            routes.apply(full=force_refresh)  # a refresh re-reads and repairs routes, too
         self._configure_interfaces()
         self._dirty_workloads.clear()
+        self._dirty_routes.clear()
         self._removed_interfaces.clear()
         self._dirty_globals = False
 
@@ -248,7 +257,7 @@ class DataplaneManager:
             chains = r.workload_endpoint_chains(update, v, self._config) if update else {}
             self._own(v, names.FILTER, ("endpoint", key), chains)
             routes = self._kernel.routes[v]
-            if update is None:
+            if update is None or key not in self._dirty_routes:
                 continue
             endpoint = update.endpoint
             if not endpoint.active:
@@ -321,11 +330,17 @@ class DataplaneManager:
             names.IPSET_MASQ_POOLS, HASH_NET, [p.cidr for p in pools if p.masquerade]
         )
 
+    def matches_host_endpoints_by_address(self) -> bool:
+        """True if some host endpoint has no interface name, only expected addresses."""
+        return any(not u.endpoint.name for u in self._host_endpoints.values())
+
     def _resolve_host_endpoints(self) -> dict[str, m.HostEndpointUpdate]:
         """Interface → host endpoint: by name, else by any expected address the interface holds
         (the first endpoint in key order wins an interface, with a warning). Workload interfaces
         are never matched by address (§2.3)."""
         resolved: dict[str, m.HostEndpointUpdate] = {}
+        if not self._host_endpoints:
+            return resolved  # the usual case; the scan below parses every interface's addresses
         prefixes = self._config.interface_prefixes
         # The watcher reports "address/prefixlen"; expected addresses are plain canonical IPs.
         held = {
@@ -445,3 +460,10 @@ class DataplaneManager:
                 else:
                     statuses[key] = "up"
         return statuses
+
+
+def _route_inputs(update: m.WorkloadEndpointUpdate) -> tuple[object, ...]:
+    """What an endpoint's routes, ARP entries and interface configuration depend on."""
+    e = update.endpoint
+    return (e.name, e.active, e.mac, e.ipv4_nets, e.ipv6_nets, e.ipv4_nat, e.ipv6_nat,
+            e.ipv6_gateway)  # fmt: skip

@@ -23,9 +23,15 @@ Design
       flushed on the next apply (§9 item 18), if a command runner was given.
 
 Implementation
-    Every :meth:`RouteTable.apply` is a full resync: it dumps links, our routes and permanent
-    neighbours over netlink and computes the difference. That is cheap at the scale of one
-    host's workloads and makes every apply self-healing.
+    The first :meth:`RouteTable.apply` and ``apply(full=True)`` (the caller's periodic refresh)
+    are full resyncs: they dump links, our routes and permanent neighbours over netlink and
+    compute the difference, which repairs anything another tool changed. Every other apply
+    trusts the table's record of what it programmed and touches only the interfaces whose
+    desired state was set since (plus those still pending): one ``RTM_GETLINK`` each for the
+    interface's index and state, then the route and neighbour changes. A full dump costs tens of
+    milliseconds at 1,000 workloads (pyroute2 decodes every link and route), too much for every
+    endpoint change. An interface with an index we have not programmed is new, so it has none of
+    our routes yet.
 
 Thread safety
     None: one thread (the dataplane loop) owns a RouteTable and its netlink socket.
@@ -33,6 +39,7 @@ Thread safety
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -65,12 +72,22 @@ class IPRouteLike(Protocol):
     def get_neighbours(self, family: int = ..., match: Any = None, **kwarg: Any) -> Any: ...
     def route(self, command: str, **kwarg: Any) -> Any: ...
     def neigh(self, command: str, **kwarg: Any) -> Any: ...
+    def link(self, command: str, **kwarg: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
 class _Desired:
     ips: frozenset[str]  # canonical address strings, no prefix length
     mac: str | None
+
+
+@dataclass(frozen=True)
+class _Programmed:
+    """What we last made the kernel hold on one interface (our routes and neighbours)."""
+
+    index: int
+    ips: frozenset[str]
+    neigh: dict[str, str]
 
 
 def _canonical_ip(ip: str, ip_version: int) -> str:
@@ -103,6 +120,10 @@ class RouteTable:
             raise ValueError("RouteTable needs non-empty interface name prefixes")
         self._conntrack_runner = conntrack_runner
         self._desired: dict[str, _Desired] = {}
+        # Our record of the kernel, per interface, kept by every apply (None: never synced yet).
+        self._programmed: dict[str, _Programmed] | None = None
+        # Interfaces whose desired state was set or removed since the last apply.
+        self._dirty: set[str] = set()
         self._lost_ips: set[str] = set()  # awaiting a conntrack flush
         # Desired interfaces that are missing or down, and per-interface errors, after apply().
         self.pending: set[str] = set()
@@ -123,12 +144,15 @@ class RouteTable:
             self._lost_ips |= old.ips - wanted
         mac = mac.lower() if mac and self.ip_version == 4 else None
         self._desired[interface_name] = _Desired(wanted, mac)
+        # Marked even when unchanged: the caller re-sends on interface events (up, re-created).
+        self._dirty.add(interface_name)
 
     def remove_interface(self, name: str) -> None:
         """Want no routes via `name`; its IPs get their conntrack entries flushed."""
         old = self._desired.pop(name, None)
         if old is not None:
             self._lost_ips |= old.ips
+        self._dirty.add(name)
 
     def desired_ips(self, name: str) -> frozenset[str]:
         entry = self._desired.get(name)
@@ -136,22 +160,89 @@ class RouteTable:
 
     # -- programming ------------------------------------------------------------------------
 
-    def apply(self) -> None:
-        """Make the kernel match the desired state on our interfaces; flush lost conntrack."""
+    def apply(self, full: bool = False) -> None:
+        """Make the kernel match the desired state on our interfaces; flush lost conntrack.
+
+        `full` (and the first apply) re-reads every route and neighbour on our interfaces and
+        repairs any difference; otherwise only interfaces changed since the last apply, or still
+        pending or in error, are looked at."""
+        if full or self._programmed is None:
+            self._apply_full()
+        else:
+            self._apply_incremental()
+        self._flush_lost_conntrack()
+
+    def _apply_full(self) -> None:
         links = self._our_links()
         routes = self._our_routes(links)
         neighbours = self._our_neighbours(links) if self.ip_version == 4 else {}
+        self._programmed = {}
+        self._dirty = set()
         self.pending = set()
         self.errors = {}
         for name, (index, is_up) in links.items():
-            try:
-                self._sync_interface(name, index, is_up, routes, neighbours)
-            except NetlinkError as exc:
-                # E.g. the interface vanished mid-apply; the next interface event retries.
-                _log.warning("programming routes on %s failed: %s", name, exc)
-                self.errors[name] = str(exc)
+            self._sync_and_record(name, index, is_up, routes, neighbours)
         self.pending |= set(self._desired) - set(links)
-        self._flush_lost_conntrack()
+
+    def _apply_incremental(self) -> None:
+        assert self._programmed is not None
+        todo = self._dirty | self.pending | set(self.errors)
+        self._dirty = set()
+        self.pending -= todo
+        for name in todo:
+            self.errors.pop(name, None)
+        for name in sorted(todo):
+            link = self._lookup_link(name)
+            if link is None:
+                self._programmed.pop(name, None)  # gone, and its routes with it
+                if name in self._desired:
+                    self.pending.add(name)
+                continue
+            index, is_up = link
+            known = self._programmed.get(name)
+            if known is None or known.index != index:
+                known = _Programmed(index, frozenset(), {})  # a new interface: none of ours
+            routes = {index: set(known.ips)}
+            neighbours = {index: dict(known.neigh)}
+            self._sync_and_record(name, index, is_up, routes, neighbours)
+
+    def _sync_and_record(
+        self,
+        name: str,
+        index: int,
+        is_up: bool,
+        routes: dict[int, set[str]],
+        neighbours: dict[int, dict[str, str]],
+    ) -> None:
+        assert self._programmed is not None
+        try:
+            self._sync_interface(name, index, is_up, routes, neighbours)
+        except NetlinkError as exc:
+            # E.g. the interface vanished mid-apply; retried on the next apply.
+            _log.warning("programming routes on %s failed: %s", name, exc)
+            self.errors[name] = str(exc)
+            # Unknown now: treat it as new next time ("replace" makes re-adding harmless).
+            self._programmed.pop(name, None)
+            return
+        desired = self._desired.get(name, _Desired(frozenset(), None))
+        if is_up:
+            neigh = dict.fromkeys(desired.ips, desired.mac) if desired.mac else {}
+            self._programmed[name] = _Programmed(index, desired.ips, neigh)
+        else:
+            # Down: we removed what is not wanted; the kernel drops routes of a down device.
+            self._programmed[name] = _Programmed(index, frozenset(), {})
+
+    def _lookup_link(self, name: str) -> tuple[int, bool] | None:
+        """(ifindex, admin up) of one interface with a single RTM_GETLINK; None if missing."""
+        try:
+            reply = self._ipr.link("get", ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        for link in reply:
+            return link["index"], bool(link["flags"] & IFF_UP)
+        return None
 
     def _sync_interface(
         self,
@@ -228,6 +319,8 @@ class RouteTable:
     # -- conntrack --------------------------------------------------------------------------
 
     def _flush_lost_conntrack(self) -> None:
+        if not self._lost_ips:
+            return  # the usual case; the check below looks at every interface's IPs
         # An IP that was moved to another interface is still in use: keep its flows.
         still_wanted = set().union(*(d.ips for d in self._desired.values()))
         lost, self._lost_ips = self._lost_ips - still_wanted, set()
