@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := etcd-server etcd-client iptables ipset iproute2 iputils-ping conntrack \
                 netcat-openbsd dnsmasq-base openssl procps logrotate busybox
 
-.PHONY: all setup deb venv demo test lint unit system clean bench-calc bench-dataplane docs
+.PHONY: all setup deb venv demo test lint unit system clean bench bench-render bench-calc \
+        bench-dataplane docs
 
 all: test
 
@@ -25,10 +26,11 @@ deb:
 
 venv: $(VENV)/.stamp
 
+# The bench extra is matplotlib: `make bench`'s plots and the unit test of their rendering.
 $(VENV)/.stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,openstack]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,openstack,bench]'
 	touch $@
 
 demo: setup
@@ -48,6 +50,19 @@ docs: venv
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
+
+# The whole benchmark suite (root; lab namespaces and a private etcd only): every benchmark
+# below plus the datastore, Neutron-peer and idle ones, JSON into bench/results/, then the plots
+# in docs/img/ and the generated tables in docs/benchmarks.md. QUICK=1: the small version
+# (under 5 minutes).
+QUICK ?=
+bench: setup
+	$(PY) bench/suite.py run $(if $(QUICK),--quick) --command "make bench$(if $(QUICK), QUICK=1)"; \
+	status=$$?; $(PY) bench/suite.py render && exit $$status
+
+# Plots and tables again from the JSON already in bench/results/ (no benchmark is run).
+bench-render: venv
+	$(PY) bench/suite.py render
 
 # The calculation graph alone at issue 3's scale (no kernel, no etcd); see docs/benchmarks.md.
 bench-calc: venv

@@ -1,0 +1,74 @@
+"""The benchmark suite's rendering (bench/suite.py) on a recorded sample: no kernel, no etcd.
+
+The sample (bench_sample.json) is one small real run of each benchmark, keyed by the results
+file stem it would have in bench/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+import suite  # noqa: E402 - bench/ is not a package; its directory is put on the path first
+
+SAMPLE = Path(__file__).with_name("bench_sample.json")
+HAND_WRITTEN = "# Benchmarks\n\nHand-written text that rendering must keep.\n"
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "results"
+    directory.mkdir()
+    for stem, value in json.loads(SAMPLE.read_text()).items():
+        (directory / f"{stem}.json").write_text(json.dumps(value))
+    return directory
+
+
+def test_tables_and_plots_render_into_the_document(results_dir: Path, tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(HAND_WRITTEN)
+    img = tmp_path / "img"
+    suite.render(results_dir, img, doc)
+    text = doc.read_text()
+    assert text.startswith(HAND_WRITTEN.rstrip())
+    assert text.count(suite.BEGIN) == 1 and text.count(suite.END) == 1
+    for heading in (
+        "### Felix cold start against the kernel floor",
+        "### Change latency at",
+        "### Calculation graph alone",
+        "### Datastore: snapshot of",
+        "### Against Neutron's IptablesFirewallDriver",
+        "### Idle cost at",
+    ):
+        assert heading in text
+    assert "Command: `make bench" in text
+    pngs = sorted(path.name for path in img.glob("*.png"))
+    assert pngs == [
+        "bench_change_latency.png",
+        "bench_cold_start.png",
+        "bench_datastore.png",
+        "bench_peer.png",
+    ]
+    for name in pngs:
+        assert (img / name).read_bytes().startswith(b"\x89PNG")
+        assert f"(img/{name})" in text
+
+
+def test_render_again_replaces_only_the_generated_section(results_dir: Path) -> None:
+    # Tables only (plots are covered above): splice a section in, then splice it again.
+    section = suite.render_markdown(suite.load_results(results_dir), ["bench_peer"])
+    first = suite.splice(HAND_WRITTEN, section)
+    second = suite.splice(first + "\n## Written after the section\n", section)
+    assert second.count(suite.BEGIN) == 1
+    assert second.endswith("## Written after the section\n")
+    assert second.replace("\n## Written after the section\n", "") == first
+
+
+def test_stale_results_outside_the_run_plan_are_ignored(results_dir: Path) -> None:
+    (results_dir / "dataplane-99999.json").write_text("{}")  # not in the sample's plan
+    assert "dataplane-99999" not in suite.load_results(results_dir)
