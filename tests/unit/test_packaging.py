@@ -174,6 +174,7 @@ def test_make_docs_regenerates_both_files():
     lines = makefile.splitlines()
     target = lines.index("docs: venv")
     assert lines[target + 1] == "\t$(PY) -m calico.felix.config.docs --write"
-    phony = next(line for line in lines if line.startswith(".PHONY:"))
+    logical = makefile.replace("\\\n", " ").splitlines()  # join continued lines
+    phony = next(line for line in logical if line.startswith(".PHONY:"))
     assert "docs" in phony.split()
     assert "logrotate" in makefile.split("DEB_PACKAGES :=")[1].split("\n\n")[0]
