@@ -50,6 +50,7 @@ from calico.lab.topology import ComputeHost
 REMOTE = 10_000
 PREFIXES = ("tap",)
 POLL_INTERVAL = 0.002
+CHANGE_TIMEOUT = 30.0  # seconds: a change not in the kernel by then is a failed sample
 CLEANUP_DELAY = 2  # StartupCleanupDelay, seconds (default 30)
 
 
@@ -214,11 +215,15 @@ def progress(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def time_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+class ChangeTimeout(Exception):
+    """A change did not reach the kernel within CHANGE_TIMEOUT."""
+
+
+def time_until(predicate: Callable[[], bool], timeout: float = CHANGE_TIMEOUT) -> None:
     started = time.perf_counter()
     while not predicate():
         if time.perf_counter() - started > timeout:
-            raise TimeoutError("the change did not reach the kernel")
+            raise ChangeTimeout(f"the change did not reach the kernel within {timeout:.0f} s")
         time.sleep(POLL_INTERVAL)
 
 
@@ -291,7 +296,10 @@ class Changes:
             data.endpoint_value(i, data.endpoint_labels(i)),
         )
         # Wait for the revert too, so it does not overlap (and slow) the next measured change.
-        time_until(lambda: not any(new_policy in r for r in chain_rules(self.ns, chain)))
+        try:
+            time_until(lambda: not any(new_policy in r for r in chain_rules(self.ns, chain)))
+        except ChangeTimeout:
+            progress(f"the revert of label change {k} did not reach the kernel")
         return took, [chain, names.endpoint_chain("from", tap(i), PREFIXES)]
 
     def endpoint_add(self, _k: int) -> tuple[float, list[str]]:
@@ -300,11 +308,11 @@ class Changes:
         add_taps(self.ns, range(i, i + 1))
         chain = names.endpoint_chain("to", tap(i), PREFIXES)
         key = data.endpoint_key(i, local=i + 1)  # on this host
+        self.added.append(i)  # (also if it times out: the key is written either way)
         took = self._timed(
             lambda: put(self.etcd, key, data.endpoint_value(i, data.endpoint_labels(i))),
             lambda: bool(chain_rules(self.ns, chain)),
         )
-        self.added.append(i)
         return took, [chain, names.endpoint_chain("from", tap(i), PREFIXES)]
 
     def endpoint_delete(self, _k: int) -> tuple[float, list[str]]:
@@ -318,7 +326,10 @@ class Changes:
         return took, []
 
 
-def measure_changes(changes: Changes, count: int) -> dict[str, dict[str, float]]:
+def measure_changes(
+    changes: Changes, count: int, alive: Callable[[], bool] = lambda: True
+) -> dict[str, dict[str, float]]:
+    """`alive`: whether Felix still runs (a timeout after it died ends the run instead)."""
     results: dict[str, dict[str, float]] = {}
     kinds: list[tuple[str, Callable[[int], tuple[float, list[str]]]]] = [
         ("profile rule change", changes.profile_rule),
@@ -331,8 +342,18 @@ def measure_changes(changes: Changes, count: int) -> dict[str, dict[str, float]]
         progress(f"{count} x {name}")
         samples: list[float] = []
         chains: list[str] = []
+        timeouts = 0
         for k in range(count):
-            took, changed = change(k * 7 + 3)
+            try:
+                took, changed = change(k * 7 + 3)
+            except ChangeTimeout as e:
+                if not alive():
+                    raise RuntimeError("calico-felix exited during the change measurements") from e
+                # A failed sample, recorded as the time waited (so it shows in the p99), not
+                # the end of the run: the other measurements are still worth having.
+                progress(f"{name} {k}: {e}")
+                took, changed = CHANGE_TIMEOUT, []
+                timeouts += 1
             samples.append(took)
             chains = changed or chains
             time.sleep(0.05)  # let Felix settle: each change is measured alone
@@ -341,6 +362,7 @@ def measure_changes(changes: Changes, count: int) -> dict[str, dict[str, float]]
             "median_ms": round(statistics.median(samples) * 1000, 1),
             "p99_ms": round(samples[max(0, int(len(samples) * 0.99) - 1)] * 1000, 1),
             "changes": count,
+            "timeouts": timeouts,
         }
         if chains:
             entry["incremental_floor_ms"] = round(incremental_floor(changes.ns, chains) * 1000, 1)
@@ -395,7 +417,9 @@ def run(
             cpu = {name: round(cpu_seconds(pid), 2) for name, pid in procs.items()}
             dump = dump_ruleset(host.ns)
             sizes = count_rules(dump)
-            latency = measure_changes(Changes(etcd, host, local), count)
+            latency = measure_changes(
+                Changes(etcd, host, local), count, alive=lambda: felix.proc.poll() is None
+            )
             rss_after = {name: round(peak_rss_mb(pid), 1) for name, pid in procs.items()}
             probe_ms = probe_cost_ms(host.ns)
             felix.stop()

@@ -13,7 +13,13 @@ import pytest
 
 from calico.felix.dataplane import names
 from calico.felix.dataplane.commands import NetnsRunner
-from calico.felix.dataplane.ipsets import HASH_IP, HASH_NET, IpsetTable, parse_ipset_list
+from calico.felix.dataplane.ipsets import (
+    HASH_IP,
+    HASH_NET,
+    IpsetTable,
+    parse_ipset_list,
+    parse_ipset_save,
+)
 from calico.lab.netns import NetNS
 
 SID = "s:" + "a" * 36  # selector IDs are long: the kernel name is shortened with a hash
@@ -56,6 +62,8 @@ class FakeIpset:
             return subprocess.CompletedProcess(argv, 1 if error else 0, "", error)
         if argv[:2] == ["ipset", "list"]:
             return subprocess.CompletedProcess(argv, 0, self._list(terse="-t" in argv), "")
+        if argv == ["ipset", "save"]:
+            return subprocess.CompletedProcess(argv, 0, self._save(), "")
         raise AssertionError(f"unexpected command {argv}")
 
     def _restore(self, lines: list[str]) -> str:
@@ -109,6 +117,14 @@ class FakeIpset:
             self.sets[name], self.sets[args[1]] = other, target
             other.references, target.references = target.references, other.references
         return None
+
+    def _save(self) -> str:
+        lines = []
+        for name, s in self.sets.items():
+            header = f"family {s.family} hashsize 1024 maxelem {s.maxelem} bucketsize 12"
+            lines.append(f"create {name} {s.set_type} {header} initval 0x5e7a11ed")
+            lines += [f"add {name} {m}" for m in sorted(s.members)]
+        return "".join(f"{line}\n" for line in lines)
 
     def _list(self, terse: bool) -> str:
         blocks = []
@@ -340,6 +356,63 @@ def test_force_refresh_repairs_drift(fake: FakeIpset) -> None:
     assert f"del {V4} 10.7.7.7" in restore_lines(fake)  # drifted set fixed by a delta
 
 
+def test_refresh_that_finds_nothing_wrong_parses_no_members(fake: FakeIpset) -> None:
+    table = IpsetTable(4, fake)
+    table.replace_members(SID, ["10.0.0.1", "10.0.0.2"])
+    table.replace_members(SID2, ["10.0.1.1"])
+    assert table.apply()
+    # The first refresh after a write compares members (and remembers the kernel's text) ...
+    assert table.apply(force_refresh=True)
+    assert table.compared_sets == 2
+    # ... later ones see the same text and compare nothing, and nothing is written.
+    restores = len(fake.restores)
+    assert table.apply(force_refresh=True)
+    assert table.compared_sets == 0
+    assert len(fake.restores) == restores
+    assert ["ipset", "list"] not in fake.commands  # members are never listed one by one
+    # A delta write makes that set's text unknown again: only it is compared.
+    table.add_members(SID2, ["10.0.1.2"])
+    assert table.apply()
+    assert table.apply(force_refresh=True)
+    assert table.compared_sets == 1
+
+
+def test_refresh_repairs_a_set_edited_after_it_was_verified(fake: FakeIpset) -> None:
+    table = IpsetTable(4, fake)
+    table.replace_members(SID, ["10.0.0.1", "10.0.0.2"])
+    table.replace_members(SID2, ["10.0.1.1"])
+    assert table.apply()
+    assert table.apply(force_refresh=True)  # verified: digests remembered
+    fake.sets[V4].members = {"10.0.0.1", "10.9.9.9"}  # same size, another member
+    fake.sets[V4_B].members.clear()  # flushed
+    assert table.apply(force_refresh=True)
+    assert table.compared_sets == 2
+    assert fake.sets[V4].members == {"10.0.0.1", "10.0.0.2"}
+    assert fake.sets[V4_B].members == {"10.0.1.1"}
+    del fake.sets[V4]  # destroyed
+    assert table.apply(force_refresh=True)
+    assert fake.sets[V4].members == {"10.0.0.1", "10.0.0.2"}
+
+
+def test_parse_ipset_save() -> None:
+    text = (
+        "create felix-v4-a hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12\n"
+        "add felix-v4-a 10.0.0.1\n"
+        "add felix-v4-a 10.0.0.2 timeout 5\n"
+        "create felix-v6-b hash:net family inet6 hashsize 1024 maxelem 5\n"
+        "create other hash:ip family inet\n"
+        "add other 1.2.3.4\n"
+    )
+    sets = parse_ipset_save(text)
+    assert sorted(sets) == ["felix-v4-a", "felix-v6-b", "other"]
+    assert sets["felix-v4-a"].members() == ["10.0.0.1", "10.0.0.2"]
+    assert sets["felix-v6-b"].members() == []
+    assert sets["felix-v6-b"].kset.family == "inet6"
+    assert sets["felix-v6-b"].kset.set_type == "hash:net"
+    assert sets["felix-v6-b"].kset.maxelem == 5
+    assert sets["felix-v4-a"].digest() != sets["other"].digest()
+
+
 def test_named_hash_net_set(fake: FakeIpset) -> None:
     table = IpsetTable(4, fake)
     pools = names.IPSET_ALL_POOLS
@@ -431,6 +504,15 @@ def test_real_v4_v6_sets_and_deltas(netns: MakeNS) -> None:
     restores = runner.restores
     assert v4.apply(force_refresh=True) and v6.apply(force_refresh=True)
     assert runner.restores == restores
+    # The next one sees the same `ipset save` text and compares no members at all.
+    assert v4.apply(force_refresh=True) and v6.apply(force_refresh=True)
+    assert (v4.compared_sets, v6.compared_sets) == (0, 0)
+    # A member swapped by hand (same size) is found and repaired.
+    ns.run(["ipset", "del", V4, "10.0.0.2"])
+    ns.run(["ipset", "add", V4, "10.9.9.9"])
+    assert v4.apply(force_refresh=True)
+    assert v4.compared_sets == 1
+    assert kernel_sets(ns)[V4] == {"10.0.0.2", "10.0.0.3"}
 
 
 class _CountingRunner:

@@ -8,6 +8,7 @@ namespace: every kernel command goes through ``ip netns exec``.
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -20,6 +21,7 @@ from calico.felix.dataplane.iptables import (
     binary,
     parse_save,
     tokens,
+    uses_nft,
 )
 from calico.lab.netns import NetNS
 
@@ -38,12 +40,16 @@ class FakeRunner:
         self.save_text = save_text
         self.restore_results = list(restore_results or [])
         self.calls: list[tuple[list[str], str | None]] = []
+        # If set, what iptables-save answers after a successful restore (the repaired kernel).
+        self.after_restore: str | None = None
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         self.calls.append((argv, input))
         if argv[0].endswith("-save"):
             return subprocess.CompletedProcess(argv, 0, self.save_text, "")
         rc, stderr = self.restore_results.pop(0) if self.restore_results else (0, "")
+        if rc == 0 and self.after_restore is not None:
+            self.save_text = self.after_restore
         return subprocess.CompletedProcess(argv, rc, "", stderr)
 
     @property
@@ -266,6 +272,94 @@ def test_refresh_reads_the_kernel_and_repairs_a_flushed_chain() -> None:
     # Read before planning and read back after the write (to learn the kernel's spelling).
     saves = [argv for argv, _ in runner.calls if argv[0].endswith("-save")]
     assert len(saves) == 2
+
+
+def test_refresh_that_finds_nothing_wrong_tokenises_nothing_and_writes_nothing() -> None:
+    runner = FakeRunner(save_text())
+    table = IptablesTable(4, "filter", runner)
+    table.set_chain("felix-A", [SSH, "-j felix-B"])
+    table.set_chain("felix-B", ["-j RETURN"])
+    table.set_hook("INPUT", "felix-A")
+    table.apply()
+    # The kernel as Felix left it (the first refresh reads, and tokenises, every chain).
+    runner.save_text = save_text(
+        ":felix-A - [0:0]",
+        ":felix-B - [0:0]",
+        "-A INPUT -j felix-A",
+        f"-A felix-A {SSH}",
+        "-A felix-A -j felix-B",
+        "-A felix-B -j RETURN",
+    )
+    assert table.apply(force_refresh=True) is False
+    assert table.tokenised_chains == 3
+    runner.calls.clear()
+    # Nothing changed: one iptables-save, no chain tokenised, no restore, no read-back.
+    assert table.apply(force_refresh=True) is False
+    assert [argv[0] for argv, _ in runner.calls] == ["iptables-save"]
+    assert table.tokenised_chains == 0
+
+
+def test_refresh_tokenises_and_repairs_only_an_edited_chain() -> None:
+    kernel = [":felix-A - [0:0]", ":felix-B - [0:0]", "-A INPUT -j felix-A", f"-A felix-A {SSH}"]
+    good = save_text(*kernel, "-A felix-B -j RETURN")
+    runner = FakeRunner(good)
+    runner.after_restore = good  # what this test's restores write
+    table = IptablesTable(4, "filter", runner)
+    table.set_chain("felix-A", [SSH])
+    table.set_chain("felix-B", ["-j RETURN"])
+    table.set_hook("INPUT", "felix-A")
+    assert table.apply() is False  # the first apply reads: already as wanted
+    # Another tool edits a rule of felix-B.
+    runner.save_text = save_text(*kernel, "-A felix-B -j ACCEPT")
+    assert table.apply(force_refresh=True) is True
+    assert runner.restores == ["*filter\n:felix-B - [0:0]\n-A felix-B -j RETURN\nCOMMIT\n"]
+    assert table.tokenised_chains == 1  # the read-back: felix-B, written since the last read
+    assert table.apply(force_refresh=True) is False
+    assert table.tokenised_chains == 0
+
+
+def test_refresh_skips_reading_while_the_nft_generation_is_unchanged() -> None:
+    good = save_text(":felix-A - [0:0]", f"-A felix-A {SSH}")
+    runner = FakeRunner(save_text())
+    runner.after_restore = good
+    generation = [7]
+    table = IptablesTable(4, "filter", runner, generation=lambda: generation[0])
+    table.set_chain("felix-A", [SSH])
+    table.apply()
+    generation[0] += 1  # our own restore was a commit
+    runner.calls.clear()
+    # The first refresh reads (the generation was never verified) and finds nothing wrong ...
+    assert table.apply(force_refresh=True) is False
+    assert [argv[0] for argv, _ in runner.calls] == ["iptables-save"]
+    assert not table.refresh_skipped
+    # ... so until the next commit a refresh reads nothing at all.
+    runner.calls.clear()
+    assert table.apply(force_refresh=True) is False
+    assert runner.calls == []
+    assert table.refresh_skipped
+    # Another tool flushes the chain: a commit, so the refresh reads and repairs.
+    generation[0] += 1
+    runner.save_text = save_text(":felix-A - [0:0]")
+    assert table.apply(force_refresh=True) is True
+    assert runner.restores[-1] == f"*filter\n:felix-A - [0:0]\n-A felix-A {SSH}\nCOMMIT\n"
+    # After a write the generation is not trusted until a refresh finds everything as wanted.
+    runner.calls.clear()
+    assert table.apply(force_refresh=True) is False
+    assert [argv[0] for argv, _ in runner.calls] == ["iptables-save"]
+    # Pending changes are never skipped, whatever the generation.
+    table.set_chain("felix-A", ["-j RETURN"])
+    assert table.apply(force_refresh=True) is True
+
+
+def test_refresh_without_a_generation_always_reads() -> None:
+    runner = FakeRunner(save_text(":felix-A - [0:0]", f"-A felix-A {SSH}"))
+    table = IptablesTable(4, "filter", runner, generation=lambda: None)
+    table.set_chain("felix-A", [SSH])
+    table.apply()
+    for _ in range(2):
+        runner.calls.clear()
+        assert table.apply(force_refresh=True) is False
+        assert [argv[0] for argv, _ in runner.calls] == ["iptables-save"]
 
 
 def test_failed_restore_makes_the_next_apply_reread_the_kernel() -> None:
@@ -520,6 +614,52 @@ def test_refresh_repairs_flushed_chain_and_deleted_hook(env: Env) -> None:
     assert env.save() != expected
     table.apply(force_refresh=True)
     assert env.save() == expected
+
+
+def test_refresh_repairs_an_edited_rule(env: Env) -> None:
+    table = env.table()
+    table.set_chain("felix-INPUT", [ACCEPT_MARK, SSH, "-j felix-B"])
+    table.set_chain("felix-B", ["-j RETURN"])
+    table.set_hook("INPUT", "felix-INPUT")
+    table.apply()
+    table.apply(force_refresh=True)  # reads everything once
+    expected = env.save()
+    env.ipt("-R", "felix-INPUT", "2", "-p", "tcp", "--dport", "23", "-j", "ACCEPT")
+    assert env.save() != expected
+    env.runner.calls.clear()
+    assert table.apply(force_refresh=True) is True
+    assert table.tokenised_chains == 1  # the read-back: only the chain rewritten
+    (written,) = env.runner.restores()
+    assert ":felix-B" not in written
+    assert env.save() == expected
+
+
+def test_nft_generation_tells_a_refresh_whether_to_read(netns: Callable[[], NetNS]) -> None:
+    ns = netns()
+    script = "from calico.felix.dataplane.iptables import nft_generation; print(nft_generation())"
+
+    def generation() -> int | None:
+        # Read inside the test namespace (this process is in the root namespace).
+        out = ns.run([sys.executable, "-c", script]).stdout.strip()
+        return None if out == "None" else int(out)
+
+    runner = RecordingRunner(ns.name)
+    assert uses_nft(4, runner)
+    table = IptablesTable(4, "filter", runner, generation=generation)
+    table.set_chain("felix-INPUT", [ACCEPT_MARK, SSH])
+    table.set_hook("INPUT", "felix-INPUT")
+    table.apply()
+    expected = parse_save(ns.run(["iptables-save", "-t", "filter"]).stdout, "filter")
+    assert table.apply(force_refresh=True) is False  # reads: not verified yet
+    runner.calls.clear()
+    assert table.apply(force_refresh=True) is False
+    assert runner.calls == [] and table.refresh_skipped
+    ns.run(["iptables-save"])  # reading is no commit
+    assert table.apply(force_refresh=True) is False and table.refresh_skipped
+    ns.run(["iptables", "-F", "felix-INPUT"])
+    ns.run(["iptables", "-D", "INPUT", "-j", "felix-INPUT"])
+    assert table.apply(force_refresh=True) is True
+    assert parse_save(ns.run(["iptables-save", "-t", "filter"]).stdout, "filter") == expected
 
 
 def test_graceful_restart_keeps_old_chains_until_grace_ends(env: Env) -> None:

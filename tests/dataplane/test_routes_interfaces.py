@@ -192,6 +192,47 @@ def test_incremental_apply_does_not_dump_and_full_apply_repairs(
     assert "10.65.0.9 dev tapdef456 scope link" in felix_routes(host)
 
 
+def test_refresh_checks_cheaply_and_resyncs_only_on_a_difference(
+    netns: MakeNS, ipr_in: MakeIPR
+) -> None:
+    host, _ = host_and_workload(netns)
+    ipr = CountingIPR(ipr_in(host))
+    table = RouteTable(4, ipr, prefixes=("tap",), conntrack_runner=NetnsRunner(host.name))
+    table.set_routes(TAP, ["10.65.0.2", "10.65.0.3"], mac=MAC)
+    table.apply()  # the first apply is a full resync
+    assert ipr.dumps == 3
+    # Nothing changed: the refresh lists our routes and neighbours with `ip -j`, no dumps.
+    table.apply(full=True)
+    assert ipr.dumps == 3
+    # A deleted route, a deleted static ARP entry, a stray route of ours: each is found and
+    # repaired by a full resync.
+    for tamper in [
+        ["ip", "route", "del", "10.65.0.3/32", "dev", TAP],
+        ["ip", "neigh", "del", "10.65.0.2", "dev", TAP],
+        ["ip", "route", "add", "10.65.0.9/32", "dev", TAP, "proto", str(RTPROT_FELIX)],
+    ]:
+        dumps = ipr.dumps
+        host.run(tamper)
+        table.apply(full=True)
+        assert ipr.dumps == dumps + 3
+        assert felix_routes(host) == [
+            f"10.65.0.2 dev {TAP} scope link",
+            f"10.65.0.3 dev {TAP} scope link",
+        ]
+        neigh = host.run(["ip", "-4", "neigh", "show", "nud", "permanent"]).stdout
+        assert f"10.65.0.2 dev {TAP} lladdr {MAC} PERMANENT" in neigh
+    table6 = RouteTable(6, ipr, prefixes=("tap",), conntrack_runner=NetnsRunner(host.name))
+    table6.set_routes(TAP, ["fd00:65::2"])
+    table6.apply()
+    dumps = ipr.dumps
+    table6.apply(full=True)
+    assert ipr.dumps == dumps
+    host.run(["ip", "-6", "route", "del", "fd00:65::2/128", "dev", TAP])
+    table6.apply(full=True)
+    assert ipr.dumps == dumps + 2
+    assert "fd00:65::2" in "".join(felix_routes(host, 6))
+
+
 def test_interface_that_appears_later_gets_routes(netns: MakeNS, ipr_in: MakeIPR) -> None:
     host, workload = netns(), netns()
     table = RouteTable(4, ipr_in(host), prefixes=("tap",))

@@ -35,7 +35,7 @@ from calico.felix.dataplane.interfaces import (
     configure_global,
 )
 from calico.felix.dataplane.ipsets import IpsetError, IpsetTable
-from calico.felix.dataplane.iptables import IptablesError, IptablesTable
+from calico.felix.dataplane.iptables import IptablesError, IptablesTable, nft_generation, uses_nft
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
 from calico.felix.dataplane.pipe import (
     BatchReceived,
@@ -229,9 +229,12 @@ def build(config: Mapping[str, Any]) -> tuple[DataplaneManager, InterfaceWatcher
     versions = ip_versions(config["Ipv6Support"])
     ipr = IPRoute()
     prefixes = tuple(config["InterfacePrefix"])
+    # On iptables-nft (the tables are in this process's namespace) a refresh can tell from the
+    # nf_tables generation that nothing changed, and skip reading the tables.
+    generations = {v: nft_generation if uses_nft(v, LocalRunner()) else None for v in versions}
     kernel = KernelTables(
         versions,
-        lambda v, t: IptablesTable(v, t, runner),
+        lambda v, t: IptablesTable(v, t, runner, generation=generations[v]),
         lambda v: IpsetTable(v, runner, max_size=int(config["MaxIpsetSize"])),
         lambda v: RouteTable(v, ipr, prefixes, conntrack_runner=runner),
     )

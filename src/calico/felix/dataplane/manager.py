@@ -33,7 +33,7 @@ from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
 from calico.felix.dataplane.commands import CommandRunner
 from calico.felix.dataplane.interfaces import SysctlWriter, configure_interface
-from calico.felix.dataplane.ipsets import HASH_NET, IpsetTable
+from calico.felix.dataplane.ipsets import HASH_NET, IpsetError, IpsetTable, SavedSet
 from calico.felix.dataplane.iptables import IptablesTable
 from calico.felix.dataplane.routes import RouteTable
 
@@ -228,8 +228,10 @@ class DataplaneManager:
             self._program_workload(key)
         if self._dirty_globals:
             self._program_globals()
+        saved = self._read_ipsets() if force_refresh else None
         for ipsets in self._kernel.ipsets.values():
-            ipsets.apply(force_refresh, destroy=False)  # rules may still use removed sets
+            # destroy=False: rules may still use removed sets.
+            ipsets.apply(force_refresh, destroy=False, saved=saved)
         for driver in self._kernel.iptables.values():
             driver.apply(force_refresh)
         for ipsets in self._kernel.ipsets.values():
@@ -241,6 +243,18 @@ class DataplaneManager:
         self._dirty_routes.clear()
         self._removed_interfaces.clear()
         self._dirty_globals = False
+
+    def _read_ipsets(self) -> dict[str, SavedSet] | None:
+        """One ``ipset save`` for every IP version's refresh (it lists both families, and costs
+        0.3 s of CPU at 300,000 members). None if it failed: each table then tries itself."""
+        tables = list(self._kernel.ipsets.values())
+        if not tables:
+            return None
+        try:
+            return tables[0].read_saved()
+        except IpsetError as e:
+            log.warning("Cannot read ipsets for the refresh: %s", e)
+            return None
 
     def cleanup(self) -> None:
         """End the graceful-restart period: sweep the previous run's orphan chains and sets."""
