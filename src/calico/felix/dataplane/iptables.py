@@ -211,32 +211,18 @@ def is_hook_rule(rule: Rule, felix_chain: str | None = None) -> bool:
 
 
 def parse_save(text: str, table: str) -> dict[str, list[Rule]]:
-    """Chains of `table` in iptables-save output, each with its rules in order."""
-    chains: dict[str, list[Rule]] = {}
-    in_table = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("*"):
-            in_table = line[1:] == table
-        elif not in_table:
-            continue
-        elif line == "COMMIT":
-            in_table = False
-        elif line.startswith(":"):
-            chains.setdefault(line[1:].split()[0], [])
-        elif line.startswith("-A "):
-            rule = _split_host_line(line)
-            chains.setdefault(rule[1], []).append(rule[2:])
-    return chains
+    """Chains of `table` in iptables-save output, each with its rules in order, tokenised."""
+    return {
+        chain: [_split_host_line(line)[2:] for line in lines]
+        for chain, lines in split_save(text, table).items()
+    }
 
 
 def split_save(text: str, table: str) -> dict[str, list[str]]:
     """Chains of `table` in iptables-save output, each with its ``-A`` lines as printed.
 
-    The cheap half of :func:`parse_save`: it finds each line's chain without tokenising the
-    rule, so a refresh can tell which chains changed before paying for tokens."""
+    It finds each line's chain without tokenising the rule, so a refresh can tell which chains
+    changed before paying for tokens (:func:`parse_save` adds the tokens)."""
     chains: dict[str, list[str]] = {}
     in_table = False
     for raw in text.splitlines():

@@ -454,7 +454,7 @@ class DataplaneManager:
             elif (
                 (apply_failed and key in self._dirty_workloads)
                 or name in self._config_failed
-                or self._endpoint_chains(name) & refused
+                or (refused and self._endpoint_chains(name) & refused)
             ):
                 statuses[key] = "error"
             elif not update.endpoint.active:

@@ -86,6 +86,10 @@ class _Desired:
     ips: frozenset[str]  # canonical address strings, no prefix length
     mac: str | None
 
+    def neighbours(self) -> dict[str, str]:
+        """The static ARP/NDP entries wanted: each IP to the MAC, if the MAC is known."""
+        return dict.fromkeys(self.ips, self.mac) if self.mac else {}
+
 
 @dataclass(frozen=True)
 class _Programmed:
@@ -295,8 +299,7 @@ class RouteTable:
             return
         desired = self._desired.get(name, _Desired(frozenset(), None))
         if is_up:
-            neigh = dict.fromkeys(desired.ips, desired.mac) if desired.mac else {}
-            self._programmed[name] = _Programmed(index, desired.ips, neigh)
+            self._programmed[name] = _Programmed(index, desired.ips, desired.neighbours())
         else:
             # Down: we removed what is not wanted; the kernel drops routes of a down device.
             self._programmed[name] = _Programmed(index, frozenset(), {})
@@ -324,7 +327,7 @@ class RouteTable:
         desired = self._desired.get(name, _Desired(frozenset(), None))
         have_routes = routes.get(index, set())
         have_neigh = neighbours.get(index, {})
-        want_neigh = dict.fromkeys(desired.ips, desired.mac) if desired.mac else {}
+        want_neigh = desired.neighbours()
         # Removals first (ARP before route, as §5.11), so a moved IP never briefly has two.
         for ip in set(have_neigh) - set(want_neigh):
             self._ipr.neigh("del", dst=ip, ifindex=index)
