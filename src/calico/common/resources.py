@@ -254,14 +254,16 @@ def _decode(raw_json: str, what: str) -> Any:
         raise InvalidValue(what, [f"undecodable JSON: {exc}"]) from None
 
 
-def _decode_object(raw_json: str, what: str) -> dict[str, Any]:
+def decode_object(raw_json: str, what: str) -> dict[str, Any]:
+    """The JSON object in `raw_json`; InvalidValue (about `what`) if it is not one."""
     data = _decode(raw_json, what)
     if not isinstance(data, dict):
         raise InvalidValue(what, [f"expected a JSON object, got {type(data).__name__}"])
     return data
 
 
-def _check_id(value: object, field: str, errs: list[str]) -> str | None:
+def check_id(value: object, field: str, errs: list[str]) -> str | None:
+    """`value` if it is a valid ID, else None with a problem appended to `errs`."""
     if isinstance(value, str) and ID_RE.fullmatch(value):
         return value
     errs.append(f"{field}: invalid ID {value!r} (need [a-zA-Z0-9_.-]+)")
@@ -272,7 +274,7 @@ def _check_ids(value: object, field: str, errs: list[str]) -> tuple[str, ...]:
     if not isinstance(value, list):
         errs.append(f"{field}: expected a list, got {type(value).__name__}")
         return ()
-    out = [_check_id(item, f"{field}[{i}]", errs) for i, item in enumerate(value)]
+    out = [check_id(item, f"{field}[{i}]", errs) for i, item in enumerate(value)]
     return tuple(item for item in out if item is not None)
 
 
@@ -310,7 +312,8 @@ def _check_labels(value: object, field: str, errs: list[str]) -> Labels:
     return Labels(value) if ok else EMPTY_LABELS
 
 
-def _check_ip(value: object, version: int, field: str, errs: list[str]) -> str | None:
+def check_ip(value: object, version: int, field: str, errs: list[str]) -> str | None:
+    """`value` as a canonical IPv`version` address, else None with a problem in `errs`."""
     if isinstance(value, str):
         try:
             addr = ipaddress.ip_address(value)
@@ -327,7 +330,7 @@ def _check_ip_list(value: object, version: int, field: str, errs: list[str]) -> 
     if not isinstance(value, list):
         errs.append(f"{field}: expected a list, got {type(value).__name__}")
         return ()
-    out = [_check_ip(item, version, f"{field}[{i}]", errs) for i, item in enumerate(value)]
+    out = [check_ip(item, version, f"{field}[{i}]", errs) for i, item in enumerate(value)]
     return tuple(item for item in out if item is not None)
 
 
@@ -486,7 +489,7 @@ def parse_rule(
                 fields[f"{attr}{end}_net"] = _rule_net(rule[key], ip_version, key, errs)
             key = f"{neg}{end}_tag"
             if key in rule:
-                fields[f"{attr}{end}_tag"] = _check_id(rule[key], key, errs)
+                fields[f"{attr}{end}_tag"] = check_id(rule[key], key, errs)
             key = f"{neg}{end}_selector"
             if key in rule:
                 text = rule[key]
@@ -572,8 +575,8 @@ def _nat(
         if item.get("int_ip") is None or item.get("ext_ip") is None:
             errs.append(f"{where}: both int_ip and ext_ip are required")
             continue
-        int_ip = _check_ip(item["int_ip"], version, f"{where}.int_ip", errs)
-        ext_ip = _check_ip(item["ext_ip"], version, f"{where}.ext_ip", errs)
+        int_ip = check_ip(item["int_ip"], version, f"{where}.int_ip", errs)
+        ext_ip = check_ip(item["ext_ip"], version, f"{where}.ext_ip", errs)
         if int_ip is not None and f"{int_ip}/{host_len}" not in nets:
             errs.append(f"{where}: int_ip {int_ip} is not in ipv{version}_nets as /{host_len}")
         elif int_ip is not None and ext_ip is not None:
@@ -584,7 +587,7 @@ def _nat(
 def parse_workload_endpoint(raw_json: str, key: WorkloadEndpointKey) -> WorkloadEndpoint:
     """Validate a workload endpoint (§2.2). Unknown fields are ignored."""
     what = _describe("workload endpoint", key)
-    data = _decode_object(raw_json, what)
+    data = decode_object(raw_json, what)
     errs: list[str] = []
     _check_key_id(key.endpoint, "endpoint ID", errs)
 
@@ -622,7 +625,7 @@ def parse_workload_endpoint(raw_json: str, key: WorkloadEndpointKey) -> Workload
             nets[version] = tuple(n for n in checked if n is not None)
         field = f"ipv{version}_gateway"
         gateways[version] = (
-            None if data.get(field) is None else _check_ip(data[field], version, field, errs)
+            None if data.get(field) is None else check_ip(data[field], version, field, errs)
         )
         field = f"ipv{version}_nat"
         nats[version] = (
@@ -659,7 +662,7 @@ def parse_workload_endpoint(raw_json: str, key: WorkloadEndpointKey) -> Workload
 def parse_host_endpoint(raw_json: str, key: HostEndpointKey) -> HostEndpoint:
     """Validate a host endpoint (§2.3). Unknown fields are ignored."""
     what = _describe("host endpoint", key)
-    data = _decode_object(raw_json, what)
+    data = decode_object(raw_json, what)
     errs: list[str] = []
     _check_key_id(key.endpoint, "endpoint ID", errs)
 
@@ -705,7 +708,7 @@ def parse_profile_rules(
 ) -> ProfileRules:
     """Validate a profile's rules; a missing list means no rules. Any bad rule fails it all."""
     what = _describe("profile rules", key)
-    data = _decode_object(raw_json, what)
+    data = decode_object(raw_json, what)
     errs: list[str] = []
     _check_key_id(key.profile, "profile ID", errs)
     validator = selector_validator
@@ -742,7 +745,7 @@ def parse_profile_labels(raw_json: str, key: ProfileLabelsKey) -> Labels:
 
 def parse_tier_metadata(raw_json: str, key: TierMetadataKey) -> TierMetadata:
     what = _describe("tier metadata", key)
-    data = _decode_object(raw_json, what)
+    data = decode_object(raw_json, what)
     errs: list[str] = []
     _check_key_id(key.tier, "tier name", errs)
     order = _check_order(data.get("order"), errs)
@@ -756,7 +759,7 @@ def parse_policy(
 ) -> Policy:
     """Validate a policy (§2.5): selector required; any bad rule fails the whole policy."""
     what = _describe("policy", key)
-    data = _decode_object(raw_json, what)
+    data = decode_object(raw_json, what)
     errs: list[str] = []
     _check_key_id(key.tier, "tier name", errs)
     _check_key_id(key.policy, "policy ID", errs)
@@ -782,7 +785,7 @@ def parse_policy(
 def parse_ip_pool(raw_json: str, key: IPPoolKey) -> IPPool:
     """Validate an IPAM pool (§2.7); only cidr and masquerade are kept."""
     what = _describe("IP pool", key)
-    data = _decode_object(raw_json, what)
+    data = decode_object(raw_json, what)
     errs: list[str] = []
     if not POOL_ID_RE.fullmatch(key.pool_id):
         errs.append(f"key pool ID {key.pool_id!r} is invalid (need [0-9.:a-fA-F-]{{1,43}})")

@@ -13,13 +13,18 @@ data model, the agent treats an invalid value as if the key were absent.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from calico.common.datamodel_v1 import DhcpSubnetKey, WorkloadEndpointKey
-from calico.common.resources import ID_RE, InvalidValue, parse_workload_endpoint
+from calico.common.resources import (
+    InvalidValue,
+    check_id,
+    check_ip,
+    decode_object,
+    parse_workload_endpoint,
+)
 
 # One DNS label (RFC 1123): what dnsmasq accepts as a DHCP host name.
 _LABEL_RE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
@@ -75,43 +80,13 @@ class DhcpEndpoint:
         return "host-" + first.replace(".", "-").replace(":", "-")
 
 
-def _check_ip(value: object, version: int, field: str, errs: list[str]) -> str | None:
-    if isinstance(value, str):
-        try:
-            addr = ipaddress.ip_address(value)
-        except ValueError:
-            pass
-        else:
-            if addr.version == version:
-                return str(addr)
-    errs.append(f"{field}: invalid IPv{version} address {value!r}")
-    return None
-
-
-def _check_id(value: object, field: str, errs: list[str]) -> str | None:
-    if isinstance(value, str) and ID_RE.fullmatch(value):
-        return value
-    errs.append(f"{field}: invalid ID {value!r} (need [a-zA-Z0-9_.-]+)")
-    return None
-
-
-def _decode_object(raw_json: str, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(raw_json)
-    except (ValueError, TypeError) as exc:
-        raise InvalidValue(what, [f"not JSON: {exc}"]) from None
-    if not isinstance(data, dict):
-        raise InvalidValue(what, [f"expected a JSON object, got {type(data).__name__}"])
-    return data
-
-
 def parse_dhcp_subnet(raw_json: str, key: DhcpSubnetKey) -> DhcpSubnet:
     """Validate a DHCP subnet value; raises InvalidValue listing every problem."""
     what = f"DHCP subnet {key.subnet_id!r}"
-    data = _decode_object(raw_json, what)
+    data = decode_object(raw_json, what)
     errs: list[str] = []
-    _check_id(key.subnet_id, "subnet ID (key)", errs)
-    network_id = _check_id(data.get("network_id"), "network_id", errs)
+    check_id(key.subnet_id, "subnet ID (key)", errs)
+    network_id = check_id(data.get("network_id"), "network_id", errs)
 
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     cidr = data.get("cidr")
@@ -126,7 +101,7 @@ def parse_dhcp_subnet(raw_json: str, key: DhcpSubnetKey) -> DhcpSubnet:
 
     gateway: str | None = None
     if data.get("gateway_ip") is not None:
-        gateway = _check_ip(data["gateway_ip"], version, "gateway_ip", errs)
+        gateway = check_ip(data["gateway_ip"], version, "gateway_ip", errs)
         # Routed DHCP puts the gateway on the ns- interface with the subnet's prefix length,
         # which only makes sense (and only gives dnsmasq a DHCP context) inside the subnet.
         if gateway is not None and ipaddress.ip_address(gateway) not in network:
@@ -139,7 +114,7 @@ def parse_dhcp_subnet(raw_json: str, key: DhcpSubnetKey) -> DhcpSubnet:
         errs.append(f"dns_servers: expected a list, got {type(raw_dns).__name__}")
     else:
         for i, item in enumerate(raw_dns):
-            server = _check_ip(item, version, f"dns_servers[{i}]", errs)
+            server = check_ip(item, version, f"dns_servers[{i}]", errs)
             if server is not None:
                 dns.append(server)
 
@@ -158,7 +133,7 @@ def parse_dhcp_subnet(raw_json: str, key: DhcpSubnetKey) -> DhcpSubnet:
         except ValueError:
             errs.append(f"{field}.destination: invalid CIDR {route.get('destination')!r}")
             continue
-        nexthop = _check_ip(route.get("nexthop"), version, f"{field}.nexthop", errs)
+        nexthop = check_ip(route.get("nexthop"), version, f"{field}.nexthop", errs)
         if dest.version != version:
             errs.append(f"{field}.destination: not IPv{version}")
         elif nexthop is not None:
@@ -187,7 +162,7 @@ def parse_dhcp_endpoint(raw_json: str, key: WorkloadEndpointKey) -> DhcpEndpoint
     DHCP needs a MAC and checks the subnet-ID lists and the FQDN.
     """
     endpoint = parse_workload_endpoint(raw_json, key)
-    data = _decode_object(raw_json, f"workload endpoint {key.endpoint!r}")
+    data = decode_object(raw_json, f"workload endpoint {key.endpoint!r}")
     what = f"workload endpoint {key.endpoint!r} (for DHCP)"
     errs: list[str] = []
     if endpoint.mac is None:
@@ -205,7 +180,7 @@ def parse_dhcp_endpoint(raw_json: str, key: WorkloadEndpointKey) -> DhcpEndpoint
         if not isinstance(raw, list):
             errs.append(f"{field}: expected a list, got {type(raw).__name__}")
             continue
-        checked = [_check_id(item, f"{field}[{i}]", errs) for i, item in enumerate(raw)]
+        checked = [check_id(item, f"{field}[{i}]", errs) for i, item in enumerate(raw)]
         if len(checked) != len(addrs[version]):
             errs.append(f"{field}: {len(checked)} IDs for {len(addrs[version])} addresses")
         subnet_ids[version] = tuple(item for item in checked if item is not None)
