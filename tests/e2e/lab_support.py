@@ -9,36 +9,19 @@ proxy ARP/NDP (so the source's packets did leave towards the host).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
-from calico.lab.topology import ComputeHost, Workload, ping, probe, wait_until
+from calico.lab.flows import Flow, settle
+from calico.lab.topology import ComputeHost, Workload, ping, wait_until
 
 ALLOW, DENY = True, False
 SETTLE_TIMEOUT = 10.0  # how long a row may take to reach its expected result
 FELIX_START_TIMEOUT = 40.0  # Felix start-up and first programming, on a busy machine
-
-
-@dataclass(frozen=True)
-class Flow:
-    """One probe: ``proto`` is icmp, tcp or udp (tcp/udp with a port), over IPv4 or IPv6."""
-
-    src: str
-    dst: str
-    proto: str
-    port: int | None = None
-    v6: bool = False
-
-    def __str__(self) -> str:
-        what = self.proto if self.port is None else f"{self.proto}/{self.port}"
-        return f"{self.src}->{self.dst} {what} v{6 if self.v6 else 4}"
 
 
 Expectation = tuple[Flow, bool]
@@ -151,26 +134,6 @@ class Lab:
 
     # -- connectivity --------------------------------------------------------------------------
 
-    def probe(self, flow: Flow) -> bool:
-        src, dst = self.vms[flow.src], self.vms[flow.dst]
-        return probe(src, dst, flow.proto, v6=flow.v6, port=flow.port)
-
-    def measure(self, flows: Iterable[Flow]) -> dict[Flow, bool]:
-        """Probe every flow once, concurrently. Flows to the same (destination, protocol, port)
-        run one after the other (their listeners would share a port); groups run in parallel
-        so denied probes, each waiting out its timeout, do not add up."""
-        groups: dict[tuple[str, str, int | None], list[Flow]] = {}
-        for flow in flows:
-            groups.setdefault((flow.dst, flow.proto, flow.port), []).append(flow)
-        if not groups:
-            return {}
-
-        def run(group: list[Flow]) -> list[tuple[Flow, bool]]:
-            return [(flow, self.probe(flow)) for flow in group]
-
-        with ThreadPoolExecutor(max_workers=min(len(groups), 16)) as pool:
-            return dict(item for result in pool.map(run, groups.values()) for item in result)
-
     def expect(
         self,
         expectations: Sequence[Expectation],
@@ -190,20 +153,7 @@ class Lab:
         expected = dict(expectations)
         if len(expected) != len(expectations):
             raise ValueError("a flow is listed twice")
-        deadline = time.monotonic() + timeout
-        pending = list(expected)
-        got: dict[Flow, bool] = {}
-        while True:
-            got.update(self.measure(pending))
-            pending = [flow for flow in pending if got[flow] != expected[flow]]
-            if not pending or time.monotonic() >= deadline:
-                break
-            time.sleep(0.2)
-        problems = [
-            f"{flow}: expected {'allowed' if expected[flow] else 'denied'}, "
-            f"got {'allowed' if got[flow] else 'denied'}"
-            for flow in pending
-        ]
+        problems = settle(self.vms, expected, timeout)
         if require_path:
             problems += self._path_problems(f for f, allowed in expected.items() if not allowed)
         if problems:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +38,7 @@ import pytest
 
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
+from calico.lab.flows import Flow, measure
 from calico.lab.topology import ComputeHost, Workload, ping, probe, tcp_ok, wait_until
 
 HOST = "e2e-host-1"
@@ -241,29 +241,15 @@ class FelixLab:
         return f"--- host routes:\n{routes}"
 
     def matrix_results(self) -> dict[tuple[Row, bool], bool]:
-        """Every matrix probe, measured once, concurrently.
-
-        Probes to the same (destination, protocol, port) run one after another (they would
-        share a listener port); the rest run in parallel, so the denied ones (each waits
-        out a 1 s timeout) do not add up.
-        """
+        """Every matrix probe, measured once, concurrently (calico.lab.flows.measure)."""
         if self._results is None:
-            groups: dict[tuple[str, str, int | None], list[tuple[Row, bool]]] = {}
-            for v6 in (False, True):
-                for row in MATRIX:
-                    groups.setdefault((row.dst, row.proto, row.port), []).append((row, v6))
-
-            def run(group: list[tuple[Row, bool]]) -> list[tuple[tuple[Row, bool], bool]]:
-                out = []
-                for row, v6 in group:
-                    src, dst = self.vms[row.src], self.vms[row.dst]
-                    out.append(((row, v6), probe(src, dst, row.proto, v6=v6, port=row.port)))
-                return out
-
-            with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-                self._results = dict(
-                    item for result in pool.map(run, groups.values()) for item in result
-                )
+            cases = {
+                Flow(row.src, row.dst, row.proto, row.port, v6): (row, v6)
+                for v6 in (False, True)
+                for row in MATRIX
+            }
+            measured = measure(self.vms, cases)
+            self._results = {cases[flow]: ok for flow, ok in measured.items()}
         return self._results
 
     def close(self) -> None:

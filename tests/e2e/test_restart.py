@@ -32,6 +32,7 @@ from lab_support import ALLOW, DENY, Expectation, Flow, Lab, reset_etcd
 
 from calico.felix.dataplane import names
 from calico.lab.etcd_server import EtcdServer
+from calico.lab.flows import measure
 from calico.lab.topology import wait_until
 
 HOST = "e2e-restart-1"
@@ -194,7 +195,7 @@ class Prober(threading.Thread):
         started = time.monotonic()
         try:
             while not self.stop.is_set():
-                if self.lab.probe(self.flow) != self.expected:
+                if measure(self.lab.vms, [self.flow])[self.flow] != self.expected:
                     verdict = "denied" if self.expected else "allowed"
                     self.wrong.append(f"{time.monotonic() - started:.1f} s: {self.flow} {verdict}")
                 self.count += 1

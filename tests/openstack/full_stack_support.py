@@ -9,30 +9,24 @@ namespaces go with :meth:`FullStack.close`. Nothing touches the root network nam
 from __future__ import annotations
 
 import json
-import secrets
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
-from calico.lab.netns import NetNS
+from calico.lab.flows import Flow, measure, settle
 from calico.lab.neutron import NeutronServer
-from calico.lab.topology import ComputeHost, ExternalHost, Workload, probe, wait_until
+from calico.lab.topology import ComputeHost, ExternalHost, Workload, wait_until
 
 ALLOW, DENY = True, False
 SETTLE_TIMEOUT = 20.0  # a Neutron change reaching the kernel, on a loaded 2-core machine
 DENY_CONFIRM = 2  # a denied row must stay denied for this many further probes
-FETCH_TIMEOUT = 2  # seconds curl waits for one HTTP answer
 FELIX_START_TIMEOUT = 60.0
 DHCP_TIMEOUT = 60.0  # from the first udhcpc attempt to a lease
 AGENT_TYPE_FELIX = "Calico per-host agent (felix)"
@@ -47,100 +41,6 @@ if [ "$1" = bound ]; then
 fi
 exit 0
 """
-
-# A stand-in server (metadata, or a service in a VM): answers every GET with
-# "<token> peer=<client address as the server saw it>".
-TOKEN_SERVER = r"""
-import http.server, socketserver, sys
-
-addr, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"{token} peer={self.client_address[0]}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-class Server(http.server.ThreadingHTTPServer):
-    def server_bind(self):
-        # Not HTTPServer's: that looks the address up in DNS, which no namespace here has.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = addr, port
-
-server = Server((addr, port), Handler)
-print("listening", flush=True)
-server.serve_forever()
-"""
-
-
-class TokenServer:
-    """:data:`TOKEN_SERVER` in a namespace, stopped by its PID on exit."""
-
-    def __init__(self, ns: NetNS, addr: str, port: int):
-        self.ns = ns
-        self.addr = addr
-        self.port = port
-        self.token = f"tok-{secrets.token_hex(8)}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        # A file, not a pipe: nobody reads stderr while the server runs.
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()
-
-    def __enter__(self) -> TokenServer:
-        argv = [sys.executable, "-c", TOKEN_SERVER, self.addr, str(self.port), self.token]
-        self.proc = self.ns.popen(argv, stdout=subprocess.PIPE, stderr=self.stderr)
-        assert self.proc.stdout is not None
-        # The script prints one line once bound: wait for it (bounded) before any fetch.
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else b""
-        if line.strip() != b"listening":
-            self._stop()
-            self.stderr.seek(0)
-            err = self.stderr.read().decode(errors="replace")
-            raise RuntimeError(f"token server on {self.addr}:{self.port} did not start: {err}")
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop()
-        self.stderr.close()
-
-    def _stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def fetch(self, src: NetNS, addr: str, port: int) -> str | None:
-        """GET http://addr:port/ from ``src``: the peer address this server saw, or None if
-        this server did not answer."""
-        argv = ["curl", "-s", "--noproxy", "*", "-m", str(FETCH_TIMEOUT), f"http://{addr}:{port}/"]
-        proc = src.run(argv, check=False, timeout=FETCH_TIMEOUT + 20)
-        fields = proc.stdout.split()
-        if proc.returncode != 0 or len(fields) != 2 or fields[0] != self.token:
-            return None
-        return fields[1].removeprefix("peer=")
-
-
-def ping_reply_from(src: NetNS, addr: str) -> str | None:
-    """One ping from ``src`` to ``addr``: the source address of the echo reply, or None."""
-    proc = src.run(["ping", "-4", "-n", "-c1", "-W1", addr], check=False, timeout=20)
-    for line in proc.stdout.splitlines():
-        if " bytes from " in line:
-            return line.split(" bytes from ")[1].split(":")[0]
-    return None
 
 
 class DhcpAgent:
@@ -176,20 +76,6 @@ class DhcpAgent:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class Flow:
-    """One probe between two VMs: ``proto`` icmp, or tcp with a port."""
-
-    src: str
-    dst: str
-    proto: str
-    port: int | None = None
-
-    def __str__(self) -> str:
-        what = self.proto if self.port is None else f"{self.proto}/{self.port}"
-        return f"{self.src}->{self.dst} {what}"
 
 
 class FullStack:
@@ -278,25 +164,6 @@ class FullStack:
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def _probe(self, flow: Flow) -> bool:
-        return probe(self.vms[flow.src], self.vms[flow.dst], flow.proto, port=flow.port)
-
-    def _measure(self, flows: Iterable[Flow]) -> dict[Flow, bool]:
-        """Probe each flow once. Flows to one (destination, protocol, port) run in turn (their
-        listeners would share a port); the groups run in parallel, so the denied probes, each
-        waiting out its timeout, do not add up."""
-        groups: dict[tuple[str, str, int | None], list[Flow]] = {}
-        for flow in flows:
-            groups.setdefault((flow.dst, flow.proto, flow.port), []).append(flow)
-        if not groups:
-            return {}
-
-        def run(group: list[Flow]) -> list[tuple[Flow, bool]]:
-            return [(flow, self._probe(flow)) for flow in group]
-
-        with ThreadPoolExecutor(max_workers=min(len(groups), 8)) as pool:
-            return dict(item for result in pool.map(run, groups.values()) for item in result)
-
     def expect(
         self, what: str, rows: Sequence[tuple[Flow, bool]], require_path: bool = True
     ) -> None:
@@ -309,24 +176,11 @@ class FullStack:
         expected = dict(rows)
         if len(expected) != len(rows):
             raise ValueError("a flow is listed twice")
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        pending = list(expected)
-        got: dict[Flow, bool] = {}
-        while True:
-            got.update(self._measure(pending))
-            pending = [flow for flow in pending if got[flow] != expected[flow]]
-            if not pending or time.monotonic() >= deadline:
-                break
-            time.sleep(0.3)
-        problems = [
-            f"{flow}: expected {'allowed' if expected[flow] else 'denied'}, "
-            f"got {'allowed' if got[flow] else 'denied'}"
-            for flow in pending
-        ]
+        problems = settle(self.vms, expected, SETTLE_TIMEOUT, interval=0.3)
         denied = [flow for flow, allowed in expected.items() if not allowed]
         if not problems:
             for _ in range(DENY_CONFIRM):
-                again = self._measure(denied)
+                again = measure(self.vms, denied)
                 problems += [
                     f"{flow}: denied, then allowed again" for flow in denied if again[flow]
                 ]

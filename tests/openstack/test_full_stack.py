@@ -48,10 +48,9 @@ from full_stack_support import (
     SETTLE_TIMEOUT,
     Flow,
     FullStack,
-    TokenServer,
-    ping_reply_from,
 )
 
+from calico.lab.echo import EchoServer, ping_reply_from
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.neutron import NeutronServer
 from calico.lab.topology import wait_until
@@ -172,36 +171,7 @@ def run_full_stack(stack: FullStack) -> None:
     ports = {"a1": port("a1", app), "a2": port("a2", app), "b1": port("b1", web)}
 
     # -- the external network, a router and b1's floating IP --------------------------------------
-    ext_net = n(
-        "POST",
-        "networks",
-        {
-            "network": {
-                "name": "public",
-                "router:external": True,
-                "provider:network_type": "flat",
-                "provider:physical_network": "public",
-            }
-        },
-    )["network"]
-    n(
-        "POST",
-        "subnets",
-        {
-            "subnet": {
-                "network_id": ext_net["id"],
-                "ip_version": 4,
-                "cidr": EXT_CIDR,
-                "enable_dhcp": False,
-            }
-        },
-    )
-    router = n(
-        "POST",
-        "routers",
-        {"router": {"name": "r", "external_gateway_info": {"network_id": ext_net["id"]}}},
-    )["router"]
-    n("PUT", f"routers/{router['id']}/add_router_interface", {"subnet_id": subnet["id"]})
+    ext_net = stack.neutron.external_network(EXT_CIDR, subnet["id"])
     fip = n(
         "POST",
         "floatingips",
@@ -250,18 +220,18 @@ def run_full_stack(stack: FullStack) -> None:
         f"external host pings floating IP {fip_ip}, answered from it",
         lambda: ping_reply_from(stack.ext.ns, fip_ip) == fip_ip,
     )
-    with TokenServer(b1.ns, "0.0.0.0", WEB_PORT) as server:
+    with EchoServer(b1.ns, "0.0.0.0", WEB_PORT) as server:
         stack.expect_allowed(
             f"external host -> http://{fip_ip}/ reaches b1, which sees the external host",
-            lambda: server.fetch(stack.ext.ns, fip_ip, WEB_PORT) == stack.ext.ip,
+            lambda: server.peer_seen(stack.ext.ns, fip_ip, WEB_PORT) == stack.ext.ip,
         )
 
     # -- metadata: 169.254.169.254 reaches the stand-in on the host --------------------------------
-    with TokenServer(stack.host.ns, "127.0.0.1", METADATA_PORT) as metadata:
+    with EchoServer(stack.host.ns, "127.0.0.1", METADATA_PORT) as metadata:
         for name, vm in stack.vms.items():
             stack.expect_allowed(
                 f"{name} -> http://{METADATA_IP}/ reaches the metadata server as itself",
-                lambda vm=vm: metadata.fetch(vm.ns, METADATA_IP, 80) == vm.ip,
+                lambda vm=vm: metadata.peer_seen(vm.ns, METADATA_IP, 80) == vm.ip,
             )
 
     # -- rule changes through the API --------------------------------------------------------------
@@ -295,14 +265,14 @@ def run_full_stack(stack: FullStack) -> None:
         ],
         require_path=False,  # a2's route is meant to be gone
     )
-    with TokenServer(stack.host.ns, "127.0.0.1", METADATA_PORT) as metadata:
+    with EchoServer(stack.host.ns, "127.0.0.1", METADATA_PORT) as metadata:
         stack.expect_denied(
             f"a2 -> http://{METADATA_IP}/ after its port was deleted",
-            lambda: metadata.fetch(a2.ns, METADATA_IP, 80) is not None,
+            lambda: metadata.peer_seen(a2.ns, METADATA_IP, 80) is not None,
         )
         stack.expect_allowed(
             f"a1 -> http://{METADATA_IP}/ still",
-            lambda: metadata.fetch(stack.vms["a1"].ns, METADATA_IP, 80) == stack.vms["a1"].ip,
+            lambda: metadata.peer_seen(stack.vms["a1"].ns, METADATA_IP, 80) == stack.vms["a1"].ip,
         )
     listed = {p["id"] for p in n("GET", f"ports?network_id={net['id']}")["ports"]}
     assert ports["a2"]["id"] not in listed

@@ -185,36 +185,7 @@ def test_rest_to_etcd(neutron: NeutronServer, etcd: EtcdServer) -> None:
     assert "10.0.0.0/8" not in [r.src_net for r in web_rules.inbound_rules]
 
     # Floating IP through the calico core plugin's router support.
-    ext = n(
-        "POST",
-        "networks",
-        {
-            "network": {
-                "name": "public",
-                "router:external": True,
-                "provider:network_type": "flat",
-                "provider:physical_network": "public",
-            }
-        },
-    )["network"]
-    n(
-        "POST",
-        "subnets",
-        {
-            "subnet": {
-                "network_id": ext["id"],
-                "ip_version": 4,
-                "cidr": "172.24.4.0/24",
-                "enable_dhcp": False,
-            }
-        },
-    )
-    router = n(
-        "POST",
-        "routers",
-        {"router": {"name": "r", "external_gateway_info": {"network_id": ext["id"]}}},
-    )["router"]
-    n("PUT", f"routers/{router['id']}/add_router_interface", {"subnet_id": subnet["id"]})
+    ext = neutron.external_network("172.24.4.0/24", subnet["id"])
     fip = n(
         "POST",
         "floatingips",

@@ -22,13 +22,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from calico.common.datamodel_v1 import (
+    HostConfigKey,
+    PolicyKey,
+    ProfileRulesKey,
+    ProfileTagsKey,
+    ReadyKey,
+    TierMetadataKey,
+)
 from calico.felix.dataplane import names
+from calico.lab import flows
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
-from calico.lab.topology import ComputeHost, Workload, ping, probe, wait_until
+from calico.lab.flows import Flow
+from calico.lab.topology import ComputeHost, Workload, ping, wait_until
 
 HOST = "demo-host-1"
 TIER = "platform"
@@ -134,36 +143,25 @@ def put(etcd: EtcdServer, key: str, value: object) -> None:
 
 
 def load_policy(etcd: EtcdServer) -> None:
-    put(etcd, "/calico/v1/Ready", "true")
+    put(etcd, ReadyKey().path, "true")
     for name, rules in PROFILES.items():
-        put(etcd, f"/calico/v1/policy/profile/{name}/rules", rules)
-        put(etcd, f"/calico/v1/policy/profile/{name}/tags", [name])
-    put(etcd, f"/calico/v1/policy/tier/{TIER}/metadata", {"order": 10})
+        put(etcd, ProfileRulesKey(name).path, rules)
+        put(etcd, ProfileTagsKey(name).path, [name])
+    put(etcd, TierMetadataKey(TIER).path, {"order": 10})
     for name, policy in POLICIES.items():
-        put(etcd, f"/calico/v1/policy/tier/{TIER}/policy/{name}", policy)
+        put(etcd, PolicyKey(TIER, name).path, policy)
 
 
 def measure(vms: dict[str, Workload]) -> Matrix:
-    """Every probe once. Probes to the same destination port run one after another (they
-    share a listener); the rest run in parallel so denied probes' timeouts do not add up."""
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for src in vms:
-        for dst in vms:
-            if src != dst:
-                for column, _, _ in PROBES:
-                    groups.setdefault((dst, column), []).append((src, column))
-    spec = {column: (proto, port) for column, proto, port in PROBES}
-
-    def run(key: tuple[str, str]) -> list[tuple[tuple[str, str, str], bool]]:
-        dst, column = key
-        proto, port = spec[column]
-        return [
-            ((src, dst, column), probe(vms[src], vms[dst], proto, port=port))
-            for src, _ in groups[key]
-        ]
-
-    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-        return dict(item for result in pool.map(run, groups) for item in result)
+    """Every cell of the matrix, probed once (in parallel: see calico.lab.flows.measure)."""
+    cells = {
+        Flow(src, dst, proto, port): (src, dst, column)
+        for src in vms
+        for dst in vms
+        if src != dst
+        for column, proto, port in PROBES
+    }
+    return {cells[flow]: ok for flow, ok in flows.measure(vms, cells).items()}
 
 
 def print_matrix(result: Matrix, expected: Matrix) -> int:
@@ -274,7 +272,7 @@ def config_change_demo(etcd: EtcdServer, host: ComputeHost) -> None:
     say("A Felix config change in etcd: Felix exits for its service manager to restart it")
     felix: FelixProcess = host.start_felix()
     felix.wait_for(r"In sync with the datastore", timeout=60)
-    put(etcd, f"/calico/v1/host/{HOST}/config/ReportingIntervalSecs", "60")
+    put(etcd, HostConfigKey(HOST, "ReportingIntervalSecs").path, "60")
     started = time.monotonic()
     code = felix.wait_exit(timeout=30)
     changed = felix.wait_for(r"Felix configuration changed in etcd: [^\n]*")

@@ -241,6 +241,29 @@ etcd_port = {self.etcd_port}
             time.sleep(0.2 * (attempt + 1))
         raise RuntimeError(f"{method} {path}: HTTP {response.status_code} {response.text}")
 
+    def external_network(self, cidr: str, internal_subnet_id: str) -> dict[str, Any]:
+        """A flat external network with a subnet of `cidr`, and a router from it to the
+        internal subnet: what a floating IP needs. Returns the external network."""
+        ext = self.call(
+            "POST",
+            "networks",
+            {
+                "network": {
+                    "name": "public",
+                    "router:external": True,
+                    "provider:network_type": "flat",
+                    "provider:physical_network": "public",
+                }
+            },
+        )["network"]
+        subnet = {"network_id": ext["id"], "ip_version": 4, "cidr": cidr, "enable_dhcp": False}
+        self.call("POST", "subnets", {"subnet": subnet})
+        gateway = {"name": "r", "external_gateway_info": {"network_id": ext["id"]}}
+        router = self.call("POST", "routers", {"router": gateway})["router"]
+        interface = {"subnet_id": internal_subnet_id}
+        self.call("PUT", f"routers/{router['id']}/add_router_interface", interface)
+        return ext
+
     def _server_log(self) -> Path:
         return self.work_dir / "log" / "server.log"
 

@@ -58,6 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from calico.common.datamodel_v1 import WorkloadEndpointKey
 from calico.lab.felix import FelixProcess
 from calico.lab.felix import felix_env as _base_felix_env
 from calico.lab.netns import PREFIX, NetNS
@@ -404,10 +405,7 @@ class Workload(Node):
 
     def endpoint_key(self, host: str | None = None) -> str:
         host = host or self.host.hostname
-        return (
-            f"/calico/v1/host/{host}/workload/{ORCHESTRATOR}/{self.workload_id}"
-            f"/endpoint/{self.port_id}"
-        )
+        return WorkloadEndpointKey(host, ORCHESTRATOR, self.workload_id, self.port_id).path
 
     def endpoint_json(
         self,
