@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import random
 import statistics
-import sys
 import time
 import tracemalloc
+
+import report
 
 from calico.common.etcd.syncer import SyncStatus
 from calico.felix.calc.graph import CalcGraph
@@ -190,8 +189,7 @@ def run(changes: int, seed: int) -> dict[str, object]:
             "graph_tracemalloc_retained": round(traced_now / 2**20, 1),
             "graph_tracemalloc_peak": round(traced_peak / 2**20, 1),
         },
-        "python": sys.version.split()[0],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        **report.environment(),
     }
 
 
@@ -202,11 +200,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     results = run(args.changes, args.seed)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+    report.emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +39,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
 import calc_graph as data
+import report
 
 from calico.felix.dataplane import names
 from calico.lab.etcd_server import EtcdServer
@@ -78,14 +78,15 @@ def tap(i: int) -> str:
     return json.loads(data.endpoint_value(i, {}))["name"]
 
 
-def add_taps(ns: NetNS, indices: range) -> None:
-    """Host-side TAP stand-ins: veth pairs whose both ends stay in the host namespace."""
+def add_taps(ns: NetNS, names: Iterable[str]) -> None:
+    """Host-side TAP stand-ins: veth pairs whose both ends stay in the host namespace (the
+    peer of `tapX` is `tapXp`)."""
     lines = []
-    for i in indices:
+    for name in names:
         lines += [
-            f"link add {tap(i)} type veth peer name v{i:011d}",
-            f"link set {tap(i)} up",
-            f"link set v{i:011d} up",
+            f"link add {name} type veth peer name {name}p",
+            f"link set {name} up",
+            f"link set {name}p up",
         ]
     subprocess.run(
         ["ip", "-n", ns.name, "-batch", "-"], input="\n".join(lines) + "\n", text=True, check=True
@@ -305,7 +306,7 @@ class Changes:
     def endpoint_add(self, _k: int) -> tuple[float, list[str]]:
         i = self.next_new
         self.next_new += 1
-        add_taps(self.ns, range(i, i + 1))
+        add_taps(self.ns, [tap(i)])
         chain = names.endpoint_chain("to", tap(i), PREFIXES)
         key = data.endpoint_key(i, local=i + 1)  # on this host
         self.added.append(i)  # (also if it times out: the key is written either way)
@@ -381,7 +382,7 @@ def lab(local: int, work: Path) -> Iterator[tuple[EtcdServer, ComputeHost, dict[
         load_secs = load_etcd(etcd, keys)
         with ComputeHost(etcd, hostname=data.LOCAL_HOST, work_dir=work) as host:
             started = time.monotonic()
-            add_taps(host.ns, range(local))
+            add_taps(host.ns, map(tap, range(local)))
             info = {"keys": len(keys), "etcd_load_s": round(load_secs, 2)}
             info["taps_s"] = round(time.monotonic() - started, 2)
             yield etcd, host, info
@@ -440,9 +441,7 @@ def run(
         # timings above, which include the poll that sees the change.
         "probe_ms": probe_ms,
         "host_interface_poll_interval": interface_poll or "default",
-        "python": sys.version.split()[0],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "date": time.strftime("%Y-%m-%d"),
+        **report.environment(),
     }
 
 
@@ -458,11 +457,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     result = run(args.local, args.changes, args.floor_runs, args.felix_log, args.interface_poll)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report.emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -41,6 +39,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
 import calc_graph as data
+import report
 
 from calico.common.etcd import EtcdSettings, connect
 from calico.common.etcd.syncer import Syncer, SyncStatus, Update
@@ -254,9 +253,7 @@ def run(key_count: int, runs: int) -> dict[str, object]:
         "load": load,
         "snapshot_s": results,
         "ours_over_reference": ratios,
-        "python": sys.version.split()[0],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "date": time.strftime("%Y-%m-%d"),
+        **report.environment(),
     }
 
 
@@ -266,11 +263,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    text = json.dumps(run(args.keys, args.runs), indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report.emit(run(args.keys, args.runs), args.json)
 
 
 if __name__ == "__main__":

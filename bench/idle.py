@@ -17,9 +17,7 @@ Run as root: `.venv/bin/python bench/idle.py [--local N] [--seconds S] [--json F
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import report
+
 import dataplane
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -110,9 +110,7 @@ def run(local: int, seconds: float, refresh: int) -> dict[str, object]:
         "cpu_percent_total": round(sum(p["cpu_percent"] for p in per_process.values()), 2),
         "rss_mb_total_max": round(sum(p["rss_mb_max"] for p in per_process.values()), 1),
         "targets": {"cpu_percent_total": 2.0, "rss_mb_total_max": 200.0},
-        "python": sys.version.split()[0],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "date": time.strftime("%Y-%m-%d"),
+        **report.environment(),
     }
 
 
@@ -125,11 +123,7 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    text = json.dumps(run(args.local, args.seconds, args.refresh_interval), indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report.emit(run(args.local, args.seconds, args.refresh_interval), args.json)
 
 
 if __name__ == "__main__":

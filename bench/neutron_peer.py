@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+import report
+
 import dataplane
 from calico.felix.dataplane import names
 from calico.lab.etcd_server import EtcdServer
@@ -225,20 +227,6 @@ def endpoint_value(i: int) -> str:
     )
 
 
-def add_taps(ns: NetNS, indices: range) -> None:
-    """TAP stand-ins with this benchmark's names (dataplane.add_taps names them its way)."""
-    lines = []
-    for i in indices:
-        lines += [
-            f"link add {tap_name(i)} type veth peer name p{i:011d}",
-            f"link set {tap_name(i)} up",
-            f"link set p{i:011d} up",
-        ]
-    subprocess.run(
-        ["ip", "-n", ns.name, "-batch", "-"], input="\n".join(lines) + "\n", text=True, check=True
-    )
-
-
 def programmed(ns: NetNS, i: int) -> bool:
     chain = names.endpoint_chain("to", tap_name(i), dataplane.PREFIXES)
     return bool(dataplane.chain_rules(ns, chain))
@@ -264,7 +252,7 @@ def felix(ports: int, runs: int) -> dict[str, object]:
             ComputeHost(etcd, hostname=HOSTNAME, work_dir=work) as host,
         ):
             dataplane.load_etcd(etcd, felix_keys())
-            add_taps(host.ns, range(ports + 1))
+            dataplane.add_taps(host.ns, map(tap_name, range(ports + 1)))
             proc = host.start_felix(
                 FELIX_IPTABLESREFRESHINTERVAL="0",
                 FELIX_STARTUPCLEANUPDELAY=str(dataplane.CLEANUP_DELAY),
@@ -337,11 +325,7 @@ def main() -> None:
     if args.inner:
         print(json.dumps(neutron_inner(args.ports, args.runs)))
         return
-    text = json.dumps(run(args.ports, args.runs), indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report.emit(run(args.ports, args.runs), args.json)
 
 
 if __name__ == "__main__":
