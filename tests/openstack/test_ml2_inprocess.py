@@ -414,6 +414,11 @@ class TestResync(CalicoML2TestBase):
         assert port_status() == "ERROR"
         self.client.put(status.path, '{"status": "up"}')
         reporter.poll()
+        self.client.put(status.path, "[" * 100_000)  # nested deeper than json can recurse
+        reporter.poll()
+        assert port_status() == "ERROR"
+        self.client.put(status.path, '{"status": "up"}')
+        reporter.poll()
         assert port_status() == "ACTIVE"
         # Felix gone from the host: its endpoints' status is unknown -> ERROR.
         self.client.delete(FelixStatusKey(HOST1).path)

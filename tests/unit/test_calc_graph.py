@@ -173,6 +173,9 @@ INVALID: State = {
     wep_path(HOST, "bad-name"): wep("eth9", ["10.65.0.50/32"], ["web"]),
     "/calico/v1/host/h2/bird_ip": "not-an-ip",
     "/calico/v1/policy/profile/db/labels": "{not json",
+    # Hostile nesting: deeper than the selector parser allows, deeper than json can recurse.
+    **policy("t1", "deep", "(" * 400 + "a == 'b'" + ")" * 400, 3),
+    "/calico/v1/policy/profile/db/tags": "[" * 100_000,
 }
 
 # Floating IPs, IPv6, an inactive endpoint and an endpoint that moves away from this host.
@@ -435,6 +438,8 @@ def test_invalid_values_are_treated_as_deleted(caplog: pytest.LogCaptureFixture)
     assert "does not start with any InterfacePrefix" in caplog.text
     assert "mac" in caplog.text
     assert PolicyKey("t1", "b") not in state.policies
+    assert PolicyKey("t1", "deep") not in state.policies
+    assert "nested more than" in caplog.text and "nested too deeply" in caplog.text
     assert state.host_ips == {}
 
 
@@ -529,44 +534,71 @@ def test_checker_rejects_broken_orderings() -> None:
         checker.apply(m.InSync())
 
 
+class SetOwner:
+    """Plays the member calculator for sequencer-only tests: owns each set's members and tells
+    the sequencer after each change, as the calculator does."""
+
+    def __init__(self, seq: EventSequencer) -> None:
+        self.seq = seq
+        self.members: dict[str, set[str]] = {}
+
+    def activate(self, set_id: str) -> None:
+        self.members[set_id] = set()
+        self.seq.add_ip_set(set_id, self.members[set_id])
+
+    def deactivate(self, set_id: str) -> None:
+        self.seq.remove_ip_set(set_id)
+        del self.members[set_id]
+
+    def add(self, set_id: str, member: str) -> None:
+        self.members[set_id].add(member)
+        self.seq.add_member(set_id, member)
+
+    def remove(self, set_id: str, member: str) -> None:
+        self.members[set_id].discard(member)
+        self.seq.remove_member(set_id, member)
+
+
 def test_sequencer_rejects_contract_breaking_calls() -> None:
     seq = EventSequencer()
     with pytest.raises(ContractError):
         seq.add_member("s:x", "1.2.3.4")
-    seq.add_ip_set("s:x")
     with pytest.raises(ContractError):
-        seq.add_ip_set("s:x")
-    seq.add_member("s:x", "1.2.3.4")
+        seq.remove_member("s:x", "1.2.3.4")
     with pytest.raises(ContractError):
-        seq.add_member("s:x", "1.2.3.4")
+        seq.remove_ip_set("s:x")
+    sets = SetOwner(seq)
+    sets.activate("s:x")
+    with pytest.raises(ContractError):
+        seq.add_ip_set("s:x", set())
+    sets.add("s:x", "1.2.3.4")
     with pytest.raises(ContractError):
         seq.remove_ip_set("s:x")  # still has members
-    with pytest.raises(ContractError):
-        seq.remove_member("s:x", "9.9.9.9")
 
 
 def test_sequencer_coalesces() -> None:
     seq = EventSequencer()
+    sets = SetOwner(seq)
     seq.on_datastore_in_sync()
-    seq.add_ip_set("s:x")
-    seq.add_member("s:x", "1.1.1.1")
+    sets.activate("s:x")
+    sets.add("s:x", "1.1.1.1")
     assert seq.flush() == [m.IPSetUpdate("s:x", frozenset({"1.1.1.1"})), m.InSync()]
     # Add then remove within a flush: nothing. Remove then re-add the set: deltas only.
-    seq.add_member("s:x", "2.2.2.2")
-    seq.remove_member("s:x", "2.2.2.2")
+    sets.add("s:x", "2.2.2.2")
+    sets.remove("s:x", "2.2.2.2")
     assert seq.flush() == []
-    seq.remove_member("s:x", "1.1.1.1")
-    seq.remove_ip_set("s:x")
-    seq.add_ip_set("s:x")
-    seq.add_member("s:x", "3.3.3.3")
+    sets.remove("s:x", "1.1.1.1")
+    sets.deactivate("s:x")
+    sets.activate("s:x")
+    sets.add("s:x", "3.3.3.3")
     assert seq.flush() == [
         m.IPSetDeltaUpdate("s:x", frozenset({"3.3.3.3"}), frozenset({"1.1.1.1"}))
     ]
     # A set activated and deactivated between flushes is never sent.
-    seq.add_ip_set("s:y")
-    seq.add_member("s:y", "4.4.4.4")
-    seq.remove_member("s:y", "4.4.4.4")
-    seq.remove_ip_set("s:y")
+    sets.activate("s:y")
+    sets.add("s:y", "4.4.4.4")
+    sets.remove("s:y", "4.4.4.4")
+    sets.deactivate("s:y")
     assert seq.flush() == []
 
 

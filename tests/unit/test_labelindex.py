@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 
 import pytest
 
@@ -31,14 +31,24 @@ class Recorder:
         self.current.remove((sel_id, item_id))
         self.events.append(("stop", sel_id, item_id))
 
+    def item_started(self, item_id: Hashable, sel_ids: Collection[Hashable]) -> None:
+        """The batched form: one call for all of an item's new matches."""
+        assert sel_ids, f"empty batch for {item_id}"
+        for sel_id in sel_ids:
+            self.started(sel_id, item_id)
+
     def take(self) -> set[tuple[str, Hashable, Hashable]]:
         events = set(self.events)
         self.events.clear()
         return events
 
 
-def make(index_class: IndexType) -> tuple[LabelIndex | LinearScanIndex, Recorder]:
+def make(
+    index_class: IndexType, *, batched: bool = False
+) -> tuple[LabelIndex | LinearScanIndex, Recorder]:
     recorder = Recorder()
+    if batched:
+        return index_class(recorder.started, recorder.stopped, recorder.item_started), recorder
     return index_class(recorder.started, recorder.stopped), recorder
 
 
@@ -198,10 +208,11 @@ def random_labels(rng: random.Random) -> dict[str, str]:
     return {k: rng.choice(VALUES) for k in KEYS if rng.random() < 0.6}
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["per-match", "per-item-batches"])
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_matches_linear_scan_oracle(seed: int) -> None:
+def test_matches_linear_scan_oracle(seed: int, batched: bool) -> None:
     rng = random.Random(seed)
-    fast, fast_rec = make(LabelIndex)
+    fast, fast_rec = make(LabelIndex, batched=batched)
     slow, slow_rec = make(LinearScanIndex)
     sel_ids = [f"s{n}" for n in range(12)]
     item_ids = [f"e{n}" for n in range(40)]

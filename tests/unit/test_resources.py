@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import random
 from typing import Any
 
 import pytest
@@ -439,7 +441,15 @@ def test_one_bad_rule_invalidates_profile_and_reports_all() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["not json", "[]", '"x"', '{"inbound_rules": {}}', '{"outbound_rules": "x"}']
+    "raw",
+    [
+        "not json",
+        "[]",
+        '"x"',
+        '{"inbound_rules": {}}',
+        '{"outbound_rules": "x"}',
+        '{"inbound_rules": ' + "[" * 100_000,  # deeper than json's recursion allows
+    ],
 )
 def test_profile_rules_rejected(raw: str) -> None:
     with pytest.raises(InvalidValue):
@@ -800,3 +810,36 @@ def test_values_are_immutable() -> None:
     assert isinstance(ep.profile_ids, tuple)
     with pytest.raises(TypeError):
         ep.labels["app"] = "db"  # type: ignore[index]
+
+
+def test_endpoint_net_fast_path_agrees_with_ipaddress() -> None:
+    # Canonical IPv4 CIDRs skip ipaddress; everything else takes the slow path. Both must give
+    # ipaddress's answer (accept with its canonical text, or refuse) for every shape of input.
+    rng = random.Random(7)
+    samples = [
+        "0.0.0.0/0",
+        "255.255.255.255/32",
+        "10.65.0.1/32",
+        "10.65.0.1/24",
+        "010.65.0.1/32",
+        "10.65.0.1/032",
+        "10.65.0.1/33",
+        "10.65.0.256/32",
+        "10.65.0/32",
+        "10.65.0.1",
+        "10.65.0.1/",
+        " 10.65.0.1/32",
+        "1.2.3.4/09",
+    ]
+    for _ in range(2000):
+        octets = [str(rng.choice([rng.randrange(256), rng.randrange(250, 300)])) for _ in range(4)]
+        samples.append(".".join(octets) + f"/{rng.randrange(0, 40)}")
+    for value in samples:
+        try:
+            iface = ipaddress.ip_interface(value)
+            expected = str(iface) if iface.version == 4 else None
+        except ValueError:
+            expected = None
+        errs: list[str] = []
+        assert res._endpoint_net(value, 4, "ipv4_nets[0]", errs) == expected, value
+        assert bool(errs) == (expected is None), value

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from calico.common.selectors import (
+    MAX_NESTING,
     AllNode,
     AndNode,
     BadSelector,
@@ -292,11 +293,13 @@ def test_simple_pairs(text: str, pairs: set[tuple[str, str]] | None) -> None:
 # --- Property test against a simple reference evaluator ------------------------------------------
 #
 # Random expression trees are built as plain tuples, written out as selector text (with random
-# quoting, spacing and redundant parentheses) and evaluated two ways: by the parser's AST and by
-# `_reference`, a direct reading of felix.md §3.2. The canonical text must also re-parse to itself.
+# quoting, spacing and redundant parentheses) and evaluated three ways: by the compiled function
+# (`Selector.evaluate`), by walking the parser's AST (`root.evaluate`) and by `_reference`, a direct
+# reading of felix.md §3.2. Values hold quotes, backslashes and Python syntax, which the compiled
+# form must treat as data. The canonical text must also re-parse to itself.
 
 _KEYS = ("a", "b", "c/d")
-_VALUES = ("x", "y", "it's", 'say "hi"')
+_VALUES = ("x", "y", "it's", 'say "hi"', "back\\slash", "{'} ) or True")
 
 
 def _lit(rng: random.Random, value: str) -> str:
@@ -373,6 +376,7 @@ def test_random_selectors_agree_with_reference_evaluator(seed: int) -> None:
         for labels in label_sets:
             expected = _reference(tree, labels)
             assert selector.evaluate(labels) is expected, (text, labels)
+            assert selector.root.evaluate(labels) is expected, (text, labels)
             assert again.evaluate(labels) is expected, (selector.canonical, labels)
 
 
@@ -410,3 +414,23 @@ def test_pair_options_are_sound() -> None:
             if selector.evaluate(labels):
                 for option in selector.pair_options():
                     assert option & set(labels.items()), (selector, labels)
+
+
+def _nested(depth: int) -> str:
+    return "(" * depth + "a == 'x'" + ")" * depth
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    selector = parse_selector("!" + _nested(MAX_NESTING) + " || " + _nested(MAX_NESTING))
+    assert selector.evaluate({"a": "x"}) is True
+    assert selector.evaluate({"a": "y"}) is True
+    negated = parse_selector("!(" * MAX_NESTING + "has(a)" + ")" * MAX_NESTING)
+    assert negated.evaluate({}) is (MAX_NESTING % 2 == 1)
+    assert negated.root.evaluate({}) is (MAX_NESTING % 2 == 1)
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 100_000])
+def test_deeper_nesting_is_a_bad_selector_not_a_crash(depth: int) -> None:
+    # A hostile value in the datastore must not exhaust the parser's recursion.
+    with pytest.raises(BadSelector, match=f"nested more than {MAX_NESTING} deep"):
+        parse_selector(_nested(depth))

@@ -3,6 +3,9 @@
 Both indexes take two callbacks, ``on_match_started(sel_id, item_id)`` and
 ``on_match_stopped(sel_id, item_id)``, which are idempotent: a start is reported only for a new
 match and a stop only for an existing one. The index's own state is updated before each callback.
+An optional third, ``on_item_matches_started(item_id, sel_ids)``, takes the place of
+``on_match_started`` when one item's labels start several matches at once (a snapshot is mostly
+that), so the listener handles them in one call instead of one call per match.
 
 * LabelIndex: keeps ``(label, value) -> items`` so that simple selectors (one ``k == "v"`` or
   ``k in {...}``) are matched by lookup and complex ones scan only the items that carry a pair of
@@ -13,23 +16,39 @@ match and a stop only for an existing one. The index's own state is updated befo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from typing import TypeVar
 
 from calico.common.selectors import Pair, Selector
 
-__all__ = ["LabelIndex", "LinearScanIndex", "MatchCallback"]
+__all__ = [
+    "ItemMatchesCallback",
+    "LabelIndex",
+    "LinearScanIndex",
+    "MatchCallback",
+    "add_to_index",
+]
 
 MatchCallback = Callable[[Hashable, Hashable], None]
+# (item_id, sel_ids): every match that just started for one item, in one call.
+ItemMatchesCallback = Callable[[Hashable, Collection[Hashable]], None]
 
 # Once a candidate bucket this small is found, stop looking for a smaller one.
 _SMALL_ENOUGH = 10
+# Distinct label sets whose matching selectors are remembered (a few MB at most).
+_LABEL_SET_CACHE_SIZE = 4096
 
 _K = TypeVar("_K", bound=Hashable)
 
 
-def _add(index: dict[_K, set[Hashable]], key: _K, member: Hashable) -> None:
-    index.setdefault(key, set()).add(member)
+def add_to_index(index: dict[_K, set[Hashable]], key: _K, member: Hashable) -> None:
+    """Add `member` to the set `index[key]`, creating the set if need be."""
+    # Not setdefault(key, set()): that builds (and drops) a new set on every call.
+    members = index.get(key)
+    if members is None:
+        index[key] = {member}
+    else:
+        members.add(member)
 
 
 def _discard(index: dict[_K, set[Hashable]], key: _K, member: Hashable) -> None:
@@ -43,9 +62,15 @@ def _discard(index: dict[_K, set[Hashable]], key: _K, member: Hashable) -> None:
 class _MatchTracker:
     """Selectors, item labels and the current match relation, with diff-and-report helpers."""
 
-    def __init__(self, on_match_started: MatchCallback, on_match_stopped: MatchCallback) -> None:
+    def __init__(
+        self,
+        on_match_started: MatchCallback,
+        on_match_stopped: MatchCallback,
+        on_item_matches_started: ItemMatchesCallback | None = None,
+    ) -> None:
         self._on_started = on_match_started
         self._on_stopped = on_match_stopped
+        self._on_item_started = on_item_matches_started
         self._selectors: dict[Hashable, Selector] = {}
         self._labels: dict[Hashable, dict[str, str]] = {}
         self._items_by_sel: dict[Hashable, set[Hashable]] = {}
@@ -64,8 +89,8 @@ class _MatchTracker:
     # Match bookkeeping
 
     def _start(self, sel_id: Hashable, item_id: Hashable) -> None:
-        self._items_by_sel.setdefault(sel_id, set()).add(item_id)
-        self._sels_by_item.setdefault(item_id, set()).add(sel_id)
+        add_to_index(self._items_by_sel, sel_id, item_id)
+        add_to_index(self._sels_by_item, item_id, sel_id)
         self._on_started(sel_id, item_id)
 
     def _stop(self, sel_id: Hashable, item_id: Hashable) -> None:
@@ -83,11 +108,30 @@ class _MatchTracker:
 
     def _set_item_matches(self, item_id: Hashable, sel_ids: Iterable[Hashable]) -> None:
         new = set(sel_ids)
-        old = set(self._sels_by_item.get(item_id, ()))
+        old = self._sels_by_item.get(item_id, set())
         for sel_id in old - new:
             self._stop(sel_id, item_id)
-        for sel_id in new - old:
-            self._start(sel_id, item_id)
+        started = new - old
+        if not started:
+            return
+        # _start, inlined: in a snapshot this loop runs once per (selector, item) match.
+        if old:
+            old.update(started)
+        else:
+            self._sels_by_item[item_id] = started
+        items_by_sel = self._items_by_sel
+        for sel_id in started:
+            items = items_by_sel.get(sel_id)
+            if items is None:
+                items_by_sel[sel_id] = {item_id}
+            else:
+                items.add(item_id)
+        if self._on_item_started is not None:
+            self._on_item_started(item_id, started)
+            return
+        on_started = self._on_started
+        for sel_id in started:
+            on_started(sel_id, item_id)
 
 
 class LinearScanIndex(_MatchTracker):
@@ -118,8 +162,13 @@ class LinearScanIndex(_MatchTracker):
 class LabelIndex(_MatchTracker):
     """Label-value index (the [1.4] ``LabelValueIndex`` algorithm)."""
 
-    def __init__(self, on_match_started: MatchCallback, on_match_stopped: MatchCallback) -> None:
-        super().__init__(on_match_started, on_match_stopped)
+    def __init__(
+        self,
+        on_match_started: MatchCallback,
+        on_match_stopped: MatchCallback,
+        on_item_matches_started: ItemMatchesCallback | None = None,
+    ) -> None:
+        super().__init__(on_match_started, on_match_stopped, on_item_matches_started)
         # (label, value) -> items carrying that pair.
         self._items_by_pair: dict[Pair, set[Hashable]] = {}
         # Simple selectors: their pairs, and (label, value) -> simple selectors listing it.
@@ -130,19 +179,23 @@ class LabelIndex(_MatchTracker):
         self._complex_key: dict[Hashable, frozenset[Pair]] = {}
         self._complex_by_pair: dict[Pair, set[Hashable]] = {}
         self._complex_unkeyed: set[Hashable] = set()
+        # Items with identical labels match identical selectors (replicas, members of the same
+        # security groups): the answer per distinct label set, until any selector changes.
+        self._matches_by_label_set: dict[frozenset[Pair], frozenset[Hashable]] = {}
 
     # Selectors
 
     def update_selector(self, sel_id: Hashable, selector: Selector) -> None:
         if self._selectors.get(sel_id) == selector:
             return
+        self._matches_by_label_set.clear()
         self._unindex_selector(sel_id)
         self._selectors[sel_id] = selector
         simple = selector.simple_pairs()
         if simple is not None:
             self._simple_pairs[sel_id] = simple
             for pair in simple:
-                _add(self._simple_by_pair, pair, sel_id)
+                add_to_index(self._simple_by_pair, pair, sel_id)
             new: set[Hashable] = set()
             for pair in simple:
                 new |= self._items_by_pair.get(pair, set())
@@ -154,7 +207,7 @@ class LabelIndex(_MatchTracker):
             pairs = self._cheapest_option(options)
             self._complex_key[sel_id] = pairs
             for pair in pairs:
-                _add(self._complex_by_pair, pair, sel_id)
+                add_to_index(self._complex_by_pair, pair, sel_id)
             found: set[Hashable] = set()
             for pair in pairs:
                 found |= self._items_by_pair.get(pair, set())
@@ -168,6 +221,7 @@ class LabelIndex(_MatchTracker):
     def remove_selector(self, sel_id: Hashable) -> None:
         if sel_id not in self._selectors:
             return
+        self._matches_by_label_set.clear()
         self._unindex_selector(sel_id)
         del self._selectors[sel_id]
         self._set_selector_matches(sel_id, ())
@@ -207,8 +261,17 @@ class LabelIndex(_MatchTracker):
         self._labels[item_id] = new_labels
         pairs = list(new_labels.items())
         for pair in pairs:
-            _add(self._items_by_pair, pair, item_id)
+            add_to_index(self._items_by_pair, pair, item_id)
+        label_set = frozenset(pairs)
+        matched = self._matches_by_label_set.get(label_set)
+        if matched is None:
+            matched = self._matching_selectors(pairs, new_labels)
+            if len(self._matches_by_label_set) >= _LABEL_SET_CACHE_SIZE:
+                self._matches_by_label_set.clear()
+            self._matches_by_label_set[label_set] = matched
+        self._set_item_matches(item_id, matched)
 
+    def _matching_selectors(self, pairs: list[Pair], labels: dict[str, str]) -> frozenset[Hashable]:
         matched: set[Hashable] = set()
         # Simple selectors under the item's pairs match by construction.
         for pair in pairs:
@@ -221,8 +284,8 @@ class LabelIndex(_MatchTracker):
             candidates |= self._complex_by_pair.get(pair, set())
         candidates -= matched
         selectors = self._selectors
-        matched.update(s for s in candidates if selectors[s].evaluate(new_labels))
-        self._set_item_matches(item_id, matched)
+        matched.update([s for s in candidates if selectors[s].evaluate(labels)])
+        return frozenset(matched)
 
     def remove_labels(self, item_id: Hashable) -> None:
         old_labels = self._labels.pop(item_id, None)

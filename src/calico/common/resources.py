@@ -39,6 +39,8 @@ ID_RE = re.compile(r"[a-zA-Z0-9_.-]+")  # profile, tag, tier, policy and endpoin
 INTERFACE_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,15}")
 POOL_ID_RE = re.compile(r"[0-9.:a-fA-F-]{1,43}")
 _LOG_PREFIX_BAD_CHARS_RE = re.compile(r"[^a-zA-Z0-9_:-]")
+_V4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zeros
+_CANONICAL_V4_CIDR_RE = re.compile(rf"(?:{_V4_OCTET}\.){{3}}{_V4_OCTET}/(?:3[0-2]|[12]?[0-9])")
 _MAC_GROUPS_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
 _MAC_BARE_RE = re.compile(r"[0-9a-fA-F]{12}")
 _MAC_DOTTED_RE = re.compile(r"[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}")
@@ -252,6 +254,10 @@ def _decode(raw_json: str, what: str) -> Any:
         return json.loads(raw_json)
     except (ValueError, TypeError) as exc:
         raise InvalidValue(what, [f"undecodable JSON: {exc}"]) from None
+    except RecursionError:
+        # json's C scanner recurses per nesting level: a value of thousands of "[" would
+        # otherwise escape as RecursionError and stop whoever is reading the datastore.
+        raise InvalidValue(what, ["undecodable JSON: nested too deeply"]) from None
 
 
 def decode_object(raw_json: str, what: str) -> dict[str, Any]:
@@ -337,6 +343,10 @@ def _check_ip_list(value: object, version: int, field: str, errs: list[str]) -> 
 def _endpoint_net(value: object, version: int, field: str, errs: list[str]) -> str | None:
     """An endpoint CIDR, canonicalised but keeping the address bits (the address is what's used)."""
     if isinstance(value, str):
+        if version == 4 and _CANONICAL_V4_CIDR_RE.fullmatch(value):
+            # Already what ipaddress would print (Neutron writes this form); skipping ipaddress
+            # matters in a snapshot of many thousands of endpoints.
+            return value
         try:
             iface = ipaddress.ip_interface(value)
         except ValueError:

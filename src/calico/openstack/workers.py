@@ -287,7 +287,7 @@ class StatusReporter:
 def _port_status(raw: str) -> str:
     try:
         status = json.loads(raw).get("status")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # not a JSON object (or absurdly deep)
         return "ERROR"
     return PORT_STATUS.get(status, "ERROR")
 

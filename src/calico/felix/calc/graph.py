@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TypeVar
 
 from calico.common import resources as res
@@ -44,7 +44,7 @@ from calico.common.datamodel_v1 import (
     parse_key,
 )
 from calico.common.etcd.syncer import SyncStatus
-from calico.common.labelindex import LabelIndex
+from calico.common.labelindex import LabelIndex, add_to_index
 from calico.common.selectors import Selector
 from calico.felix.calc import messages as m
 from calico.felix.calc.active import ActiveRulesCalculator, Endpoint, EndpointKey
@@ -71,11 +71,12 @@ class CalcGraph:
         self._hostname = hostname
         self._interface_prefixes = tuple(interface_prefixes)
         self.sequencer = EventSequencer()
-        self._members = MemberCalculator(self.sequencer)
+        self._members = MemberCalculator(self.sequencer, self._ip_sets_of)
         # Rule selectors and tags x endpoints on every host -> IP-set membership.
         self._selector_index = LabelIndex(
             self._members.match_started,  # type: ignore[arg-type]
             self._members.match_stopped,  # type: ignore[arg-type]
+            self._members.matches_started,  # type: ignore[arg-type]
         )
         self._tag_index = TagIndex(self._members.match_started, self._members.match_stopped)
         self.active = ActiveRulesCalculator(
@@ -225,7 +226,7 @@ class CalcGraph:
             if not users:
                 del self._endpoints_by_profile[profile_id]
         for profile_id in new_profiles:
-            self._endpoints_by_profile.setdefault(profile_id, set()).add(key)
+            add_to_index(self._endpoints_by_profile, profile_id, key)
 
         # IPs first, so that matches started or stopped later count the endpoint's new IPs.
         self._members.update_endpoint_ips(
@@ -273,6 +274,13 @@ class CalcGraph:
         return res.Labels(merged)
 
     # --- IP sets -------------------------------------------------------------------------------
+
+    def _ip_sets_of(self, key: Hashable) -> list[str]:
+        """The active IP sets (selector and tag) that currently hold the endpoint's IPs."""
+        return [
+            *self._selector_index.selectors_for(key),  # type: ignore[list-item]
+            *self._tag_index.active_set_ids(key),
+        ]
 
     def _activate_set(self, set_id: str, source: IPSetSource) -> None:
         self._members.set_activated(set_id)

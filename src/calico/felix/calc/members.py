@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 
+from calico.common.labelindex import add_to_index as _add
 from calico.common.selectors import tag_id
 from calico.felix.calc.sequencer import EventSequencer
 
@@ -48,13 +49,18 @@ class TagIndex:
             self._drop_user(profile_id, endpoint)
         self._endpoint_profiles[endpoint] = profile_ids
         for profile_id in profile_ids:
-            self._endpoints_by_profile.setdefault(profile_id, set()).add(endpoint)
+            _add(self._endpoints_by_profile, profile_id, endpoint)
         self._recalculate(endpoint)
 
     def remove_endpoint(self, endpoint: Hashable) -> None:
         for profile_id in self._endpoint_profiles.pop(endpoint, ()):
             self._drop_user(profile_id, endpoint)
         self._recalculate(endpoint)
+
+    def active_set_ids(self, endpoint: Hashable) -> list[str]:
+        """IDs of the active tag sets the endpoint is in."""
+        active = self._active
+        return [tag_id(tag) for tag in self._endpoint_tags.get(endpoint, ()) if tag in active]
 
     def activate(self, tag: str) -> None:
         self._active.add(tag)
@@ -90,23 +96,30 @@ class TagIndex:
             if tag in self._active:
                 self._on_stopped(tag_id(tag), endpoint)
         for tag in new - old:
-            self._endpoints_by_tag.setdefault(tag, set()).add(endpoint)
+            _add(self._endpoints_by_tag, tag, endpoint)
             if tag in self._active:
                 self._on_started(tag_id(tag), endpoint)
 
 
 class MemberCalculator:
-    """Reference-counted members of the active IP sets, reported to the sequencer as they change."""
+    """Reference-counted members of the active IP sets, reported to the sequencer as they change.
 
-    def __init__(self, sequencer: EventSequencer) -> None:
+    `sets_of(endpoint)` answers which active sets currently match an endpoint; the indexes that
+    report the matches already know, so it is asked of them rather than kept a second time.
+    """
+
+    def __init__(
+        self, sequencer: EventSequencer, sets_of: Callable[[Hashable], Iterable[str]]
+    ) -> None:
         self._sequencer = sequencer
+        self._sets_of = sets_of
         self._endpoint_ips: dict[Hashable, frozenset[str]] = {}
-        self._sets_by_endpoint: dict[Hashable, set[str]] = {}
         self._counts: dict[str, dict[str, int]] = {}
 
     def set_activated(self, set_id: str) -> None:
-        self._counts[set_id] = {}
-        self._sequencer.add_ip_set(set_id)
+        counts: dict[str, int] = {}
+        self._counts[set_id] = counts
+        self._sequencer.add_ip_set(set_id, counts.keys())  # the members, as a live view
 
     def set_deactivated(self, set_id: str) -> None:
         # The indexes have already stopped every match, so the set is empty by now.
@@ -114,19 +127,24 @@ class MemberCalculator:
         self._sequencer.remove_ip_set(set_id)
 
     def match_started(self, set_id: str, endpoint: Hashable) -> None:
-        self._sets_by_endpoint.setdefault(endpoint, set()).add(set_id)
-        counts = self._counts[set_id]
-        for ip in self._endpoint_ips.get(endpoint, ()):  # _increment, inlined: the hottest loop
-            count = counts.get(ip, 0)
-            counts[ip] = count + 1
-            if count == 0:
-                self._sequencer.add_member(set_id, ip)
+        self.matches_started(endpoint, (set_id,))
+
+    def matches_started(self, endpoint: Hashable, set_ids: Collection[str]) -> None:
+        """The endpoint is now in all of `set_ids` (the snapshot's hottest loop)."""
+        ips = self._endpoint_ips.get(endpoint)
+        if ips is None:
+            return
+        all_counts = self._counts
+        add_member = self._sequencer.add_member
+        for set_id in set_ids:
+            counts = all_counts[set_id]
+            for ip in ips:  # _increment, inlined
+                count = counts.get(ip, 0)
+                counts[ip] = count + 1
+                if count == 0:
+                    add_member(set_id, ip)
 
     def match_stopped(self, set_id: str, endpoint: Hashable) -> None:
-        sets = self._sets_by_endpoint[endpoint]
-        sets.discard(set_id)
-        if not sets:
-            del self._sets_by_endpoint[endpoint]
         for ip in self._endpoint_ips.get(endpoint, ()):
             self._decrement(set_id, ip)
 
@@ -140,7 +158,7 @@ class MemberCalculator:
             self._endpoint_ips[endpoint] = ips
         else:
             self._endpoint_ips.pop(endpoint, None)
-        for set_id in self._sets_by_endpoint.get(endpoint, ()):
+        for set_id in self._sets_of(endpoint):
             for ip in old - ips:
                 self._decrement(set_id, ip)
             for ip in ips - old:

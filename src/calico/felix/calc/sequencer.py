@@ -20,7 +20,7 @@ of an unknown set, a set activated twice) raise `ContractError`: they are bugs i
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from typing import Generic, TypeVar
 
 from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
@@ -78,9 +78,11 @@ class EventSequencer:
             _Pending()
         )
         self.host_endpoints: _Pending[HostEndpointKey, m.HostEndpointUpdate] = _Pending()
-        # IP sets: current members of every active set; which sets the dataplane has; sets that
-        # are active but not yet sent; sent sets to remove; per sent set, members to add/remove.
-        self._members: dict[str, set[str]] = {}
+        # IP sets: a live view of every active set's members (owned by the member calculator,
+        # which calls add_member/remove_member as they change); which sets the dataplane has;
+        # sets that are active but not yet sent; sent sets to remove; per sent set, members to
+        # add/remove.
+        self._members: dict[str, Collection[str]] = {}
         self._sent_sets: set[str] = set()
         self._new_sets: set[str] = set()
         self._removed_sets: set[str] = set()
@@ -98,16 +100,17 @@ class EventSequencer:
     def on_ready(self, ready: bool | None) -> None:
         self._ready = m.ReadyUpdate(ready)
 
-    def add_ip_set(self, set_id: str) -> None:
+    def add_ip_set(self, set_id: str, members: Collection[str]) -> None:
+        """A set became active; `members` is a live view of its members (empty now)."""
         if set_id in self._removed_sets:
             # Sent, deactivated and reactivated within one flush: the dataplane still has the
             # set; the pending deltas (members removed, then re-added) bring it up to date.
             self._removed_sets.discard(set_id)
-            self._members[set_id] = set()
+            self._members[set_id] = members
             return
         if set_id in self._members:
             raise ContractError(f"IP set {set_id} activated twice")
-        self._members[set_id] = set()
+        self._members[set_id] = members
         if set_id not in self._sent_sets:
             self._new_sets.add(set_id)
 
@@ -123,14 +126,11 @@ class EventSequencer:
             self._removed_sets.add(set_id)
 
     def add_member(self, set_id: str, member: str) -> None:
-        members = self._members.get(set_id)
-        if members is None:
-            raise ContractError(f"member {member} added to unknown IP set {set_id}")
-        if member in members:
-            raise ContractError(f"member {member} added twice to IP set {set_id}")
-        members.add(member)
+        """`member` has joined the set (the view already shows it)."""
         if set_id in self._new_sets:
-            return
+            return  # the set goes out whole, members read from the view, at the next flush
+        if set_id not in self._members:
+            raise ContractError(f"member {member} added to unknown IP set {set_id}")
         removed = self._removed.get(set_id)
         if removed is not None and member in removed:
             removed.discard(member)
@@ -138,12 +138,11 @@ class EventSequencer:
             self._added.setdefault(set_id, set()).add(member)
 
     def remove_member(self, set_id: str, member: str) -> None:
-        members = self._members.get(set_id)
-        if members is None or member not in members:
-            raise ContractError(f"member {member} removed from IP set {set_id} but absent")
-        members.discard(member)
+        """`member` has left the set (the view no longer shows it)."""
         if set_id in self._new_sets:
             return
+        if set_id not in self._members:
+            raise ContractError(f"member {member} removed from unknown IP set {set_id}")
         added = self._added.get(set_id)
         if added is not None and member in added:
             added.discard(member)
