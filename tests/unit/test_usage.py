@@ -128,6 +128,7 @@ def test_empty_cluster_type_is_reported_as_unknown_and_a_base_query_is_kept():
         (b"[1, 2]", []),
         (b"<html>oops</html>", []),
         (b"\xff\xfe", []),
+        (b"[" * 100_000, []),  # deeper than json can recurse
     ],
 )
 def test_warnings_in_reply(body: bytes, expected: list[str]):

@@ -251,7 +251,7 @@ class LabelIndex(_MatchTracker):
     # Items
 
     def update_labels(self, item_id: Hashable, labels: Mapping[str, str]) -> None:
-        new_labels = dict(labels)
+        new_labels = dict(labels.items())
         old_labels = self._labels.get(item_id)
         if old_labels == new_labels:
             return
@@ -260,8 +260,13 @@ class LabelIndex(_MatchTracker):
                 _discard(self._items_by_pair, pair, item_id)
         self._labels[item_id] = new_labels
         pairs = list(new_labels.items())
-        for pair in pairs:
-            add_to_index(self._items_by_pair, pair, item_id)
+        items_by_pair = self._items_by_pair
+        for pair in pairs:  # add_to_index, inlined: once per label of every item
+            items = items_by_pair.get(pair)
+            if items is None:
+                items_by_pair[pair] = {item_id}
+            else:
+                items.add(item_id)
         label_set = frozenset(pairs)
         matched = self._matches_by_label_set.get(label_set)
         if matched is None:

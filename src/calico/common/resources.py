@@ -15,7 +15,7 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,23 @@ class Labels(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    # The Mapping mixins would run Python code per label; these use the dict's own methods
+    # (the calc graph merges and indexes labels for every endpoint of a snapshot).
+    def __contains__(self, name: object) -> bool:
+        return name in self._data
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return self._data.get(name, default)
+
+    def keys(self) -> KeysView[str]:
+        return self._data.keys()
+
+    def items(self) -> ItemsView[str, str]:
+        return self._data.items()
+
+    def values(self) -> ValuesView[str]:
+        return self._data.values()
 
     def __hash__(self) -> int:
         if self._hash is None:

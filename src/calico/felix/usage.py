@@ -85,7 +85,7 @@ def warnings_in_reply(body: bytes) -> list[str]:
     "warning" (upstream's is `usage_warning`) with a non-empty string, or list of strings."""
     try:
         reply = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep
         log.info("Usage server reply is not JSON; ignoring it")
         return []
     if not isinstance(reply, dict):

@@ -114,6 +114,7 @@ class CalcGraph:
                 m.ConfigUpdate(dict(self._global_config), dict(self._host_config))
             )
             self._config_changed = False
+        self._tag_index.recalculate_dirty()
         self._index_dirty_labels()
         self.active.resolve_dirty_endpoints()
         return self.sequencer.flush()
@@ -269,8 +270,8 @@ class CalcGraph:
             return endpoint.labels
         merged: dict[str, str] = {}
         for profile_id in endpoint.profile_ids:
-            merged.update(self._profile_labels.get(profile_id, res.EMPTY_LABELS))
-        merged.update(endpoint.labels)
+            merged.update(self._profile_labels.get(profile_id, res.EMPTY_LABELS).items())
+        merged.update(endpoint.labels.items())
         return res.Labels(merged)
 
     # --- IP sets -------------------------------------------------------------------------------

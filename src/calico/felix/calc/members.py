@@ -2,7 +2,8 @@
 
 * `TagIndex` answers "which endpoints (on any host) have tag T", through their profiles: an
   endpoint has every tag of every profile it lists (felix.md §2.4). It reports match start/stop for
-  active tags only, like the selector `LabelIndex` does for active selectors.
+  active tags only, like the selector `LabelIndex` does for active selectors. A profile's new
+  tags reach its endpoints at the graph's next flush (`recalculate_dirty`), as labels do.
 * `MemberCalculator` turns (set, endpoint) matches into IP members. One IP can come from several
   endpoints (or one endpoint twice, through a tag and a selector set), so each (set, IP) is
   reference-counted and leaves the set only with its last owner (§3.6).
@@ -29,6 +30,7 @@ class TagIndex:
         self._endpoint_tags: dict[Hashable, frozenset[str]] = {}
         self._endpoints_by_tag: dict[str, set[Hashable]] = {}
         self._active: set[str] = set()
+        self._dirty: set[Hashable] = set()  # endpoints whose profiles' tags changed
 
     def update_profile_tags(self, profile_id: str, tags: Iterable[str]) -> None:
         new = frozenset(tags)
@@ -38,8 +40,15 @@ class TagIndex:
             self._profile_tags[profile_id] = new
         else:
             self._profile_tags.pop(profile_id, None)
-        for endpoint in list(self._endpoints_by_profile.get(profile_id, ())):
+        # Recalculated at the next flush: in a snapshot each profile's tags arrive after the
+        # endpoints that list it, and an endpoint lists several profiles.
+        self._dirty.update(self._endpoints_by_profile.get(profile_id, ()))
+
+    def recalculate_dirty(self) -> None:
+        """Bring the endpoints of profiles whose tags changed up to date (at each flush)."""
+        for endpoint in self._dirty:
             self._recalculate(endpoint)
+        self._dirty.clear()
 
     def update_endpoint(self, endpoint: Hashable, profile_ids: tuple[str, ...]) -> None:
         old = self._endpoint_profiles.get(endpoint, ())
