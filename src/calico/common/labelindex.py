@@ -107,11 +107,15 @@ class _MatchTracker:
             self._start(sel_id, item_id)
 
     def _set_item_matches(self, item_id: Hashable, sel_ids: Iterable[Hashable]) -> None:
-        new = set(sel_ids)
-        old = self._sels_by_item.get(item_id, set())
-        for sel_id in old - new:
-            self._stop(sel_id, item_id)
-        started = new - old
+        old = self._sels_by_item.get(item_id)
+        if old is None:  # a new item (all of a snapshot): every match is a start
+            started = set(sel_ids)
+            old = set()
+        else:
+            new = set(sel_ids)
+            for sel_id in old - new:
+                self._stop(sel_id, item_id)
+            started = new - old
         if not started:
             return
         # _start, inlined: in a snapshot this loop runs once per (selector, item) match.
