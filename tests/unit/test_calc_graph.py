@@ -728,3 +728,84 @@ def test_random_sequences_match_the_oracle(seed: int) -> None:
         if index == 0:
             r.set_in_sync()
         r.flush()
+
+
+# --- Mutated values: bad input of every shape never escapes the graph -----------------------------
+
+STRANGE_VALUES: tuple[object, ...] = (
+    None,
+    True,
+    0,
+    -1,
+    2**64,
+    1e308,
+    float("nan"),
+    float("-inf"),
+    "",
+    "x" * 5000,
+    "é\u0000\U0001f600",
+    "10.65.0.1/33",
+    "fd00:65::1/129",
+    "a == 'b'",
+    "((",
+    [],
+    [None],
+    ["a", 1],
+    {},
+    {"unknown": "field"},
+    [[[[[]]]]],
+)
+
+
+def mutate(rng: random.Random, node: object, depth: int = 0) -> object:
+    """The JSON tree with one random node replaced, removed or given a strange sibling."""
+    if isinstance(node, dict) and node and rng.random() < 0.8:
+        node = dict(node)
+        key = rng.choice(sorted(node))
+        roll = rng.random()
+        if roll < 0.2:
+            del node[key]
+        elif roll < 0.3:
+            node["unexpected_" + key] = rng.choice(STRANGE_VALUES)
+        else:
+            node[key] = mutate(rng, node[key], depth + 1)
+        return node
+    if isinstance(node, list) and node and rng.random() < 0.8:
+        node = list(node)
+        index = rng.randrange(len(node))
+        node[index] = mutate(rng, node[index], depth + 1)
+        return node
+    return rng.choice(STRANGE_VALUES)
+
+
+def mutated_value(rng: random.Random, path: str) -> str:
+    text = random_value(rng, path)
+    try:
+        tree = json.loads(text)
+    except ValueError:
+        return text
+    for _ in range(rng.randint(1, 3)):
+        tree = mutate(rng, tree)
+    if rng.random() < 0.05:
+        return json.dumps(tree)[: rng.randrange(1, 40)]  # truncated
+    return json.dumps(tree)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_mutated_values_are_invalid_or_valid_never_a_crash(seed: int) -> None:
+    # Every value is a valid one with one to three nodes replaced by something of the wrong type,
+    # size or content. Whatever the graph decides (valid, or invalid and so deleted), it must not
+    # raise, must keep the message contract, and must agree with the oracle.
+    rng = random.Random(seed)
+    paths = universe()
+    r = Replay()
+    r.set_in_sync()
+    for _ in range(120):
+        path = rng.choice(paths)
+        if path in r.datastore and rng.random() < 0.2:
+            r.update(path, None)
+        else:
+            r.update(path, mutated_value(rng, path))
+        if rng.random() < 0.3:
+            r.flush()
+    r.flush()
