@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from calico.common.etcd.base import EtcdSettings, KVStore
 from calico.common.etcd.v2 import EtcdV2Client
-from calico.common.etcd.v3 import EtcdV3Client
 
 API_VERSIONS = ("v2", "v3")
 
@@ -17,5 +16,9 @@ def connect(api: str, settings: EtcdSettings, *, shuffle: bool = True) -> KVStor
     if api == "v2":
         return EtcdV2Client(settings, shuffle=shuffle)
     if api == "v3":
+        # Imported only when used: etcd3gw brings in futurist and eventlet (about 20 MB and a
+        # deprecation warning on stderr), which a v2 deployment need not pay for.
+        from calico.common.etcd.v3 import EtcdV3Client  # noqa: PLC0415
+
         return EtcdV3Client(settings, shuffle=shuffle)
     raise ValueError(f"unknown etcd API version {api!r}")
