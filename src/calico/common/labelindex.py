@@ -107,22 +107,22 @@ class _MatchTracker:
             self._start(sel_id, item_id)
 
     def _set_item_matches(self, item_id: Hashable, sel_ids: Iterable[Hashable]) -> None:
-        old = self._sels_by_item.get(item_id)
-        if old is None:  # a new item (all of a snapshot): every match is a start
+        current = self._sels_by_item.get(item_id)
+        if current is None:  # a new item (all of a snapshot): every match is a start
             started = set(sel_ids)
-            old = set()
         else:
             new = set(sel_ids)
-            for sel_id in old - new:
-                self._stop(sel_id, item_id)
-            started = new - old
+            for sel_id in current - new:
+                self._stop(sel_id, item_id)  # drops the item's entry if it empties
+            started = new - current
         if not started:
             return
         # _start, inlined: in a snapshot this loop runs once per (selector, item) match.
-        if old:
-            old.update(started)
+        current = self._sels_by_item.get(item_id)
+        if current is None:
+            self._sels_by_item[item_id] = set(started)  # a copy: `started` goes to the listener
         else:
-            self._sels_by_item[item_id] = started
+            current.update(started)
         items_by_sel = self._items_by_sel
         for sel_id in started:
             items = items_by_sel.get(sel_id)

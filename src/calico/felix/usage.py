@@ -13,7 +13,6 @@ keep the report anonymous as the spec describes it).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -23,6 +22,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from calico.common.resources import InvalidValue, decode_object
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,9 @@ def warnings_in_reply(body: bytes) -> list[str]:
     """The warning texts in the server's JSON reply: every top-level member whose name contains
     "warning" (upstream's is `usage_warning`) with a non-empty string, or list of strings."""
     try:
-        reply = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep
-        log.info("Usage server reply is not JSON; ignoring it")
-        return []
-    if not isinstance(reply, dict):
+        reply = decode_object(body.decode("utf-8"), "usage server reply")
+    except (UnicodeDecodeError, InvalidValue):
+        log.info("Usage server reply is not a JSON object; ignoring it")
         return []
     found: list[str] = []
     for name, value in reply.items():

@@ -7,7 +7,6 @@ server resyncs and reports status; every server serves API hooks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -30,6 +29,7 @@ from calico.common.datamodel_v1 import (
     parse_key,
 )
 from calico.common.etcd.base import EtcdError, KVStore
+from calico.common.resources import InvalidValue, decode_object
 from calico.openstack import translation as t
 from calico.openstack.store import CalicoStore
 
@@ -286,8 +286,8 @@ class StatusReporter:
 
 def _port_status(raw: str) -> str:
     try:
-        status = json.loads(raw).get("status")
-    except (ValueError, AttributeError, RecursionError):  # not a JSON object (or absurdly deep)
+        status = decode_object(raw, "endpoint status").get("status")
+    except InvalidValue:  # not a JSON object
         return "ERROR"
     return PORT_STATUS.get(status, "ERROR")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable, Iterable
 
-from calico.common.labelindex import add_to_index as _add
+from calico.common.labelindex import add_to_index
 from calico.common.selectors import tag_id
 from calico.felix.calc.sequencer import EventSequencer
 
@@ -58,7 +58,7 @@ class TagIndex:
             self._drop_user(profile_id, endpoint)
         self._endpoint_profiles[endpoint] = profile_ids
         for profile_id in profile_ids:
-            _add(self._endpoints_by_profile, profile_id, endpoint)
+            add_to_index(self._endpoints_by_profile, profile_id, endpoint)
         self._recalculate(endpoint)
 
     def remove_endpoint(self, endpoint: Hashable) -> None:
@@ -105,7 +105,7 @@ class TagIndex:
             if tag in self._active:
                 self._on_stopped(tag_id(tag), endpoint)
         for tag in new - old:
-            _add(self._endpoints_by_tag, tag, endpoint)
+            add_to_index(self._endpoints_by_tag, tag, endpoint)
             if tag in self._active:
                 self._on_started(tag_id(tag), endpoint)
 
