@@ -6,6 +6,7 @@ import pytest
 
 from calico.common import datamodel_v1 as dm
 from calico.common.datamodel_v1 import (
+    BadKey,
     DhcpSubnetKey,
     FelixLastStatusKey,
     FelixStatusKey,
@@ -32,8 +33,8 @@ KEYS_AND_PATHS = [
     (GlobalConfigKey("LogSeverityFile"), "/calico/v1/config/LogSeverityFile"),
     (HostConfigKey("host-1", "InterfacePrefix"), "/calico/v1/host/host-1/config/InterfacePrefix"),
     (
-        WorkloadEndpointKey("h", "openstack", "wl 1", "ep.1"),
-        "/calico/v1/host/h/workload/openstack/wl 1/endpoint/ep.1",
+        WorkloadEndpointKey("h", "openstack", "wl_1", "ep.1"),
+        "/calico/v1/host/h/workload/openstack/wl_1/endpoint/ep.1",
     ),
     (HostEndpointKey("h", "eth0"), "/calico/v1/host/h/endpoint/eth0"),
     (HostIPKey("h"), "/calico/v1/host/h/bird_ip"),
@@ -61,11 +62,8 @@ def test_format_and_parse(key: dm.Key, path: str) -> None:
     assert parse_key(key.path) == key
 
 
-@pytest.mark.parametrize(
-    "segment", ["a", "with space", "weird:chars!@#$%^&*()", "\u00e9t\u00e9", "..", "-"]
-)
-def test_round_trip_any_segment_without_slash(segment: str) -> None:
-    keys: list[dm.Key] = [
+def _every_key(segment: str) -> list[dm.Key]:
+    return [
         GlobalConfigKey(segment),
         HostConfigKey(segment, segment),
         WorkloadEndpointKey(segment, segment, segment, segment),
@@ -76,15 +74,76 @@ def test_round_trip_any_segment_without_slash(segment: str) -> None:
         ProfileLabelsKey(segment),
         TierMetadataKey(segment),
         PolicyKey(segment, segment),
-        IPPoolKey(4, segment),
-        IPPoolKey(6, segment),
         FelixStatusKey(segment),
         FelixLastStatusKey(segment),
         WorkloadEndpointStatusKey(segment, segment, segment, segment),
         HostEndpointStatusKey(segment, segment),
     ]
-    for key in keys:
+
+
+@pytest.mark.parametrize("segment", ["a", "-", "...", "ns.pod", "A_b-9.x", "x" * 255])
+def test_round_trip_valid_segments(segment: str) -> None:
+    for key in _every_key(segment):
         assert parse_key(key.path) == key
+
+
+# Hostile or broken ID segments: each could reach a rule comment, a log line or a status key.
+HOSTILE_SEGMENTS = [
+    "with space",
+    'quote"',
+    "new\nline",
+    "x\n-A felix-FORWARD -j ACCEPT",
+    "nul\x00",
+    "weird:chars!@#$%^&*()",
+    "\u00e9t\u00e9",
+    ".",
+    "..",
+    "x" * 256,
+    "tab\tx",
+]
+
+
+def _fields(key: dm.Key) -> list[str]:
+    return [f for f in key.__dataclass_fields__ if not f.startswith("_")]
+
+
+@pytest.mark.parametrize("segment", HOSTILE_SEGMENTS)
+def test_invalid_segments_are_bad_keys_and_never_formatted(segment: str) -> None:
+    for key in _every_key("good"):
+        for position, part in enumerate(key.path.split("/")):
+            if part != "good":
+                continue
+            # The hostile segment in this position of this kind of key.
+            parts = key.path.split("/")
+            parts[position] = segment
+            path = "/".join(parts)
+            parsed = parse_key(path)
+            assert isinstance(parsed, BadKey), path
+            assert parsed.kind is type(key)
+            assert parsed.path == path
+            assert "invalid ID segment" in parsed.reason
+            assert len(parsed.reason) < 200
+        with pytest.raises(ValueError, match="segment"):
+            _ = type(key)(*[segment] * len(_fields(key))).path
+
+
+def test_commit_is_just_an_id() -> None:
+    # Words with a meaning to iptables-restore are harmless as IDs: only characters matter.
+    assert parse_key("/calico/v1/host/h/endpoint/COMMIT") == HostEndpointKey("h", "COMMIT")
+
+
+@pytest.mark.parametrize("pool_id", ["10.65.0.0-16", "fd00:65::-64"])
+def test_pool_ids_allow_colons(pool_id: str) -> None:
+    key = IPPoolKey(6 if ":" in pool_id else 4, pool_id)
+    assert parse_key(key.path) == key
+
+
+@pytest.mark.parametrize("pool_id", ["..", "10.0.0.0 16", "x" * 44, "g"])
+def test_bad_pool_ids(pool_id: str) -> None:
+    parsed = parse_key(f"/calico/v1/ipam/v4/pool/{pool_id}")
+    assert isinstance(parsed, BadKey) and parsed.kind is IPPoolKey
+    with pytest.raises(ValueError, match="segment"):
+        _ = IPPoolKey(4, pool_id).path
 
 
 @pytest.mark.parametrize("segment", ["", "a/b"])
@@ -193,7 +252,7 @@ def test_legacy_string_helpers_unchanged() -> None:
     assert dm.host_config_dir("h") == "/calico/v1/host/h/config"
 
 
-@pytest.mark.parametrize("subnet_id", ["sub-1", "6f1c0a9e-2b7d-4c1e-9d0a-8f3b2c1d0e9f", "a b"])
+@pytest.mark.parametrize("subnet_id", ["sub-1", "6f1c0a9e-2b7d-4c1e-9d0a-8f3b2c1d0e9f"])
 def test_dhcp_subnet_key_round_trip(subnet_id: str) -> None:
     key = DhcpSubnetKey(subnet_id)
     assert key.path == f"/calico/dhcp/v1/subnet/{subnet_id}"
@@ -204,7 +263,14 @@ def test_dhcp_subnet_key_round_trip(subnet_id: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/calico/dhcp/v1/subnet", "/calico/dhcp/v1/subnet/", "/calico/dhcp/v1/subnet/a/b", "/x/a"],
+    [
+        "/calico/dhcp/v1/subnet",
+        "/calico/dhcp/v1/subnet/",
+        "/calico/dhcp/v1/subnet/a/b",
+        "/x/a",
+        "/calico/dhcp/v1/subnet/a b",
+        "/calico/dhcp/v1/subnet/..",
+    ],
 )
 def test_dhcp_subnet_key_rejects(path: str) -> None:
     assert dm.parse_dhcp_subnet_key(path) is None

@@ -8,6 +8,7 @@ and writes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -36,15 +37,12 @@ def config_key(name: str, hostname: str | None = None) -> str:
 
 
 def parse_config_key(key: str) -> tuple[str | None, str] | None:
-    """(hostname or None for global, parameter name) for a config key, else None."""
-    prefix = CONFIG_DIR + "/"
-    if key.startswith(prefix):
-        name = key[len(prefix) :]
-        return (None, name) if name and "/" not in name else None
-    parts = key.split("/")
-    # "", "calico", "v1", "host", <hostname>, "config", <name>
-    if len(parts) == 7 and key.startswith(HOST_DIR + "/") and parts[5] == "config" and parts[6]:
-        return parts[4], parts[6]
+    """(hostname or None for global, parameter name) for a valid config key, else None."""
+    parsed = parse_key(key)
+    if isinstance(parsed, GlobalConfigKey):
+        return None, parsed.name
+    if isinstance(parsed, HostConfigKey):
+        return parsed.hostname, parsed.name
     return None
 
 
@@ -52,8 +50,9 @@ def parse_config_key(key: str) -> tuple[str | None, str] | None:
 #
 # One frozen dataclass per kind of key Felix reads (under /calico/v1) or writes (under
 # /calico/felix/v1). `key.path` formats the key; `parse_key(path)` parses one, returning None for
-# keys Felix ignores. `parse_key(k.path) == k` for every key whose ID segments are non-empty and
-# contain no "/" (IDs are "anything but /"; `path` raises ValueError otherwise).
+# keys Felix ignores, and a `BadKey` for a key of a known kind with an invalid ID segment (see
+# ID_SEGMENT_RE; `path` raises ValueError for such a key). `parse_key(k.path) == k` for every
+# key `path` accepts.
 #
 # Parsing splits on "/" and dispatches on the fixed segments: no regular expression per key.
 
@@ -64,10 +63,30 @@ TIER_DIR = f"{POLICY_DIR}/tier"
 IPAM_DIR = f"{VERSION_DIR}/ipam"
 
 
-def _seg(segment: str) -> str:
-    """An ID segment, checked so that the formatted path parses back to the same key."""
-    if not segment or "/" in segment:
-        raise ValueError(f"invalid key segment {segment!r}: must be non-empty and without '/'")
+# Every ID segment of a key (host names, orchestrator, workload, endpoint, profile, tier and
+# policy IDs, parameter names, subnet IDs): what Calico allowed for endpoint, profile, tier and
+# policy IDs (felix.md §2.2, §2.5), now for every segment, because each one can reach a rule
+# comment, a log line, a status key Felix writes or a file name. "." and ".." are refused too:
+# an HTTP client may resolve them as path steps. IP pool IDs are a CIDR with "/" -> "-".
+ID_SEGMENT_RE = re.compile(r"[a-zA-Z0-9_.-]{1,255}")
+POOL_ID_RE = re.compile(r"[0-9.:a-fA-F-]{1,43}")
+ID_SEGMENT_RULE = "1-255 characters of [a-zA-Z0-9_.-], not '.' or '..'"
+
+
+def valid_id(segment: object, pattern: re.Pattern[str] = ID_SEGMENT_RE) -> bool:
+    """Whether `segment` may be one ID segment of a key (see ID_SEGMENT_RE)."""
+    return (
+        isinstance(segment, str)
+        and pattern.fullmatch(segment) is not None
+        and segment not in (".", "..")
+    )
+
+
+def _seg(segment: str, pattern: re.Pattern[str] = ID_SEGMENT_RE) -> str:
+    """An ID segment, checked so that the formatted path parses back to the same key and no
+    invalid ID is ever written."""
+    if not valid_id(segment, pattern):
+        raise ValueError(f"invalid key segment {segment!r}: need {ID_SEGMENT_RULE}")
     return segment
 
 
@@ -221,7 +240,7 @@ class IPPoolKey:
     def path(self) -> str:
         if self.version not in (4, 6):
             raise ValueError(f"invalid IP version {self.version!r}")
-        return f"{IPAM_DIR}/v{self.version}/pool/{_seg(self.pool_id)}"
+        return f"{IPAM_DIR}/v{self.version}/pool/{_seg(self.pool_id, POOL_ID_RE)}"
 
     @classmethod
     def for_cidr(cls, cidr: str) -> IPPoolKey:
@@ -308,7 +327,7 @@ def parse_dhcp_subnet_key(path: str) -> DhcpSubnetKey | None:
     """The DHCP subnet key for a path under DHCP_SUBNET_DIR, else None. Kept apart from
     `parse_key`, which returns only what Felix reads."""
     head, sep, subnet_id = path.rpartition("/")
-    if head != DHCP_SUBNET_DIR or not sep or not subnet_id:
+    if head != DHCP_SUBNET_DIR or not sep or not valid_id(subnet_id):
         return None
     return DhcpSubnetKey(subnet_id)
 
@@ -320,6 +339,16 @@ class NeutronElectionKey:
     @property
     def path(self) -> str:
         return f"{OPENSTACK_DIR}/neutron_election"
+
+
+@dataclass(frozen=True, slots=True)
+class BadKey:
+    """A path of a kind Felix reads (`kind`) whose ID segments are not all valid: hostile or
+    broken input. Callers treat it as absent (fail closed) and log `reason` once."""
+
+    path: str
+    kind: type
+    reason: str
 
 
 Key = (
@@ -354,21 +383,36 @@ def felix_host_status_dir(hostname: str) -> str:
     return f"{FELIX_HOST_DIR}/{_seg(hostname)}"
 
 
-def parse_key(path: str) -> Key | None:
-    """The typed key for an etcd path, or None for a key Felix ignores (or a malformed one)."""
+def parse_key(path: str) -> Key | BadKey | None:
+    """The typed key for an etcd path; a BadKey if it has the shape of a key Felix reads but an
+    invalid ID segment; None for a key Felix ignores (or a malformed one)."""
     parts = path.split("/")
     n = len(parts)
     # Every segment must be non-empty except the leading "" (paths are absolute).
     if n < 4 or parts[0] or parts[1] != "calico" or "" in parts[1:]:
         return None
     if parts[2] == "v1":
-        return _parse_v1(parts, n)
-    if parts[2] == "felix" and parts[3] == "v1":
-        return _parse_felix_v1(parts, n)
-    return None
+        found = _parse_v1(parts, n)
+    elif parts[2] == "felix" and parts[3] == "v1":
+        found = _parse_felix_v1(parts, n)
+    else:
+        return None
+    if found is None:
+        return None
+    kind, segments = found
+    pattern = POOL_ID_RE if kind is IPPoolKey else ID_SEGMENT_RE
+    for segment in segments:
+        if isinstance(segment, str) and not valid_id(segment, pattern):
+            shown = segment[:64] + ("..." if len(segment) > 64 else "")
+            return BadKey(path, kind, f"invalid ID segment {shown!r} (need {ID_SEGMENT_RULE})")
+    return kind(*segments)  # type: ignore[no-any-return]
 
 
-def _parse_v1(parts: list[str], n: int) -> Key | None:
+# (the kind of key, its constructor arguments): the ID segments are checked by parse_key.
+_Found = tuple[type, tuple[object, ...]]
+
+
+def _parse_v1(parts: list[str], n: int) -> _Found | None:
     section = parts[3]
     if section == "host":
         if n < 6:
@@ -376,50 +420,50 @@ def _parse_v1(parts: list[str], n: int) -> Key | None:
         hostname, kind = parts[4], parts[5]
         if kind == "workload":
             if n == 10 and parts[8] == "endpoint":
-                return WorkloadEndpointKey(hostname, parts[6], parts[7], parts[9])
+                return WorkloadEndpointKey, (hostname, parts[6], parts[7], parts[9])
         elif kind == "endpoint":
             if n == 7:
-                return HostEndpointKey(hostname, parts[6])
+                return HostEndpointKey, (hostname, parts[6])
         elif kind == "config":
             if n == 7:
-                return HostConfigKey(hostname, parts[6])
+                return HostConfigKey, (hostname, parts[6])
         elif kind == "bird_ip" and n == 6:
-            return HostIPKey(hostname)
+            return HostIPKey, (hostname,)
         return None
     if section == "policy":
         if n == 7 and parts[4] == "profile":
             profile_cls = _PROFILE_KEYS.get(parts[6])
-            return profile_cls(parts[5]) if profile_cls is not None else None
+            return (profile_cls, (parts[5],)) if profile_cls is not None else None
         if parts[4] == "tier":
             if n == 7 and parts[6] == "metadata":
-                return TierMetadataKey(parts[5])
+                return TierMetadataKey, (parts[5],)
             if n == 8 and parts[6] == "policy":
-                return PolicyKey(parts[5], parts[7])
+                return PolicyKey, (parts[5], parts[7])
         return None
     if section == "config":
-        return GlobalConfigKey(parts[4]) if n == 5 else None
+        return (GlobalConfigKey, (parts[4],)) if n == 5 else None
     if section == "Ready":
-        return ReadyKey() if n == 4 else None
+        return (ReadyKey, ()) if n == 4 else None
     if section == "ipam" and n == 7 and parts[5] == "pool":
         version = _IP_VERSIONS.get(parts[4])
-        return IPPoolKey(version, parts[6]) if version is not None else None
+        return (IPPoolKey, (version, parts[6])) if version is not None else None
     return None
 
 
-def _parse_felix_v1(parts: list[str], n: int) -> Key | None:
+def _parse_felix_v1(parts: list[str], n: int) -> _Found | None:
     # "", "calico", "felix", "v1", "host", <hostname>, <kind>, ...
     if n < 7 or parts[4] != "host":
         return None
     hostname, kind = parts[5], parts[6]
     if kind == "workload":
         if n == 11 and parts[9] == "endpoint":
-            return WorkloadEndpointStatusKey(hostname, parts[7], parts[8], parts[10])
+            return WorkloadEndpointStatusKey, (hostname, parts[7], parts[8], parts[10])
     elif kind == "endpoint":
         if n == 8:
-            return HostEndpointStatusKey(hostname, parts[7])
+            return HostEndpointStatusKey, (hostname, parts[7])
     elif kind == "status":
         if n == 7:
-            return FelixStatusKey(hostname)
+            return FelixStatusKey, (hostname,)
     elif kind == "last_reported_status" and n == 7:
-        return FelixLastStatusKey(hostname)
+        return FelixLastStatusKey, (hostname,)
     return None

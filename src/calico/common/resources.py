@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from calico.common.datamodel_v1 import (
+    ID_SEGMENT_RULE,
+    POOL_ID_RE,
     HostEndpointKey,
     IPPoolKey,
     Key,
@@ -29,15 +31,15 @@ from calico.common.datamodel_v1 import (
     ProfileTagsKey,
     TierMetadataKey,
     WorkloadEndpointKey,
+    valid_id,
 )
+from calico.common.quoting import quoted
 from calico.common.selectors import LABEL_NAME_RE, parse_selector
 
 # A selector check: raises ValueError (e.g. selectors.BadSelector) for a bad expression.
 SelectorValidator = Callable[[str], object]
 
-ID_RE = re.compile(r"[a-zA-Z0-9_.-]+")  # profile, tag, tier, policy and endpoint IDs
 INTERFACE_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,15}")
-POOL_ID_RE = re.compile(r"[0-9.:a-fA-F-]{1,43}")
 _LOG_PREFIX_BAD_CHARS_RE = re.compile(r"[^a-zA-Z0-9_:-]")
 _V4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zeros
 _CANONICAL_V4_CIDR_RE = re.compile(rf"(?:{_V4_OCTET}\.){{3}}{_V4_OCTET}/(?:3[0-2]|[12]?[0-9])")
@@ -87,7 +89,20 @@ class InvalidValue(ValueError):
     def __init__(self, what: str, problems: list[str] | tuple[str, ...]) -> None:
         self.what = what
         self.problems = tuple(problems)
-        super().__init__(f"invalid {what}: " + "; ".join(self.problems))
+        # Problems quote the bad input; cap them so that one hostile value (a megabyte of
+        # JSON, ten thousand bad rules) makes one readable log line.
+        shown = [_cap(p, MAX_PROBLEM_LEN) for p in self.problems[:MAX_PROBLEMS_SHOWN]]
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:
+            shown.append(f"... ({len(self.problems) - MAX_PROBLEMS_SHOWN} more)")
+        super().__init__(f"invalid {_cap(what, MAX_PROBLEM_LEN)}: " + "; ".join(shown))
+
+
+MAX_PROBLEM_LEN = 300
+MAX_PROBLEMS_SHOWN = 25
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class Labels(Mapping[str, str]):
@@ -253,7 +268,7 @@ def _check_selector(text: str, validator: SelectorValidator | None) -> str | Non
     try:
         validator(text)
     except ValueError as exc:
-        return f"invalid selector {text!r}: {exc}"
+        return f"invalid selector {quoted(text)}: {exc}"
     return None
 
 
@@ -287,9 +302,9 @@ def decode_object(raw_json: str, what: str) -> dict[str, Any]:
 
 def check_id(value: object, field: str, errs: list[str]) -> str | None:
     """`value` if it is a valid ID, else None with a problem appended to `errs`."""
-    if isinstance(value, str) and ID_RE.fullmatch(value):
-        return value
-    errs.append(f"{field}: invalid ID {value!r} (need [a-zA-Z0-9_.-]+)")
+    if valid_id(value):
+        return value  # type: ignore[return-value]
+    errs.append(f"{field}: invalid ID {quoted(value)} (need {ID_SEGMENT_RULE})")
     return None
 
 
@@ -304,7 +319,7 @@ def _check_ids(value: object, field: str, errs: list[str]) -> tuple[str, ...]:
 def _check_interface_name(value: object, errs: list[str]) -> str | None:
     if isinstance(value, str) and INTERFACE_NAME_RE.fullmatch(value):
         return value
-    errs.append(f"name: invalid interface name {value!r} (need 1-15 chars of [a-zA-Z0-9_-])")
+    errs.append(f"name: invalid interface name {quoted(value)} (need 1-15 chars of [a-zA-Z0-9_-])")
     return None
 
 
@@ -327,10 +342,12 @@ def _check_labels(value: object, field: str, errs: list[str]) -> Labels:
     ok = True
     for name, label_value in value.items():
         if not LABEL_NAME_RE.fullmatch(name):
-            errs.append(f"{field}: invalid label name {name!r} (need [a-zA-Z0-9_./-]+)")
+            errs.append(f"{field}: invalid label name {quoted(name)} (need [a-zA-Z0-9_./-]+)")
             ok = False
         if not isinstance(label_value, str):
-            errs.append(f"{field}: value of label {name!r} is not a string: {label_value!r}")
+            errs.append(
+                f"{field}: value of label {quoted(name)} is not a string: {quoted(label_value)}"
+            )
             ok = False
     return Labels(value) if ok else EMPTY_LABELS
 
@@ -345,7 +362,7 @@ def check_ip(value: object, version: int, field: str, errs: list[str]) -> str | 
         else:
             if addr.version == version:
                 return str(addr)
-    errs.append(f"{field}: invalid IPv{version} address {value!r}")
+    errs.append(f"{field}: invalid IPv{version} address {quoted(value)}")
     return None
 
 
@@ -371,7 +388,7 @@ def _endpoint_net(value: object, version: int, field: str, errs: list[str]) -> s
         else:
             if iface.version == version:
                 return str(iface)
-    errs.append(f"{field}: invalid IPv{version} CIDR {value!r}")
+    errs.append(f"{field}: invalid IPv{version} CIDR {quoted(value)}")
     return None
 
 
@@ -384,10 +401,10 @@ def _rule_net(value: object, version: int | None, field: str, errs: list[str]) -
             pass
         else:
             if version is not None and net.version != version:
-                errs.append(f"{field}: {value!r} is not IPv{version} (rule ip_version)")
+                errs.append(f"{field}: {quoted(value)} is not IPv{version} (rule ip_version)")
                 return None
             return str(net)
-    errs.append(f"{field}: invalid CIDR {value!r}")
+    errs.append(f"{field}: invalid CIDR {quoted(value)}")
     return None
 
 
@@ -396,7 +413,7 @@ def _check_order(value: object, errs: list[str]) -> float | None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return value
-    errs.append(f"order: expected a number or 'default', got {value!r}")
+    errs.append(f"order: expected a number or 'default', got {quoted(value)}")
     return None
 
 
@@ -408,8 +425,8 @@ def _describe(kind: str, key: Key) -> str:
 
 
 def _check_key_id(value: str, field: str, errs: list[str]) -> None:
-    if not ID_RE.fullmatch(value):
-        errs.append(f"key {field} {value!r} is invalid (need [a-zA-Z0-9_.-]+)")
+    if not valid_id(value):
+        errs.append(f"key {field} {quoted(value)} is invalid (need {ID_SEGMENT_RULE})")
 
 
 # --- Rules ---------------------------------------------------------------------------------------
@@ -431,7 +448,8 @@ def _check_protocol(value: object, field: str, errs: list[str]) -> str | None:
         errs.append(f"{field}: protocol 0 cannot be matched by the kernel")
     else:
         errs.append(
-            f"{field}: invalid protocol {value!r} (need one of {sorted(PROTOCOL_NAMES)} or 1-255)"
+            f"{field}: invalid protocol {quoted(value)} "
+            f"(need one of {sorted(PROTOCOL_NAMES)} or 1-255)"
         )
     return None
 
@@ -443,13 +461,13 @@ def _check_port(value: object) -> Port | str:
             return value
         return f"!port {value} out of range 0-65535"
     if not isinstance(value, str):
-        return f"!port {value!r} is neither an integer nor a 'lo:hi' string"
+        return f"!port {quoted(value)} is neither an integer nor a 'lo:hi' string"
     fields = value.split(":")
     if len(fields) != 2 or not all(f.isascii() and f.isdigit() for f in fields):
-        return f"!port range {value!r} unparseable (need 'lo:hi')"
+        return f"!port range {quoted(value)} unparseable (need 'lo:hi')"
     lo, hi = int(fields[0]), int(fields[1])
     if not lo < hi or hi > 65535:
-        return f"!port range {value!r} invalid (need 0 <= lo < hi <= 65535)"
+        return f"!port range {quoted(value)} invalid (need 0 <= lo < hi <= 65535)"
     return f"{lo}:{hi}"
 
 
@@ -473,7 +491,7 @@ def _check_icmp(value: object, field: str, maximum: int, errs: list[str]) -> int
     if value == 255 and maximum == 254:
         errs.append(f"{field}: ICMP type 255 is rejected by the kernel (need 0-254)")
     else:
-        errs.append(f"{field}: expected an integer 0-{maximum}, got {value!r}")
+        errs.append(f"{field}: expected an integer 0-{maximum}, got {quoted(value)}")
     return None
 
 
@@ -486,17 +504,17 @@ def parse_rule(
         return None, [f"expected a rule object, got {type(data).__name__}"]
     rule = {k: v for k, v in data.items() if v is not None}
     for unknown in sorted(set(rule) - RULE_KEYS):
-        errs.append(f"unknown rule key {unknown!r}")
+        errs.append(f"unknown rule key {quoted(unknown)}")
     fields: dict[str, Any] = {}
 
     action = rule.get("action", "allow")
     if not isinstance(action, str) or action not in ACTIONS:
-        errs.append(f"action: invalid {action!r} (need one of {sorted(ACTIONS)})")
+        errs.append(f"action: invalid {quoted(action)} (need one of {sorted(ACTIONS)})")
     fields["action"] = action
 
     ip_version = rule.get("ip_version")
     if ip_version is not None and (not _is_int(ip_version) or ip_version not in (4, 6)):
-        errs.append(f"ip_version: invalid {ip_version!r} (need 4 or 6)")
+        errs.append(f"ip_version: invalid {quoted(ip_version)} (need 4 or 6)")
         ip_version = None
     fields["ip_version"] = ip_version
 
@@ -521,7 +539,7 @@ def parse_rule(
             if key in rule:
                 text = rule[key]
                 if not isinstance(text, str):
-                    errs.append(f"{key}: expected a selector string, got {text!r}")
+                    errs.append(f"{key}: expected a selector string, got {quoted(text)}")
                 elif (problem := _check_selector(text, selector_validator)) is not None:
                     errs.append(f"{key}: {problem}")
                 else:
@@ -548,7 +566,7 @@ def parse_rule(
         if isinstance(prefix, str):
             fields["log_prefix"] = _LOG_PREFIX_BAD_CHARS_RE.sub("_", prefix)[:LOG_PREFIX_MAX_LEN]
         else:
-            errs.append(f"log_prefix: expected a string, got {prefix!r}")
+            errs.append(f"log_prefix: expected a string, got {quoted(prefix)}")
 
     if errs:
         return None, errs
@@ -630,7 +648,7 @@ def parse_workload_endpoint(raw_json: str, key: WorkloadEndpointKey) -> Workload
     if mac is not None:
         canonical = canonicalise_mac(mac) if isinstance(mac, str) else None
         if canonical is None:
-            errs.append(f"mac: invalid MAC address {mac!r}")
+            errs.append(f"mac: invalid MAC address {quoted(mac)}")
         mac = canonical
     profile_ids = _profile_ids(data, errs)
 
@@ -795,7 +813,7 @@ def parse_policy(
     if selector is None:
         errs.append("selector: missing")
     elif not isinstance(selector, str):
-        errs.append(f"selector: expected a string, got {selector!r}")
+        errs.append(f"selector: expected a string, got {quoted(selector)}")
     elif (problem := _check_selector(selector, validator)) is not None:
         errs.append(f"selector: {problem}")
     order = _check_order(data.get("order"), errs)
@@ -803,7 +821,7 @@ def parse_policy(
     outbound = _check_rules(data, "outbound_rules", errs, validator)
     untracked = data.get("untracked")
     if untracked is not None and not isinstance(untracked, bool):
-        errs.append(f"untracked: expected a boolean, got {untracked!r}")
+        errs.append(f"untracked: expected a boolean, got {quoted(untracked)}")
     if errs:
         raise InvalidValue(what, errs)
     return Policy(str(selector), order, inbound, outbound, bool(untracked))
@@ -814,8 +832,8 @@ def parse_ip_pool(raw_json: str, key: IPPoolKey) -> IPPool:
     what = _describe("IP pool", key)
     data = decode_object(raw_json, what)
     errs: list[str] = []
-    if not POOL_ID_RE.fullmatch(key.pool_id):
-        errs.append(f"key pool ID {key.pool_id!r} is invalid (need [0-9.:a-fA-F-]{{1,43}})")
+    if not valid_id(key.pool_id, POOL_ID_RE):
+        errs.append(f"key pool ID {quoted(key.pool_id)} is invalid (need [0-9.:a-fA-F-]{{1,43}})")
     cidr: str | None = None
     if data.get("cidr") is None:
         errs.append("cidr: missing")
@@ -825,7 +843,7 @@ def parse_ip_pool(raw_json: str, key: IPPoolKey) -> IPPool:
     if masquerade is None:
         masquerade = False
     elif not isinstance(masquerade, bool):
-        errs.append(f"masquerade: expected a boolean, got {masquerade!r}")
+        errs.append(f"masquerade: expected a boolean, got {quoted(masquerade)}")
     if errs:
         raise InvalidValue(what, errs)
     return IPPool(str(cidr), masquerade)

@@ -28,6 +28,7 @@ from typing import TypeVar
 from calico.common import resources as res
 from calico.common.datamodel_v1 import (
     READY_VALUE,
+    BadKey,
     GlobalConfigKey,
     HostConfigKey,
     HostEndpointKey,
@@ -45,6 +46,7 @@ from calico.common.datamodel_v1 import (
 )
 from calico.common.etcd.syncer import SyncStatus
 from calico.common.labelindex import LabelIndex, add_to_index
+from calico.common.quoting import quoted
 from calico.common.selectors import Selector
 from calico.felix.calc import messages as m
 from calico.felix.calc.active import ActiveRulesCalculator, Endpoint, EndpointKey
@@ -105,8 +107,20 @@ class CalcGraph:
 
     def on_update(self, path: str, value: str | None) -> None:
         key = parse_key(path)
-        if key is not None:
+        if key is None:
+            return
+        if isinstance(key, BadKey):
+            # A key Felix would read, with an ID that could not be used safely: as if absent.
+            log.warning("Ignoring key %s: %s", quoted(path), key.reason)
+            return
+        try:
             self._dispatch(key, value)
+        except Exception:
+            # A value that passed validation but still broke the graph (a bug): this object
+            # fails closed, as if deleted, and every other object is still handled.
+            log.exception("Failed to handle %s; treating it as deleted", quoted(path))
+            if value is not None:
+                self._dispatch(key, None)  # if even this fails, the graph is broken: raise
 
     def flush(self) -> list[m.Message]:
         if self._config_changed:
@@ -200,7 +214,9 @@ class CalcGraph:
                 address = str(ipaddress.IPv4Address(value.strip()))
             except ValueError:
                 log.warning(
-                    "Invalid bird_ip %r for host %s; treating it as deleted", value, hostname
+                    "Invalid bird_ip %s for host %s; treating it as deleted",
+                    quoted(value),
+                    hostname,
                 )
         if address is None:
             self._host_ips.discard(hostname)
