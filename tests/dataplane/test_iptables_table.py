@@ -20,6 +20,7 @@ from calico.felix.dataplane.iptables import (
     IptablesTable,
     binary,
     parse_save,
+    same_rules,
     tokens,
     uses_nft,
 )
@@ -94,8 +95,91 @@ def test_chain_names_validated() -> None:
         table.set_chain("INPUT", [])
     with pytest.raises(ValueError):
         table.set_chain("felix-" + "x" * 30, [])
-    with pytest.raises(ValueError):
-        table.set_chain("felix-A", ['-m comment --comment "unterminated'])
+
+
+UNSAFE = [
+    '-m comment --comment "unterminated',
+    '-m comment --comment "a\n-A felix-FORWARD -j ACCEPT" -j DROP',
+    "-m comment --comment 'single' -j DROP",
+    '-m comment --comment "back\\slash" -j DROP',
+    "-j DROP\r",
+    "-j DROP\x00",
+    '-m comment --comment "\u00e9" -j DROP',
+    "COMMIT",
+    "*filter",
+    ":felix-X - [0:0]",
+    "",
+]
+
+
+@pytest.mark.parametrize("rule", UNSAFE)
+def test_unsafe_rules_never_reach_restore_and_fail_closed(rule: str) -> None:
+    runner = FakeRunner(save_text())
+    table = IptablesTable(4, "filter", runner)
+    table.set_chain("felix-A", ["-j RETURN", rule])
+    table.set_chain("felix-B", ["-j RETURN"])
+    assert table.apply() is True
+    (restore,) = runner.restores
+    assert "-A felix-A -j RETURN" not in restore  # the whole chain is refused, not one rule
+    assert '-A felix-A -m comment --comment "WARNING Unsafe rule refused" -j DROP' in restore
+    assert "-A felix-B -j RETURN" in restore  # the other chain is unaffected
+    assert restore.count("COMMIT") == 1 and restore.count("*filter") == 1
+    assert "felix-A" in table.failed_chains and "unsafe rule" in table.failed_chains["felix-A"]
+    # Re-sending the same rules changes nothing; new, safe rules replace the stub.
+    table.set_chain("felix-A", ["-j RETURN", rule])
+    assert table.apply() is False
+    table.set_chain("felix-A", ["-j RETURN"])
+    assert table.apply() is True
+    assert "felix-A" not in table.failed_chains
+
+
+@pytest.mark.parametrize(
+    ("ours", "printed"),
+    [
+        (["-p tcp --dport 80 -j ACCEPT"], ["-p tcp -m tcp --dport 80 -j ACCEPT"]),
+        (["-s 10.65.0.1 -j DROP"], ["-s 10.65.0.1/32 -j DROP"]),
+        (["-p 4 -j ACCEPT"], ["-p ipencap -j ACCEPT"]),
+        (['-m comment --comment "a b" -j X'], ['-m comment --comment "a b" -j X']),
+        (["-d fd00:65::1 -p udp -j DROP"], ["-d fd00:65::1/128 -p udp -m udp -j DROP"]),
+    ],
+)
+def test_respellings_are_the_same_rules(ours: list[str], printed: list[str]) -> None:
+    assert same_rules([tokens(r) for r in ours], [tokens(r) for r in printed])
+
+
+@pytest.mark.parametrize(
+    ("ours", "printed"),
+    [
+        (["-j DROP"], ["-j DROP", "-j ACCEPT"]),  # a rule more (an injected line)
+        (["-j DROP", "-j RETURN"], ["-j DROP"]),  # a rule less
+        (["-j DROP"], ["-j ACCEPT"]),
+        (["-p tcp --dport 80 -j ACCEPT"], ["-p tcp -m tcp --dport 81 -j ACCEPT"]),
+        (["-s 10.65.0.1 -j DROP"], ["-s 10.65.0.0/24 -j DROP"]),
+        (["-p tcp -j ACCEPT"], ["-p udp -j ACCEPT"]),
+        (["-i tap1 -j DROP"], ["-j DROP"]),
+        (["-m comment --comment x -j DROP"], ["-m comment --comment y -j DROP"]),
+    ],
+)
+def test_other_rules_are_not_a_respelling(ours: list[str], printed: list[str]) -> None:
+    assert not same_rules([tokens(r) for r in ours], [tokens(r) for r in printed])
+
+
+def test_read_back_never_learns_an_extra_rule_as_our_spelling() -> None:
+    """Another tool appends a rule to our chain between our write and the read-back: the
+    refresh must not learn it as "how the kernel spells our chain", or it would defend the
+    foreign rule forever (issue 12, item 1)."""
+    runner = FakeRunner(save_text())
+    table = IptablesTable(4, "filter", runner)
+    table.set_chain("felix-A", ["-j DROP"])
+    tampered = save_text(":felix-A - [0:0]", "-A felix-A -j DROP", "-A felix-A -j ACCEPT")
+    runner.after_restore = tampered
+    assert table.apply(force_refresh=True) is True  # write, then read back the tampered chain
+    runner.after_restore = save_text(":felix-A - [0:0]", "-A felix-A -j DROP")
+    # The next refresh sees the extra rule and rewrites the chain...
+    assert table.apply(force_refresh=True) is True
+    assert runner.restores[-1].count("-A felix-A") == 1
+    # ...and then finds it as wanted.
+    assert table.apply(force_refresh=True) is False
 
 
 def test_nothing_written_at_construction_or_without_changes() -> None:
@@ -152,7 +236,7 @@ def test_only_changed_chains_rewritten_and_hook_moved_to_top() -> None:
 def test_comparison_ignores_quoting_and_spacing() -> None:
     runner = FakeRunner(save_text(":felix-A - [0:0]", '-A felix-A -m comment --comment "a b" -j X'))
     table = IptablesTable(4, "filter", runner)
-    table.set_chain("felix-A", ["-m comment  --comment 'a b' -j X"])
+    table.set_chain("felix-A", ['-m comment  --comment "a b"   -j X'])
     assert table.apply() is False
 
 

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from calico.common.datamodel_v1 import ID_SEGMENT_RULE, valid_id
+
 
 class BadValue(ValueError):
     """A raw value that does not parse; the message says why (without the value itself)."""
@@ -199,15 +201,17 @@ class OptionalPath:
         return "path, or none"
 
 
-_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+# fullmatch everywhere: "$" would also match before a trailing newline.
+_HOSTNAME_RE = re.compile(r"[a-zA-Z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class Hostname:
     def parse(self, raw: str) -> str:
         text = raw.strip()
-        if not _HOSTNAME_RE.match(text):
-            raise BadValue("not a hostname (letters, digits, '_', '.', '-')")
+        # The host name is an ID segment of every key Felix reads and writes for this host.
+        if not valid_id(text):
+            raise BadValue(f"not a hostname ({ID_SEGMENT_RULE})")
         return text
 
     def describe(self) -> str:
@@ -251,7 +255,7 @@ class HostPort:
                 ipaddress.IPv6Address(host[1:-1])
             except ValueError:
                 raise BadValue("not host:port (bad IPv6 literal)") from None
-        elif ":" in host or "/" in host or not _HOSTNAME_RE.match(host):
+        elif ":" in host or "/" in host or not _HOSTNAME_RE.fullmatch(host):
             raise BadValue("not host:port")
         try:
             PORT.parse(port)
@@ -314,7 +318,7 @@ class HttpUrl:
         return "http:// or https:// URL"
 
 
-_IFACE_PREFIX_RE = re.compile(r"^[a-zA-Z0-9_-]{1,15}$")
+_IFACE_PREFIX_RE = re.compile(r"[a-zA-Z0-9_-]{1,15}")
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,7 @@ class PrefixList:
         if not prefixes:
             raise BadValue("no prefixes given")
         for prefix in prefixes:
-            if not _IFACE_PREFIX_RE.match(prefix):
+            if not _IFACE_PREFIX_RE.fullmatch(prefix):
                 raise BadValue(f"{prefix!r}: 1-15 characters of letters, digits, '_', '-'")
         return prefixes
 

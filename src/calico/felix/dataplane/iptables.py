@@ -71,6 +71,7 @@ None. One owner (the dataplane thread) creates, mutates and applies an instance.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -83,6 +84,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from calico.common.quoting import quoted
 from calico.felix.dataplane import names
 from calico.felix.dataplane.commands import CommandRunner
 
@@ -93,6 +95,8 @@ Rule = tuple[str, ...]  # one rule as shlex tokens, without "-A <chain>"
 STUB_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Missing chain" -j DROP',)
 # What a chain the kernel refused becomes until its content changes (fail closed).
 FAILED_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Failed to program chain" -j DROP',)
+# What a chain whose rules are not safe restore input becomes (fail closed, never retried as is).
+UNSAFE_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Unsafe rule refused" -j DROP',)
 BACKENDS = (None, "nft", "legacy")
 LOCK_WAIT_SECS = 10
 MAX_TRIES = 10
@@ -106,6 +110,10 @@ JUMP_FLAGS = frozenset({"-j", "--jump", "-g", "--goto"})
 # errors) or "line 7: RULE_INSERT failed (...)" (nft kernel errors).
 # One token without backslashes or single quotes: non-blanks and "quoted strings", adjacent.
 _TOKEN_RE = re.compile(r'(?:[^ \t\r\n"]+|"[^"]*")+')  # shlex's blanks
+# What no rule may contain: anything but printable ASCII (a newline would end the rule and start
+# another line of restore input), backslashes and single quotes (iptables-restore and shlex
+# disagree about them). Double quotes must pair up.
+_UNSAFE_RULE_CHAR_RE = re.compile(r"[^\x20-\x7e]|[\\']")
 _ERROR_LINE_RE = re.compile(r"Error occurred at line: (\d+)|\bline (\d+)(?: failed|:)")
 
 # nf_tables' generation counter, read over netlink (linux/netfilter/nf_tables.h, nfnetlink.h).
@@ -194,6 +202,66 @@ def tokens(rule: str) -> Rule:
     if rule.count('"') % 2:
         raise ValueError("No closing quotation")  # what shlex says
     return tuple(token.replace('"', "") for token in _TOKEN_RE.findall(rule))
+
+
+def unsafe_rule(rule: str) -> str | None:
+    """Why `rule` is not safe as one line of ``iptables-restore`` input, or None if it is.
+
+    The renderer escapes and validates everything it writes; this is the last check before the
+    kernel, so that a renderer bug can never let one rule's text become several."""
+    bad = _UNSAFE_RULE_CHAR_RE.search(rule)
+    if bad is not None:
+        return f"character {bad.group()!r} at offset {bad.start()}"
+    if rule.count('"') % 2:
+        return "unbalanced double quote"
+    if rule.lstrip().startswith(("*", ":", "COMMIT", "#")) or not rule.strip():
+        return "not a rule"
+    return None
+
+
+# Matches iptables-save adds by itself: "-p tcp --dport 22" is listed as "-p tcp -m tcp --dport 22".
+_IMPLICIT_MATCHES = frozenset({"tcp", "udp", "udplite", "sctp", "dccp", "icmp", "icmp6"})
+
+
+def _canonical_tokens(rule: Rule) -> Counter[str]:
+    """A rule's tokens as a multiset, without the spelling differences iptables-save makes: the
+    implicit protocol match, and "/32" or "/128" on a single address."""
+    out: Counter[str] = Counter()
+    skip = False
+    previous = ""
+    for word, following in itertools.zip_longest(rule, rule[1:]):
+        if skip:
+            skip = False
+        elif word == "-m" and following in _IMPLICIT_MATCHES:
+            skip = True
+        elif previous in ("-p", "--protocol"):
+            out[_protocol_number(word)] += 1
+        else:
+            out[word.removesuffix("/32").removesuffix("/128")] += 1
+        previous = word
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _protocol_number(name: str) -> str:
+    """iptables-save lists a protocol by its name in /etc/protocols when it has one ("-p 4" is
+    listed as "-p ipencap"): compare numbers."""
+    if name.isdigit():
+        return name
+    try:
+        return str(socket.getprotobyname(name))
+    except OSError:
+        return name
+
+
+def same_rules(ours: Sequence[Rule], printed: Sequence[Rule]) -> bool:
+    """Whether `printed` (what iptables-save listed) is only another spelling of `ours`: as many
+    rules, each with the same tokens up to the differences iptables-save makes and the order of
+    its matches. Never true for a rule more or less, or any other token."""
+    if len(ours) != len(printed):
+        return False
+    pairs = zip(ours, printed, strict=True)
+    return all(_canonical_tokens(a) == _canonical_tokens(b) for a, b in pairs)
 
 
 def targets(rule: Rule) -> Iterator[str]:
@@ -332,6 +400,9 @@ class IptablesTable:
         # chain -> (rule specs we wrote, how iptables-save printed them back)
         self._learned: dict[str, tuple[tuple[str, ...], tuple[Rule, ...]]] = {}
         self._failed: dict[str, str] = {}  # chain -> why the kernel refused it
+        # chain -> (the rules asked for, why they were refused before reaching the kernel): the
+        # chain holds UNSAFE_RULES until it is set to something else.
+        self._unsafe: dict[str, tuple[tuple[str, ...], str]] = {}
         self._in_grace = True
         self._dirty = False
         # How many desired chains and hooks jump to each Felix chain (those need a stub if not
@@ -350,12 +421,21 @@ class IptablesTable:
     def set_chain(self, name: str, rules: Sequence[str]) -> None:
         _check_chain_name(name)
         rules = tuple(rules)
-        if self._chains.get(name) == rules:
+        unsafe = self._unsafe.get(name)
+        if self._chains.get(name) == rules or (unsafe is not None and unsafe[0] == rules):
             # Unchanged (the caller re-sent it): nothing to plan. Whatever is pending for this
             # chain (a failed stub, a rewrite) stays as it is.
             return
-        toks = tuple(tokens(rule) for rule in rules)  # fail here, not in a later apply
         self._failed.pop(name, None)  # new content deserves a new try
+        self._unsafe.pop(name, None)
+        problems = [(rule, why) for rule in rules if (why := unsafe_rule(rule)) is not None]
+        if problems:
+            rule, why = problems[0]
+            reason = f"unsafe rule ({why}): {quoted(rule)}"
+            log.error("%r: refusing chain %s, programming a drop stub: %s", self, name, reason)
+            self._unsafe[name] = (rules, reason)
+            rules = UNSAFE_RULES
+        toks = tuple(tokens(rule) for rule in rules)
         old_refs = self._refs.get(name, frozenset())
         new_refs = frozenset(t for rule in toks for t in targets(rule) if names.is_felix_name(t))
         self._count_refs(old_refs, -1)
@@ -370,6 +450,7 @@ class IptablesTable:
 
     def remove_chain(self, name: str) -> None:
         self._failed.pop(name, None)
+        self._unsafe.pop(name, None)
         self._tokens.pop(name, None)
         if self._chains.pop(name, None) is not None:
             old_refs = self._refs.pop(name)
@@ -423,8 +504,9 @@ class IptablesTable:
 
     @property
     def failed_chains(self) -> dict[str, str]:
-        """Chains the kernel refused (programmed as drop stubs instead), with the reason."""
-        return dict(self._failed)
+        """Chains the kernel refused or that were unsafe to write (programmed as drop stubs
+        instead), with the reason."""
+        return {**{c: why for c, (_, why) in self._unsafe.items()}, **self._failed}
 
     # -- applying -----------------------------------------------------------------------------
 
@@ -569,8 +651,33 @@ class IptablesTable:
             # Learn the kernel's spelling of what we wrote, so later refreshes compare exactly.
             self._model = self._read()
             for chain, rules in plan.writes.items():
-                self._learned[chain] = (rules, tuple(self._model.get(chain, ())))
+                self._learn_spelling(chain, rules, tuple(self._model.get(chain, ())))
         self._done()
+
+    def _learn_spelling(
+        self, chain: str, rules: tuple[str, ...], printed: tuple[Rule, ...]
+    ) -> None:
+        """Remember how the kernel printed `rules`, if that is only another spelling of them.
+
+        Anything else (a rule more or less, a different match or target) means the kernel does
+        not hold what we wrote, e.g. another tool edited the chain between our write and our
+        read: learning it would make us defend that edit as ours forever. Such a chain is not
+        learned, so the next refresh rewrites it."""
+        ours = self._expected_plain(chain, rules)
+        if printed == ours:
+            self._learned.pop(chain, None)
+        elif same_rules(ours, printed):
+            self._learned[chain] = (rules, printed)
+        else:
+            self._learned.pop(chain, None)
+            log.warning(
+                "%r: the kernel lists chain %s unlike what was written (%d rules written, %d "
+                "listed); it will be rewritten at the next refresh",
+                self,
+                chain,
+                len(ours),
+                len(printed),
+            )
 
     def _done(self) -> None:
         """The kernel matches the desired state (as far as the model knows)."""
@@ -657,6 +764,10 @@ class IptablesTable:
         learned = self._learned.get(chain)
         if learned and learned[0] == rules:
             return learned[1]
+        return self._expected_plain(chain, rules)
+
+    def _expected_plain(self, chain: str, rules: tuple[str, ...]) -> tuple[Rule, ...]:
+        """`rules` as tokens, in our own spelling."""
         if self._chains.get(chain) == rules:
             return self._tokens[chain]
         return tuple(tokens(rule) for rule in rules)  # a stub

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
+from calico.common.quoting import quoted
 from calico.common.resources import IPPool
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
+from calico.felix.dataplane.claims import Claims
 from calico.felix.dataplane.commands import CommandRunner
 from calico.felix.dataplane.interfaces import SysctlWriter, configure_interface
 from calico.felix.dataplane.ipsets import HASH_NET, IpsetError, IpsetTable, SavedSet
@@ -82,15 +84,23 @@ class DataplaneManager:
             key: {} for key in kernel.iptables
         }
         self._workloads: dict[WorkloadEndpointKey, m.WorkloadEndpointUpdate] = {}
+        # Kernel state belongs to interfaces, not keys: the chains, routes and ARP entries of
+        # an interface are rendered from the one endpoint that owns it (see _owner), so a
+        # re-keyed endpoint or a stale duplicate never takes them away from the live one.
+        self._claims = Claims[WorkloadEndpointKey](_rank)  # interface -> endpoints naming it
+        self._ip_claims = Claims[WorkloadEndpointKey](_rank)  # IP -> active endpoints with it
         self._host_endpoints: dict[HostEndpointKey, m.HostEndpointUpdate] = {}
         self._pools: dict[IPPoolKey, m.IPPoolUpdate] = {}
         self._interfaces_up: dict[str, bool] = {}
         self._interface_addrs: dict[str, frozenset[str]] = {}
-        self._dirty_workloads: set[WorkloadEndpointKey] = set()
-        # Workloads whose routes must be set again (new, moved, re-addressed, interface event):
-        # a policy or label change re-renders an endpoint's chains but leaves its routes alone.
-        self._dirty_routes: set[WorkloadEndpointKey] = set()
-        self._removed_interfaces: set[str] = set()
+        # Workload interfaces whose chains must be rendered again.
+        self._dirty_interfaces: set[str] = set()
+        # Workload interfaces whose routes must be set again (new, moved, re-addressed, an
+        # interface event, an IP conflict resolved differently): a policy or label change
+        # re-renders an endpoint's chains but leaves its routes alone.
+        self._dirty_routes: set[str] = set()
+        # Host interface names that cannot be written into a rule (logged once each).
+        self._unusable_names: set[str] = set()
         self._dirty_globals = True  # dispatch, NAT, host endpoints, static chains, pool sets
         # What the global chains were last rendered from (None: not yet).
         self._static_programmed = False
@@ -131,19 +141,12 @@ class DataplaneManager:
                 old = self._workloads.get(key)
                 if old == message:
                     return  # re-sent unchanged: nothing to do
-                if old is not None and old.endpoint.name != message.endpoint.name:
-                    self._removed_interfaces.add(old.endpoint.name)
-                if old is None or _route_inputs(old) != _route_inputs(message):
-                    self._dirty_routes.add(key)
                 self._workloads[key] = message
-                self._dirty_workloads.add(key)
-                self._dirty_globals = True
+                self._workload_changed(key, old, message)
             case m.WorkloadEndpointRemove(key):
                 old = self._workloads.pop(key, None)
                 if old is not None:
-                    self._removed_interfaces.add(old.endpoint.name)
-                self._dirty_workloads.add(key)
-                self._dirty_globals = True
+                    self._workload_changed(key, old, None)
             case m.HostEndpointUpdate(key):
                 self._host_endpoints[key] = message
                 self._dirty_globals = True
@@ -180,25 +183,103 @@ class DataplaneManager:
                 self._dirty_globals = True  # host endpoints may resolve by address
 
     def _dirty_interface(self, name: str) -> None:
-        for key, update in self._workloads.items():
-            if update.endpoint.name == name:
-                self._dirty_workloads.add(key)
-                self._dirty_routes.add(key)
+        if self._claims.claimants(name):
+            self._dirty_interfaces.add(name)
+            self._dirty_routes.add(name)
         if self._host_endpoints:
             self._dirty_globals = True
+
+    # --- Workload endpoints: who owns each interface and IP ------------------------------------
+
+    def _workload_changed(
+        self,
+        key: WorkloadEndpointKey,
+        old: m.WorkloadEndpointUpdate | None,
+        new: m.WorkloadEndpointUpdate | None,
+    ) -> None:
+        """Update the interface and IP claims of `key`; mark what must be programmed again."""
+        old_name = old.endpoint.name if old is not None else None
+        new_name = new.endpoint.name if new is not None else None
+        if old_name != new_name:
+            if old_name is not None:
+                self._claims.release(old_name, key)
+                self._dirty_routes.add(old_name)
+            if new_name is not None:
+                self._claims.claim(new_name, key)
+                self._dirty_routes.add(new_name)
+        for name in (old_name, new_name):
+            if name is not None:
+                self._dirty_interfaces.add(name)
+                if len(self._claims.claimants(name)) > 1:
+                    log.warning(
+                        "Conflict: endpoints %s all name interface %s; %s owns it (the first "
+                        "in key order, on every host)",
+                        sorted(repr(k) for k in self._claims.claimants(name)),
+                        name,
+                        self._claims.owner(name),
+                    )
+        if old is None or new is None or _route_inputs(old) != _route_inputs(new):
+            if new_name is not None:
+                self._dirty_routes.add(new_name)
+            old_ips, new_ips = _routed_ips(old), _routed_ips(new)
+            for ip in old_ips - new_ips:
+                self._ip_claims.release(ip, key)
+            for ip in new_ips - old_ips:
+                self._ip_claims.claim(ip, key)
+            # Every interface sharing one of these IPs may win or lose it now.
+            for ip in old_ips | new_ips:
+                for other in self._ip_claims.claimants(ip):
+                    self._dirty_routes.add(self._workloads[other].endpoint.name)
+        self._dirty_globals = True
+
+    def _owner(self, name: str) -> m.WorkloadEndpointUpdate | None:
+        """The endpoint whose chains and routes interface `name` carries, if any."""
+        key = self._claims.owner(name)
+        return self._workloads[key] if key is not None else None
+
+    def _owners(self) -> Iterator[m.WorkloadEndpointUpdate]:
+        for name in self._claims.resources():
+            owner = self._owner(name)
+            if owner is not None:
+                yield owner
+
+    def _routed_ips_of(self, update: m.WorkloadEndpointUpdate, ip_version: int) -> list[str]:
+        """The IPs of `update` (owner of its interface) to route there: all of its IPs of that
+        version, but an IP that another local endpoint also claims goes to the first of them
+        in key order (among those owning their interface), with a warning."""
+        routed = []
+        for ip in sorted(_routed_ips(update)):
+            if (":" in ip) != (ip_version == 6):
+                continue
+            claimants = self._ip_claims.claimants(ip)
+            if len(claimants) > 1:
+                owning = [k for k in claimants if self._claims.owner(
+                    self._workloads[k].endpoint.name) == k]  # fmt: skip
+                winner = min(owning, key=_rank)
+                if winner != update.id:
+                    log.warning(
+                        "Conflict: endpoints %s all claim IP %s; it is routed to %s",
+                        sorted(repr(k) for k in claimants),
+                        ip,
+                        winner,
+                    )
+                    continue
+            routed.append(ip)
+        return routed
 
     # --- Policies and profiles -----------------------------------------------------------------
 
     def _set_policy(self, key: PolicyKey, update: m.ActivePolicyUpdate | None) -> None:
         for v in self._kernel.versions:
-            chains = r.policy_chains(update, v, self._config) if update else {}
+            chains = self._render(f"policy {key}", r.policy_chains, update, v) if update else {}
             self._own(v, names.FILTER, ("policy", key), chains)
             raw = chains if update is not None and update.untracked else {}
             self._own(v, names.RAW, ("policy", key), raw)
 
     def _set_profile(self, profile_id: str, update: m.ActiveProfileUpdate | None) -> None:
         for v in self._kernel.versions:
-            chains = r.profile_chains(update, v, self._config) if update else {}
+            what = f"profile {profile_id}"
+            chains = self._render(what, r.profile_chains, update, v) if update else {}
             self._own(v, names.FILTER, ("profile", profile_id), chains)
 
     def _own(self, version: int, table: str, owner: Owner, chains: Chains) -> None:
@@ -221,11 +302,8 @@ class DataplaneManager:
         """Program everything dirty. Raises the drivers' errors; state stays dirty for a retry."""
         if not self.in_sync:
             return
-        for name in self._removed_interfaces:  # first: a name may be reused by another endpoint
-            for routes in self._kernel.routes.values():
-                routes.remove_interface(name)
-        for key in sorted(self._dirty_workloads, key=repr):
-            self._program_workload(key)
+        for name in sorted(self._dirty_interfaces | self._dirty_routes):
+            self._program_interface(name)
         if self._dirty_globals:
             self._program_globals()
         saved = self._read_ipsets() if force_refresh else None
@@ -239,9 +317,8 @@ class DataplaneManager:
         for routes in self._kernel.routes.values():
             routes.apply(full=force_refresh)  # a refresh re-reads and repairs routes, too
         self._configure_interfaces()
-        self._dirty_workloads.clear()
+        self._dirty_interfaces.clear()
         self._dirty_routes.clear()
-        self._removed_interfaces.clear()
         self._dirty_globals = False
 
     def _read_ipsets(self) -> dict[str, SavedSet] | None:
@@ -265,22 +342,36 @@ class DataplaneManager:
             for name in ipsets.cleanup_orphans():
                 log.info("Removed orphan ipset %s", name)
 
-    def _program_workload(self, key: WorkloadEndpointKey) -> None:
-        update = self._workloads.get(key)
+    def _program_interface(self, name: str) -> None:
+        """The chains (if dirty) and routes (if dirty) of one workload interface, from the
+        endpoint that owns it; nothing if no endpoint names it any more."""
+        update = self._owner(name)
         for v in self._kernel.versions:
-            chains = r.workload_endpoint_chains(update, v, self._config) if update else {}
-            self._own(v, names.FILTER, ("endpoint", key), chains)
+            if name in self._dirty_interfaces:
+                chains = (
+                    self._render(f"endpoint {update.id}", r.workload_endpoint_chains, update, v)
+                    if update is not None
+                    else {}
+                )
+                self._own(v, names.FILTER, ("interface", name), chains)
+            if name not in self._dirty_routes:
+                continue
             routes = self._kernel.routes[v]
-            if update is None or key not in self._dirty_routes:
+            if update is None or not update.endpoint.active:
+                routes.remove_interface(name)
                 continue
-            endpoint = update.endpoint
-            if not endpoint.active:
-                routes.remove_interface(endpoint.name)
-                continue
-            nets = endpoint.ipv4_nets if v == 4 else endpoint.ipv6_nets
-            nats = endpoint.ipv4_nat if v == 4 else endpoint.ipv6_nat
-            ips = [net.split("/")[0] for net in nets] + [nat.ext_ip for nat in nats]
-            routes.set_routes(endpoint.name, ips, mac=endpoint.mac if v == 4 else None)
+            mac = update.endpoint.mac if v == 4 else None
+            routes.set_routes(name, self._routed_ips_of(update, v), mac=mac)
+
+    def _render(self, what: str, render: Callable[..., Chains], *args: object) -> Chains:
+        """Chains from a renderer, or none if it fails: rendering works on validated input, so
+        a failure is a bug, but it must cost only this object. Its chains are then missing, and
+        whatever jumps to them gets a drop stub (fail closed)."""
+        try:
+            return render(*args, self._config)
+        except Exception:
+            log.exception("Cannot render the chains of %s; its traffic is dropped", what)
+            return {}
 
     def _program_globals(self) -> None:
         """Chains that depend on more than one endpoint, and the pool sets. This runs after every
@@ -288,9 +379,7 @@ class DataplaneManager:
         change at 1,000 endpoints must not re-render the dispatch trees)."""
         if not self._static_programmed:
             self._program_static()
-        active = tuple(
-            sorted(u.endpoint.name for u in self._workloads.values() if u.endpoint.active)
-        )
+        active = tuple(sorted(u.endpoint.name for u in self._owners() if u.endpoint.active))
         if active != self._last_dispatch:
             self._last_dispatch = active
             for v in self._kernel.versions:
@@ -325,7 +414,7 @@ class DataplaneManager:
         floating = sorted(
             {
                 (nat.int_ip, nat.ext_ip)
-                for u in self._workloads.values()
+                for u in self._owners()
                 if u.endpoint.active
                 for nat in u.endpoint.ipv4_nat + u.endpoint.ipv6_nat
             }
@@ -360,7 +449,7 @@ class DataplaneManager:
         held = {
             name: {str(ipaddress.ip_interface(cidr).ip) for cidr in cidrs}
             for name, cidrs in self._interface_addrs.items()
-            if not name.startswith(prefixes)
+            if not name.startswith(prefixes) and self._usable_name(name)
         }
         for key in sorted(self._host_endpoints, key=lambda k: k.endpoint):
             update = self._host_endpoints[key]
@@ -377,13 +466,35 @@ class DataplaneManager:
                 resolved[name] = update
         return resolved
 
+    def _usable_name(self, name: str) -> bool:
+        """Whether a host interface name (from the kernel, so input like any other) can be
+        written into a rule. The kernel allows quotes, "+" (iptables' wildcard) and more in a
+        name; such an interface is never matched by address, and is logged once."""
+        if names.usable_interface_name(name):
+            return True
+        if name not in self._unusable_names:
+            self._unusable_names.add(name)
+            log.error(
+                "Host interface %s has a name Felix cannot write into a rule (need %s); host "
+                "endpoints are not applied to it",
+                quoted(name),
+                names.INTERFACE_NAME_RULE,
+            )
+        return False
+
     def _program_host_endpoints(
         self, version: int, resolved: Mapping[str, m.HostEndpointUpdate]
     ) -> None:
         filter_chains: Chains = {}
         raw_chains: Chains = {}
         for interface, update in resolved.items():
-            f, raw = r.host_endpoint_chains(update, interface, version, self._config)
+            try:
+                f, raw = r.host_endpoint_chains(update, interface, version, self._config)
+            except Exception:
+                # As _render: a bug costs this interface only (the dispatch's jump to its
+                # missing chains gets a drop stub).
+                log.exception("Cannot render host endpoint %s on %s", update.id, interface)
+                continue
             filter_chains.update(f)
             raw_chains.update(raw)
         self._own(version, names.FILTER, ("host-endpoints", None), filter_chains)
@@ -394,7 +505,7 @@ class DataplaneManager:
         NDP entry for the endpoint's gateway so the workload can resolve it (§5.11)."""
         if self._sysctls is None:
             return
-        for update in self._workloads.values():
+        for update in self._owners():
             endpoint = update.endpoint
             if not endpoint.active or not self._interfaces_up.get(endpoint.name):
                 continue
@@ -451,8 +562,10 @@ class DataplaneManager:
             name = update.endpoint.name
             if not self._interfaces_up.get(name):
                 statuses[key] = "down"
+            elif self._claims.owner(name) != key:
+                statuses[key] = "error"  # another endpoint owns the interface (a conflict)
             elif (
-                (apply_failed and key in self._dirty_workloads)
+                (apply_failed and name in self._dirty_interfaces)
                 or name in self._config_failed
                 or (refused and self._endpoint_chains(name) & refused)
             ):
@@ -474,6 +587,22 @@ class DataplaneManager:
                 else:
                     statuses[key] = "up"
         return statuses
+
+
+def _rank(key: WorkloadEndpointKey) -> tuple[str, str, str, str]:
+    """The order that decides conflicts, the same on every host."""
+    return (key.orchestrator, key.workload, key.endpoint, key.hostname)
+
+
+def _routed_ips(update: m.WorkloadEndpointUpdate | None) -> frozenset[str]:
+    """The addresses routed to an active endpoint's interface: its IPs and floating IPs."""
+    if update is None or not update.endpoint.active:
+        return frozenset()
+    e = update.endpoint
+    return frozenset(
+        [net.split("/")[0] for net in e.ipv4_nets + e.ipv6_nets]
+        + [nat.ext_ip for nat in e.ipv4_nat + e.ipv6_nat]
+    )
 
 
 def _route_inputs(update: m.WorkloadEndpointUpdate) -> tuple[object, ...]:

@@ -8,6 +8,7 @@ the host's, and Felix only ever inserts single jump rules into the kernel's buil
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Final
 
 PREFIX: Final = "felix-"
@@ -64,6 +65,25 @@ IPSET_ALL_POOLS: Final = "felix-all-ipam-pools"
 IPSET_MASQ_POOLS: Final = "felix-masq-ipam-pools"
 
 
+# Interface names Felix writes into rules (``-i``, ``-o``, chain names). The kernel allows far
+# more (anything but "/", ":", blanks and NUL), but a quote would break the rule and a "+" is
+# iptables' wildcard. Host interfaces are named by the kernel; VLANs need the ".".
+_USABLE_INTERFACE_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,15}")
+INTERFACE_NAME_RULE: Final = "1-15 characters of [a-zA-Z0-9_.-]"
+
+
+def usable_interface_name(name: str) -> bool:
+    return _USABLE_INTERFACE_NAME_RE.fullmatch(name) is not None
+
+
+def check_interface_name(name: str) -> str:
+    """`name`, if usable in a rule; else ValueError (the caller filters first: this is the
+    renderer's last check)."""
+    if not usable_interface_name(name):
+        raise ValueError(f"unusable interface name {name[:32]!r} (need {INTERFACE_NAME_RULE})")
+    return name
+
+
 def uniquely_shorten(text: str, length: int) -> str:
     """`text` if it fits in `length` characters, else ``_`` + a hash prefix of the right length.
 
@@ -89,6 +109,7 @@ def endpoint_suffix(interface: str, prefixes: tuple[str, ...]) -> str:
 def endpoint_chain(direction: str, interface: str, prefixes: tuple[str, ...]) -> str:
     """``felix-to-<suffix>`` or ``felix-from-<suffix>``; `direction` is "to" or "from"."""
     assert direction in ("to", "from")
+    check_interface_name(interface)
     return f"{PREFIX}{direction}-{endpoint_suffix(interface, prefixes)}"
 
 

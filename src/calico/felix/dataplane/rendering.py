@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ DROP_LOG_PREFIX = "calico-drop: "
 DEFAULT_LOG_PREFIX = "calico-packet"
 RULE_LOG_LEVEL = 5  # notice, for the log action and rule log prefixes
 MAX_COMMENT_LEN = 255
+_COMMENT_UNSAFE_RE = re.compile(r"[^A-Za-z0-9 _.,:/()=+@!-]")
 MAX_MULTIPORT_ENTRIES = 15  # kernel limit of xt_multiport; a range takes two entries
 METADATA_IP = "169.254.169.254"
 IPIP_TUNNEL = "tunl0"
@@ -188,8 +190,10 @@ def _join(*parts: str) -> str:
 
 
 def comment(text: str) -> str:
-    """A comment match. Quotes and backslashes are dropped: they would break tokenising."""
-    clean = text.replace('"', "").replace("\\", "")[:MAX_COMMENT_LEN]
+    """A comment match. Comments quote IDs from the datastore, so every character outside a
+    small safe set (quotes, backslashes, newlines and other control characters, non-ASCII)
+    becomes "_": whatever the text, the comment stays one argument of one rule."""
+    clean = _COMMENT_UNSAFE_RE.sub("_", text)[:MAX_COMMENT_LEN]
     return f'-m comment --comment "{clean}"'
 
 
@@ -588,6 +592,7 @@ def _dispatch_tree(
     common = _common_prefix(interfaces) if interfaces else ""
     groups: dict[str, list[str]] = {}
     for iface in sorted(interfaces):
+        names.check_interface_name(iface)  # it is written into rules below
         groups.setdefault(iface[len(common) : len(common) + 1], []).append(iface)
     for char, members in sorted(groups.items()):
         if len(members) == 1 or not char:  # one interface (or the prefix itself): direct rule
