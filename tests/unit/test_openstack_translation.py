@@ -228,14 +228,14 @@ def rule(**over: Any) -> dict[str, Any]:
     ],
 )
 def test_rule_translation(neutron: dict[str, Any], direction: str, calico: dict[str, Any]) -> None:
-    assert t.rule_data(neutron) == (direction, calico)
+    assert t.rule_data(neutron) == (direction, [calico])
     parsed, problems = resources.parse_rule(calico)
     assert problems == []
     assert parsed is not None
 
 
 def test_unknown_protocol_rejected() -> None:
-    with pytest.raises(ValueError, match="protocol"):
+    with pytest.raises(t.Untranslatable, match="protocol"):
         t.rule_data(rule(protocol="nonsense"))
 
 
@@ -288,3 +288,239 @@ def test_interface_prefix(current: str | None, written: str | None) -> None:
 
 def test_dumps_is_canonical() -> None:
     assert t.dumps({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+
+
+# --- Protocol "any": 0, ip, hopopt -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["0", 0, "ip", "hopopt", "IP", "any", "", None])
+@pytest.mark.parametrize("ethertype", ["IPv4", "IPv6"])
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_protocol_zero_is_any_protocol(protocol: object, ethertype: str, direction: str) -> None:
+    """Neutron accepts ip / hopopt / 0; its iptables driver leaves out -p for them."""
+    version = 6 if ethertype == "IPv6" else 4
+    end = "src" if direction == "ingress" else "dst"
+    anywhere = "::/0" if version == 6 else "0.0.0.0/0"
+    neutron = rule(protocol=protocol, ethertype=ethertype, direction=direction)
+    expected = {"ip_version": version, f"{end}_net": anywhere}
+    assert t.rule_data(neutron)[1] == [expected]
+    values = t.profile_values("sg-1", [neutron])
+    key = ProfileRulesKey("openstack-sg-sg-1")
+    parsed = resources.parse_profile_rules(values[key.path], key)
+    rules = parsed.inbound_rules if direction == "ingress" else parsed.outbound_rules
+    assert [r.protocol for r in rules] == [None]
+
+
+def test_protocol_table_agrees_with_neutron() -> None:
+    constants = pytest.importorskip("neutron_lib.constants")
+    assert dict(t.IP_PROTOCOL_NUMBERS) == constants.IP_PROTOCOL_MAP
+    # Every name Neutron accepts translates, in the IP version(s) it is valid for.
+    for name, number in constants.IP_PROTOCOL_MAP.items():
+        for ethertype in ("IPv6",) if number == 58 else ("IPv4", "IPv6"):
+            _, rules = t.rule_data(rule(protocol=name, ethertype=ethertype))
+            assert len(rules) == 1
+            assert (resources.parse_rule(rules[0])[1]) == []
+
+
+# --- Remote address groups ------------------------------------------------------------------
+
+GROUPS = {
+    "ag-1": ["10.1.0.0/16", "192.0.2.7/32", "fd00:1::/64", "10.1.0.0/16"],
+    "ag-empty": [],
+    "ag-v6": ["fd00:2::/48"],
+}
+
+
+def test_address_group_rule_is_one_rule_per_cidr() -> None:
+    base = rule(protocol="tcp", port_range_min=22, port_range_max=22)
+    direction, rules = t.rule_data({**base, "remote_address_group_id": "ag-1"}, GROUPS)
+    assert direction == "inbound"
+    assert rules == [
+        {"ip_version": 4, "protocol": "tcp", "dst_ports": [22], "src_net": "10.1.0.0/16"},
+        {"ip_version": 4, "protocol": "tcp", "dst_ports": [22], "src_net": "192.0.2.7/32"},
+    ]
+    six = {**base, "ethertype": "IPv6", "direction": "egress", "remote_address_group_id": "ag-1"}
+    assert t.rule_data(six, GROUPS) == (
+        "outbound",
+        [{"ip_version": 6, "protocol": "tcp", "dst_ports": [22], "dst_net": "fd00:1::/64"}],
+    )
+
+
+@pytest.mark.parametrize(
+    ("group", "ethertype"),
+    [("ag-empty", "IPv4"), ("ag-v6", "IPv4"), ("ag-gone", "IPv4"), ("ag-empty", "IPv6")],
+)
+def test_address_group_without_addresses_admits_nothing(group: str, ethertype: str) -> None:
+    """An empty group, a group with only the other family's addresses, or a group that cannot
+    be found: no rule at all, never a rule from anywhere."""
+    neutron = rule(remote_address_group_id=group, ethertype=ethertype)
+    assert t.rule_data(neutron, GROUPS) == ("inbound", [])
+    assert t.rule_data(neutron) == ("inbound", [])
+    other = rule(id="other", protocol="icmp")
+    assert t.profile_rules_data([neutron, other], GROUPS) == t.profile_rules_data([other])
+
+
+def test_address_groups_referenced() -> None:
+    rules = [rule(remote_address_group_id="ag-1"), rule(id="2"), rule(id="3", remote_group_id="x")]
+    assert t.address_group_ids(rules) == {"ag-1"}
+
+
+# --- Everything else fails closed ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        rule(port_range_min=22, port_range_max=22),  # ports without a protocol
+        rule(protocol="gre", port_range_min=1, port_range_max=2),  # ports on a portless protocol
+        rule(protocol="tcp", port_range_min=22),  # half a range
+        rule(protocol="tcp", port_range_min=30, port_range_max=20),
+        rule(protocol="tcp", port_range_min=1, port_range_max=70000),
+        rule(protocol="icmp", port_range_max=0),  # ICMP code without a type
+        rule(protocol="icmp", port_range_min=255),  # the kernel cannot match type 255
+        rule(protocol="icmp", port_range_min=-1),
+        rule(protocol="ipv6-icmp"),  # ICMPv6 in an IPv4 rule
+        rule(protocol="300"),
+        rule(protocol="tcp\n-A FORWARD -j ACCEPT"),
+        rule(remote_ip_prefix="fd00::/8"),  # the other family
+        rule(remote_ip_prefix="10.0.0.0/8", remote_group_id="sg-2"),  # two remotes
+        rule(remote_ip_prefix="fe80::%eth0/64", ethertype="IPv6"),  # a zone
+        rule(remote_ip_prefix="10.0.0.0/8\n"),
+        rule(remote_group_id="sg\nx"),
+        rule(direction="both"),
+        rule(ethertype="IPv5"),
+        rule(ethertype=None),
+        {**rule(), "remote_something_new": "x"},  # a field this translation does not know
+    ],
+)
+def test_untranslatable_rules_are_left_out(
+    bad: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = {**bad, "id": "bad"}
+    with pytest.raises(t.Untranslatable):
+        t.rule_data(bad)
+    good = rule(id="good", protocol="tcp", port_range_min=80, port_range_max=80)
+    with caplog.at_level("WARNING", logger="calico.openstack.translation"):
+        for _ in range(3):
+            data = t.profile_rules_data([bad, good])
+            assert data == t.profile_rules_data([good])
+    # Logged once however many passes meet it.
+    mentions = [r for r in caplog.records if "'bad'" in r.getMessage()]
+    assert len(mentions) <= 1
+
+
+def test_warn_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="calico.openstack.translation"):
+        for _ in range(3):
+            t.warn_once("test_warn_once: the same problem")
+    assert [r.getMessage() for r in caplog.records] == ["test_warn_once: the same problem"]
+
+
+# --- Ports: the endpoint key segments come from the tenant ------------------------------------
+
+HOSTILE = [
+    "",
+    ".",
+    "..",
+    "a\nb",
+    "vm\n-A felix-FORWARD -j ACCEPT\nCOMMIT",
+    "x'y",
+    'x"y',
+    "*filter",
+    "nul\x00byte",
+    "a" * 256,
+    "ünïcödé",
+    "a/b",
+    "a b",
+    "$(reboot)",
+    "tab\there",
+    "🙂",
+]
+
+
+@pytest.mark.parametrize("device_id", HOSTILE[3:])  # "", "." and ".." : see below
+def test_hostile_device_id_is_refused(device_id: str) -> None:
+    port = make_port(device_id=device_id)
+    problems = t.port_problems(port)
+    assert problems and "device_id" in problems[0]
+    assert "\n" not in problems[0]  # quoted
+    with pytest.raises(t.Untranslatable, match="device_id"):
+        t.endpoint_key(port)
+    with pytest.raises(t.Untranslatable):
+        t.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"])
+
+
+def test_device_id_edge_cases() -> None:
+    # An empty device_id means "no VM": the port ID is the workload.
+    assert t.endpoint_key(make_port(device_id="")).workload == PORT_ID
+    for bad in (".", ".."):
+        assert t.port_problems(make_port(device_id=bad))
+    # Valid but unusual IDs are fine: the rule is the data model's, not a UUID check.
+    for unusual in ("COMMIT", "-A", "..."):
+        assert t.endpoint_key(make_port(device_id=unusual)).workload == unusual
+    # Not an endpoint port: nothing is written for it, so nothing to refuse.
+    assert t.port_problems(make_port(device_owner="network:dhcp", device_id="a\nb")) == []
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"binding:host_id": "compute\n1"},
+        {"id": "port\nid"},
+        {"id": "a.b.c.d.e.f.g.h"},  # a valid ID, but "tapa.b.c.d.e." is no interface name
+        {"mac_address": "fa:16:3e:01:02:zz"},
+    ],
+)
+def test_other_port_fields_refused(over: dict[str, Any]) -> None:
+    port = make_port(**over)
+    assert t.port_problems(port)
+    with pytest.raises(t.Untranslatable):
+        t.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"])
+
+
+def test_optional_port_fields_are_dropped_not_fatal() -> None:
+    port = make_port(
+        dns_assignment=[{"fqdn": "vm1\n--dhcp-option=3,6.6.6.6.example.org.", "hostname": "x"}],
+        fixed_ips=[{"subnet_id": "sub4", "ip_address": "10.65.0.7"}],
+    )
+    bad_gateway = {**SUBNET4, "gateway_ip": "fe80::1%eth0"}
+    fips = [t.FloatingIP("10.65.0.99", "172.24.4.9"), t.FloatingIP("10.65.0.7", "bad\n")]
+    data = t.endpoint_data(port, {"sub4": bad_gateway}, ["sg", "bad\nsg"], fips)
+    assert "fqdn" not in data
+    assert "ipv4_gateway" not in data
+    assert "ipv4_nat" not in data
+    assert data["profile_ids"] == ["openstack-sg-sg"]
+    parse_endpoint(port, data)
+
+
+# --- Subnets ---------------------------------------------------------------------------------
+
+
+def test_subnet_optional_fields_are_dropped() -> None:
+    from calico.dhcp.model import parse_dhcp_subnet
+
+    subnet = {
+        **SUBNET4,
+        "gateway_ip": "10.99.0.1",  # outside the subnet: Neutron allows it
+        "dns_nameservers": ["8.8.8.8", "2001:4860::8888", "8.8.8.8\n"],
+        "host_routes": [
+            {"destination": "10.9.0.0/16", "nexthop": "10.65.0.254"},
+            {"destination": "fd00::/8", "nexthop": "10.65.0.254"},
+            {"destination": "10.8.0.0/16", "nexthop": "x\ny"},
+        ],
+    }
+    values = t.subnet_values(subnet)
+    key = DhcpSubnetKey("sub4")
+    data = json.loads(values[key.path])
+    assert data == {
+        "network_id": "net1",
+        "cidr": "10.65.0.0/24",
+        "gateway_ip": None,
+        "dns_servers": ["8.8.8.8"],
+        "host_routes": [{"destination": "10.9.0.0/16", "nexthop": "10.65.0.254"}],
+    }
+    assert parse_dhcp_subnet(values[key.path], key).dns_servers == ("8.8.8.8",)
+    with pytest.raises(t.Untranslatable):
+        t.subnet_values({**SUBNET4, "id": "sub\n4"})
+    with pytest.raises(t.Untranslatable):
+        t.subnet_values({**SUBNET4, "network_id": "net'1"})
