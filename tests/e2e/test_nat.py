@@ -378,3 +378,28 @@ def test_metadata_none_removes_dnat_and_accept(lab: NatLab) -> None:
         )
     # ...and Felix is otherwise at work: A still reaches B.
     assert ping_reply_from(lab.a.ns, lab.b.ip) == lab.b.ip
+
+
+def test_metadata_addr_as_a_host_name_is_resolved(lab: NatLab) -> None:
+    """The seed allows a domain name for MetadataAddr; Felix used to crash-loop on it (issue 12,
+    item 5). "localhost" resolves to 127.0.0.1, where the metadata server listens."""
+    lab.ensure_felix({"FELIX_METADATAADDR": "localhost"})
+    accept = METADATA_ACCEPT.search(lab.input_rules())
+    assert accept is not None and accept.group(1, 2) == ("127.0.0.1", "8775"), accept
+    with EchoServer(lab.host.ns, "127.0.0.1", 8775) as server:
+        reply = lab.expect_reply(
+            "A -> http://169.254.169.254/ (MetadataAddr localhost)",
+            lambda: server.fetch(lab.a.ns, METADATA_IP, 80),
+        )
+    assert reply == Reply(server.token, lab.a.ip, "127.0.0.1", METADATA_IP), reply
+
+
+def test_metadata_addr_that_does_not_resolve_leaves_felix_running(lab: NatLab) -> None:
+    """A name that does not resolve: Felix runs and programs everything else, says why there
+    is no metadata NAT, and retries (it resolves again later)."""
+    lab.ensure_felix({"FELIX_METADATAADDR": "no-such-host.invalid"})
+    assert lab.felix is not None
+    lab.felix.wait_for("MetadataAddr 'no-such-host.invalid' does not resolve", 10)
+    assert METADATA_IP not in lab.nat_rules()
+    assert ping_reply_from(lab.a.ns, lab.b.ip) == lab.b.ip
+    assert lab.felix.proc.poll() is None

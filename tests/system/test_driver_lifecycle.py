@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,3 +70,50 @@ def test_sigterm_stops_both(lab: Lab) -> None:
     assert felix.stop() == 0
     assert _gone(driver_pid)
     assert "Felix closed the pipe; the dataplane driver stops" in felix.text()
+
+
+def test_a_fatal_driver_error_reaches_felix_log_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12, item 5: the driver's reason for stopping must be in Felix's log, not only on
+    the driver's stderr. The real driver's main() with a build() that fails, then Felix's side
+    (DriverProcess) reading the report from a driver that says why it stops."""
+    from calico.felix.dataplane import driver
+    from calico.felix.dataplane.connection import DriverProcess
+    from calico.felix.dataplane.pipe import DriverFatal, DriverInit, FrameReader, FrameWriter
+
+    def broken_build(config: object) -> object:
+        raise RuntimeError("cannot program: the kernel said no")
+
+    monkeypatch.setattr(driver, "build", broken_build)
+    monkeypatch.setattr(driver.logs, "configure", lambda **kwargs: [])
+    to_driver_r, to_driver_w = os.pipe()
+    from_driver_r, from_driver_w = os.pipe()
+    config = {
+        "LogSeverityScreen": None, "LogFilePath": None, "LogSeverityFile": None,
+        "LogSeveritySys": None,
+    }  # fmt: skip
+    FrameWriter(to_driver_w).send([DriverInit(config)])
+    argv = ["--from-felix", str(to_driver_r), "--to-felix", str(from_driver_w)]
+    assert driver.main(argv) == driver.EXIT_FATAL
+    frames = FrameReader(from_driver_r).read()
+    assert frames and isinstance(frames[0][0], DriverFatal)
+    assert "the kernel said no" in frames[0][0].reason
+    for fd in (to_driver_r, to_driver_w, from_driver_r, from_driver_w):
+        os.close(fd)
+
+    script = (
+        "import sys\n"
+        "from calico.felix.dataplane.pipe import DriverFatal, FrameWriter\n"
+        "FrameWriter(int(sys.argv[sys.argv.index('--to-felix') + 1]))"
+        ".send([DriverFatal('MetadataAddr is bad')])\n"
+        "sys.exit(1)\n"
+    )
+    reasons: list[str] = []
+    process = DriverProcess({}, on_exit=reasons.append, argv=[sys.executable, "-c", script])
+    deadline = time.monotonic() + 10
+    while not reasons and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.stop()
+    assert reasons == ["the dataplane driver exited (status 1): MetadataAddr is bad"]
+    assert "The dataplane driver failed: MetadataAddr is bad" in caplog.text

@@ -11,6 +11,7 @@ import base64
 import itertools
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,43 @@ def test_endpoint_status_up_down_removed_and_stale_cleanup(
 
 def _v2_missing(etcd: EtcdServer, path: str) -> bool:
     return requests.get(etcd._v2_url(path), timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_status_key_never_lapses_between_healthy_reports(
+    etcd: EtcdServer, api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, item 8: a TTL just above the interval passed the old check, but reports come
+    up to JITTER late, so the key lapsed between two healthy reports. Here the jitter is made
+    large (100 %) and always at its maximum, with a TTL just above the interval: the key must
+    be present every time it is sampled once it was first written."""
+    from calico.common.etcd import connect
+    from calico.common.etcd.base import EtcdSettings
+    from calico.felix import status
+
+    monkeypatch.setattr(status, "JITTER", 1.0)
+    monkeypatch.setattr(status, "REPORT_SLACK_SECS", 0.5)
+    store = Store(etcd, api)
+    key = "/calico/felix/v1/host/ttl-host/status"
+    store.delete(key)
+    reporter = status.StatusReporter(
+        connect(api, EtcdSettings((etcd.client_url,))),
+        "ttl-host",
+        interval=2,
+        ttl=3,  # above the interval, below the longest gap (2 s + 100 % jitter)
+        endpoint_reporting=False,
+        endpoint_delay=1.0,
+        started_at=0.0,
+        jitter=lambda: 0.999,
+    )
+    reporter.start()
+    try:
+        assert wait_until(lambda: store.get(key) is not None, 10, 0.1)
+        missing = []
+        for _ in range(100):  # 10 s: two or three reports
+            if store.get(key) is None:
+                missing.append(_)
+            time.sleep(0.1)
+        assert not missing, f"the status key lapsed at samples {missing}"
+    finally:
+        reporter.stop()

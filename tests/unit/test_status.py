@@ -57,12 +57,16 @@ UP, DOWN = json.dumps({"status": "up"}), json.dumps({"status": "down"})
 @pytest.mark.parametrize(
     ("interval", "ttl", "expected"),
     [
-        (30, 90, 90),  # defaults: longer than the interval, kept
-        (3, 4, 4),
+        (30, 90, 90),  # defaults: longer than the longest gap (35 s), kept
+        (3, 6, 6),
         (30, 30, 75),  # TTL == interval would lapse between reports: interval * 5 // 2
         (30, 10, 75),
+        (30, 33, 75),  # just above the interval: reports up to 10 % late + slack would lapse
+        (30, 35, 75),
+        (30, 36, 36),
+        (3, 4, 7),  # within the slack of a report's write
         (3, 0, 7),  # integer division
-        (1, 1, 2),
+        (1, 1, 5),  # 2.5 intervals is not enough at 1 s: ceil(longest gap) + 1
         (0, 90, 0),  # reporting disabled
     ],
 )

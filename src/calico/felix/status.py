@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -52,6 +53,8 @@ STATUS_ERROR = "error"
 # than the reporting interval, so a short interval keeps its promise after a blip.
 RETRY_SECS = 5.0
 JITTER = 0.1
+# Time a liveness write may take (an etcd request and its retry) on top of the interval.
+REPORT_SLACK_SECS = 2.0
 
 # What `in_etcd` holds for a key whose fate is unknown after a failed request: it matches no
 # value and is not "absent", so the key is written or deleted again.
@@ -61,17 +64,25 @@ StatusKey = WorkloadEndpointStatusKey | HostEndpointStatusKey
 Jitter = Callable[[], float]  # a number in [0, 1)
 
 
+def longest_gap(interval: int) -> float:
+    """The longest time between two healthy liveness reports: the interval with its largest
+    jitter, plus REPORT_SLACK_SECS for the write itself."""
+    return interval * (1 + JITTER) + REPORT_SLACK_SECS
+
+
 def effective_ttl(interval: int, ttl: int) -> int:
     """The TTL actually put on the `status` key.
 
-    A TTL no longer than the interval would let the key lapse between two healthy reports, so,
-    as [1.4] did, it is replaced by interval * 5 // 2 (two and a half intervals). 0 when
-    reporting is disabled."""
+    A TTL no longer than the longest gap between two reports would let the key lapse while
+    Felix is healthy (Neutron would then see the agent as dead). [1.4] compared the TTL with
+    the interval only, which a TTL just above the interval passes although the jitter makes
+    reports up to 10 % late. Such a TTL is replaced by two and a half intervals (as [1.4] did),
+    or more where that is still too short. 0 when reporting is disabled."""
     if interval <= 0:
         return 0
-    if ttl <= interval:
-        return interval * 5 // 2
-    return ttl
+    if ttl > longest_gap(interval):
+        return ttl
+    return max(interval * 5 // 2, math.ceil(longest_gap(interval)) + 1)
 
 
 def liveness_json(wall: datetime, uptime: float, first_update: bool) -> str:
@@ -233,12 +244,13 @@ class StatusReporter:
         endpoint_reporting: bool,
         endpoint_delay: float,
         started_at: float,
+        jitter: Jitter = random.random,
     ):
         self._client = client
         self._hostname = hostname
         self._started_at = started_at
         self._endpoint_reporting = endpoint_reporting
-        self._liveness = LivenessSchedule(interval, ttl, time.monotonic())
+        self._liveness = LivenessSchedule(interval, ttl, time.monotonic(), jitter)
         self._queue = EndpointStatusQueue(endpoint_delay)
         self._cleanup_due_at: float | None = None
         self._cleanup_done = False
@@ -249,7 +261,8 @@ class StatusReporter:
             log.info("Felix status reporting is disabled (ReportingIntervalSecs = 0)")
         elif self._liveness.ttl != ttl:
             log.warning(
-                "ReportingTTLSecs %d is not longer than ReportingIntervalSecs %d; using TTL %d",
+                "ReportingTTLSecs %d is not longer than the longest gap between reports "
+                "(ReportingIntervalSecs %d plus jitter and slack); using TTL %d",
                 ttl,
                 interval,
                 self._liveness.ttl,

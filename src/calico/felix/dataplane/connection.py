@@ -21,6 +21,7 @@ from calico.felix.calc import messages as m
 from calico.felix.daemon import DataplaneGone
 from calico.felix.dataplane.pipe import (
     BatchReceived,
+    DriverFatal,
     DriverInit,
     DriverReady,
     FrameReader,
@@ -75,19 +76,24 @@ class DriverProcess:
             raise DataplaneGone(f"cannot write to the dataplane driver: {e}") from e
 
     def _watch(self) -> None:
+        fatal = ""
         try:
             while (frames := self._reader.read()) is not None:
                 for batch in frames:
                     for report in batch:
                         if isinstance(report, DriverReady):
                             log.debug("Dataplane driver programmed the first in-sync state")
+                        if isinstance(report, DriverFatal):
+                            fatal = f": {report.reason}"
+                            log.error("The dataplane driver failed: %s", report.reason)
+                            continue
                         if self._on_report is not None:
                             self._on_report(report)
         except OSError as e:
             log.warning("Reading from the dataplane driver failed: %s", e)
         code = self._proc.wait()
         if not self._stopping.is_set():
-            self._on_exit(f"the dataplane driver exited (status {code})")
+            self._on_exit(f"the dataplane driver exited (status {code}){fatal}")
 
     def stop(self) -> int:
         """Close the driver's pipe (it exits on end of file); escalate if it lingers."""

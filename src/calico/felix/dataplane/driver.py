@@ -19,12 +19,15 @@ import os
 import random
 import select
 import shutil
+import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from calico.common import logs
+from calico.common.quoting import quoted
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import metrics
 from calico.felix.dataplane.commands import LocalRunner
@@ -39,13 +42,14 @@ from calico.felix.dataplane.iptables import IptablesError, IptablesTable, nft_ge
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
 from calico.felix.dataplane.pipe import (
     BatchReceived,
+    DriverFatal,
     DriverInit,
     DriverReady,
     EndpointStatusReport,
     FrameReader,
     FrameWriter,
 )
-from calico.felix.dataplane.rendering import RenderConfig
+from calico.felix.dataplane.rendering import RenderConfig, is_ipv4
 from calico.felix.dataplane.routes import RouteTable
 
 log = logging.getLogger("calico.felix.dataplane")
@@ -53,6 +57,11 @@ log = logging.getLogger("calico.felix.dataplane")
 PROG = "calico-felix-dataplane"
 RETRY_MIN_SECS = 0.1
 RETRY_MAX_SECS = 10.0
+# How often a MetadataAddr host name is resolved again: while it does not resolve, and after
+# that to follow a change of address (Felix 1.4 resolved it once, at start).
+RESOLVE_RETRY_SECS = 10.0
+RESOLVE_REFRESH_SECS = 300.0
+RESOLVE_FIRST_WAIT_SECS = 2.0
 EXIT_FELIX_GONE = 0
 EXIT_FATAL = 1
 _APPLY_ERRORS = (IptablesError, IpsetError, OSError)
@@ -67,6 +76,48 @@ def next_interface_poll(now: float, interval: float) -> float | None:
 
     Netlink events are the fast path; this poll only repairs a missed event, so no jitter."""
     return None if interval <= 0 else now + interval
+
+
+def resolve_ipv4(name: str) -> str | None:
+    """The first IPv4 address of host `name`, or None (logged) if it does not resolve now."""
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        log.error(
+            "MetadataAddr %s does not resolve to an IPv4 address (%s); no metadata NAT until it "
+            "does (retried every %.0f s)",
+            quoted(name),
+            e,
+            RESOLVE_RETRY_SECS,
+        )
+        return None
+    return str(infos[0][4][0])
+
+
+class MetadataResolver:
+    """Resolves a MetadataAddr host name in a thread of its own, now and then: a DNS server
+    that does not answer must never stall the dataplane loop. `address` is the latest answer
+    (None until one came); a failure keeps the last good one."""
+
+    def __init__(self, name: str, resolve: Callable[[str], str | None] = resolve_ipv4) -> None:
+        self.name = name
+        self._resolve = resolve
+        self.address: str | None = None
+        self._first = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metadata-resolver", daemon=True)
+        self._thread.start()
+
+    def wait_first(self, timeout: float) -> str | None:
+        self._first.wait(timeout)
+        return self.address
+
+    def _run(self) -> None:
+        while True:
+            address = self._resolve(self.name)
+            if address is not None:
+                self.address = address  # one reference assignment: atomic for the reader
+            self._first.set()
+            time.sleep(RESOLVE_RETRY_SECS if self.address is None else RESOLVE_REFRESH_SECS)
 
 
 def ip_versions(ipv6_support: bool | str) -> tuple[int, ...]:
@@ -84,6 +135,7 @@ class DriverLoop:
         writer: FrameWriter,
         manager: DataplaneManager,
         watcher: InterfaceWatcher | None,
+        resolver: MetadataResolver | None = None,
     ) -> None:
         self._config = config
         self._reader = reader
@@ -98,6 +150,10 @@ class DriverLoop:
         self._retry_delay = RETRY_MIN_SECS
         self._refresh_at = self._next_refresh(time.monotonic())
         self._poll_at = self._next_poll(time.monotonic())
+        # A MetadataAddr given as a host name is resolved by `resolver`, again and again (see
+        # RESOLVE_*); the loop picks up a new address every RESOLVE_RETRY_SECS.
+        self._resolver = resolver
+        self._resolve_at = time.monotonic() + RESOLVE_RETRY_SECS if resolver else None
         self._convergence = metrics.ConvergenceTimer()
         # Endpoint oper statuses last sent to Felix (only computed when Felix reports them).
         self._report_statuses = bool(config.get("EndpointReportingEnabled", False))
@@ -116,7 +172,13 @@ class DriverLoop:
         while True:
             now = time.monotonic()
             self._run_due_work(now)
-            timers = (self._cleanup_at, self._retry_at, self._refresh_at, self._poll_at)
+            timers = (
+                self._cleanup_at,
+                self._retry_at,
+                self._refresh_at,
+                self._poll_at,
+                self._resolve_at,
+            )
             deadlines = [t for t in timers if t]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             sources: list[Any] = [self._reader]
@@ -161,12 +223,25 @@ class DriverLoop:
         if self._poll_at is not None and now >= self._poll_at:
             self._poll_at = self._next_poll(now)
             self.poll_interfaces()
+        if self._resolve_at is not None and now >= self._resolve_at:
+            self.resolve_metadata(now)
         if self._dirty and (self._retry_at is None or now >= self._retry_at):
             applied = self._guarded(self._manager.apply)
             self._dirty = not applied
             self._after_apply(applied)
         if self._manager.in_sync and not self._dirty and not self._reported_ready:
             self._report_ready(time.monotonic())  # after the apply above
+
+    def resolve_metadata(self, now: float) -> None:
+        """Reprogram the metadata NAT if the MetadataAddr host name now resolves elsewhere (a
+        failed lookup keeps what is programmed: a DNS outage must not take the NAT down)."""
+        assert self._resolver is not None
+        self._resolve_at = now + RESOLVE_RETRY_SECS
+        address = self._resolver.address
+        if address is not None and address != self._manager.metadata_addr:
+            log.info("MetadataAddr %s resolves to %s", self._resolver.name, address)
+            self._manager.set_metadata_addr(address)
+            self._dirty = True
 
     def poll_interfaces(self) -> None:
         """Re-list every link and address; the watcher tells the manager what differs from
@@ -221,10 +296,17 @@ class DriverLoop:
         self._cleanup_at = now + delay
 
 
-def build(config: Mapping[str, Any]) -> tuple[DataplaneManager, InterfaceWatcher]:
+def build(
+    config: Mapping[str, Any],
+) -> tuple[DataplaneManager, InterfaceWatcher, MetadataResolver | None]:
     from pyroute2 import IPRoute  # noqa: PLC0415 (import only in the driver process)
 
-    render = RenderConfig.from_config(config)
+    metadata = config.get("MetadataAddr")
+    resolver = MetadataResolver(metadata) if metadata and not is_ipv4(metadata) else None
+    # Wait a little for the first answer, so that a name that resolves is programmed at once.
+    render = RenderConfig.from_config(
+        config, lambda name: resolver.wait_first(RESOLVE_FIRST_WAIT_SECS) if resolver else None
+    )
     runner = metrics.MeteredRunner(LocalRunner())
     versions = ip_versions(config["Ipv6Support"])
     ipr = IPRoute()
@@ -245,7 +327,7 @@ def build(config: Mapping[str, Any]) -> tuple[DataplaneManager, InterfaceWatcher
     watcher = InterfaceWatcher(manager)
     watcher.snapshot()
     log.info("Dataplane driver ready: IP versions %s, interface prefixes %s", versions, prefixes)
-    return manager, watcher
+    return manager, watcher, resolver
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,22 +352,37 @@ def main(argv: list[str] | None = None) -> int:
         file_level=config["LogSeverityFile"],
         syslog_level=config["LogSeveritySys"],
     )
-    if config.get("PrometheusMetricsEnabled"):
-        metrics.serve(int(config["DataplaneDriverPrometheusMetricsPort"]))
     try:
-        manager, watcher = build(config)
+        if config.get("PrometheusMetricsEnabled"):
+            metrics.serve(int(config["DataplaneDriverPrometheusMetricsPort"]))
+        manager, watcher, resolver = build(config)
     except LooseRPFError as e:
-        log.critical("%s", e)
-        return EXIT_FATAL
-    loop = DriverLoop(config, reader, writer, manager, watcher)
-    loop.feed([first[0][1:], *first[1:]])
+        return _fatal(writer, str(e))
+    except Exception as e:
+        log.exception("The dataplane driver cannot start")
+        return _fatal(writer, f"cannot start: {type(e).__name__}: {e}")
+    loop = DriverLoop(config, reader, writer, manager, watcher, resolver)
     try:
+        loop.feed([first[0][1:], *first[1:]])
         return loop.run()
     except BrokenPipeError:
         log.info("Felix closed the pipe; the dataplane driver stops")
         return EXIT_FELIX_GONE
+    except Exception as e:
+        log.exception("The dataplane driver failed")
+        return _fatal(writer, f"{type(e).__name__}: {e}")
     finally:
         watcher.close()
+
+
+def _fatal(writer: FrameWriter, reason: str) -> int:
+    """Tell Felix why we stop (so the reason is in its log, not only on our stderr); exit."""
+    log.critical("%s", reason)
+    try:
+        writer.send([DriverFatal(reason)])
+    except OSError:
+        pass  # Felix has gone already
+    return EXIT_FATAL
 
 
 if __name__ == "__main__":

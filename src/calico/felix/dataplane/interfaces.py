@@ -144,6 +144,18 @@ def configure_interface(name: str, ip_version: int, writer: SysctlWriter) -> Non
         writer.write(path, value)
 
 
+def repair_interface(name: str, ip_version: int, writer: SysctlWriter) -> list[str]:
+    """Check §5.11's per-interface sysctls and write back any another tool changed; return
+    what was repaired ("path: was -> now"). Raises OSError if the interface is gone."""
+    repaired = []
+    for path, value in interface_sysctls(name, ip_version).items():
+        found = writer.read(path)
+        if found != value:
+            writer.write(path, value)
+            repaired.append(f"{path}: {found} -> {value}")
+    return repaired
+
+
 def configure_global(
     ip_version: int,
     writer: SysctlWriter,

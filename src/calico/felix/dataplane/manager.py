@@ -22,6 +22,7 @@ Not thread safe: the driver's single loop owns it.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -34,7 +35,11 @@ from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
 from calico.felix.dataplane.claims import Claims
 from calico.felix.dataplane.commands import CommandRunner
-from calico.felix.dataplane.interfaces import SysctlWriter, configure_interface
+from calico.felix.dataplane.interfaces import (
+    SysctlWriter,
+    configure_interface,
+    repair_interface,
+)
 from calico.felix.dataplane.ipsets import HASH_NET, IpsetError, IpsetTable, SavedSet
 from calico.felix.dataplane.iptables import IptablesTable
 from calico.felix.dataplane.routes import RouteTable
@@ -112,6 +117,18 @@ class DataplaneManager:
         self._configured: set[tuple[str, int, str | None]] = set()
         # Interfaces whose configuration last failed: their endpoints report "error" (§5.12).
         self._config_failed: set[str] = set()
+
+    @property
+    def metadata_addr(self) -> str | None:
+        return self._config.metadata_addr
+
+    def set_metadata_addr(self, address: str | None) -> None:
+        """A new address for the metadata NAT (a MetadataAddr host name resolved again)."""
+        if address != self._config.metadata_addr:
+            self._config = dataclasses.replace(self._config, metadata_addr=address)
+            self._static_programmed = False  # the INPUT accept for metadata
+            self._last_nat = None  # the DNAT
+            self._dirty_globals = True
 
     # --- Inputs --------------------------------------------------------------------------------
 
@@ -316,6 +333,8 @@ class DataplaneManager:
             ipsets.apply()  # destroys sets the rules no longer reference
         for routes in self._kernel.routes.values():
             routes.apply(full=force_refresh)  # a refresh re-reads and repairs routes, too
+        if force_refresh:
+            self._repair_interfaces()
         self._configure_interfaces()
         self._dirty_interfaces.clear()
         self._dirty_routes.clear()
@@ -524,6 +543,21 @@ class DataplaneManager:
                     continue
                 self._configured.add((endpoint.name, v, gateway))
                 self._config_failed.discard(endpoint.name)
+
+    def _repair_interfaces(self) -> None:
+        """The refresh's check of the interface sysctls already configured: another tool may
+        have set proxy_arp, rp_filter or route_localnet back (the VM would lose connectivity,
+        anti-spoofing or metadata until the interface flapped). Write back what differs."""
+        if self._sysctls is None:
+            return
+        for name, version, _ in sorted(self._configured, key=repr):
+            try:
+                repaired = repair_interface(name, version, self._sysctls)
+            except OSError as e:
+                log.warning("Could not check the settings of interface %s: %s", name, e)
+                continue
+            if repaired:
+                log.warning("Repaired settings of interface %s: %s", name, "; ".join(repaired))
 
     def _proxy_ndp(self, interface: str, gateway: str) -> bool:
         if self._runner is None:

@@ -43,6 +43,14 @@ class DriverReady:
 
 
 @dataclass(frozen=True)
+class DriverFatal:
+    """Report from the driver, just before it exits on an error it cannot handle: the reason,
+    so that it reaches Felix's log (the driver's own stderr may go nowhere)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class BatchReceived:
     """First message of a frame to the driver, when the frame comes from datastore updates: the
     `time.monotonic()` at which Felix received the oldest of them. CLOCK_MONOTONIC is

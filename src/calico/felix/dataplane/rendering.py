@@ -148,13 +148,14 @@ class RenderConfig:
 
     @classmethod
     def from_config(
-        cls, values: Mapping[str, Any], resolve: Callable[[str], str] | None = None
+        cls, values: Mapping[str, Any], resolve: Callable[[str], str | None] | None = None
     ) -> RenderConfig:
         """From parsed parameters (config/params.py names). `resolve` turns a MetadataAddr host
-        name into an IP (Felix resolves it once at startup); without it a name is an error."""
+        name into an IPv4 address, or None while it cannot (no metadata rules until then; the
+        driver retries); without it a name is an error."""
         accept, next_tier, endpoint = marks_from_mask(values["IptablesMarkMask"])
         metadata = values.get("MetadataAddr")
-        if metadata is not None and not _is_ip(metadata):
+        if metadata is not None and not is_ipv4(metadata):
             if resolve is None:
                 raise ValueError(f"MetadataAddr {metadata!r} is a host name; resolve it first")
             metadata = resolve(metadata)
@@ -174,9 +175,9 @@ class RenderConfig:
         )
 
 
-def _is_ip(text: str) -> bool:
+def is_ipv4(text: str) -> bool:
     try:
-        ipaddress.ip_address(text)
+        ipaddress.IPv4Address(text)
     except ValueError:
         return False
     return True
