@@ -3,7 +3,10 @@ start / restart / reload decision, and the process handling (with a stand-in dns
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +20,9 @@ from calico.dhcp.dnsmasq import (
     build_config,
     command_line,
     device_name,
+    is_our_dnsmasq,
     plan,
+    stop_leftovers,
 )
 from calico.dhcp.model import DhcpEndpoint, DhcpSubnet, HostRoute
 
@@ -125,6 +130,93 @@ def test_two_networks_get_two_interfaces() -> None:
     ]
 
 
+def test_one_bad_endpoint_is_left_out_and_the_others_served() -> None:
+    """Issue 12: an endpoint that cannot be rendered safely (here: values that bypassed the
+    model's validation) is refused with its key; every other endpoint is still served."""
+    good = build_config([ep(2)], SUBNETS)
+    for bad in (
+        ep(3, mac="02:00:00:00:00:03\n02:00:00:00:00:09", key="/k/mac"),
+        ep(3, fqdn=None, ipv4_addrs=("10.65.0.3\n",), key="/k/ip"),
+        ep(3, ipv6_addrs=("fd00:65::3%x,y",), key="/k/scope"),
+        ep(3, name="tap3,tap4", key="/k/name"),
+        ep(3, ipv4_addrs=("not an address",), key="/k/raises"),
+        ep(
+            3,
+            ipv6_addrs=tuple(f"fd00:65::1234:5678:9abc:{i:x}" for i in range(3, 60)),
+            ipv6_subnet_ids=(),
+            ipv4_subnet_ids=(),
+            key="/k/long",
+        ),
+    ):
+        config = build_config([ep(2), bad], SUBNETS)
+        assert (config.interfaces, config.hosts, config.ranges) == (
+            good.interfaces,
+            good.hosts,
+            good.ranges,
+        ), bad
+        assert [r.key for r in config.refused] == [bad.key]
+    long = build_config([ep(2), bad], SUBNETS).refused[0].reason
+    assert "dnsmasq reads at most" in long
+
+
+def test_one_bad_subnet_is_left_out_and_the_others_served() -> None:
+    v6_short = DhcpSubnet("s6", NET, "fd00:65::/48", "fd00:65::1", ())  # dnsmasq would refuse
+    for bad in (
+        v6_short,
+        DhcpSubnet("s6", NET, "fd00:65::/64", "fd00:65::1%x", ()),
+        DhcpSubnet("s6", NET, "fd00:65::/64", "fd00:65::1", ("fd00::53\ntag:x",)),
+        DhcpSubnet("s6", NET, "garbage", "fd00:65::1"),  # .network raises
+        DhcpSubnet("s6,x", NET, "fd00:65::/64", "fd00:65::1"),
+    ):
+        config = build_config([ep(2)], {"s4": V4, "s6": bad})
+        assert [r.key for r in config.refused] == [bad.key], bad
+        assert config.hosts == ("02:00:00:00:00:02,10.65.0.2,host-10-65-0-2",)
+        assert config.ranges == ("set:subnet-s4,10.65.0.0,static,255.255.255.0,86400s",)
+        assert not config.enable_ra
+
+
+def test_conflicts_are_resolved_the_same_way_and_name_both_keys() -> None:
+    first = ep(2, key="/calico/v1/host/h/workload/o/a/endpoint/e2")
+    same_mac = ep(3, mac=first.mac, key="/calico/v1/host/h/workload/o/b/endpoint/e3")
+    same_ip = ep(4, ipv4_addrs=first.ipv4_addrs, key="/calico/v1/host/h/workload/o/c/endpoint/e4")
+    for order in ([first, same_mac, same_ip], [same_ip, same_mac, first]):
+        config = build_config(order, SUBNETS)
+        assert config.hosts == ("02:00:00:00:00:02,10.65.0.2,[fd00:65::2],host-10-65-0-2",)
+        assert [(r.key, first.key in r.reason) for r in config.refused] == [
+            (same_mac.key, True),
+            (same_ip.key, True),
+        ]
+    # One TAP on two networks.
+    other = DhcpSubnet("t4", NET2, "10.66.0.0/24", "10.66.0.1")
+    twin = ep(5, name=first.name, ipv4_addrs=("10.66.0.5",), ipv4_subnet_ids=("t4",),
+              ipv6_addrs=(), ipv6_subnet_ids=(), key="/k/twin")  # fmt: skip
+    config = build_config([first, twin], {**SUBNETS, "t4": other})
+    assert [r.key for r in config.refused] == ["/k/twin"]
+    assert [i.name for i in config.interfaces] == [DEV]
+
+
+def test_networks_sharing_a_device_name() -> None:
+    """Two network IDs with the same first 11 characters: the second (by subnet ID) is refused
+    rather than served on the first one's device."""
+    twin_net = NET[:11] + "-different"
+    twin = DhcpSubnet("t4", twin_net, "10.66.0.0/24", "10.66.0.1")
+    config = build_config(
+        [ep(2), ep(3, ipv4_addrs=("10.66.0.3",), ipv4_subnet_ids=("t4",), ipv6_addrs=())],
+        {**SUBNETS, "t4": twin},
+    )
+    assert [r.key for r in config.refused] == [twin.key]
+    assert "would share the DHCP interface" in config.refused[0].reason
+    assert [h.split(",")[0] for h in config.hosts] == ["02:00:00:00:00:02"]
+
+
+def test_skipped_devices_leave_only_their_networks_out() -> None:
+    other = DhcpSubnet("t4", NET2, "10.66.0.0/24", "10.66.0.1")
+    endpoints = [ep(2), ep(3, ipv4_addrs=("10.66.0.3",), ipv4_subnet_ids=("t4",), ipv6_addrs=())]
+    config = build_config(endpoints, {**SUBNETS, "t4": other}, skip_devices=frozenset({DEV}))
+    assert [i.name for i in config.interfaces] == ["ns-77777777-aa"]
+    assert {r.key for r in config.refused} == {V4.key, V6.key}
+
+
 def test_command_line() -> None:
     config = build_config([ep(2), ep(3)], SUBNETS)
     files = DnsmasqFiles(Path("/state"))
@@ -176,8 +268,10 @@ def test_plan() -> None:
 
 
 FAKE_DNSMASQ = """#!/bin/sh
-# A stand-in dnsmasq: records its start (PID, arguments) and each SIGHUP.
+# A stand-in dnsmasq: records its start (PID, arguments) and each SIGHUP, and writes its PID
+# file as dnsmasq does.
 echo "$$ $*" >> "{dir}/starts"
+for arg; do case "$arg" in --pid-file=*) echo $$ > "${{arg#--pid-file=}}";; esac; done
 trap 'echo $$ >> "{dir}/hups"' HUP
 trap 'exit 0' TERM
 while :; do sleep 0.05; done
@@ -197,49 +291,193 @@ def wait_for(predicate: object, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_process_start_reload_restart_stop(tmp_path: Path) -> None:
+def fake_dnsmasq(tmp_path: Path) -> str:
     fake = tmp_path / "fake-dnsmasq"
     fake.write_text(FAKE_DNSMASQ.format(dir=tmp_path))
     fake.chmod(0o755)
+    return str(fake)
+
+
+def started_pids(tmp_path: Path) -> list[int]:
+    """The stand-in dnsmasq's PIDs, in start order."""
+    return [int(line.split()[0]) for line in lines(tmp_path / "starts")]
+
+
+def test_process_start_reload_restart_stop(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    dnsmasq = Dnsmasq(state, str(fake))
+    dnsmasq = Dnsmasq(state, fake_dnsmasq(tmp_path))
     try:
         one = build_config([ep(2)], SUBNETS)
         assert dnsmasq.apply(one) is Action.START
-        assert wait_for(lambda: len(lines(tmp_path / "starts")) == 1)
-        first_pid = dnsmasq.pid
+        assert wait_for(lambda: len(started_pids(tmp_path)) == 1)
+        (first_pid,) = started_pids(tmp_path)
         assert lines(tmp_path / "starts")[0].startswith(f"{first_pid} --keep-in-foreground")
+        assert wait_for(lambda: lines(state / "dnsmasq.pid") == [str(first_pid)])
         assert lines(state / "hosts") == list(one.hosts)
         assert lines(state / "opts") == list(one.options)
         assert (state / "hosts").stat().st_mode & 0o777 == 0o644
+        # dnsmasq runs under its keeper, the agent's child (calico.dhcp.keeper).
+        assert _parent(first_pid) == dnsmasq.pid
 
         assert dnsmasq.apply(one) is Action.NONE
         added = DnsmasqConfig(one.interfaces, one.ranges, (*one.hosts, "h"), one.options, True)
         assert dnsmasq.apply(added) is Action.RELOAD
+        # The keeper passes SIGHUP on to dnsmasq.
         assert wait_for(lambda: lines(tmp_path / "hups") == [str(first_pid)])
         assert lines(state / "hosts")[-1] == "h"
-        assert dnsmasq.pid == first_pid
+        assert started_pids(tmp_path) == [first_pid]
 
         two = build_config([ep(2), ep(3)], SUBNETS)
         assert dnsmasq.apply(two) is Action.RESTART
-        assert wait_for(lambda: len(lines(tmp_path / "starts")) == 2)
-        assert dnsmasq.pid != first_pid
+        assert wait_for(lambda: len(started_pids(tmp_path)) == 2)
         assert not _running(first_pid)
 
         # A dnsmasq that dies is started again on the next apply, even with nothing new.
-        second_pid = dnsmasq.pid
-        assert second_pid is not None
-        dnsmasq._proc.kill()  # type: ignore[union-attr]
-        dnsmasq._proc.wait()  # type: ignore[union-attr]
+        second_pid = started_pids(tmp_path)[1]
+        os.kill(second_pid, signal.SIGKILL)
+        assert wait_for(lambda: not dnsmasq.alive())  # its keeper exits with it
         assert dnsmasq.apply(two) is Action.START
-        assert dnsmasq.pid != second_pid and dnsmasq.alive()
+        assert wait_for(lambda: len(started_pids(tmp_path)) == 3)
+        assert dnsmasq.alive()
 
-        last_pid = dnsmasq.pid
+        last_pid = started_pids(tmp_path)[2]
         assert dnsmasq.apply(EMPTY_CONFIG) is Action.STOP
         assert dnsmasq.pid is None and not _running(last_pid)
+        assert not (state / "dnsmasq.pid").exists()
     finally:
         dnsmasq.stop()
+
+
+# What an agent does, in a process of its own that the test can SIGKILL.
+AGENT = """
+import sys
+from pathlib import Path
+from calico.dhcp.dnsmasq import Dnsmasq, DnsmasqConfig, DhcpInterface
+config = DnsmasqConfig(interfaces=(DhcpInterface("ns-x", ("10.65.0.1/24",), ("tap1",)),))
+dnsmasq = Dnsmasq(Path(sys.argv[1]), sys.argv[2])
+dnsmasq.apply(config)
+print(dnsmasq.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_dnsmasq_dies_with_a_sigkilled_agent(tmp_path: Path) -> None:
+    """Issue 19: nothing keeps serving after the agent is killed (the keeper's parent-death
+    signal; dnsmasq's own would be cleared when it drops root)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, str(state), fake_dnsmasq(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert agent.stdout is not None
+        keeper_pid = int(agent.stdout.readline())
+        assert wait_for(lambda: len(started_pids(tmp_path)) == 1)
+        (dnsmasq_pid,) = started_pids(tmp_path)
+        assert _parent(dnsmasq_pid) == keeper_pid
+        agent.kill()
+        agent.wait()
+        assert wait_for(lambda: not _running(dnsmasq_pid), timeout=10)
+        assert wait_for(lambda: not _running(keeper_pid), timeout=10)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        for pid in started_pids(tmp_path):
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_keeper_refuses_to_start_for_a_dead_parent(tmp_path: Path) -> None:
+    """A keeper whose agent died before it could set its parent-death signal starts nothing."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "calico.dhcp.keeper", "1", "--", fake_dnsmasq(tmp_path)],
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 0
+    assert started_pids(tmp_path) == []
+
+
+def test_keeper_passes_on_the_exit_status(tmp_path: Path) -> None:
+    script = "import os, sys; sys.exit(int(sys.argv[1]))"
+    for status in (0, 3):
+        argv = [sys.executable, "-c", script, str(status)]
+        # The keeper checks that its parent is the PID it was given: this test process.
+        keeper = subprocess.run(
+            [sys.executable, "-m", "calico.dhcp.keeper", str(os.getpid()), "--", *argv],
+            check=False,
+            timeout=30,
+        )
+        assert keeper.returncode == status
+
+
+def test_stop_leftovers_stops_only_our_dnsmasq(tmp_path: Path) -> None:
+    """Issue 19: at start the agent stops a dnsmasq an earlier run left, found by its PID file
+    or its command line, after checking /proc/<pid>/cmdline; anything else is left alone."""
+    state = tmp_path / "state"
+    state.mkdir()
+    files = DnsmasqFiles(state)
+    fake = fake_dnsmasq(tmp_path)
+    config = build_config([ep(2)], SUBNETS)
+    procs = []
+    try:
+        # An orphan of ours, named by the PID file.
+        orphan = subprocess.Popen(command_line(config, files, fake))
+        procs.append(orphan)
+        assert wait_for(lambda: lines(files.pid) == [str(orphan.pid)])
+        # Another state directory's dnsmasq, and an unrelated process: never touched.
+        other_files = DnsmasqFiles(tmp_path)
+        other = subprocess.Popen(command_line(config, other_files, fake))
+        unrelated = subprocess.Popen(["sleep", "60"])
+        procs += [other, unrelated]
+        assert wait_for(lambda: lines(other_files.pid) == [str(other.pid)])
+
+        assert stop_leftovers(files, fake) == [orphan.pid]
+        assert orphan.wait(10) == 0  # SIGTERM first
+        assert not files.pid.exists()
+
+        # A PID file naming a process that is not ours: left alone, the file removed.
+        files.pid.write_text(f"{unrelated.pid}\n")
+        assert stop_leftovers(files, fake) == []
+        assert unrelated.poll() is None and not files.pid.exists()
+
+        # An orphan whose PID file is gone is found by its command line.
+        lost = subprocess.Popen(command_line(config, files, fake))
+        procs.append(lost)
+        assert wait_for(files.pid.exists)
+        files.pid.unlink()
+        assert stop_leftovers(files, fake, scan=False) == []
+        assert stop_leftovers(files, fake) == [lost.pid]
+        assert lost.wait(10) == 0
+        assert other.poll() is None and unrelated.poll() is None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_is_our_dnsmasq() -> None:
+    files = DnsmasqFiles(Path("/state"))
+    ours = ["dnsmasq", "--keep-in-foreground", "--pid-file=/state/dnsmasq.pid"]
+    assert is_our_dnsmasq(ours, files, "dnsmasq")
+    assert is_our_dnsmasq(["/usr/sbin/dnsmasq", *ours[1:]], files, "/usr/sbin/dnsmasq")
+    assert is_our_dnsmasq(["/bin/sh", "/x/dnsmasq", *ours[1:]], files, "dnsmasq")
+    assert not is_our_dnsmasq(["dnsmasq", "--pid-file=/other/dnsmasq.pid"], files, "dnsmasq")
+    assert not is_our_dnsmasq(["vi", "--pid-file=/state/dnsmasq.pid"], files, "dnsmasq")
+    assert not is_our_dnsmasq(
+        ["python3", "-m", "calico.dhcp.keeper", "1", "--", *ours], files, "dnsmasq"
+    )
+    assert not is_our_dnsmasq([], files, "dnsmasq")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _running(pid: int | None) -> bool:

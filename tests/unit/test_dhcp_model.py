@@ -87,6 +87,45 @@ def test_subnet_minimal_v6_without_gateway() -> None:
             },
             "nexthop",
         ),
+        # Issue 12: Python's ipaddress accepts an IPv6 scope of any text, newlines included.
+        (
+            {
+                "network_id": "n",
+                "cidr": "fd00:65::/64",
+                "dns_servers": ["fd00::53%a]\ntag:x,option6:23,[::1"],
+            },
+            "dns_servers.0.: scoped address",
+        ),
+        ({"network_id": "n", "cidr": "fd00:65::%x\ny/64"}, "cidr: invalid CIDR"),
+        ({"network_id": "n", "cidr": "fd00:65::/64", "gateway_ip": "fd00:65::1%x"}, "scoped"),
+        (
+            {
+                "network_id": "n",
+                "cidr": "fd00:65::/64",
+                "host_routes": [{"destination": "fd01::%a,b/64", "nexthop": "fd00:65::9"}],
+            },
+            "destination",
+        ),
+        (
+            {
+                "network_id": "n",
+                "cidr": "10.0.0.0/8",
+                "host_routes": [{"destination": "1.0.0.0/8", "nexthop": "10.0.0.9\n"}],
+            },
+            "nexthop",
+        ),
+        ({"network_id": "n", "cidr": "fd00::/48"}, "shorter than /64"),
+        ({"network_id": "n", "cidr": "10.0.0.0/8", "dns_servers": ["8.8.8.8"] * 17}, "at most"),
+        (
+            {
+                "network_id": "n",
+                "cidr": "10.0.0.0/8",
+                "host_routes": [{"destination": "1.0.0.0/8", "nexthop": "10.0.0.9"}] * 33,
+            },
+            "at most",
+        ),
+        ({"network_id": "n\nx", "cidr": "10.0.0.0/8"}, "network_id"),
+        ({"network_id": "n", "cidr": 7}, "cidr"),
     ],
 )
 def test_subnet_invalid(data: dict[str, Any], problem: str) -> None:
@@ -116,6 +155,7 @@ def test_endpoint_parsed() -> None:
         ipv4_subnet_ids=("s4",),
         ipv6_subnet_ids=("s6",),
         fqdn="vm-1.example.org",
+        key=KEY.path,
     )
 
 
@@ -135,6 +175,15 @@ def test_endpoint_without_subnet_ids_or_fqdn() -> None:
         ({"ipv4_subnet_ids": ["s4", "s5"]}, "2 IDs for 1 addresses"),
         ({"ipv6_subnet_ids": ["bad,id"]}, "ipv6_subnet_ids"),
         ({"fqdn": 7}, "fqdn"),
+        # Issue 12: every field that reaches dnsmasq is strictly validated.
+        ({"fqdn": "vm\n02:00:00:00:00:09,10.65.0.9,evil"}, "fqdn: .* is not a DNS name"),
+        ({"fqdn": "vm,10.65.0.9.example"}, "fqdn"),
+        ({"fqdn": "vm#x.example"}, "fqdn"),
+        ({"fqdn": "a" * 64 + ".example"}, "fqdn"),
+        ({"fqdn": ("a" * 60 + ".") * 5}, "fqdn"),  # over 253 characters
+        ({"fqdn": ""}, "fqdn"),
+        ({"ipv6_nets": ["fd00:65::2%x\nevil/128"]}, "scoped address"),
+        ({"ipv4_nets": [f"10.65.1.{i}/32" for i in range(17)], "ipv4_subnet_ids": None}, "at most"),
         ({"name": "tap,x"}, "name"),  # Felix's validation applies too
         ({"state": None}, "state"),
     ],
@@ -151,6 +200,15 @@ def test_endpoint_invalid(changes: dict[str, Any], problem: str) -> None:
         ("single", ("10.0.0.1",), "single"),
         ("bad_label.example.org", ("10.0.0.1",), "host-10-0-0-1"),  # not a DNS label
         ("-x.example", ("10.0.0.1",), "host-10-0-0-1"),
+        # Words dnsmasq reads as a lease time or a directive in a dhcp-host entry.
+        ("ignore.example", ("10.0.0.1",), "host-10-0-0-1"),
+        ("INFINITE.example", ("10.0.0.1",), "host-10-0-0-1"),
+        ("3600", ("10.0.0.1",), "host-10-0-0-1"),
+        ("12h.example", ("10.0.0.1",), "host-10-0-0-1"),
+        ("1w", ("10.0.0.1",), "host-10-0-0-1"),
+        ("1x", ("10.0.0.1",), "1x"),
+        ("h12", ("10.0.0.1",), "h12"),
+        (None, ("fd00:65:0:0:1::",), "host-fd00-65-0-0-1"),  # never ends in "-"
         (None, (), "host-fd00-65--2"),  # IPv6 only
     ],
 )
@@ -159,3 +217,13 @@ def test_hostname(fqdn: str | None, addrs: tuple[str, ...], hostname: str) -> No
         "e", "tap1", "02:00:00:00:00:01", ipv4_addrs=addrs, ipv6_addrs=("fd00:65::2",), fqdn=fqdn
     )
     assert ep.hostname == hostname
+
+
+def test_refusal_names_the_key_and_caps_the_value() -> None:
+    """A megabyte of hostile text makes one short message that names the key (issue 12)."""
+    with pytest.raises(InvalidValue) as info:
+        parse_dhcp_endpoint(endpoint(fqdn="x\n" * 500_000), KEY)
+    message = str(info.value)
+    assert KEY.path in message
+    assert "\n" not in message
+    assert len(message) < 1000

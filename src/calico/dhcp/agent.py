@@ -36,7 +36,10 @@ from types import FrameType
 
 from calico.common import logs
 from calico.common.datamodel_v1 import (
+    DHCP_SUBNET_DIR,
+    ID_SEGMENT_RULE,
     ROOT,
+    BadKey,
     DhcpSubnetKey,
     WorkloadEndpointKey,
     parse_dhcp_subnet_key,
@@ -45,16 +48,25 @@ from calico.common.datamodel_v1 import (
 from calico.common.etcd import API_VERSIONS, connect
 from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, KVStore
 from calico.common.etcd.syncer import Syncer, SyncStatus, Update
+from calico.common.quoting import quoted
 from calico.common.resources import InvalidValue
 from calico.dhcp.dnsmasq import (
     DEFAULT_LEASE_SECONDS,
     Dnsmasq,
     DnsmasqConfig,
+    Refusal,
     build_config,
     prepare_state_dir,
+    stop_leftovers,
 )
 from calico.dhcp.links import DhcpLinks
-from calico.dhcp.model import DhcpEndpoint, DhcpSubnet, parse_dhcp_endpoint, parse_dhcp_subnet
+from calico.dhcp.model import (
+    DhcpEndpoint,
+    DhcpSubnet,
+    key_path,
+    parse_dhcp_endpoint,
+    parse_dhcp_subnet,
+)
 
 log = logging.getLogger("calico.dhcp.agent")
 
@@ -131,7 +143,12 @@ def load_config(paths: Sequence[str]) -> AgentConfig:
 
 
 class DhcpState:
-    """The Syncer's listener: this host's endpoints and all DHCP subnets, valid ones only."""
+    """The Syncer's listener: this host's endpoints and all DHCP subnets, valid ones only.
+
+    Everything refused (an invalid key or value, or an object the renderer leaves out) is logged
+    once with its key, and again only when the reason changes or after it was fixed and broke
+    again; every other object is still served.
+    """
 
     def __init__(self, hostname: str):
         self.hostname = hostname
@@ -140,6 +157,8 @@ class DhcpState:
         self.in_sync = False
         self.changed = threading.Event()
         self._lock = threading.Lock()
+        self._reported: dict[str, str] = {}  # etcd key -> the problem logged for it
+        self._refused: frozenset[Refusal] = frozenset()  # logged by the last wanted()
 
     def on_status(self, status: SyncStatus) -> None:
         if status == SyncStatus.IN_SYNC:
@@ -155,42 +174,79 @@ class DhcpState:
         if relevant:
             self.changed.set()
 
+    def _report(self, path: str, problem: str | None) -> None:
+        """Log `problem` with the key, once; None: the key is fine (or gone) now."""
+        if problem is None:
+            self._reported.pop(path, None)
+        elif self._reported.get(path) != problem:
+            self._reported[path] = problem
+            log.warning("Ignoring %s: %s", quoted(path), problem)
+
     def _update(self, path: str, value: str | None) -> bool:
         """Apply one update; whether it was one of ours."""
-        subnet_key = parse_dhcp_subnet_key(path)
-        if subnet_key is not None:
+        if path.startswith(DHCP_SUBNET_DIR + "/"):
+            subnet_key = parse_dhcp_subnet_key(path)
+            if subnet_key is None:
+                # Shaped like a subnet, but its ID could not be used safely: as if absent.
+                bad = f"invalid DHCP subnet key (need an ID of {ID_SEGMENT_RULE})"
+                self._report(path, None if value is None else bad)
+                return False
             self._update_subnet(subnet_key, value)
             return True
         key = parse_key(path)
+        if isinstance(key, BadKey):
+            parts = path.split("/")
+            if key.kind is WorkloadEndpointKey and len(parts) > 4 and parts[4] == self.hostname:
+                self._report(path, None if value is None else key.reason)
+            return False
         if isinstance(key, WorkloadEndpointKey) and key.hostname == self.hostname:
             self._update_endpoint(key, value)
             return True
         return False
 
     def _update_subnet(self, key: DhcpSubnetKey, value: str | None) -> None:
+        self.subnets.pop(key.subnet_id, None)
+        problem = None
         if value is not None:
             try:
                 self.subnets[key.subnet_id] = parse_dhcp_subnet(value, key)
-                return
-            except InvalidValue as exc:
-                log.warning("Ignoring %s", exc)
-        self.subnets.pop(key.subnet_id, None)
+            except Exception as exc:  # InvalidValue, or a bug: this subnet alone is left out
+                problem = _problem(exc)
+        self._report(key_path(key), problem)
 
     def _update_endpoint(self, key: WorkloadEndpointKey, value: str | None) -> None:
+        self.endpoints.pop(key, None)
+        problem = None
         if value is not None:
             try:
                 self.endpoints[key] = parse_dhcp_endpoint(value, key)
-                return
-            except InvalidValue as exc:
-                log.warning("Ignoring %s", exc)
-        self.endpoints.pop(key, None)
+            except Exception as exc:  # InvalidValue, or a bug: this endpoint alone is left out
+                problem = _problem(exc)
+        self._report(key_path(key), problem)
 
-    def wanted(self, lease_seconds: int) -> DnsmasqConfig | None:
-        """The dnsmasq configuration for the current data; None before the first snapshot."""
+    def wanted(
+        self, lease_seconds: int, skip_devices: frozenset[str] = frozenset()
+    ) -> DnsmasqConfig | None:
+        """The dnsmasq configuration for the current data; None before the first snapshot.
+        `skip_devices`: ns- devices that could not be set up; their networks are left out."""
         with self._lock:
             if not self.in_sync:
                 return None
-            return build_config(self.endpoints.values(), self.subnets, lease_seconds)
+            config = build_config(
+                self.endpoints.values(), self.subnets, lease_seconds, skip_devices
+            )
+            refused = frozenset(config.refused)
+            for refusal in sorted(refused - self._refused, key=lambda r: (r.key, r.reason)):
+                log.warning("Not serving %s: %s", quoted(refusal.key), refusal.reason)
+            self._refused = refused
+            return config
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, InvalidValue):
+        return str(exc)
+    log.debug("Validation failed unexpectedly", exc_info=True)
+    return f"cannot be read ({type(exc).__name__}: {quoted(str(exc))})"
 
 
 class DhcpAgent:
@@ -209,6 +265,7 @@ class DhcpAgent:
         self.links = DhcpLinks()
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
+        self._link_problems: dict[str, str] = {}  # ns- device -> the failure logged for it
 
     def _sync(self) -> None:
         try:
@@ -221,7 +278,10 @@ class DhcpAgent:
     def run(self) -> None:
         """Serve until stop_event is set (or the Syncer fails: then raise its error)."""
         prepare_state_dir(self.dnsmasq.files.state_dir)
-        self.links.remove_all()  # left behind by a run that did not stop cleanly
+        # Left behind by a run that did not stop cleanly: its dnsmasq (if the platform could
+        # not make it die with that run) and its ns- devices. Never two dnsmasq.
+        stop_leftovers(self.dnsmasq.files, self.dnsmasq.binary)
+        self.links.remove_all()
         thread = threading.Thread(target=self._sync, name="syncer", daemon=True)
         thread.start()
         try:
@@ -249,11 +309,11 @@ class DhcpAgent:
                 continue
             self._settle()
             try:
-                self._apply()
-                retry_at = None
+                complete = self._apply()
             except Exception:
                 log.exception("Failed to program DHCP; retrying in %.0f s", RETRY_INTERVAL)
-                retry_at = time.monotonic() + RETRY_INTERVAL
+                complete = False
+            retry_at = None if complete else time.monotonic() + RETRY_INTERVAL
 
     def _settle(self) -> None:
         """Wait for a burst of changes to end (see SETTLE_QUIET)."""
@@ -264,12 +324,26 @@ class DhcpAgent:
             if remaining <= 0 or not self.state.changed.wait(min(SETTLE_QUIET, remaining)):
                 return
 
-    def _apply(self) -> None:
+    def _apply(self) -> bool:
+        """Program the ns- devices and dnsmasq; False if some network had to be left out (its
+        device could not be set up), to be retried."""
         wanted = self.state.wanted(self.config.lease_seconds)
         if wanted is None:
-            return
-        self.links.ensure(wanted.interfaces)
+            return True
+        failed = self.links.ensure(wanted.interfaces)
+        for name, problem in failed.items():
+            if self._link_problems.get(name) != problem:
+                log.warning("DHCP interface %s: %s; its network is not served", name, problem)
+        for name in set(self._link_problems) - set(failed):
+            log.info("DHCP interface %s is set up now", name)
+        self._link_problems = dict(failed)
+        if failed:
+            # Every other network is still served; this one is retried every RETRY_INTERVAL.
+            reduced = self.state.wanted(self.config.lease_seconds, frozenset(failed))
+            assert reduced is not None
+            wanted = reduced
         self.dnsmasq.apply(wanted)
+        return not failed
 
 
 def _parser() -> argparse.ArgumentParser:

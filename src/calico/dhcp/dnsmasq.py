@@ -22,14 +22,20 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
+import select
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from calico.dhcp.model import DhcpEndpoint, DhcpSubnet
+from calico.common.datamodel_v1 import valid_id
+from calico.common.quoting import quoted
+from calico.common.resources import INTERFACE_NAME_RE
+from calico.dhcp.model import MIN_IPV6_PREFIX, DhcpEndpoint, DhcpSubnet, dhcp_host_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,85 @@ def subnet_tag(subnet_id: str) -> str:
     return f"subnet-{subnet_id}"
 
 
+# --- What may reach dnsmasq ------------------------------------------------------------------
+#
+# The model validates every value from etcd (calico.dhcp.model); the renderer checks each field
+# again as it writes it, so that no gap in validation can make a value into an extra field,
+# entry or directive. dnsmasq's syntax gives meaning to ',' (field separator), newline (a new
+# entry in a file), '#' (a comment), '"' and '\\' (quoting in files), whitespace, '=' (option
+# syntax) and NUL (end of a C string); no field may contain any of them, and a line may not
+# exceed MAX_LINE: dnsmasq reads its files with a 1 KiB line buffer and treats the rest of a
+# longer line as a line of its own (seen with dnsmasq 2.90), which would be an injected entry.
+MAX_LINE = 1000
+_MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_TAG_RE = re.compile(r"subnet-[a-zA-Z0-9_.-]{1,255}")
+
+
+class UnsafeValue(ValueError):
+    """A value that must not be written to dnsmasq (a gap in validation, or a bug)."""
+
+
+def _mac(value: str) -> str:
+    if not _MAC_RE.fullmatch(value):
+        raise UnsafeValue(f"MAC {quoted(value)} is not canonical")
+    return value
+
+
+def _ip(value: str, version: int) -> str:
+    """A canonical address without scope: exactly as ipaddress prints it."""
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        addr = None
+    if addr is None or addr.version != version or str(addr) != value or "%" in value:
+        raise UnsafeValue(f"IPv{version} address {quoted(value)} is not canonical")
+    return value
+
+
+def _cidr(value: str, version: int) -> str:
+    try:
+        net = ipaddress.ip_network(value)
+    except ValueError:
+        net = None
+    if net is None or net.version != version or str(net) != value or "%" in value:
+        raise UnsafeValue(f"IPv{version} CIDR {quoted(value)} is not canonical")
+    return value
+
+
+def _hostname(value: str) -> str:
+    if not dhcp_host_name(value):
+        raise UnsafeValue(f"host name {quoted(value)} is not a usable DNS label")
+    return value
+
+
+def _tag(subnet_id: str) -> str:
+    tag = subnet_tag(subnet_id)
+    if not _TAG_RE.fullmatch(tag) or not valid_id(subnet_id):
+        raise UnsafeValue(f"subnet ID {quoted(subnet_id)} is not a valid ID")
+    return tag
+
+
+def _interface(value: str) -> str:
+    if not INTERFACE_NAME_RE.fullmatch(value):
+        raise UnsafeValue(f"interface name {quoted(value)} is not valid")
+    return value
+
+
+def _line(fields: Iterable[str]) -> str:
+    line = ",".join(fields)
+    if len(line) > MAX_LINE:
+        raise UnsafeValue(f"line of {len(line)} characters (dnsmasq reads at most {MAX_LINE})")
+    return line
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An endpoint or subnet left out of the configuration, and why."""
+
+    key: str  # its etcd key
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class DhcpInterface:
     name: str
@@ -58,13 +143,15 @@ class DhcpInterface:
 @dataclass(frozen=True, slots=True)
 class DnsmasqConfig:
     """Everything dnsmasq is told. Interfaces and ranges go on the command line; hosts and
-    options are the lines of the files it re-reads on SIGHUP."""
+    options are the lines of the files it re-reads on SIGHUP. `refused` lists the objects left
+    out (not part of the comparison: it is not something dnsmasq is told)."""
 
     interfaces: tuple[DhcpInterface, ...] = ()
     ranges: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
     options: tuple[str, ...] = ()
     enable_ra: bool = False
+    refused: tuple[Refusal, ...] = field(default=(), compare=False)
 
     @property
     def empty(self) -> bool:
@@ -74,26 +161,84 @@ class DnsmasqConfig:
 EMPTY_CONFIG = DnsmasqConfig()
 
 
+@dataclass(frozen=True, slots=True)
+class _RenderedSubnet:
+    subnet: DhcpSubnet
+    address: str  # gateway/prefix length, for the ns- device
+    range: str
+    options: tuple[str, ...]
+
+
+def _render_subnet(subnet: DhcpSubnet, lease: str) -> _RenderedSubnet:
+    """The ns- address, dhcp-range and option lines of one subnet with a gateway."""
+    net = subnet.network
+    version = net.version
+    assert subnet.gateway_ip is not None
+    gateway = _ip(subnet.gateway_ip, version)
+    tag = _tag(subnet.subnet_id)
+    network_address = _ip(str(net.network_address), version)
+    if version == 4:
+        dhcp_range = _line((f"set:{tag}", network_address, "static", str(net.netmask), lease))
+    else:
+        if net.prefixlen < MIN_IPV6_PREFIX:
+            raise UnsafeValue(
+                f"prefix /{net.prefixlen}: dnsmasq needs /{MIN_IPV6_PREFIX} or longer"
+            )
+        # off-link: the RA must not make the VM treat the /64 as on-link; everything,
+        # neighbours in the same subnet included, goes via the router (the host).
+        dhcp_range = _line(
+            (f"set:{tag}", network_address, "static", "off-link", str(net.prefixlen), lease)
+        )
+    return _RenderedSubnet(
+        subnet=subnet,
+        address=f"{gateway}/{net.prefixlen}",
+        range=dhcp_range,
+        options=tuple(_subnet_options(subnet, tag, gateway)),
+    )
+
+
+def _subnet_options(subnet: DhcpSubnet, tag: str, gateway: str) -> list[str]:
+    """dhcp-optsfile lines for one subnet."""
+    if subnet.version == 6:
+        if not subnet.dns_servers:
+            return []
+        servers = [f"[{_ip(s, 6)}]" for s in subnet.dns_servers]
+        return [_line((f"tag:{tag}", "option6:dns-server", *servers))]
+    lines = [_line((f"tag:{tag}", "option:router", gateway))]
+    if subnet.dns_servers:
+        servers = [_ip(s, 4) for s in subnet.dns_servers]
+        lines.append(_line((f"tag:{tag}", "option:dns-server", *servers)))
+    if subnet.host_routes:
+        # A client that gets classless routes ignores option 3, so the default route is
+        # repeated in the list (RFC 3442).
+        routes = [
+            f for r in subnet.host_routes for f in (_cidr(r.destination, 4), _ip(r.nexthop, 4))
+        ]
+        routes += ["0.0.0.0/0", gateway]
+        lines.append(_line((f"tag:{tag}", "option:classless-static-route", *routes)))
+    return lines
+
+
 def _served(
     endpoint: DhcpEndpoint, version: int, subnets: Mapping[str, DhcpSubnet]
 ) -> list[tuple[str, DhcpSubnet]]:
     """(address, subnet) for each address of the endpoint that a usable subnet covers.
 
-    The subnet is the one the orchestrator named (Neutron gives the IDs); without IDs, the first
-    known subnet containing the address (other orchestrators).
+    `subnets` holds the usable ones only. The subnet is the one the orchestrator named (Neutron
+    gives the IDs); without IDs, the first known subnet containing the address (other
+    orchestrators).
     """
     addrs = endpoint.ipv4_addrs if version == 4 else endpoint.ipv6_addrs
     ids = endpoint.ipv4_subnet_ids if version == 4 else endpoint.ipv6_subnet_ids
     candidates = sorted(
-        (s for s in subnets.values() if s.version == version and s.gateway_ip),
-        key=lambda s: s.subnet_id,
+        (s for s in subnets.values() if s.version == version), key=lambda s: s.subnet_id
     )
     served = []
     for i, addr in enumerate(addrs):
         ip = ipaddress.ip_address(addr)
         if ids:
             subnet = subnets.get(ids[i]) if i < len(ids) else None
-            matches = [subnet] if subnet is not None and subnet in candidates else []
+            matches = [subnet] if subnet is not None and subnet.version == version else []
         else:
             matches = candidates
         for subnet in matches:
@@ -103,94 +248,129 @@ def _served(
     return served
 
 
+@dataclass(frozen=True, slots=True)
+class _HostEntry:
+    endpoint: DhcpEndpoint
+    network_id: str
+    line: str
+    claims: tuple[str, ...]  # the MAC and addresses no other entry may have
+
+
+def _host_entry(endpoint: DhcpEndpoint, subnets: Mapping[str, DhcpSubnet]) -> _HostEntry | None:
+    """The endpoint's dhcp-host line, or None if no usable subnet covers it. An endpoint is
+    served on the network of its first served address; a TAP can only be an alias of one
+    interface, and a Neutron port belongs to one network anyway."""
+    v4 = _served(endpoint, 4, subnets)
+    v6 = _served(endpoint, 6, subnets)
+    if not v4 and not v6:
+        return None
+    network_id = (v4 or v6)[0][1].network_id
+    v4 = [(a, s) for a, s in v4 if s.network_id == network_id]
+    v6 = [(a, s) for a, s in v6 if s.network_id == network_id]
+    _interface(endpoint.name)
+    # dhcp-host: MAC, at most one IPv4 address (a DHCPv4 client gets one), any number of
+    # bracketed IPv6 addresses, the host name.
+    fields = [_mac(endpoint.mac)]
+    fields += [_ip(v4[0][0], 4)] if v4 else []
+    fields += [f"[{_ip(addr, 6)}]" for addr, _ in v6]
+    fields.append(_hostname(endpoint.hostname))
+    claims = (endpoint.mac, *(a for a, _ in v4[:1]), *(a for a, _ in v6))
+    return _HostEntry(endpoint, network_id, _line(fields), claims)
+
+
 def build_config(
     endpoints: Iterable[DhcpEndpoint],
     subnets: Mapping[str, DhcpSubnet],
     lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    skip_devices: frozenset[str] = frozenset(),
 ) -> DnsmasqConfig:
     """The dnsmasq configuration serving these endpoints (this host's) from these subnets.
+    `skip_devices`: ns- devices that could not be set up; their subnets are left out.
 
-    Subnets without a gateway are skipped (routed DHCP answers as the gateway). An endpoint is
-    served on the network of its first served address; a TAP can only be an alias of one
-    interface, and a Neutron port belongs to one network anyway.
+    Subnets without a gateway are skipped (routed DHCP answers as the gateway). Each subnet and
+    each endpoint is rendered on its own: one that cannot be (a value that fails the output
+    checks, a conflict with another object, or any error at all) is left out and listed in
+    `refused`, and everything else is still served. Conflicts are resolved the same way every
+    time: subnets by ID, endpoints by (TAP name, key); the first one keeps what it claims.
     """
-    taps_by_network: dict[str, set[str]] = {}
-    hosts: list[str] = []
-    for endpoint in sorted(endpoints, key=lambda e: (e.name, e.endpoint_id)):
-        v4 = _served(endpoint, 4, subnets)
-        v6 = _served(endpoint, 6, subnets)
-        if not v4 and not v6:
+    refused: list[Refusal] = []
+    lease = "infinite" if lease_seconds < 0 else f"{lease_seconds}s"  # Neutron's -1: infinite
+
+    rendered: dict[str, _RenderedSubnet] = {}
+    device_owner: dict[str, str] = {}  # ns- device name -> network ID
+    for subnet in sorted(subnets.values(), key=lambda s: s.subnet_id):
+        if not subnet.gateway_ip:
             continue
-        network_id = (v4 or v6)[0][1].network_id
-        v4 = [(a, s) for a, s in v4 if s.network_id == network_id]
-        v6 = [(a, s) for a, s in v6 if s.network_id == network_id]
-        taps_by_network.setdefault(network_id, set()).add(endpoint.name)
-        # dhcp-host: MAC, at most one IPv4 address (a DHCPv4 client gets one), any number of
-        # bracketed IPv6 addresses, the host name.
-        fields = [endpoint.mac]
-        fields += [v4[0][0]] if v4 else []
-        fields += [f"[{addr}]" for addr, _ in v6]
-        fields.append(endpoint.hostname)
-        hosts.append(",".join(fields))
+        try:
+            device = _interface(device_name(subnet.network_id))
+            if device in skip_devices:
+                raise UnsafeValue(f"its DHCP interface {device} could not be set up")
+            owner = device_owner.setdefault(device, subnet.network_id)
+            if owner != subnet.network_id:
+                raise UnsafeValue(
+                    f"network {quoted(subnet.network_id)} would share the DHCP interface "
+                    f"{device} with network {quoted(owner)}"
+                )
+            rendered[subnet.subnet_id] = _render_subnet(subnet, lease)
+        except Exception as exc:
+            refused.append(Refusal(subnet.key, _reason(exc)))
+    usable = {sid: r.subnet for sid, r in rendered.items()}
+
+    entries: list[_HostEntry] = []
+    claimed: dict[str, DhcpEndpoint] = {}  # MAC or address -> the endpoint that has it
+    tap_network: dict[str, str] = {}
+    for endpoint in sorted(endpoints, key=lambda e: (e.name, e.key, e.endpoint_id)):
+        try:
+            entry = _host_entry(endpoint, usable)
+            if entry is None:
+                continue
+            owners = sorted({claimed[c].label for c in entry.claims if c in claimed})
+            if owners:
+                raise UnsafeValue(f"MAC or address already served for {', '.join(owners)}")
+            if tap_network.setdefault(endpoint.name, entry.network_id) != entry.network_id:
+                raise UnsafeValue(f"TAP {endpoint.name} already served on another network")
+        except Exception as exc:
+            refused.append(Refusal(endpoint.label, _reason(exc)))
+            continue
+        claimed.update(dict.fromkeys(entry.claims, endpoint))
+        entries.append(entry)
 
     interfaces: list[DhcpInterface] = []
     ranges: list[str] = []
     options: list[str] = []
     has_ipv6 = False
-    lease = "infinite" if lease_seconds < 0 else f"{lease_seconds}s"  # Neutron's -1: infinite
+    taps_by_network: dict[str, set[str]] = {}
+    for entry in entries:
+        taps_by_network.setdefault(entry.network_id, set()).add(entry.endpoint.name)
     for network_id in sorted(taps_by_network):
         network_subnets = sorted(
-            (s for s in subnets.values() if s.network_id == network_id and s.gateway_ip),
-            key=lambda s: (s.version, s.subnet_id),
+            (r for r in rendered.values() if r.subnet.network_id == network_id),
+            key=lambda r: (r.subnet.version, r.subnet.subnet_id),
         )
-        addresses = []
-        for subnet in network_subnets:
-            net = subnet.network
-            addresses.append(f"{subnet.gateway_ip}/{net.prefixlen}")
-            tag = subnet_tag(subnet.subnet_id)
-            if net.version == 4:
-                ranges.append(f"set:{tag},{net.network_address},static,{net.netmask},{lease}")
-            else:
-                has_ipv6 = True
-                # off-link: the RA must not make the VM treat the /64 as on-link; everything,
-                # neighbours in the same subnet included, goes via the router (the host).
-                ranges.append(
-                    f"set:{tag},{net.network_address},static,off-link,{net.prefixlen},{lease}"
-                )
-            options.extend(_subnet_options(subnet, tag))
+        for r in network_subnets:
+            has_ipv6 |= r.subnet.version == 6
+            ranges.append(r.range)
+            options.extend(r.options)
         interfaces.append(
             DhcpInterface(
                 name=device_name(network_id),
-                addresses=tuple(addresses),
+                addresses=tuple(r.address for r in network_subnets),
                 taps=tuple(sorted(taps_by_network[network_id])),
             )
         )
     return DnsmasqConfig(
         interfaces=tuple(interfaces),
         ranges=tuple(ranges),
-        hosts=tuple(hosts),
+        hosts=tuple(entry.line for entry in entries),
         options=tuple(options),
         enable_ra=has_ipv6,
+        refused=tuple(refused),
     )
 
 
-def _subnet_options(subnet: DhcpSubnet, tag: str) -> list[str]:
-    """dhcp-optsfile lines for one subnet."""
-    if subnet.version == 6:
-        if not subnet.dns_servers:
-            return []
-        servers = ",".join(f"[{s}]" for s in subnet.dns_servers)
-        return [f"tag:{tag},option6:dns-server,{servers}"]
-    lines = [f"tag:{tag},option:router,{subnet.gateway_ip}"]
-    if subnet.dns_servers:
-        lines.append(f"tag:{tag},option:dns-server,{','.join(subnet.dns_servers)}")
-    if subnet.host_routes:
-        # A client that gets classless routes ignores option 3, so the default route is
-        # repeated in the list (RFC 3442).
-        routes = [f"{r.destination},{r.nexthop}" for r in subnet.host_routes]
-        routes.append(f"0.0.0.0/0,{subnet.gateway_ip}")
-        lines.append(f"tag:{tag},option:classless-static-route,{','.join(routes)}")
-    return lines
+def _reason(exc: Exception) -> str:
+    """A refusal's reason: the message of our own checks, the type too for anything else."""
+    return str(exc) if isinstance(exc, UnsafeValue) else f"{type(exc).__name__}: {quoted(str(exc))}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +465,8 @@ def _write_atomically(path: Path, lines: Iterable[str]) -> None:
 
 
 class Dnsmasq:
-    """The one dnsmasq child process of the agent."""
+    """The one dnsmasq of the agent, run under its keeper (calico.dhcp.keeper), so that it dies
+    with the agent; the agent's child process is the keeper."""
 
     def __init__(self, state_dir: Path, binary: str = "dnsmasq", log_dhcp: bool = False):
         self.files = DnsmasqFiles(state_dir)
@@ -297,12 +478,16 @@ class Dnsmasq:
 
     @property
     def pid(self) -> int | None:
+        """The keeper's PID (dnsmasq's parent); dnsmasq's own is in its PID file."""
         return self._proc.pid if self._proc is not None else None
 
     def apply(self, wanted: DnsmasqConfig) -> Action:
         """Bring dnsmasq to `wanted`; returns what was done."""
         if self.running is not None and not self.alive():
-            log.warning("dnsmasq (PID %s) died; starting it again", self.pid)
+            status = self._proc.returncode if self._proc is not None else None
+            log.warning(
+                "dnsmasq (keeper PID %s) exited with %s; starting it again", self.pid, status
+            )
             self._reap()
         action = plan(self.running, wanted)
         if action is Action.NONE:
@@ -315,7 +500,7 @@ class Dnsmasq:
         _write_atomically(self.files.options, wanted.options)
         if action is Action.RELOAD:
             assert self._proc is not None
-            self._proc.send_signal(signal.SIGHUP)
+            self._proc.send_signal(signal.SIGHUP)  # the keeper passes it on
         else:
             self.stop()
             self._start(wanted)
@@ -323,10 +508,14 @@ class Dnsmasq:
         return action
 
     def _start(self, config: DnsmasqConfig) -> None:
+        # Never two: whatever our PID file names (if it is really our dnsmasq) goes first.
+        stop_leftovers(self.files, self.binary, scan=False)
         argv = command_line(config, self.files, self.binary, self.log_dhcp)
         log.info("Starting %s", " ".join(argv))
-        # Its log lines go to our stderr, next to ours.
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        # Its log lines go to our stderr, next to ours. Started from the agent's main thread:
+        # the keeper's parent-death signal follows the thread that forked it.
+        keeper = [sys.executable, "-m", "calico.dhcp.keeper", str(os.getpid()), "--", *argv]
+        self._proc = subprocess.Popen(keeper, stdin=subprocess.DEVNULL)
         self.running = config
         self.starts += 1
 
@@ -340,18 +529,108 @@ class Dnsmasq:
         self.running = None
 
     def stop(self) -> None:
-        """SIGTERM our dnsmasq (by PID), SIGKILL after STOP_TIMEOUT."""
+        """Stop dnsmasq: SIGTERM to its keeper, which stops dnsmasq (SIGKILL after its own
+        timeout); should the keeper not exit in time, SIGKILL it and stop dnsmasq by its PID
+        file."""
         proc, self._proc, self.running = self._proc, None, None
         if proc is None:
             return
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(STOP_TIMEOUT)
+                proc.wait(STOP_TIMEOUT + 2)
             except subprocess.TimeoutExpired:
+                log.warning("dnsmasq's keeper (PID %d) did not stop; killing it", proc.pid)
                 proc.kill()
                 proc.wait()
+                stop_leftovers(self.files, self.binary, scan=False)
         self.files.pid.unlink(missing_ok=True)
+
+
+# --- Leftovers of an earlier run --------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def is_our_dnsmasq(cmdline: Sequence[str], files: DnsmasqFiles, binary: str) -> bool:
+    """Whether a command line is a dnsmasq this agent starts for this state directory: it names
+    our PID file, and its program is our binary (also as the script of an interpreter, like
+    the tests' stand-in)."""
+    if f"--pid-file={files.pid}" not in cmdline[1:]:
+        return False
+    name = Path(binary).name
+    return any(Path(arg).name == name for arg in cmdline[:2])
+
+
+def _wait_gone(pidfd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
+
+
+def _stop_pid(pid: int, files: DnsmasqFiles, binary: str, why: str) -> bool:
+    """Stop `pid` if it is our dnsmasq (checked through a pidfd, so the PID cannot be reused
+    between the check and the signal); whether it was."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        cmdline = _cmdline(pid)
+        if not is_our_dnsmasq(cmdline, files, binary):
+            if cmdline:
+                log.info(
+                    "PID %d (%s) is not our dnsmasq: left alone", pid, quoted(" ".join(cmdline))
+                )
+            return False
+        log.warning("Stopping dnsmasq PID %d %s", pid, why)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                signal.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                return True
+            if _wait_gone(pidfd, STOP_TIMEOUT):
+                return True
+        log.error("dnsmasq PID %d did not die", pid)
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def stop_leftovers(files: DnsmasqFiles, binary: str, scan: bool = True) -> list[int]:
+    """Stop any dnsmasq an earlier run of the agent left behind for this state directory (the
+    agent was killed and so was its keeper, or the platform has no parent-death signal), before
+    a new one starts; the PIDs stopped.
+
+    The PID file names the last dnsmasq started here; `scan` also looks through /proc for any
+    process whose command line is ours (a PID file deleted by hand). A process is signalled only
+    after its /proc/<pid>/cmdline shows that it is our dnsmasq for this state directory.
+    """
+    stopped = []
+    try:
+        text = files.pid.read_text().strip()
+    except OSError:
+        text = ""
+    if text.isdigit() and _stop_pid(int(text), files, binary, "left by an earlier run"):
+        stopped.append(int(text))
+    elif text:
+        log.info("Ignoring PID file %s: %s", files.pid, quoted(text))
+    if scan:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in stopped:
+                pid = int(entry.name)
+                if is_our_dnsmasq(_cmdline(pid), files, binary) and _stop_pid(
+                    pid, files, binary, "found running for our state directory"
+                ):
+                    stopped.append(pid)
+    files.pid.unlink(missing_ok=True)
+    return stopped
 
 
 def prepare_state_dir(state_dir: Path) -> None:

@@ -63,23 +63,34 @@ def _global_addresses(name: str) -> set[str]:
 class DhcpLinks:
     """Keeps the agent's ns- devices and their addresses as wanted."""
 
-    def ensure(self, interfaces: Iterable[DhcpInterface]) -> None:
+    def ensure(self, interfaces: Iterable[DhcpInterface]) -> dict[str, str]:
+        """Create, update and delete our devices; the ones that could not be set up, with the
+        reason. Each device is handled on its own: one failure leaves the others working."""
+        failed: dict[str, str] = {}
         wanted = {iface.name: iface for iface in interfaces}
         existing = {str(link["ifname"]): link for link in _links()}
         for name, link in existing.items():
             if link.get("ifalias") == ALIAS and name not in wanted:
                 log.info("Deleting DHCP interface %s", name)
-                ip("link", "del", name)
+                ip("link", "del", name, check=False)
         for name, iface in wanted.items():
-            if name not in existing:
-                kind = create_portless_device(name)
-                ip("link", "set", name, "alias", ALIAS)
-                log.info("Created DHCP interface %s (%s)", name, kind)
-            elif existing[name].get("ifalias") != ALIAS:
-                # Not ours (e.g. a stock Neutron DHCP agent's): never change or delete it.
-                raise RuntimeError(f"interface {name} exists and was not made by this agent")
-            ip("link", "set", name, "up")
-            self._set_addresses(name, iface.addresses)
+            try:
+                self._ensure_one(iface, existing.get(name))
+            except Exception as exc:
+                failed[name] = str(exc)
+        return failed
+
+    def _ensure_one(self, iface: DhcpInterface, link: dict[str, object] | None) -> None:
+        name = iface.name
+        if link is None:
+            kind = create_portless_device(name)
+            ip("link", "set", name, "alias", ALIAS)
+            log.info("Created DHCP interface %s (%s)", name, kind)
+        elif link.get("ifalias") != ALIAS:
+            # Not ours (e.g. a stock Neutron DHCP agent's): never change or delete it.
+            raise RuntimeError(f"interface {name} exists and was not made by this agent")
+        ip("link", "set", name, "up")
+        self._set_addresses(name, iface.addresses)
 
     @staticmethod
     def _set_addresses(name: str, addresses: Iterable[str]) -> None:
