@@ -4,6 +4,13 @@ Neutron calls the hooks in its API processes; each hook re-reads what it needs f
 (the dicts Neutron hands us can be stale, e.g. a port's security groups) and writes the
 translated values to etcd. Nothing is rolled back in Neutron when etcd fails: the periodic
 resync (a worker, see get_workers) repairs etcd.
+
+Failures are isolated per object: a hook or callback that handles several objects (the SGs of a
+port, the ports of a floating IP, the SGs using an address group) logs a failing one and carries
+on with the others, and never fails the API call for it. The one thing refused at the API is a
+port that cannot be an endpoint from its own data (translation.port_problems: a hostile
+device_id, say): create and update precommit raise InvalidInput, so Neutron answers 400 and the
+port is not created or changed.
 """
 
 from __future__ import annotations
@@ -11,10 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from neutron.plugins.ml2.drivers import mech_agent
 from neutron_lib import context as n_context
+from neutron_lib import exceptions as n_exc
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import events, registry, resources
 from neutron_lib.plugins import constants as plugin_constants
@@ -23,6 +32,9 @@ from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 
 from calico.common import etcd
+from calico.common.datamodel_v1 import WorkloadEndpointKey
+from calico.common.etcd.base import EtcdError
+from calico.common.quoting import quoted
 from calico.openstack import config
 from calico.openstack import translation as t
 from calico.openstack.store import CalicoStore
@@ -88,6 +100,33 @@ class NeutronReader:
                 out[rule["security_group_id"]].append(rule)
         return out
 
+    def address_groups(self, ids: Iterable[str]) -> dict[str, list[str]]:
+        """The CIDRs of each address group asked for that exists (a missing one is absent:
+        rules referring to it then admit nothing)."""
+        wanted = sorted(set(ids))
+        getter = getattr(self.plugin, "get_address_groups", None)
+        if not wanted or getter is None:
+            return {}
+        groups = getter(self.context, filters={"id": wanted})
+        return {g["id"]: list(g.get("addresses") or ()) for g in groups}
+
+    def security_groups_using_address_group(self, address_group_id: str) -> list[str]:
+        rules = self.plugin.get_security_group_rules(
+            self.context, filters={"remote_address_group_id": [address_group_id]}
+        )
+        return sorted({r["security_group_id"] for r in rules})
+
+    def profiles(
+        self, sg_ids: list[str] | None = None
+    ) -> dict[str, tuple[list[Any], dict[str, list[str]]]]:
+        """What translation.profile_values needs for each SG (all SGs with None):
+        {sg_id: (rules, address groups those rules refer to)}."""
+        rules = self.security_group_rules(sg_ids)
+        groups = self.address_groups(
+            t.address_group_ids(r for sg_rules in rules.values() for r in sg_rules)
+        )
+        return {sg_id: (sg_rules, groups) for sg_id, sg_rules in rules.items()}
+
     def floating_ips(self, port_ids: list[str] | None = None) -> dict[str, list[t.FloatingIP]]:
         """Floating IPs by the port they are associated with."""
         l3 = directory.get_plugin(plugin_constants.L3)
@@ -135,6 +174,10 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
             registry.subscribe(self._on_floating_ip, resources.FLOATING_IP, event)
         registry.subscribe(self._on_sg_deleted, resources.SECURITY_GROUP, events.AFTER_DELETE)
         registry.subscribe(self._on_sg_updated, resources.SECURITY_GROUP, events.AFTER_UPDATE)
+        # Address groups (neutron/db/address_group_db.py): adding and removing addresses and
+        # renaming publish AFTER_UPDATE, deleting (refused while a rule uses it) AFTER_DELETE.
+        for event in (events.AFTER_UPDATE, events.AFTER_DELETE):
+            registry.subscribe(self._on_address_group, resources.ADDRESS_GROUP, event)
 
     def store(self) -> CalicoStore:
         """The etcd connection of this process, made on first use.
@@ -175,30 +218,37 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         return False
 
     # Felix reports endpoint status itself (status worker): no provisioning blocks, which
-    # would otherwise hold the port DOWN until an L2 agent RPC that never comes.
+    # would otherwise hold the port DOWN until an L2 agent RPC that never comes. The precommit
+    # hooks only refuse ports that could never be endpoints (an HTTP 400, nothing stored).
     def create_port_precommit(self, context: Any) -> None:
-        pass
+        refuse_untranslatable_port(context.current, None)
 
     def update_port_precommit(self, context: Any) -> None:
-        pass
+        refuse_untranslatable_port(context.current, context.original)
 
     # -- subnets -----------------------------------------------------------------------------
 
     def create_subnet_postcommit(self, context: Any) -> None:
-        self._sync_subnet(context.current["id"])
+        isolated(f"subnet {quoted(context.current['id'])}", self._sync_subnet, context.current)
 
     def update_subnet_postcommit(self, context: Any) -> None:
-        self._sync_subnet(context.current["id"])
+        isolated(f"subnet {quoted(context.current['id'])}", self._sync_subnet, context.current)
 
     def delete_subnet_postcommit(self, context: Any) -> None:
-        self.store().delete_subnet(context.current["id"])
+        subnet_id = context.current["id"]
+        isolated(f"subnet {quoted(subnet_id)}", self.store().delete_subnet, subnet_id)
 
-    def _sync_subnet(self, subnet_id: str) -> None:
-        subnet = NeutronReader().subnet(subnet_id)
+    def _sync_subnet(self, current: dict[str, Any]) -> None:
+        subnet = NeutronReader().subnet(current["id"])
         if subnet is not None and subnet.get("enable_dhcp"):
-            self.store().put_subnet(subnet)
-        else:
-            self.store().delete_subnet(subnet_id)
+            try:
+                self.store().put_subnet(subnet)
+                return
+            except t.Untranslatable:
+                # Fail closed: no DHCP for a subnet that cannot be served as it is.
+                self.store().delete_subnet(current["id"])
+                raise
+        self.store().delete_subnet(current["id"])
 
     # -- ports -------------------------------------------------------------------------------
 
@@ -206,7 +256,7 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         # Current Neutron binds after this hook, so the port is normally still unbound here.
         port = context.current
         if t.is_endpoint_port(port) and is_bound(port):
-            self.write_port(port["id"])
+            isolated(f"port {quoted(port['id'])}", self.write_port, port["id"])
 
     def update_port_postcommit(self, context: Any) -> None:
         port, original = context.current, context.original
@@ -214,36 +264,56 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
             return
         if _only_status_changed(port, original):
             return  # our own status write coming back
+        isolated(f"port {quoted(port['id'])}", self._update_port, port, original)
+
+    def _update_port(self, port: dict[str, Any], original: dict[str, Any]) -> None:
         if is_bound(original) and t.is_endpoint_port(original):
             # Unbound, or moved to another host / VM: the old key must go.
-            if not is_bound(port) or t.endpoint_key(original) != t.endpoint_key(port):
-                self._delete_endpoint(original)
+            old_key = endpoint_key_or_none(original)
+            if old_key is not None and (
+                not is_bound(port)
+                or not t.is_endpoint_port(port)
+                or endpoint_key_or_none(port) != old_key
+            ):
+                self._delete_endpoint(old_key)
         if is_bound(port) and t.is_endpoint_port(port):
             self.write_port(port["id"])
 
     def delete_port_postcommit(self, context: Any) -> None:
         port = context.current
         if t.is_endpoint_port(port) and is_bound(port):
-            self._delete_endpoint(port)
+            key = endpoint_key_or_none(port)
+            if key is not None:
+                isolated(f"port {quoted(port['id'])}", self._delete_endpoint, key)
 
-    def _delete_endpoint(self, port: dict[str, Any]) -> None:
-        key = t.endpoint_key(port)
+    def _delete_endpoint(self, key: WorkloadEndpointKey) -> None:
         store = self.store()
         store.delete_endpoint(key)
         store.cleanup_workload_dirs(key)
 
     def write_port(self, port_id: str) -> None:
-        """Write a port's profiles, then its endpoint, from a fresh DB read."""
+        """Write a port's profiles, then its endpoint, from a fresh DB read.
+
+        A port whose own data cannot be translated gets no endpoint, and loses any it had
+        (fail closed); a security group that cannot be translated is logged and skipped.
+        """
         reader = NeutronReader()
         port = reader.port(port_id)
         if port is None or not (t.is_endpoint_port(port) and is_bound(port)):
             return  # deleted or unbound since: the hook for that change handles it
         store = self.store()
         # Profiles first, so Felix never sees an endpoint pointing at a missing profile.
-        sg_ids = list(port.get("security_groups") or ())
-        for sg_id, rules in reader.security_group_rules(sg_ids).items():
-            store.put_profile(sg_id, rules)
-        store.put_endpoint(t.endpoint_key(port), reader.endpoint(port))
+        self._write_profiles(reader, store, list(port.get("security_groups") or ()))
+        key = endpoint_key_or_none(port)
+        if key is None:
+            return  # logged; the VM has no connectivity until the port is fixed
+        try:
+            data = reader.endpoint(port)
+        except t.Untranslatable as e:
+            t.warn_once(f"{e}: no endpoint (the VM has no connectivity)")
+            self._delete_endpoint(key)
+            return
+        store.put_endpoint(key, data)
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -255,23 +325,44 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         metadata = getattr(payload, "metadata", None) or {}
         if metadata.get("security_group_id"):
             sg_ids.add(metadata["security_group_id"])
-        self.write_profiles(sorted(sg_ids))
+        isolated("security group rule change", self.write_profiles, sorted(sg_ids))
 
     def _on_sg_updated(self, resource: str, event: str, trigger: Any, payload: Any = None) -> None:
         if payload is not None and payload.resource_id:
-            self.write_profiles([payload.resource_id])
+            isolated("security group update", self.write_profiles, [payload.resource_id])
 
     def _on_sg_deleted(self, resource: str, event: str, trigger: Any, payload: Any = None) -> None:
         # Neutron refuses to delete an SG that a port still uses, so nothing refers to it.
         if payload is not None and payload.resource_id:
-            self.store().delete_profile(payload.resource_id)
+            sg_id = payload.resource_id
+            isolated(f"security group {quoted(sg_id)}", self.store().delete_profile, sg_id)
+
+    def _on_address_group(
+        self, resource: str, event: str, trigger: Any, payload: Any = None
+    ) -> None:
+        """Addresses added or removed (or the group renamed, or deleted): rewrite the profile
+        of every SG with a rule whose remote is this group."""
+        if payload is None or not payload.resource_id:
+            return
+        group_id = payload.resource_id
+        what = f"address group {quoted(group_id)}"
+        isolated(what, self._rewrite_address_group_users, group_id)
+
+    def _rewrite_address_group_users(self, group_id: str) -> None:
+        sg_ids = NeutronReader().security_groups_using_address_group(group_id)
+        self.write_profiles(sg_ids)
 
     def write_profiles(self, sg_ids: list[str]) -> None:
+        if sg_ids:
+            self._write_profiles(NeutronReader(), self.store(), sg_ids)
+
+    @staticmethod
+    def _write_profiles(reader: NeutronReader, store: CalicoStore, sg_ids: list[str]) -> None:
+        """Each SG's profile, one at a time: a failing SG does not stop the others."""
         if not sg_ids:
             return
-        store = self.store()
-        for sg_id, rules in NeutronReader().security_group_rules(sg_ids).items():
-            store.put_profile(sg_id, rules)
+        for sg_id, (rules, groups) in reader.profiles(sg_ids).items():
+            isolated(f"security group {quoted(sg_id)}", store.put_profile, sg_id, rules, groups)
 
     def _on_floating_ip(self, resource: str, event: str, trigger: Any, payload: Any = None) -> None:
         # states: (new,) on create and delete, (old, new) on update; rewrite every port
@@ -281,7 +372,58 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
             if isinstance(state, dict) and state.get("port_id"):
                 port_ids.add(state["port_id"])
         for port_id in sorted(port_ids):
-            self.write_port(port_id)
+            isolated(f"port {quoted(port_id)}", self.write_port, port_id)
+
+
+# Port fields whose change can make a port refusable (see refuse_untranslatable_port).
+_PORT_CHECKED_FIELDS = ("id", "device_id", "device_owner", portbindings.HOST_ID, "mac_address")
+
+
+def refuse_untranslatable_port(port: dict[str, Any], original: dict[str, Any] | None) -> None:
+    """Raise InvalidInput (HTTP 400) for an endpoint port that could not be an endpoint.
+
+    An update that leaves every checked field as it was goes through even if the port was
+    already bad (one stored by an older version): refusing it would only block unrelated
+    changes, and the port stays without an endpoint (logged) until its fields are fixed.
+    """
+    problems = t.port_problems(port)
+    if not problems:
+        return
+    if original is not None and all(port.get(f) == original.get(f) for f in _PORT_CHECKED_FIELDS):
+        t.warn_once(f"port {quoted(port.get('id'))}: " + "; ".join(problems))
+        return
+    raise n_exc.InvalidInput(
+        error_message="Calico cannot network this port: " + "; ".join(problems)
+    )
+
+
+def endpoint_key_or_none(port: dict[str, Any]) -> WorkloadEndpointKey | None:
+    """The port's endpoint key, or None (logged once) when its data cannot form one."""
+    try:
+        return t.endpoint_key(port)
+    except t.Untranslatable as e:
+        t.warn_once(f"{e}: no endpoint (the VM has no connectivity)")
+        return None
+
+
+def isolated(what: str, fn: Callable[..., Any], *args: Any) -> bool:
+    """Run fn(*args) for one object; a failure is logged and never reaches the caller (the
+    API request, or the loop over the other objects). True if it succeeded.
+
+    Untranslatable data is logged once (the object stays out of etcd: fail closed); an etcd
+    failure is logged each time (the resync repairs it); anything else once with its
+    traceback.
+    """
+    try:
+        fn(*args)
+        return True
+    except t.Untranslatable as e:
+        t.warn_once(f"{e}: left out of etcd")
+    except EtcdError as e:
+        log.warning("%s: etcd failed, the resync will repair it: %s", what, e)
+    except Exception as e:
+        t.warn_once(f"{what} failed: {type(e).__name__}: {quoted(str(e))}", exc_info=e)
+    return False
 
 
 def _only_status_changed(port: dict[str, Any], original: dict[str, Any]) -> bool:

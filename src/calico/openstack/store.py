@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from calico.common.datamodel_v1 import (
     GlobalConfigKey,
-    ProfileRulesKey,
-    ProfileTagsKey,
     ReadyKey,
     WorkloadEndpointKey,
 )
@@ -41,25 +40,38 @@ class CalicoStore:
         # A missing key is fine: the endpoint was never written or the resync removed it.
         self.client.delete(key.path)
 
-    def cleanup_workload_dirs(self, key: WorkloadEndpointKey) -> None:
+    def cleanup_workload_dirs(self, key: WorkloadEndpointKey | str) -> None:
         """v2 leaves empty directories behind; remove .../<workload>/endpoint and
-        .../<workload> if nothing else is in them (no-ops on v3)."""
-        endpoint_dir = key.path.rpartition("/")[0]
+        .../<workload> if nothing else is in them (no-ops on v3). key: the endpoint's key, or
+        the path of a key that does not parse (an older version's hostile device_id)."""
+        path = key if isinstance(key, str) else key.path
+        endpoint_dir = path.rpartition("/")[0]
+        if endpoint_dir.rpartition("/")[2] != "endpoint":
+            return  # not shaped like an endpoint key: leave the directories alone
         if self.client.delete_empty_dir(endpoint_dir):
             self.client.delete_empty_dir(endpoint_dir.rpartition("/")[0])
 
-    def put_profile(self, sg_id: str, rules: list[dict[str, Any]]) -> None:
-        for path, value in t.profile_values(sg_id, rules).items():
+    def put_profile(
+        self,
+        sg_id: str,
+        rules: list[dict[str, Any]],
+        address_groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """Write one SG's profile; translation.Untranslatable (nothing written) for an SG
+        whose ID cannot be a profile ID. Rules that cannot be translated are left out."""
+        for path, value in t.profile_values(sg_id, rules, address_groups).items():
             self.client.put(path, value)
 
     def delete_profile(self, sg_id: str) -> None:
-        pid = t.profile_id(sg_id)
+        paths = list(t.profile_values(sg_id, []))  # Untranslatable for an invalid ID
         # Tags first: nothing can match the group any more before its rules go.
-        self.client.delete(ProfileTagsKey(pid).path)
-        self.client.delete(ProfileRulesKey(pid).path)
+        for path in sorted(paths, key=lambda p: not p.endswith("/tags")):
+            self.client.delete(path)
 
     def put_subnet(self, subnet: dict[str, Any]) -> None:
-        self.client.put(t.subnet_key(subnet["id"]).path, t.dumps(t.subnet_data(subnet)))
+        """translation.Untranslatable (nothing written) for a subnet DHCP cannot serve."""
+        for path, value in t.subnet_values(subnet).items():
+            self.client.put(path, value)
 
     def delete_subnet(self, subnet_id: str) -> None:
         self.client.delete(t.subnet_key(subnet_id).path)

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from calico.common.datamodel_v1 import (
@@ -20,15 +21,15 @@ from calico.common.datamodel_v1 import (
     FELIX_HOST_DIR,
     HOST_DIR,
     PROFILE_DIR,
+    BadKey,
     FelixStatusKey,
     NeutronElectionKey,
-    ProfileRulesKey,
-    ProfileTagsKey,
     WorkloadEndpointKey,
     WorkloadEndpointStatusKey,
     parse_key,
 )
 from calico.common.etcd.base import EtcdError, KVStore
+from calico.common.quoting import quoted
 from calico.common.resources import InvalidValue, decode_object
 from calico.openstack import translation as t
 from calico.openstack.store import CalicoStore
@@ -151,67 +152,171 @@ def resync(store: CalicoStore, reader: Any) -> dict[str, dict[str, int]]:
     """One pass: etcd vs Neutron's DB for subnets, profiles, endpoints (openstack.md §4.1).
 
     reader: a mech_driver.NeutronReader. Only keys the driver owns are touched: DHCP
-    subnets, `openstack-sg-` profiles and endpoints of the "openstack" orchestrator.
+    subnets, `openstack-sg-` profiles and endpoints of the "openstack" orchestrator (including
+    keys an older version wrote with IDs that are no longer valid, which are deleted).
+
+    Failures are isolated: an object that cannot be translated is logged once and left out
+    (its stale key, if any, is deleted: fail closed) while every other object is reconciled;
+    a section that fails as a whole (Neutron's DB unreadable, say) deletes nothing and does not
+    stop the other sections, and the Felix config keys are written in any case. Each section's
+    counts include "skipped", the objects left out.
     """
     client = store.client
     report: dict[str, dict[str, int]] = {}
+    # Profiles first, so that endpoints never point at missing profiles; extra profiles are
+    # deleted last, once no endpoint refers to them any more (and only if the profile section
+    # knew what it wanted).
+    subnets: dict[str, dict[str, Any]] | None = None
+    extra_profiles: dict[str, tuple[str, int]] | None = None
+    try:
+        subnets = reader.subnets()
+        report["subnets"] = _resync_subnets(client, subnets)
+    except Exception as e:
+        report["subnets"] = _section_failed("subnets", e)
+    try:
+        report["profiles"], extra_profiles = _resync_profiles(client, reader)
+    except Exception as e:
+        report["profiles"] = _section_failed("profiles", e)
+    try:
+        report["endpoints"] = _resync_endpoints(store, reader, subnets)
+    except Exception as e:
+        report["endpoints"] = _section_failed("endpoints", e)
+    if extra_profiles is not None:
+        try:
+            report["profiles"]["deleted"] = reconcile(client, extra_profiles, {})["deleted"]
+        except Exception as e:
+            _section_failed("extra profiles", e)
+    try:
+        store.ensure_felix_config()
+    except Exception as e:
+        report["felix_config"] = _section_failed("Felix config", e)
+    return report
 
-    # etcd is read before Neutron: anything written in between is newer than our read, so
-    # the CAS writes below cannot undo it.
+
+def _section_failed(what: str, e: Exception) -> dict[str, int]:
+    """A whole section failed (nothing deleted for it); the rest of the pass goes on."""
+    if isinstance(e, EtcdError):
+        log.warning("resync: %s failed: etcd: %s", what, e)
+    else:
+        log.exception("resync: %s failed; the other sections go on", what)
+    return {"failed": 1}
+
+
+def _translated(what: str, translate: Callable[[], dict[str, str]]) -> dict[str, str] | None:
+    """One object's {path: JSON}, or None (logged once) if it cannot be translated."""
+    try:
+        return translate()
+    except t.Untranslatable as e:
+        t.warn_once(f"resync: {e}: left out of etcd")
+    except Exception as e:
+        t.warn_once(f"resync: {what} failed: {type(e).__name__}: {quoted(str(e))}", exc_info=e)
+    return None
+
+
+def _resync_subnets(client: KVStore, subnets: dict[str, dict[str, Any]]) -> dict[str, int]:
+    # etcd is read before Neutron in each section: anything written in between is newer than
+    # our read, so the CAS writes cannot undo it. (Subnets: read from Neutron first for the
+    # endpoints too; a subnet hook in between at worst makes one CAS conflict.)
     etcd_subnets = client.read_prefix_versioned(DHCP_SUBNET_DIR)
-    subnets = reader.subnets()
-    wanted_subnets = {
-        t.subnet_key(s["id"]).path: t.dumps(t.subnet_data(s))
-        for s in subnets.values()
-        if s.get("enable_dhcp")
-    }
-    report["subnets"] = reconcile(client, etcd_subnets, wanted_subnets)
+    wanted: dict[str, str] = {}
+    skipped = 0
+    for subnet_id, subnet in subnets.items():
+        if not subnet.get("enable_dhcp"):
+            continue
+        values = _translated(f"subnet {quoted(subnet_id)}", partial(t.subnet_values, subnet))
+        if values is None:
+            skipped += 1
+        else:
+            wanted.update(values)
+    return {**reconcile(client, etcd_subnets, wanted), "skipped": skipped}
 
+
+def _resync_profiles(
+    client: KVStore, reader: Any
+) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
+    """Reconcile the wanted profiles; return the counts and the extra ones (to delete last)."""
     etcd_profiles = {
         path: value
         for path, value in client.read_prefix_versioned(PROFILE_DIR).items()
         if _owned_profile(path)
     }
-    wanted_profiles: dict[str, str] = {}
-    for sg_id, rules in reader.security_group_rules().items():
-        wanted_profiles.update(t.profile_values(sg_id, rules))
-    # Extra profiles go last, once no endpoint refers to them any more.
-    report["profiles"] = reconcile(client, etcd_profiles, wanted_profiles, delete_extra=False)
+    wanted: dict[str, str] = {}
+    skipped = 0
+    for sg_id, (rules, groups) in reader.profiles().items():
+        translate = partial(t.profile_values, sg_id, rules, groups)
+        values = _translated(f"security group {quoted(sg_id)}", translate)
+        if values is None:
+            skipped += 1
+        else:
+            wanted.update(values)
+    counts = reconcile(client, etcd_profiles, wanted, delete_extra=False)
+    extra = {p: v for p, v in etcd_profiles.items() if p not in wanted}
+    return {**counts, "skipped": skipped}, extra
 
+
+def _resync_endpoints(
+    store: CalicoStore, reader: Any, subnets: dict[str, dict[str, Any]] | None
+) -> dict[str, int]:
+    client = store.client
     etcd_endpoints = {
         path: value
         for path, value in client.read_prefix_versioned(HOST_DIR).items()
         if _openstack_endpoint(path)
     }
+    if subnets is None:
+        subnets = reader.subnets()
     fips = reader.floating_ips()
-    wanted_endpoints = {
-        t.endpoint_key(port).path: t.dumps(reader.endpoint(port, subnets, fips))
-        for port in reader.endpoint_ports()
-        if _bound(port)
-    }
-    report["endpoints"] = reconcile(client, etcd_endpoints, wanted_endpoints)
-    for path in set(etcd_endpoints) - set(wanted_endpoints):
-        key = parse_key(path)
-        if isinstance(key, WorkloadEndpointKey):
-            store.cleanup_workload_dirs(key)
+    wanted: dict[str, str] = {}
+    skipped = 0
+    for port in reader.endpoint_ports():
+        if not _bound(port):
+            continue
+        translate = partial(_endpoint, reader, port, subnets, fips)
+        values = _translated(f"port {quoted(port.get('id'))}", translate)
+        if values is None:
+            skipped += 1
+        else:
+            wanted.update(values)
+    counts = reconcile(client, etcd_endpoints, wanted)
+    for path in set(etcd_endpoints) - set(wanted):
+        store.cleanup_workload_dirs(path)
+    return {**counts, "skipped": skipped}
 
-    extra_profiles = {p: v for p, v in etcd_profiles.items() if p not in wanted_profiles}
-    report["profiles"]["deleted"] = reconcile(client, extra_profiles, {})["deleted"]
 
-    store.ensure_felix_config()
-    return report
+def _endpoint(
+    reader: Any, port: dict[str, Any], subnets: dict[str, Any], fips: dict[str, Any]
+) -> dict[str, str]:
+    key = t.endpoint_key(port)
+    return {key.path: t.dumps(reader.endpoint(port, subnets, fips))}
 
 
 def _owned_profile(path: str) -> bool:
-    key = parse_key(path)
-    return isinstance(key, ProfileRulesKey | ProfileTagsKey) and (
-        t.sg_id_from_profile(key.profile) is not None
+    """Every key under an `openstack-sg-` profile is ours, also one whose profile ID is no
+    longer valid (an older version's): the resync deletes what it does not want there."""
+    parts = path.split("/")
+    return (
+        len(parts) >= 7
+        and path.startswith(PROFILE_DIR + "/")
+        and t.sg_id_from_profile(parts[5]) is not None
     )
 
 
 def _openstack_endpoint(path: str) -> bool:
+    """An endpoint of the "openstack" orchestrator, or a key in its part of the tree that
+    does not parse (a hostile device_id written by an older version: a BadKey, or with a "/"
+    in it, more segments); other orchestrators' keys are never ours."""
     key = parse_key(path)
-    return isinstance(key, WorkloadEndpointKey) and key.orchestrator == t.ORCHESTRATOR
+    if isinstance(key, WorkloadEndpointKey):
+        return key.orchestrator == t.ORCHESTRATOR
+    parts = path.split("/")
+    # "", "calico", "v1", "host", <host>, "workload", <orchestrator>, <workload>, ...
+    return (
+        (key is None or isinstance(key, BadKey))
+        and len(parts) >= 10
+        and path.startswith(HOST_DIR + "/")
+        and parts[5] == "workload"
+        and parts[6] == t.ORCHESTRATOR
+    )
 
 
 def _bound(port: dict[str, Any]) -> bool:
@@ -263,7 +368,10 @@ class StatusReporter:
                 "configurations": {},
                 "start_flag": host not in self._hosts,
             }
-            plugin.create_or_update_agent(self.context, state)
+            try:
+                plugin.create_or_update_agent(self.context, state)
+            except Exception as e:  # one host's row must not stop the others' or the ports'
+                t.warn_once(f"status: agent row of {quoted(host)} failed: {e!r}", exc_info=e)
         self._hosts = live_hosts
 
         for port in plugin.get_ports(self.context):
@@ -280,7 +388,11 @@ class StatusReporter:
             if status is None or self._reported.get(port["id"]) == status:
                 continue
             if port.get("status") != status:
-                plugin.update_port_status(self.context, port["id"], status, host=host)
+                try:
+                    plugin.update_port_status(self.context, port["id"], status, host=host)
+                except Exception as e:  # one port (deleted meanwhile, say) must not stop all
+                    log.warning("status: port %s: %s", quoted(port["id"]), quoted(repr(e)))
+                    continue
             self._reported[port["id"]] = status
 
 
@@ -289,7 +401,7 @@ def _port_status(raw: str) -> str:
         status = decode_object(raw, "endpoint status").get("status")
     except InvalidValue:  # not a JSON object
         return "ERROR"
-    return PORT_STATUS.get(status, "ERROR")
+    return PORT_STATUS.get(status, "ERROR") if isinstance(status, str) else "ERROR"
 
 
 # --- The worker ----------------------------------------------------------------------------
@@ -326,15 +438,19 @@ class BackgroundLoop:
             self._next_election = now + wait + (0 if master else random.uniform(0, 1))  # noqa: S311
         if not self.elector.master:
             return
-        try:
-            if now >= self._next_resync:
-                self._next_resync = now + RESYNC_INTERVAL_SECS
+        # One failed pass must not end the thread (the next one retries), and a failed resync
+        # must not stop the status polls or the other way round.
+        if now >= self._next_resync:
+            self._next_resync = now + RESYNC_INTERVAL_SECS
+            try:
                 log.info("resync: %s", resync(self.store, self.reader))
-            if self.status is not None:
+            except Exception:
+                log.exception("resync pass failed")
+        if self.status is not None:
+            try:
                 self.status.poll()
-        except Exception:
-            # One failed pass must not end the thread; the next one retries.
-            log.exception("background pass failed")
+            except Exception:
+                log.exception("status poll failed")
 
 
 def _make_worker_base() -> type:
