@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import tomllib
 from pathlib import Path
 
@@ -12,12 +13,15 @@ import pytest
 import calico.dhcp
 from calico.common.datamodel_v1 import DhcpSubnetKey, WorkloadEndpointKey
 from calico.common.etcd.syncer import SyncStatus
+from calico.dhcp import agent as agent_module
 from calico.dhcp import interface
 from calico.dhcp.agent import DhcpState, load_config, main
 from calico.dhcp.dnsmasq import DnsmasqConfig
+from calico.dhcp.model import parse_dhcp_endpoint
 
 EP = WorkloadEndpointKey("h1", "openstack", "vm-1", "port-1")
 OTHER = WorkloadEndpointKey("h2", "openstack", "vm-2", "port-2")
+EP2 = WorkloadEndpointKey("h1", "openstack", "vm-3", "port-3")
 SUBNET = DhcpSubnetKey("s4")
 SUBNET_JSON = json.dumps({"network_id": "n1", "cidr": "10.65.0.0/24", "gateway_ip": "10.65.0.1"})
 
@@ -147,3 +151,85 @@ def test_entry_points_declared() -> None:
     assert project["project"]["scripts"]["calico-dhcp-agent"] == "calico.dhcp.agent:main"
     drivers = project["project"]["entry-points"]["neutron.interface_drivers"]
     assert drivers["RoutedInterfaceDriver"] == "calico.dhcp.interface:RoutedInterfaceDriver"
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_bad_objects_are_logged_once_with_their_key_and_the_rest_is_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 12: an invalid value, a bad key of this host's and an invalid subnet key are each
+    logged once, quoted; every other endpoint is still served."""
+    caplog.set_level(logging.WARNING, logger="calico.dhcp.agent")
+    state = DhcpState("h1")
+    state.on_status(SyncStatus.IN_SYNC)
+    hostile_fqdn = json.dumps({**json.loads(endpoint_json()), "fqdn": "x\n02:00:00:00:00:09"})
+    bad_key = "/calico/v1/host/h1/workload/openstack/vm\nx/endpoint/p"
+    bad_subnet_key = "/calico/dhcp/v1/subnet/s\n4"
+    updates = [
+        (EP.path, endpoint_json()),
+        (SUBNET.path, SUBNET_JSON),
+        (EP2.path, hostile_fqdn),
+        (bad_key, endpoint_json()),
+        (bad_subnet_key, SUBNET_JSON),
+        ("/calico/v1/host/h2/workload/openstack/vm\nx/endpoint/p", endpoint_json()),
+    ]
+    state.on_updates(updates)
+    wanted = state.wanted(86400)
+    assert wanted is not None
+    assert wanted.hosts == ("02:00:00:00:00:01,10.65.0.2,host-10-65-0-2",)
+    logged = _warnings(caplog)
+    assert len(logged) == 3, logged
+    assert all("\n" not in line for line in logged)
+    assert any(repr(EP2.path) in line and "fqdn" in line for line in logged)
+    assert any(repr(bad_key) in line for line in logged)
+    assert any(repr(bad_subnet_key) in line for line in logged)
+
+    # The same values again (a resync) log nothing new; a fix and a new break log again.
+    caplog.clear()
+    state.on_updates(updates)
+    assert state.wanted(86400) == wanted
+    assert _warnings(caplog) == []
+    state.on_updates([(EP2.path, None)])
+    state.on_updates([(EP2.path, hostile_fqdn)])
+    assert len(_warnings(caplog)) == 1
+
+
+def test_refusals_by_the_renderer_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Two endpoints claiming one MAC: the conflict is logged once, naming both keys."""
+    caplog.set_level(logging.WARNING, logger="calico.dhcp.agent")
+    state = DhcpState("h1")
+    state.on_status(SyncStatus.IN_SYNC)
+    twin = json.dumps({**json.loads(endpoint_json()), "ipv4_nets": ["10.65.0.3/32"]})
+    state.on_updates([(EP.path, endpoint_json()), (EP2.path, twin), (SUBNET.path, SUBNET_JSON)])
+    for _ in range(3):
+        wanted = state.wanted(86400)
+        assert wanted is not None and len(wanted.hosts) == 1
+    (line,) = _warnings(caplog)
+    assert repr(EP2.path) in line and EP.path in line
+
+
+def test_an_unexpected_parse_failure_is_isolated(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value that makes the parser raise something other than InvalidValue (a bug) is left
+    out like an invalid one; the agent keeps the rest."""
+    caplog.set_level(logging.WARNING, logger="calico.dhcp.agent")
+
+    def broken(raw_json: str, key: WorkloadEndpointKey) -> object:
+        if key == EP2:
+            raise RecursionError("deep")
+        return parse_dhcp_endpoint(raw_json, key)
+
+    monkeypatch.setattr(agent_module, "parse_dhcp_endpoint", broken)
+    state = DhcpState("h1")
+    state.on_status(SyncStatus.IN_SYNC)
+    other = json.dumps(
+        {**json.loads(endpoint_json("02:00:00:00:00:02")), "ipv4_nets": ["10.65.0.3/32"]}
+    )
+    state.on_updates([(EP.path, endpoint_json()), (EP2.path, other), (SUBNET.path, SUBNET_JSON)])
+    wanted = state.wanted(86400)
+    assert wanted is not None and len(wanted.hosts) == 1
+    assert any("RecursionError" in line for line in _warnings(caplog))
