@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from calico.common import etcd as calico_etcd
 from calico.common import resources
 from calico.common.datamodel_v1 import (
     DhcpSubnetKey,
     FelixStatusKey,
+    NeutronElectionKey,
     ProfileRulesKey,
     ProfileTagsKey,
     ReadyKey,
@@ -201,3 +203,127 @@ def test_rest_to_etcd(neutron: NeutronServer, etcd: EtcdServer) -> None:
     # Deleting a port removes its endpoint.
     n("DELETE", f"ports/{p2['id']}")
     assert set(endpoints(client)) == {key1}
+
+
+def test_hostile_input(neutron: NeutronServer, etcd: EtcdServer) -> None:
+    """Issue 12 against the real API server: a port whose device_id would inject into the
+    endpoint key is refused with 400 and nothing reaches etcd; a remote address group gives
+    exactly its CIDRs and follows its membership; protocol "ip" / 0 works, and a resync pass
+    with all of that in the DB completes and repairs a broken key."""
+    client = calico_etcd.connect("v2", EtcdSettings((etcd.client_url,)))
+    n = neutron.call
+    client.put(FelixStatusKey(HOST).path, json.dumps({"time": "now", "uptime": 1}), ttl=300)
+    wait_for(
+        "the Felix agent row",
+        lambda: [a for a in n("GET", "agents")["agents"] if a["host"] == HOST and a["alive"]],
+        timeout=60,
+    )
+    net = n("POST", "networks", {"network": {"name": "calico", "shared": True}})["network"]
+    n(
+        "POST",
+        "subnets",
+        {"subnet": {"network_id": net["id"], "ip_version": 4, "cidr": "10.65.0.0/24"}},
+    )
+
+    def port_body(device_id: str, *sgs: str) -> dict[str, Any]:
+        body = {
+            "network_id": net["id"],
+            "device_owner": "compute:nova",
+            "device_id": device_id,
+            "binding:host_id": HOST,
+        }
+        return {"port": {**body, "security_groups": list(sgs)} if sgs else body}
+
+    def raw(method: str, path: str, body: Any = None) -> requests.Response:
+        return requests.request(method, f"{neutron.url}/{path}", json=body, timeout=60)
+
+    # (a) Hostile device_ids: 400 with a clear message, no port, nothing in etcd.
+    for device_id in ("vm\n-A felix-FORWARD -j ACCEPT\nCOMMIT", 'vm"1', "vm'1", "*filter"):
+        response = raw("POST", "ports", port_body(device_id))
+        assert response.status_code == 400, response.text
+        assert "not a valid Calico ID" in response.json()["NeutronError"]["message"]
+    assert n("GET", "ports")["ports"] == []
+    assert endpoints(client) == {}
+    good = n("POST", "ports", port_body("vm-good"))["port"]
+    good_key = WorkloadEndpointKey(HOST, "openstack", "vm-good", good["id"])
+    good_value = client.get(good_key.path)
+    assert good_value is not None
+    response = raw("PUT", f"ports/{good['id']}", {"port": {"device_id": "vm\nx"}})
+    assert response.status_code == 400, response.text
+    assert n("GET", f"ports/{good['id']}")["port"]["device_id"] == "vm-good"
+    assert list(endpoints(client)) == [good_key]
+
+    # (b) A rule whose remote is an address group: exactly the group's CIDRs, never
+    # 0.0.0.0/0, and it follows addresses being added and removed.
+    group = n("POST", "address-groups", {"address_group": {"name": "ag", "addresses": []}})
+    ag = group["address_group"]["id"]
+    n("PUT", f"address-groups/{ag}/add_addresses", {"addresses": ["10.1.0.0/16"]})
+    from_ag = n("POST", "security-groups", {"security_group": {"name": "from-ag"}})
+    sg_ag = from_ag["security_group"]["id"]
+    rule = {
+        "security_group_id": sg_ag,
+        "direction": "ingress",
+        "ethertype": "IPv4",
+        "protocol": "tcp",
+        "port_range_min": 22,
+        "port_range_max": 22,
+        "remote_address_group_id": ag,
+    }
+    n("POST", "security-group-rules", {"security_group_rule": rule})
+    n("POST", "ports", port_body("vm-ag", sg_ag))
+
+    def ag_sources() -> list[tuple[str | None, Any]]:
+        rules = profile_rules(client, sg_ag)
+        assert rules is not None
+        return [(r.src_net, r.dst_ports) for r in rules.inbound_rules]
+
+    assert ag_sources() == [("10.1.0.0/16", (22,))]
+    n("PUT", f"address-groups/{ag}/add_addresses", {"addresses": ["192.0.2.7/32"]})
+    assert ag_sources() == [("10.1.0.0/16", (22,)), ("192.0.2.7/32", (22,))]
+    n("PUT", f"address-groups/{ag}/remove_addresses", {"addresses": ["10.1.0.0/16"]})
+    assert ag_sources() == [("192.0.2.7/32", (22,))]
+    n("PUT", f"address-groups/{ag}/remove_addresses", {"addresses": ["192.0.2.7/32"]})
+    assert ag_sources() == []  # an empty group admits nothing
+
+    # (c) Protocol "ip" and 0 (any protocol): the port is created, the rules have no protocol.
+    anyproto = n("POST", "security-groups", {"security_group": {"name": "any"}})
+    sg_any = anyproto["security_group"]["id"]
+    for protocol, ethertype, prefix in (("ip", "IPv4", "10.9.0.0/16"), ("0", "IPv6", "fd00::/8")):
+        body = {
+            "security_group_id": sg_any,
+            "direction": "ingress",
+            "ethertype": ethertype,
+            "protocol": protocol,
+            "remote_ip_prefix": prefix,
+        }
+        n("POST", "security-group-rules", {"security_group_rule": body})
+    any_port = n("POST", "ports", port_body("vm-any", sg_any))["port"]
+    assert any_port["binding:vif_type"] == "tap"
+    any_rules = profile_rules(client, sg_any)
+    assert any_rules is not None
+    assert sorted((r.ip_version, r.protocol, r.src_net) for r in any_rules.inbound_rules) == [
+        (4, None, "10.9.0.0/16"),
+        (6, None, "fd00::/8"),
+    ]
+
+    # A resync pass with all of this in Neutron's DB completes and repairs: the endpoint of
+    # the good port deleted behind the driver's back, and a key an older version wrote with a
+    # hostile device_id (deleted), next to another orchestrator's (kept). Deleting the
+    # election key makes the worker step down and take over again, which resyncs at once.
+    periodic_log = neutron.work_dir / "log" / "periodic.log"
+    passes_before = periodic_log.read_text(errors="replace").count("resync: {")
+    client.delete(good_key.path)
+    hostile = f"/calico/v1/host/{HOST}/workload/openstack/vm\nold/endpoint/{good['id']}"
+    foreign = f"/calico/v1/host/{HOST}/workload/k8s/pod\nx/endpoint/eth0"
+    client.put(hostile, good_value)
+    client.put(foreign, good_value)
+    client.delete(NeutronElectionKey().path)
+    wait_for(
+        "a resync pass that repairs the endpoint",
+        lambda: client.get(good_key.path) == good_value and client.get(hostile) is None,
+        timeout=90,
+    )
+    assert client.get(foreign) == good_value
+    text = periodic_log.read_text(errors="replace")
+    assert text.count("resync: {") > passes_before
+    assert "resync pass failed" not in text and "'failed'" not in text
