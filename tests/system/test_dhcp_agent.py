@@ -13,7 +13,9 @@ namespaces the test creates.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -127,10 +129,17 @@ def subnet_json(cidr: str, gateway: str, dns: str) -> str:
 class Agent:
     """calico-dhcp-agent running inside the compute-host namespace."""
 
-    def __init__(self, host: ComputeHost, etcd: EtcdServer, work_dir: Path, state_dir: Path):
+    def __init__(
+        self,
+        host: ComputeHost,
+        etcd: EtcdServer,
+        work_dir: Path,
+        state_dir: Path,
+        log_name: str = "agent.log",
+    ):
         self.host = host
         self.state_dir = state_dir
-        self.log_path = work_dir / "agent.log"
+        self.log_path = work_dir / log_name
         conf = work_dir / "neutron.conf"
         conf.write_text(
             f"[DEFAULT]\nhost = {HOSTNAME}\n\n"
@@ -162,6 +171,12 @@ class Agent:
             except FileNotFoundError:
                 continue
         return found
+
+    def kill(self) -> None:
+        """SIGKILL by PID: a crash that no clean-up code sees."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
 
     def stop(self) -> int:
         """SIGTERM by PID, as a service manager would; the exit status."""
@@ -331,3 +346,216 @@ def test_dhcp_agent_serves_routed_taps(
     finally:
         if agent.proc.poll() is None:
             agent.stop()
+
+
+def _ready(etcd: EtcdServer) -> None:
+    etcd.v2_put(
+        f"/calico/dhcp/v1/subnet/{SUBNET_V4}", subnet_json("10.65.0.0/24", "10.65.0.1", DNS_V4)
+    )
+    etcd.v2_put(
+        f"/calico/dhcp/v1/subnet/{SUBNET_V6}", subnet_json("fd00:65::/64", "fd00:65::1", DNS_V6)
+    )
+    etcd.v2_put("/calico/v1/Ready", "true")
+
+
+def _udhcpc_script(tmp_path: Path) -> Path:
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    return script
+
+
+def test_hostile_objects_next_to_good_ones(
+    etcd: EtcdServer, host: ComputeHost, state_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 12 with real dnsmasq: hostile objects in etcd are each refused (and logged once
+    with their key) while the good VMs on the same host keep getting exactly their leases.
+
+    Before the fix, the /48 IPv6 subnet alone made dnsmasq refuse its command line (no VM of
+    the host got an address), the scoped DNS server injected an option line, and a VM named
+    "ignore" was never answered.
+    """
+    script = _udhcpc_script(tmp_path)
+    vm1, vm2 = add_vm(host, 11), add_vm(host, 12)
+    _ready(etcd)
+    etcd.v2_put(vm1.endpoint_key(), endpoint_json(vm1, "vm-one"))
+    # A tenant's own name that dnsmasq would read as "ignore this host": the default name.
+    etcd.v2_put(vm2.endpoint_key(), endpoint_json(vm2, "ignore"))
+    hostile = {
+        # A key segment dnsmasq must never see (BadKey), claiming vm2's MAC for another IP.
+        f"/calico/v1/host/{HOSTNAME}/workload/openstack/vm,evil=1/endpoint/p": json.dumps(
+            {**json.loads(endpoint_json(vm2)), "ipv4_nets": ["10.65.0.66/32"]}
+        ),
+        # A scoped "address" whose scope carries an option line for the good subnet.
+        "/calico/dhcp/v1/subnet/hostile-dns": json.dumps(
+            {
+                "network_id": NETWORK_ID,
+                "cidr": "fd00:66::/64",
+                "gateway_ip": "fd00:66::1",
+                "dns_servers": [f"fd00::53%x]\ntag:subnet-{SUBNET_V4},option:dns-server,6.6.6.6"],
+            }
+        ),
+        # A prefix dnsmasq refuses on its command line.
+        "/calico/dhcp/v1/subnet/hostile-prefix": json.dumps(
+            {"network_id": NETWORK_ID, "cidr": "fd00:67::/48", "gateway_ip": "fd00:67::1"}
+        ),
+        # An fqdn with an injected host entry.
+        f"/calico/v1/host/{HOSTNAME}/workload/openstack/vm-x/endpoint/px": json.dumps(
+            {
+                **json.loads(endpoint_json(vm2)),
+                "mac": "02:00:00:00:00:77",
+                "ipv4_nets": ["10.65.0.77/32"],
+                "fqdn": f"x\n{vm2.mac},10.65.0.66,stolen",
+            }
+        ),
+    }
+    for key, value in hostile.items():
+        etcd.v2_put(key, value)
+
+    agent = Agent(host, etcd, tmp_path, state_dir)
+    try:
+        lease1 = lease_within(vm1, script, 30)
+        assert lease1 is not None, agent.log()
+        assert lease1 == {
+            "ip": "10.65.0.11",
+            "mask": "24",
+            "router": "10.65.0.1",
+            "dns": DNS_V4,
+            "hostname": "vm-one",
+            "serverid": "10.65.0.1",
+        }
+        lease2 = lease_within(vm2, script, 10)
+        assert lease2 is not None, agent.log()
+        assert (lease2["ip"], lease2["dns"], lease2["hostname"]) == (
+            "10.65.0.12",
+            DNS_V4,
+            "host-10-65-0-12",
+        )
+        # Exactly the two intended entries and option lines; nothing of the hostile values.
+        assert sorted(agent.hosts_file().splitlines()) == sorted(
+            [
+                f"{vm1.mac},10.65.0.11,[fd00:65::11],vm-one",
+                f"{vm2.mac},10.65.0.12,[fd00:65::12],host-10-65-0-12",
+            ]
+        )
+        options = (state_dir / "opts").read_text()
+        assert "6.6.6.6" not in options and "hostile" not in options
+        (cmdline,) = agent.dnsmasqs().values()
+        assert not [arg for arg in cmdline if "hostile" in arg or "fd00:67" in arg]
+        # Each hostile object is logged once, with its key (quoted: newlines escaped).
+        log = agent.log()
+        for key in hostile:
+            assert log.count(repr(key)[:60]) == 1, (key, log)
+        assert agent.proc.poll() is None
+        assert agent.stop() == 0, agent.log()
+    finally:
+        if agent.proc.poll() is None:
+            agent.stop()
+
+
+# udhcpc running the whole time in a VM, as a VM's DHCP client does: it configures its lease
+# on eth0 (so it can renew by unicast) and records every event.
+UDHCPC_RENEWING_SCRIPT = """#!/bin/sh
+echo "$1 ip=$ip" >> {events}
+case "$1" in
+  bound|renew) ip addr replace "$ip/$mask" dev "$interface" ;;
+  deconfig) ip -4 addr flush dev "$interface" ;;
+esac
+exit 0
+"""
+
+
+def _dnsmasq_parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_sigkilled_agent_leaves_no_stale_dnsmasq(
+    etcd: EtcdServer, host: ComputeHost, state_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 19 with real dnsmasq: after the agent is SIGKILLed its dnsmasq goes too; the
+    restarted agent runs exactly one dnsmasq, which forgets an endpoint deleted after the
+    restart and ACKs the renewal of a VM that keeps its address. Should dnsmasq outlive the
+    agent anyway (here: its keeper killed too, as on a platform without a parent-death signal),
+    it is serving stale entries, and the next start stops it before starting its own."""
+    script = _udhcpc_script(tmp_path)
+    vm1, vm2 = add_vm(host, 11), add_vm(host, 12)
+    host.add_routes(vm1)  # what Felix does: the VM's renewals are answered by unicast
+    _ready(etcd)
+    etcd.v2_put(vm1.endpoint_key(), endpoint_json(vm1, "vm-one"))
+    etcd.v2_put(vm2.endpoint_key(), endpoint_json(vm2))
+
+    events = tmp_path / "vm1-events"
+    renewing = tmp_path / "udhcpc-renewing.sh"
+    renewing.write_text(UDHCPC_RENEWING_SCRIPT.format(events=events))
+    renewing.chmod(0o755)
+
+    def vm1_events() -> list[str]:
+        return events.read_text().splitlines() if events.exists() else []
+
+    agents = [Agent(host, etcd, tmp_path, state_dir, "agent-1.log")]
+    try:
+        client = vm1.ns.popen(
+            ["busybox", "udhcpc", "-i", "eth0", "-f", "-t", "3", "-T", "1", "-A", "1",
+             "-s", str(renewing)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert wait_until(lambda: "bound ip=10.65.0.11" in vm1_events(), 30), agents[0].log()
+        assert lease_within(vm2, script, 10) is not None, agents[0].log()
+        (first_dnsmasq,) = agents[0].dnsmasqs()
+
+        # 1. SIGKILL: the agent's dnsmasq dies with it.
+        agents[0].kill()
+        assert wait_until(lambda: agents[0].dnsmasqs() == {}, 10), agents[0].log()
+
+        # 2. Restart: exactly one dnsmasq serves the host.
+        agents.append(Agent(host, etcd, tmp_path, state_dir, "agent-2.log"))
+        assert lease_within(vm2, script, 30) is not None, agents[1].log()
+        (second_dnsmasq,) = agents[1].dnsmasqs()
+        assert second_dnsmasq != first_dnsmasq
+
+        # An endpoint deleted after the restart gets no lease any more ...
+        etcd.v2_delete(vm2.endpoint_key())
+        assert wait_until(lambda: vm2.mac not in agents[1].hosts_file(), 15), agents[1].log()
+        assert wait_until(lambda: len(agents[1].dnsmasqs()) == 1, 10)
+        assert udhcpc(vm2, script, tries=4) is None, agents[1].log()
+        # ... and a VM renewing keeps its address (its lease was in the old dnsmasq's memory).
+        client.send_signal(signal.SIGUSR1)  # udhcpc: renew now
+        assert wait_until(lambda: "renew ip=10.65.0.11" in vm1_events(), 15), (
+            vm1_events(),
+            agents[1].log(),
+        )
+        assert not [e for e in vm1_events() if e.startswith(("nak", "deconfig ip=1"))]
+        assert len(agents[1].dnsmasqs()) == 1
+
+        # 3. dnsmasq outlives the agent (keeper and agent both SIGKILLed): stale, it still
+        # answers vm2 ... until the next start stops it.
+        etcd.v2_put(vm2.endpoint_key(), endpoint_json(vm2))
+        assert wait_until(lambda: vm2.mac in agents[1].hosts_file(), 15), agents[1].log()
+        (orphan,) = agents[1].dnsmasqs()
+        os.kill(_dnsmasq_parent(orphan), signal.SIGKILL)  # the keeper
+        agents[1].kill()
+        etcd.v2_delete(vm2.endpoint_key())
+        assert list(agents[1].dnsmasqs()) == [orphan]
+        assert lease_within(vm2, script, 10) is not None  # the stale orphan's answer
+
+        agents.append(Agent(host, etcd, tmp_path, state_dir, "agent-3.log"))
+        assert wait_until(
+            lambda: f"Stopping dnsmasq PID {orphan} left by an earlier run" in agents[2].log(), 20
+        ), agents[2].log()
+        assert wait_until(lambda: len(agents[2].dnsmasqs()) == 1, 15), agents[2].log()
+        assert orphan not in agents[2].dnsmasqs()
+        assert udhcpc(vm2, script, tries=4) is None, agents[2].log()
+        client.send_signal(signal.SIGUSR1)
+        assert wait_until(lambda: vm1_events().count("renew ip=10.65.0.11") == 2, 15), (
+            vm1_events(),
+            agents[2].log(),
+        )
+        assert len(agents[2].dnsmasqs()) == 1
+        assert agents[2].stop() == 0, agents[2].log()
+        assert agents[2].dnsmasqs() == {}
+    finally:
+        for agent in agents:
+            if agent.proc.poll() is None:
+                agent.stop()
+        # Any dnsmasq still in the host (only a failed test leaves one) goes with the namespace.

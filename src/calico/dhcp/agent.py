@@ -79,6 +79,8 @@ EXIT_BAD_CONFIG = 2
 # many VMs booting, restarts dnsmasq once), but never later than SETTLE_MAX after the first one.
 SETTLE_QUIET = 0.2
 SETTLE_MAX = 1.0
+MAX_PROBLEMS = 10  # problems of one invalid value shown in its log line
+MAX_PROBLEM_LEN = 300
 RETRY_INTERVAL = 5.0  # after a failure to program interfaces or dnsmasq
 CHECK_INTERVAL = 1.0  # how often a dead dnsmasq is noticed
 
@@ -243,8 +245,15 @@ class DhcpState:
 
 
 def _problem(exc: Exception) -> str:
+    """What was wrong with a value, for a log line that already names its key."""
     if isinstance(exc, InvalidValue):
-        return str(exc)
+        # The validators quote the values they name; anything unprintable left is escaped.
+        shown = [
+            (p if p.isprintable() else quoted(p))[:MAX_PROBLEM_LEN]
+            for p in exc.problems[:MAX_PROBLEMS]
+        ]
+        more = len(exc.problems) - len(shown)
+        return "; ".join(shown) + (f"; ... ({more} more)" if more > 0 else "")
     log.debug("Validation failed unexpectedly", exc_info=True)
     return f"cannot be read ({type(exc).__name__}: {quoted(str(exc))})"
 
