@@ -333,6 +333,14 @@ def test_log_prefix_rejected(value: object) -> None:
     assert any(p.startswith("log_prefix") for p in rule_problems({"log_prefix": value}))
 
 
+@pytest.mark.parametrize("net", ["10/8", "10.1/16", "10.0.1/24", "10.0.1", "127.1"])
+@pytest.mark.parametrize("field", ["src_net", "!dst_net"])
+def test_shorthand_ipv4_refused_with_its_reason(field: str, net: str) -> None:
+    """Felix 1.4 expanded these (netaddr); this project refuses them, saying why (issue 12)."""
+    problems = rule_problems({field: net})
+    assert any("shorthand IPv4 form" in p and field in p for p in problems), problems
+
+
 @pytest.mark.parametrize(
     "key", ["foo", "!action", "!ip_version", "!log_prefix", "src_nets", "!!protocol", "Protocol"]
 )

@@ -43,6 +43,9 @@ INTERFACE_NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,15}")
 _LOG_PREFIX_BAD_CHARS_RE = re.compile(r"[^a-zA-Z0-9_:-]")
 _V4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zeros
 _CANONICAL_V4_CIDR_RE = re.compile(rf"(?:{_V4_OCTET}\.){{3}}{_V4_OCTET}/(?:3[0-2]|[12]?[0-9])")
+# "10/8", "10.1/16", "10.0.1/24": inet_aton's short forms, which Felix 1.4 accepted (it used
+# netaddr) and this project refuses: a rule should say exactly which addresses it means.
+_SHORTHAND_V4_RE = re.compile(r"\d{1,3}(?:\.\d{1,3}){0,2}(?:/\d{1,2})?")
 _MAC_GROUPS_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
 _MAC_BARE_RE = re.compile(r"[0-9a-fA-F]{12}")
 _MAC_DOTTED_RE = re.compile(r"[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}")
@@ -404,6 +407,12 @@ def _rule_net(value: object, version: int | None, field: str, errs: list[str]) -
                 errs.append(f"{field}: {quoted(value)} is not IPv{version} (rule ip_version)")
                 return None
             return str(net)
+    if isinstance(value, str) and _SHORTHAND_V4_RE.fullmatch(value):
+        errs.append(
+            f"{field}: shorthand IPv4 form {quoted(value)} is not accepted (Felix 1.4 expanded "
+            "it; write all four octets, e.g. 10.0.0.0/8)"
+        )
+        return None
     errs.append(f"{field}: invalid CIDR {quoted(value)}")
     return None
 

@@ -70,13 +70,45 @@ def is_read_timeout(error: Exception) -> bool:
     return bool(error.args) and isinstance(error.args[0], urllib3.exceptions.ReadTimeoutError)
 
 
-def describe_error(error: Exception) -> str:
-    """The useful part of a requests/urllib3 error ("[Errno 111] Connection refused")."""
-    text = str(error)
+def describe_error(error: Exception, endpoint: str = "") -> str:
+    """The useful part of a requests/urllib3/etcd3gw error ("[Errno 111] Connection refused"),
+    with a hint at the likely cause when the endpoint's scheme does not match the server's."""
+    text = _error_text(error)
+    reason = text
     if match := re.search(r"\[Errno -?\d+\][^'\")]*", text):
-        return match.group(0).strip()
-    if "timed out" in text.lower():
-        return "timed out"
-    if match := re.search(r"SSLError\((.{0,150})", text):
-        return "TLS error: " + match.group(1)
-    return text if len(text) < 200 else text[:200] + "..."
+        reason = match.group(0).strip()
+    elif "timed out" in text.lower():
+        reason = "timed out"
+    elif match := re.search(r"SSLError\((.{0,150})", text):
+        reason = "TLS error: " + match.group(1)
+    elif len(text) >= 200:
+        reason = text[:200] + "..."
+    hint = _scheme_hint(text, endpoint)
+    return f"{reason}{hint}" if reason else f"{type(error).__name__}{hint}"
+
+
+def _error_text(error: Exception) -> str:
+    # etcd3gw's exceptions keep their message in `detail_text` and leave str() empty.
+    parts = [str(getattr(error, "detail_text", "") or ""), *map(str, error.args)]
+    return " ".join(p for p in parts if p).strip()
+
+
+# What a plain-HTTP request to a TLS-only etcd, or a TLS request to a plain one, looks like.
+_PLAIN_TO_TLS = ("RemoteDisconnected", "Connection aborted", "HTTP request to an HTTPS server")
+_TLS_TO_PLAIN = ("UNEXPECTED_EOF", "WRONG_VERSION_NUMBER", "wrong version number", "SSLEOFError")
+
+
+def _scheme_hint(text: str, endpoint: str) -> str:
+    if endpoint.startswith("http://") and any(sign in text for sign in _PLAIN_TO_TLS):
+        return (
+            " (etcd closed the connection: if it serves TLS only, use https:// in "
+            "EtcdEndpoints, or EtcdScheme=https, with EtcdCaFile and a client certificate)"
+        )
+    if endpoint.startswith("https://") and any(sign in text for sign in _TLS_TO_PLAIN):
+        return (
+            " (the TLS handshake failed: if etcd serves plain HTTP, use http:// in "
+            "EtcdEndpoints; otherwise check EtcdCaFile, EtcdCertFile and EtcdKeyFile)"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return " (etcd's certificate is not signed by EtcdCaFile)"
+    return ""

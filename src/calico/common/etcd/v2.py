@@ -77,7 +77,7 @@ class EtcdV2Client:
         except requests.RequestException as e:
             if is_read_timeout(e) and read_timeout is not None:
                 raise _WatchIdle() from None
-            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e)}") from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
         except (ValueError, json.JSONDecodeError):
             raise EtcdUnavailable(f"{self.endpoint}: answer is not JSON") from None
         self._guard.check(response.headers.get("X-Etcd-Cluster-Id"))

@@ -117,9 +117,9 @@ class EtcdV3Client:
             etcd3gw.exceptions.ConnectionTimeoutError,
             etcd3gw.exceptions.InternalServerError,
         ) as e:
-            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e)}") from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
         except etcd3gw.exceptions.Etcd3Exception as e:
-            raise EtcdRequestError(f"{self.endpoint}: {describe_error(e)}") from None
+            raise EtcdRequestError(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
         except ValueError:
             raise EtcdUnavailable(f"{self.endpoint}: answer is not JSON") from None
         self._guard.check(body.get("header", {}).get("cluster_id"))
@@ -250,7 +250,7 @@ class EtcdV3Client:
                 timeout=(self._settings.timeout, timeout),
             )
         except requests.RequestException as e:
-            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e)}") from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
         if response.status_code != 200:
             response.close()
             raise EtcdUnavailable(f"{self.endpoint}: watch HTTP {response.status_code}")
@@ -264,7 +264,7 @@ class EtcdV3Client:
         except requests.RequestException as e:
             if is_read_timeout(e):
                 raise _StreamIdle() from None
-            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e)}") from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
         if not line.strip():
             return []
         try:
