@@ -178,3 +178,42 @@ def test_make_docs_regenerates_both_files():
     phony = next(line for line in logical if line.startswith(".PHONY:"))
     assert "docs" in phony.split()
     assert "logrotate" in makefile.split("DEB_PACKAGES :=")[1].split("\n\n")[0]
+
+
+# -- calico-dhcp-agent's unit (docs/dhcp.md) ----------------------------------------------------
+
+DHCP_UNIT = ROOT / "packaging/systemd/calico-dhcp-agent.service"
+INSTALLED_DHCP_AGENT = "/usr/local/bin/calico-dhcp-agent"
+
+
+def test_dhcp_agent_unit_restarts_on_failure_and_takes_dnsmasq_down_with_it():
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(DHCP_UNIT.read_text())
+    assert parser.sections() == ["Unit", "Service", "Install"]
+    service = parser["Service"]
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"  # a bad configuration: no restart loop
+    assert service["KillMode"] == "control-group"  # dnsmasq goes with the agent (issue 19)
+    assert parser["Unit"]["StartLimitIntervalSec"] == "0"
+    assert "network-online.target" in parser["Unit"]["After"].split()
+    exec_start = service["ExecStart"].split()
+    assert exec_start == [INSTALLED_DHCP_AGENT, "--config-file", "/etc/neutron/neutron.conf"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[Path(INSTALLED_DHCP_AGENT).name] == "calico.dhcp.agent:main"
+
+
+def test_systemd_analyze_verify_accepts_the_dhcp_agent_unit(tmp_path: Path):
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return  # no systemd here: the key-by-key test above is the check
+    agent = Path(sys.executable).with_name("calico-dhcp-agent")
+    assert agent.exists()
+    unit = tmp_path / DHCP_UNIT.name
+    unit.write_text(DHCP_UNIT.read_text().replace(INSTALLED_DHCP_AGENT, str(agent)))
+    proc = subprocess.run(
+        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert unit.name not in output, output
