@@ -22,11 +22,12 @@ host (vif_type tap); each VM gets exactly its port's address by DHCP; Neutron sh
 ACTIVE; the security-group matrix holds with packets (members of ``app`` reach each other on
 tcp/22 and icmp, b1 does not; anyone reaches b1 on icmp and tcp/80, nobody on tcp/22); the
 floating IP answers the external host (ping replies from the floating IP, an HTTP server in b1
-sees the external host's own address); 169.254.169.254:80 reaches the stand-in metadata server
-on the host (Felix's default MetadataAddr 127.0.0.1:8775); rule changes through the API change
-what passes (a remote-group rule for ``web`` in ``app`` admits b1 on tcp/22, deleting ``web``'s
-tcp/80 rule shuts it); deleting a port cuts its VM off (to and from other VMs, and from the
-metadata server) while the others keep working.
+sees the external host's own address); a tcp/22 rule for ``web`` whose remote is an address
+group admits exactly the group's members, also after its addresses change; 169.254.169.254:80
+reaches the stand-in metadata server on the host (Felix's default MetadataAddr 127.0.0.1:8775);
+rule changes through the API change what passes (a remote-group rule for ``web`` in ``app``
+admits b1 on tcp/22, deleting ``web``'s tcp/80 rule shuts it); deleting a port cuts its VM off
+(to and from other VMs, and from the metadata server) while the others keep working.
 
 Every check is an expect-allowed / expect-denied row retried for a bounded time; a denied row
 also requires a host route to the destination and a resolved neighbour at the source, so only
@@ -212,6 +213,22 @@ def run_full_stack(stack: FullStack) -> None:
             (http["a2", "b1"], ALLOW),
             (ssh["a1", "b1"], DENY),  # web has no tcp/22 rule
         ],
+    )
+
+    # -- a remote address group admits exactly its addresses (issue 12: it admitted everyone) ---
+    a1_ip, a2_ip = stack.vms["a1"].ip, stack.vms["a2"].ip
+    body = {"address_group": {"name": "admins", "addresses": [f"{a1_ip}/32"]}}
+    group = n("POST", "address-groups", body)["address_group"]
+    rule(web, "tcp", 22, remote_address_group_id=group["id"])
+    stack.expect(
+        f"web's tcp/22 from address group [{a1_ip}]",
+        [(ssh["a1", "b1"], ALLOW), (ssh["a2", "b1"], DENY)],
+    )
+    n("PUT", f"address-groups/{group['id']}/add_addresses", {"addresses": [f"{a2_ip}/32"]})
+    n("PUT", f"address-groups/{group['id']}/remove_addresses", {"addresses": [f"{a1_ip}/32"]})
+    stack.expect(
+        f"web's tcp/22 from address group [{a2_ip}] (members changed)",
+        [(ssh["a2", "b1"], ALLOW), (ssh["a1", "b1"], DENY)],
     )
 
     # -- floating IP, from the external namespace ------------------------------------------------
