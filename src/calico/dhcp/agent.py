@@ -10,7 +10,10 @@ the agent also receives (and ignores) other hosts' changes. Like Felix, it waits
 After the first complete snapshot, and after every burst of changes, it computes the wanted
 dnsmasq configuration (`calico.dhcp.dnsmasq.build_config`), creates or updates the `ns-`
 interfaces and starts, restarts or reloads its one dnsmasq. On SIGTERM / SIGINT it stops
-dnsmasq and deletes its interfaces.
+dnsmasq and deletes its interfaces. At start it first stops any dnsmasq and deletes any `ns-`
+interface an earlier run left behind (docs/dhcp.md, "A crash and a restart"). Each endpoint and
+subnet is validated and rendered on its own: a bad one is logged once with its key and left out,
+and everything else is still served.
 
 Configuration comes from the same files as Neutron's (`--config-file neutron.conf`):
 `[calico] etcd_host` (localhost), `etcd_port` (4001), `etcd_key_file` / `etcd_cert_file` /

@@ -1,4 +1,5 @@
-"""dnsmasq for routed TAPs: what to run (pure) and running it (one child process, by PID).
+"""dnsmasq for routed TAPs: what to run (pure) and running it (one dnsmasq, under a keeper process
+that makes it die with the agent: calico.dhcp.keeper), and stopping what an earlier run left.
 
 The model (openstack.md §6.1, neutron-testing.md §7 Recipe E): per Neutron network with local
 TAPs, one port-less `ns-<network id[:11]>` interface holds the gateway address of each of the
