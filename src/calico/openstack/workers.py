@@ -163,14 +163,13 @@ def resync(store: CalicoStore, reader: Any) -> dict[str, dict[str, int]]:
     """
     client = store.client
     report: dict[str, dict[str, int]] = {}
-    # Profiles first, so that endpoints never point at missing profiles; extra profiles are
+    # Profiles before endpoints, so that endpoints never point at missing profiles; extra ones are
     # deleted last, once no endpoint refers to them any more (and only if the profile section
     # knew what it wanted).
     subnets: dict[str, dict[str, Any]] | None = None
     extra_profiles: dict[str, tuple[str, int]] | None = None
     try:
-        subnets = reader.subnets()
-        report["subnets"] = _resync_subnets(client, subnets)
+        report["subnets"], subnets = _resync_subnets(client, reader)
     except Exception as e:
         report["subnets"] = _section_failed("subnets", e)
     try:
@@ -213,11 +212,14 @@ def _translated(what: str, translate: Callable[[], dict[str, str]]) -> dict[str,
     return None
 
 
-def _resync_subnets(client: KVStore, subnets: dict[str, dict[str, Any]]) -> dict[str, int]:
-    # etcd is read before Neutron in each section: anything written in between is newer than
-    # our read, so the CAS writes cannot undo it. (Subnets: read from Neutron first for the
-    # endpoints too; a subnet hook in between at worst makes one CAS conflict.)
+def _resync_subnets(
+    client: KVStore, reader: Any
+) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """Reconcile the DHCP subnets; return the counts and Neutron's subnets (for endpoints)."""
+    # In each section etcd is read before Neutron: anything written in between is newer than
+    # our read, so the CAS writes and deletes cannot undo it.
     etcd_subnets = client.read_prefix_versioned(DHCP_SUBNET_DIR)
+    subnets: dict[str, dict[str, Any]] = reader.subnets()
     wanted: dict[str, str] = {}
     skipped = 0
     for subnet_id, subnet in subnets.items():
@@ -228,7 +230,7 @@ def _resync_subnets(client: KVStore, subnets: dict[str, dict[str, Any]]) -> dict
             skipped += 1
         else:
             wanted.update(values)
-    return {**reconcile(client, etcd_subnets, wanted), "skipped": skipped}
+    return {**reconcile(client, etcd_subnets, wanted), "skipped": skipped}, subnets
 
 
 def _resync_profiles(
