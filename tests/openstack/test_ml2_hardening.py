@@ -249,6 +249,24 @@ class TestHardening(CalicoML2TestBase):
         key = WorkloadEndpointKey(HOST1, "openstack", "instance-1", port["id"])
         assert key in endpoints(self.client)
 
+    def test_etcd_failure_in_a_hook_does_not_fail_the_request(self) -> None:
+        """The port is created (its endpoint is left to the resync) rather than the create
+        failing with 500 and ML2 deleting the port again."""
+        from calico.common.etcd.base import EtcdUnavailable
+        from calico.openstack import store
+
+        register_felix(self.driver, HOST1)
+        net_id, _ = self.make_network()
+        down = EtcdUnavailable("etcd down")
+        with mock.patch.object(store.CalicoStore, "put_endpoint", side_effect=down):
+            port = self.make_port(net_id, HOST1)
+        assert port["binding:vif_type"] == "tap"
+        assert endpoints(self.client) == {}
+        from calico.openstack.mech_driver import NeutronReader, connect_store
+        from calico.openstack.workers import resync
+
+        assert resync(connect_store(), NeutronReader())["endpoints"]["created"] == 1
+
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings() -> None:

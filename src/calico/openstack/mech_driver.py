@@ -236,7 +236,7 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
 
     def delete_subnet_postcommit(self, context: Any) -> None:
         subnet_id = context.current["id"]
-        isolated(f"subnet {quoted(subnet_id)}", self.store().delete_subnet, subnet_id)
+        isolated(f"subnet {quoted(subnet_id)}", lambda: self.store().delete_subnet(subnet_id))
 
     def _sync_subnet(self, current: dict[str, Any]) -> None:
         subnet = NeutronReader().subnet(current["id"])
@@ -335,7 +335,7 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         # Neutron refuses to delete an SG that a port still uses, so nothing refers to it.
         if payload is not None and payload.resource_id:
             sg_id = payload.resource_id
-            isolated(f"security group {quoted(sg_id)}", self.store().delete_profile, sg_id)
+            isolated(f"security group {quoted(sg_id)}", lambda: self.store().delete_profile(sg_id))
 
     def _on_address_group(
         self, resource: str, event: str, trigger: Any, payload: Any = None
