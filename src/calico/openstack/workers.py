@@ -87,7 +87,7 @@ class Elector:
                 holder, version = current
                 if not self._stale(holder):
                     return False
-                log.info("deleting the stale election key of %s", holder)
+                log.info("deleting the stale election key of %s", quoted(holder))
                 self.client.delete_if(self.key, version)
             if self.client.create(self.key, self.id, ttl=self.ttl):
                 # Read back for the version to refresh against.
