@@ -63,6 +63,10 @@ HOSTILE = [
     "#x",
     "add felix-v4-x 1.2.3.4",
     "",
+    # ipaddress accepts an IPv6 scope of almost any text after "%" and prints it back.
+    "fd00:65::2%x\n-A felix-FORWARD -j ACCEPT",
+    "fd00:65::2%x -j ACCEPT/128",
+    "fd00:65::/64%x",
 ]
 
 # A complete model: key -> value (JSON-able, or a plain string for bird_ip and Ready).

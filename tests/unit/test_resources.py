@@ -333,6 +333,24 @@ def test_log_prefix_rejected(value: object) -> None:
     assert any(p.startswith("log_prefix") for p in rule_problems({"log_prefix": value}))
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("ipv6_nets", ["fd00::1%a\n-A FORWARD -j ACCEPT/128"]),
+        ("ipv6_nets", ["fd00::1%eth0/128"]),
+        ("ipv6_gateway", "fe80::1%eth0"),
+        ("ipv6_nat", [{"int_ip": "fd00::1%x", "ext_ip": "fd00::9"}]),
+    ],
+)
+def test_scoped_ipv6_addresses_are_refused(field: str, value: object) -> None:
+    """ipaddress accepts any text after "%" (an IPv6 scope) and prints it back, newlines
+    included: no address or CIDR with a scope is valid anywhere (issue 12)."""
+    data = {"state": "active", "name": "tap1", "ipv6_nets": ["fd00::1/128"], field: value}
+    with pytest.raises(res.InvalidValue, match=field):
+        res.parse_workload_endpoint(json.dumps(data), WL_KEY)
+    assert any("invalid" in p for p in rule_problems({"src_net": "fd00::1%x\n-j ACCEPT"}))
+
+
 @pytest.mark.parametrize("net", ["10/8", "10.1/16", "10.0.1/24", "10.0.1", "127.1"])
 @pytest.mark.parametrize("field", ["src_net", "!dst_net"])
 def test_shorthand_ipv4_refused_with_its_reason(field: str, net: str) -> None:

@@ -355,9 +355,15 @@ def _check_labels(value: object, field: str, errs: list[str]) -> Labels:
     return Labels(value) if ok else EMPTY_LABELS
 
 
+def _scoped(value: object) -> bool:
+    """Whether `value` carries an IPv6 scope ("fe80::1%eth0"): ipaddress accepts almost any text
+    after the "%" and prints it back, newlines included, so no address with one is accepted."""
+    return isinstance(value, str) and "%" in value
+
+
 def check_ip(value: object, version: int, field: str, errs: list[str]) -> str | None:
     """`value` as a canonical IPv`version` address, else None with a problem in `errs`."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not _scoped(value):
         try:
             addr = ipaddress.ip_address(value)
         except ValueError:
@@ -379,7 +385,7 @@ def _check_ip_list(value: object, version: int, field: str, errs: list[str]) -> 
 
 def _endpoint_net(value: object, version: int, field: str, errs: list[str]) -> str | None:
     """An endpoint CIDR, canonicalised but keeping the address bits (the address is what's used)."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not _scoped(value):
         if version == 4 and _CANONICAL_V4_CIDR_RE.fullmatch(value):
             # Already what ipaddress would print (Neutron writes this form); skipping ipaddress
             # matters in a snapshot of many thousands of endpoints.
@@ -397,7 +403,7 @@ def _endpoint_net(value: object, version: int, field: str, errs: list[str]) -> s
 
 def _rule_net(value: object, version: int | None, field: str, errs: list[str]) -> str | None:
     """A rule CIDR (or bare IP), canonicalised to the network; family checked if version set."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not _scoped(value):
         try:
             net = ipaddress.ip_network(value, strict=False)
         except ValueError:

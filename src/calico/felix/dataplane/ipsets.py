@@ -59,6 +59,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from calico.common.quoting import quoted
 from calico.felix.dataplane import names
 from calico.felix.dataplane.commands import CommandRunner
 
@@ -177,19 +178,21 @@ def _normalize(member: str, set_type: str, ip_version: int) -> str | None:
     ipaddress parse is the expensive part. (An invalid member is therefore warned about once.)
     """
     try:
+        if "%" in member:  # an IPv6 scope: ipaddress would keep any text after the "%"
+            raise ValueError("scoped address")
         net = ipaddress.ip_network(member.strip(), strict=False)
     except ValueError:
-        log.warning("Ignoring invalid ipset member %r", member)
+        log.warning("Ignoring invalid ipset member %s", quoted(member))
         return None
     if net.version != ip_version:
         return None  # the other family's table takes it
     if net.prefixlen == net.max_prefixlen:
         return str(net.network_address)  # the kernel lists /32 and /128 as bare addresses
     if set_type == HASH_IP:
-        log.warning("Ignoring CIDR %r: a hash:ip set holds single addresses", member)
+        log.warning("Ignoring CIDR %s: a hash:ip set holds single addresses", quoted(member))
         return None
     if net.prefixlen == 0:
-        log.warning("Ignoring %r: hash:net sets cannot hold a /0", member)
+        log.warning("Ignoring %s: hash:net sets cannot hold a /0", quoted(member))
         return None
     return str(net)
 

@@ -102,6 +102,8 @@ class _Programmed:
 
 def _canonical_ip(ip: str, ip_version: int) -> str:
     """Accept "10.0.0.1" or "10.0.0.1/32"; anything wider than a host route is a caller bug."""
+    if "%" in ip:
+        raise ValueError(f"not an IPv{ip_version} host address: {ip[:64]!r} (scoped)")
     net = ipaddress.ip_network(ip, strict=True)
     if net.version != ip_version or net.prefixlen != net.max_prefixlen:
         raise ValueError(f"not an IPv{ip_version} host address: {ip!r}")
