@@ -348,7 +348,7 @@ def test_scoped_ipv6_addresses_are_refused(field: str, value: object) -> None:
     data = {"state": "active", "name": "tap1", "ipv6_nets": ["fd00::1/128"], field: value}
     with pytest.raises(res.InvalidValue, match=field):
         res.parse_workload_endpoint(json.dumps(data), WL_KEY)
-    assert any("invalid" in p for p in rule_problems({"src_net": "fd00::1%x\n-j ACCEPT"}))
+    assert any("scoped" in p for p in rule_problems({"src_net": "fd00::1%x\n-j ACCEPT"}))
 
 
 @pytest.mark.parametrize("net", ["10/8", "10.1/16", "10.0.1/24", "10.0.1", "127.1"])

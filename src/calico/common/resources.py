@@ -361,9 +361,18 @@ def _scoped(value: object) -> bool:
     return isinstance(value, str) and "%" in value
 
 
+def _refuse_scoped(value: object, field: str, errs: list[str]) -> bool:
+    if _scoped(value):
+        errs.append(f"{field}: scoped address {quoted(value)} is not accepted (no IPv6 scopes)")
+        return True
+    return False
+
+
 def check_ip(value: object, version: int, field: str, errs: list[str]) -> str | None:
     """`value` as a canonical IPv`version` address, else None with a problem in `errs`."""
-    if isinstance(value, str) and not _scoped(value):
+    if _refuse_scoped(value, field, errs):
+        return None
+    if isinstance(value, str):
         try:
             addr = ipaddress.ip_address(value)
         except ValueError:
@@ -385,7 +394,9 @@ def _check_ip_list(value: object, version: int, field: str, errs: list[str]) -> 
 
 def _endpoint_net(value: object, version: int, field: str, errs: list[str]) -> str | None:
     """An endpoint CIDR, canonicalised but keeping the address bits (the address is what's used)."""
-    if isinstance(value, str) and not _scoped(value):
+    if _refuse_scoped(value, field, errs):
+        return None
+    if isinstance(value, str):
         if version == 4 and _CANONICAL_V4_CIDR_RE.fullmatch(value):
             # Already what ipaddress would print (Neutron writes this form); skipping ipaddress
             # matters in a snapshot of many thousands of endpoints.
@@ -403,7 +414,9 @@ def _endpoint_net(value: object, version: int, field: str, errs: list[str]) -> s
 
 def _rule_net(value: object, version: int | None, field: str, errs: list[str]) -> str | None:
     """A rule CIDR (or bare IP), canonicalised to the network; family checked if version set."""
-    if isinstance(value, str) and not _scoped(value):
+    if _refuse_scoped(value, field, errs):
+        return None
+    if isinstance(value, str):
         try:
             net = ipaddress.ip_network(value, strict=False)
         except ValueError:
