@@ -117,3 +117,38 @@ def test_a_fatal_driver_error_reaches_felix_log_with_its_reason(
     process.stop()
     assert reasons == ["the dataplane driver exited (status 1): MetadataAddr is bad"]
     assert "The dataplane driver failed: MetadataAddr is bad" in caplog.text
+
+
+def _drivers_in(namespace: str) -> list[int]:
+    """PIDs of dataplane drivers running in the named network namespace."""
+    netns_inode = os.stat(f"/run/netns/{namespace}").st_ino
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            inode = os.stat(entry / "ns" / "net").st_ino
+            state = (entry / "status").read_text()
+        except OSError:
+            continue  # gone meanwhile, or not ours to look at
+        if b"calico.felix.dataplane.driver" in cmdline and inode == netns_inode:
+            if "\nState:\tZ" not in state:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_crashed_felix_leaves_no_driver_and_a_restart_runs_exactly_one(lab: Lab) -> None:
+    """Issue 19: Felix killed while its driver is not reading the pipe (stopped here, as if
+    busy programming) must not leave that driver acting on stale state: it dies with Felix.
+    After a restart exactly one driver runs, the new Felix's."""
+    felix, driver_pid = _start(lab)
+    os.kill(driver_pid, signal.SIGSTOP)  # it cannot notice the pipe closing now
+    felix.proc.kill()
+    felix.proc.wait()
+    assert _gone(driver_pid, 5), "the driver outlived a killed Felix"
+    again = lab.start()
+    again.wait_for("Dataplane programmed", timeout=30)
+    drivers = _drivers_in(lab.ns.name)
+    assert len(drivers) == 1, drivers
+    assert Path(f"/proc/{drivers[0]}/status").read_text().count(f"PPid:\t{again.proc.pid}\n")

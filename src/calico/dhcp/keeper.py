@@ -32,7 +32,6 @@ Usage: python -m calico.dhcp.keeper <agent PID> -- <dnsmasq command line...>
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -40,18 +39,9 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+from calico.common.children import set_parent_death_signal
+
 STOP_TIMEOUT = 5  # seconds between SIGTERM and SIGKILL for dnsmasq (an alarm: whole seconds)
-
-
-def set_parent_death_signal(signum: int) -> bool:
-    """Ask the kernel to send `signum` to this process when its parent dies; False if the
-    platform does not allow it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 class Keeper:

@@ -48,6 +48,7 @@ class DriverProcess:
         from_driver_r, from_driver_w = os.pipe()
         command = argv or [sys.executable, "-m", "calico.felix.dataplane.driver"]
         command += ["--from-felix", str(to_driver_r), "--to-felix", str(from_driver_w)]
+        command += ["--felix-pid", str(os.getpid())]  # it dies with us (calico.common.children)
         self._proc = subprocess.Popen(command, pass_fds=(to_driver_r, from_driver_w))
         os.close(to_driver_r)
         os.close(from_driver_w)

@@ -1,7 +1,9 @@
 """The dataplane driver process: reads calc messages from Felix and programs the kernel.
 
 Started by Felix (`connection.DriverProcess`) as
-`python -m calico.felix.dataplane.driver --from-felix FD --to-felix FD`. One thread, one loop:
+`python -m calico.felix.dataplane.driver --from-felix FD --to-felix FD --felix-pid PID`; it is
+killed when Felix dies (`calico.common.children`), so a crashed Felix never leaves a driver
+programming stale state, and a restarted one never finds two. One thread, one loop:
 `select()` on Felix's pipe and the netlink interface watcher, with timers for the iptables refresh
 (IptablesRefreshInterval, jittered +0-20 %), the interface re-scan (HostInterfacePollInterval: a
 full listing of links and addresses that repairs any netlink event the kernel dropped or we
@@ -19,6 +21,7 @@ import os
 import random
 import select
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -27,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from calico.common import logs
+from calico.common.children import die_with_parent
 from calico.common.quoting import quoted
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import metrics
@@ -334,7 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--from-felix", type=int, required=True, help="fd of Felix's messages")
     parser.add_argument("--to-felix", type=int, required=True, help="fd for reports to Felix")
+    parser.add_argument("--felix-pid", type=int, help="exit when this parent process dies")
     args = parser.parse_args(argv)
+    # A Felix that crashes must not leave its driver programming stale state, nor a restarted
+    # Felix find two drivers: SIGKILL when Felix dies (every kernel write is one transaction,
+    # so there is nothing to finish). Felix's end of the pipe closing ends it too, but only
+    # once it reads the pipe again.
+    if args.felix_pid is not None and not die_with_parent(signal.SIGKILL, args.felix_pid):
+        return EXIT_FELIX_GONE
     logs.configure_early(os.environ, "FELIX_LOGSEVERITYSCREEN", sys.stderr)
     reader, writer = FrameReader(args.from_felix), FrameWriter(args.to_felix)
     first = reader.read()
