@@ -19,6 +19,7 @@ from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Va
 from dataclasses import dataclass
 from typing import Any
 
+from calico.common import protocols
 from calico.common.datamodel_v1 import (
     ID_SEGMENT_RULE,
     POOL_ID_RE,
@@ -52,9 +53,7 @@ _MAC_DOTTED_RE = re.compile(r"[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}")
 
 LOG_PREFIX_MAX_LEN = 27
 ACTIONS = frozenset({"allow", "deny", "next-tier", "log"})
-PROTOCOL_NAMES = frozenset({"tcp", "udp", "icmp", "icmpv6", "sctp", "udplite"})
-# Protocols a port match needs, by name or number (dccp only has a number in the schema).
-PORT_PROTOCOLS = frozenset({"tcp", "udp", "udplite", "sctp", "dccp", "6", "17", "136", "132", "33"})
+PROTOCOL_NAMES = frozenset(protocols.FELIX_PROTOCOL_NAMES.values())
 
 _NEGATABLE_RULE_KEYS = (
     "protocol",
@@ -575,7 +574,7 @@ def parse_rule(
             key = f"{neg}{end}_ports"
             if key in rule:
                 fields[f"{attr}{end}_ports"] = _check_ports(rule[key], key, errs)
-                if fields.get("protocol") not in PORT_PROTOCOLS:
+                if not protocols.has_ports(str(fields.get("protocol") or "")):
                     errs.append(
                         f"{key}: port matches need 'protocol' (not negated) to be one of "
                         "tcp/udp/udplite/sctp/dccp"

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from calico.common import protocols
 from calico.common.resources import Port
 from calico.felix.calc.messages import (
     ActivePolicyUpdate,
@@ -88,19 +89,7 @@ IPIP_TUNNEL = "tunl0"
 ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)
 DHCP_PORTS = {4: (68, 67), 6: (546, 547)}  # (client sport, server dport)
 
-# Protocol spellings iptables-save uses whatever /etc/protocols says (xtables' built-in names).
-_PROTOCOL_NAMES = {
-    "icmpv6": "ipv6-icmp",
-    "1": "icmp",
-    "6": "tcp",
-    "17": "udp",
-    "58": "ipv6-icmp",
-    "132": "sctp",
-    "136": "udplite",
-}
-_ICMP_PROTOCOL = {4: "icmp", 6: "ipv6-icmp"}
-# Protocols xt_multiport accepts (dccp has no built-in name, so iptables keeps its number).
-_PORT_PROTOCOLS = frozenset({"tcp", "udp", "udplite", "sctp", "dccp", "33"})
+_ICMP_PROTOCOL = {4: "icmp", 6: "ipv6-icmp"}  # iptables-save's names (protocols.IPTABLES_NAMES)
 
 
 class UnrenderableRule(ValueError):
@@ -239,7 +228,7 @@ def drop_rules(config: RenderConfig, match: str = "", comment_text: str | None =
 
 
 def _protocol(proto: str) -> str:
-    return _PROTOCOL_NAMES.get(proto, proto)
+    return protocols.iptables_name(proto)
 
 
 def _net_version(net: str) -> int:
@@ -356,7 +345,7 @@ def rule_matches(rule: ResolvedRule, ip_version: int) -> list[str]:
     if basic is None:
         return []
     has_ports = rule.src_ports or rule.dst_ports or rule.not_src_ports or rule.not_dst_ports
-    if has_ports and _protocol(rule.protocol or "") not in _PORT_PROTOCOLS:
+    if has_ports and not protocols.has_ports(rule.protocol or ""):
         raise UnrenderableRule(f"port match needs a port protocol, not {rule.protocol!r}")
     icmp_pos, icmp_neg = _icmp_matches(rule, ip_version)
     negated = [
