@@ -47,6 +47,22 @@ class EtcdSettings:
         return self.endpoints[0].startswith("https://")
 
 
+def settings_for_host(
+    host: str,
+    port: int | str,
+    key_file: str | None = None,
+    cert_file: str | None = None,
+    ca_file: str | None = None,
+) -> EtcdSettings:
+    """The settings for one etcd given by host and port (Neutron's `[calico] etcd_host` and
+    `etcd_port`, which the DHCP agent reads too): any TLS file means https; an IPv6 literal
+    is put in brackets."""
+    scheme = "https" if (key_file or cert_file or ca_file) else "http"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return EtcdSettings((f"{scheme}://{host}:{port}",), key_file, cert_file, ca_file)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Every leaf under a prefix, as of one revision (v2: the X-Etcd-Index)."""
