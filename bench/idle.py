@@ -54,7 +54,7 @@ def felix_and_driver(felix_pid: int) -> dict[str, int]:
     """
     for child in dataplane.children(felix_pid):
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        if "calico.felix.dataplane.driver" in cmdline:
+        if "calico.felix.driver" in cmdline:
             return {"felix": felix_pid, "driver": child}
     raise RuntimeError("calico-felix has no dataplane driver child")
 

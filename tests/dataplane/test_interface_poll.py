@@ -20,15 +20,15 @@ from calico.common.datamodel_v1 import HostEndpointKey
 from calico.common.resources import HostEndpoint
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
-from calico.felix.dataplane.commands import NetnsRunner
-from calico.felix.dataplane.driver import DriverLoop, next_interface_poll
-from calico.felix.dataplane.interfaces import InterfaceWatcher
-from calico.felix.dataplane.ipsets import IpsetTable
-from calico.felix.dataplane.iptables import IptablesTable
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
-from calico.felix.dataplane.pipe import FrameReader, FrameWriter
 from calico.felix.dataplane.rendering import RenderConfig
-from calico.felix.dataplane.routes import RouteTable
+from calico.felix.driver.main import DriverLoop, next_interface_poll
+from calico.felix.driver.pipe import FrameReader, FrameWriter
+from calico.felix.kernel.commands import NetnsRunner
+from calico.felix.kernel.ipsets import IpsetTable
+from calico.felix.kernel.iptables import IptablesTable
+from calico.felix.kernel.routes import RouteTable
+from calico.felix.kernel.watcher import InterfaceWatcher
 from calico.lab.netns import NetNS
 
 MakeNS = Callable[[], NetNS]

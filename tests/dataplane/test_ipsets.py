@@ -12,14 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from calico.felix.dataplane import names
-from calico.felix.dataplane.commands import NetnsRunner
-from calico.felix.dataplane.ipsets import (
-    HASH_IP,
-    HASH_NET,
-    IpsetTable,
-    parse_ipset_list,
-    parse_ipset_save,
-)
+from calico.felix.kernel.commands import NetnsRunner
+from calico.felix.kernel.ipset_text import HASH_IP, HASH_NET, parse_ipset_list, parse_ipset_save
+from calico.felix.kernel.ipsets import IpsetTable
 from calico.lab.netns import NetNS
 
 SID = "s:" + "a" * 36  # selector IDs are long: the kernel name is shortened with a hash

@@ -13,17 +13,15 @@ from collections.abc import Callable
 
 import pytest
 
-from calico.felix.dataplane.commands import CommandRunner, LocalRunner, NetnsRunner
-from calico.felix.dataplane.iptables import (
+from calico.felix.kernel.commands import CommandRunner, LocalRunner, NetnsRunner
+from calico.felix.kernel.iptables import (
     FAILED_RULES,
     IptablesError,
     IptablesTable,
     binary,
-    parse_save,
-    same_rules,
-    tokens,
     uses_nft,
 )
+from calico.felix.kernel.iptables_text import parse_save, same_rules, tokens
 from calico.lab.netns import NetNS
 
 ACCEPT_MARK = "-m mark --mark 0x1000000/0x1000000 -j RETURN"
@@ -720,7 +718,7 @@ def test_refresh_repairs_an_edited_rule(env: Env) -> None:
 
 def test_nft_generation_tells_a_refresh_whether_to_read(netns: Callable[[], NetNS]) -> None:
     ns = netns()
-    script = "from calico.felix.dataplane.iptables import nft_generation; print(nft_generation())"
+    script = "from calico.felix.kernel.iptables import nft_generation; print(nft_generation())"
 
     def generation() -> int | None:
         # Read inside the test namespace (this process is in the root namespace).

@@ -23,8 +23,6 @@ from calico.felix.calc.messages import (
     WorkloadEndpointUpdate,
 )
 from calico.felix.dataplane import names
-from calico.felix.dataplane.commands import NetnsRunner
-from calico.felix.dataplane.iptables import IptablesTable, parse_save, tokens
 from calico.felix.dataplane.rendering import (
     RenderConfig,
     UnrenderableRule,
@@ -42,6 +40,9 @@ from calico.felix.dataplane.rendering import (
     static_filter_chains,
     workload_endpoint_chains,
 )
+from calico.felix.kernel.commands import NetnsRunner
+from calico.felix.kernel.iptables import IptablesTable
+from calico.felix.kernel.iptables_text import parse_save, tokens
 from calico.lab.netns import NetNS
 
 CFG = RenderConfig()

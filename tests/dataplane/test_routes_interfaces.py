@@ -14,16 +14,16 @@ from collections.abc import Callable, Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from calico.felix.dataplane.commands import NetnsRunner
-from calico.felix.dataplane.interfaces import (
-    InterfaceWatcher,
+from calico.felix.kernel.commands import NetnsRunner
+from calico.felix.kernel.routes import RTPROT_FELIX, RouteTable, flush_conntrack
+from calico.felix.kernel.sysctls import (
     LooseRPFError,
     ProcSysctlWriter,
     RunnerSysctlWriter,
     configure_global,
     configure_interface,
 )
-from calico.felix.dataplane.routes import RTPROT_FELIX, RouteTable, flush_conntrack
+from calico.felix.kernel.watcher import InterfaceWatcher
 from calico.lab.netns import NetNS
 
 TAP = "tapabc123"

@@ -242,7 +242,7 @@ def test_kill_restart_keeps_flows_and_sweeps_orphans_after_the_delay(lab: Lab) -
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except FileNotFoundError:  # it exited after all, just too late
             cmdline = b""
-        if b"calico.felix.dataplane.driver" in cmdline:  # ours, not a reused PID
+        if b"calico.felix.driver" in cmdline:  # ours, not a reused PID
             os.kill(pid, signal.SIGKILL)
         pytest.fail(f"the dataplane driver (pid {pid}) outlived Felix by {DRIVER_EXIT_TIMEOUT} s")
     assert felix_chains(lab) == old_chains, "the dying driver changed the dataplane"

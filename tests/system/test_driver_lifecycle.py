@@ -78,9 +78,9 @@ def test_a_fatal_driver_error_reaches_felix_log_with_its_reason(
     """Issue 12, item 5: the driver's reason for stopping must be in Felix's log, not only on
     the driver's stderr. The real driver's main() with a build() that fails, then Felix's side
     (DriverProcess) reading the report from a driver that says why it stops."""
-    from calico.felix.dataplane import driver
-    from calico.felix.dataplane.connection import DriverProcess
-    from calico.felix.dataplane.pipe import DriverFatal, DriverInit, FrameReader, FrameWriter
+    from calico.felix.driver import main as driver
+    from calico.felix.driver.connection import DriverProcess
+    from calico.felix.driver.pipe import DriverFatal, DriverInit, FrameReader, FrameWriter
 
     def broken_build(config: object) -> object:
         raise RuntimeError("cannot program: the kernel said no")
@@ -104,7 +104,7 @@ def test_a_fatal_driver_error_reaches_felix_log_with_its_reason(
 
     script = (
         "import sys\n"
-        "from calico.felix.dataplane.pipe import DriverFatal, FrameWriter\n"
+        "from calico.felix.driver.pipe import DriverFatal, FrameWriter\n"
         "FrameWriter(int(sys.argv[sys.argv.index('--to-felix') + 1]))"
         ".send([DriverFatal('MetadataAddr is bad')])\n"
         "sys.exit(1)\n"
@@ -132,7 +132,7 @@ def _drivers_in(namespace: str) -> list[int]:
             state = (entry / "status").read_text()
         except OSError:
             continue  # gone meanwhile, or not ours to look at
-        if b"calico.felix.dataplane.driver" in cmdline and inode == netns_inode:
+        if b"calico.felix.driver" in cmdline and inode == netns_inode:
             if "\nState:\tZ" not in state:
                 found.append(int(entry.name))
     return found

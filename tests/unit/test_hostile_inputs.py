@@ -34,10 +34,11 @@ import pytest
 from calico.common.etcd.syncer import SyncStatus
 from calico.felix.calc.graph import CalcGraph
 from calico.felix.dataplane import names
-from calico.felix.dataplane.ipsets import IpsetTable
-from calico.felix.dataplane.iptables import BUILTIN_CHAINS, IptablesTable, tokens, unsafe_rule
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
 from calico.felix.dataplane.rendering import RenderConfig
+from calico.felix.kernel.ipsets import IpsetTable
+from calico.felix.kernel.iptables import IptablesTable
+from calico.felix.kernel.iptables_text import BUILTIN_CHAINS, tokens, unsafe_rule
 
 HOST = "h1"
 HOSTILE = [

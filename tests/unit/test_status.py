@@ -26,10 +26,10 @@ from calico.common.etcd.syncer import SyncStatus
 from calico.common.resources import HostEndpoint, WorkloadEndpoint
 from calico.felix import metrics
 from calico.felix.calc import messages as m
-from calico.felix.dataplane import metrics as dp_metrics
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
-from calico.felix.dataplane.pipe import DriverReady, EndpointStatusReport
 from calico.felix.dataplane.rendering import RenderConfig
+from calico.felix.driver import metrics as dp_metrics
+from calico.felix.driver.pipe import DriverReady, EndpointStatusReport
 from calico.felix.status import (
     RETRY_SECS,
     Delete,

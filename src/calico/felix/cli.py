@@ -40,7 +40,7 @@ from calico.felix.config.loader import (
     resolve,
 )
 from calico.felix.daemon import EXIT_STOPPED, FelixDaemon
-from calico.felix.dataplane.connection import DriverProcess
+from calico.felix.driver.connection import DriverProcess
 from calico.felix.status import StatusReporter
 
 log = logging.getLogger("calico.felix")

@@ -21,6 +21,7 @@ from calico.felix import metrics
 from calico.felix.calc import messages as m
 from calico.felix.calc.graph import CalcGraph
 from calico.felix.config.changes import ConfigChangeDetector
+from calico.felix.driver.pipe import DataplaneGone
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,6 @@ class _QueueListener:
 
     def on_updates(self, updates: list[Update]) -> None:
         self._queue.put(_Updates(updates, time.monotonic()))
-
-
-class DataplaneGone(RuntimeError):
-    """The dataplane cannot take messages any more (its process died)."""
 
 
 class Dataplane(Protocol):

@@ -4,7 +4,7 @@ Every metric lives in prometheus-client's default registry, which also carries t
 collector (CPU, memory, file descriptors, start time) and the Python GC/platform collectors.
 The counters are updated whether or not the server runs (it costs a few increments per batch);
 `serve()` exposes them when PrometheusMetricsEnabled. The dataplane driver process has its own
-registry and server (`calico.felix.dataplane.metrics`).
+registry and server (`calico.felix.driver.metrics`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Checks of the host before Felix starts: required commands and kernel settings.
 
-Reads only; never changes the host.
+Reads only; never changes the host. The kernel settings are read through
+`calico.felix.kernel.sysctls`, which the dataplane driver checks the same way.
 """
 
 from __future__ import annotations
@@ -8,25 +9,18 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
+from calico.felix.kernel import sysctls
+from calico.felix.kernel.sysctls import CONNTRACK_MAX, RP_FILTER_ALL
+
 REQUIRED_COMMANDS = ("iptables-restore", "iptables-save", "ipset")
 RECOMMENDED_CONNTRACK_MAX = 1_000_000
-CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
-RP_FILTER_ALL = "/proc/sys/net/ipv4/conf/all/rp_filter"
-LOOSE_RPF = 2
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path, encoding="ascii") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
+__all__ = ["CONNTRACK_MAX", "RP_FILTER_ALL", "check_host"]
 
 
 def check_host(
     ignore_loose_rpf: bool,
     which: Callable[[str], str | None] = shutil.which,
-    read_int: Callable[[str], int | None] = _read_int,
+    read_int: Callable[[str], int | None] = sysctls.read_int,
 ) -> tuple[list[str], list[str]]:
     """(errors that stop Felix, warnings) for this host."""
     errors: list[str] = []
@@ -44,9 +38,6 @@ def check_host(
             f"nf_conntrack_max={RECOMMENDED_CONNTRACK_MAX}' and add that setting to "
             "/etc/sysctl.conf"
         )
-    if read_int(RP_FILTER_ALL) == LOOSE_RPF and not ignore_loose_rpf:
-        errors.append(
-            "net.ipv4.conf.all.rp_filter is 2 (loose): workloads could spoof source addresses. "
-            "Set it to 1, or set IgnoreLooseRPF=true to run anyway"
-        )
+    if sysctls.is_loose_rpf(read_int(RP_FILTER_ALL)) and not ignore_loose_rpf:
+        errors.append(sysctls.LOOSE_RPF_PROBLEM)
     return errors, warnings

@@ -42,7 +42,7 @@ from calico.common.datamodel_v1 import (
     parse_key,
 )
 from calico.common.etcd.base import EtcdError, KVStore
-from calico.felix.dataplane.pipe import DriverReady, EndpointStatusReport
+from calico.felix.driver.pipe import DriverReady, EndpointStatusReport
 
 log = logging.getLogger(__name__)
 

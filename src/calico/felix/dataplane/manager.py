@@ -34,15 +34,12 @@ from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
 from calico.felix.dataplane.claims import Claims
-from calico.felix.dataplane.commands import CommandRunner
-from calico.felix.dataplane.interfaces import (
-    SysctlWriter,
-    configure_interface,
-    repair_interface,
-)
-from calico.felix.dataplane.ipsets import HASH_NET, IpsetError, IpsetTable, SavedSet
-from calico.felix.dataplane.iptables import IptablesTable
-from calico.felix.dataplane.routes import RouteTable
+from calico.felix.kernel.commands import CommandRunner
+from calico.felix.kernel.ipset_text import HASH_NET, SavedSet
+from calico.felix.kernel.ipsets import IpsetError, IpsetTable
+from calico.felix.kernel.iptables import IptablesTable
+from calico.felix.kernel.routes import RouteTable
+from calico.felix.kernel.sysctls import SysctlWriter, configure_interface, repair_interface
 
 log = logging.getLogger(__name__)
 

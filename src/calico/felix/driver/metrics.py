@@ -19,7 +19,7 @@ import time
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-from calico.felix.dataplane.commands import CommandRunner
+from calico.felix.kernel.commands import CommandRunner
 
 log = logging.getLogger(__name__)
 

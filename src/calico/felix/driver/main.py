@@ -1,7 +1,7 @@
 """The dataplane driver process: reads calc messages from Felix and programs the kernel.
 
 Started by Felix (`connection.DriverProcess`) as
-`python -m calico.felix.dataplane.driver --from-felix FD --to-felix FD --felix-pid PID`; it is
+`python -m calico.felix.driver.main --from-felix FD --to-felix FD --felix-pid PID`; it is
 killed when Felix dies (`calico.common.children`), so a crashed Felix never leaves a driver
 programming stale state, and a restarted one never finds two. One thread, one loop:
 `select()` on Felix's pipe and the netlink interface watcher, with timers for the iptables refresh
@@ -33,18 +33,10 @@ from calico.common import logs
 from calico.common.children import die_with_parent
 from calico.common.quoting import quoted
 from calico.felix.calc import messages as m
-from calico.felix.dataplane import metrics
-from calico.felix.dataplane.commands import LocalRunner
-from calico.felix.dataplane.interfaces import (
-    InterfaceWatcher,
-    LooseRPFError,
-    ProcSysctlWriter,
-    configure_global,
-)
-from calico.felix.dataplane.ipsets import IpsetError, IpsetTable
-from calico.felix.dataplane.iptables import IptablesError, IptablesTable, nft_generation, uses_nft
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
-from calico.felix.dataplane.pipe import (
+from calico.felix.dataplane.rendering import RenderConfig, is_ipv4
+from calico.felix.driver import metrics
+from calico.felix.driver.pipe import (
     BatchReceived,
     DriverFatal,
     DriverInit,
@@ -53,8 +45,12 @@ from calico.felix.dataplane.pipe import (
     FrameReader,
     FrameWriter,
 )
-from calico.felix.dataplane.rendering import RenderConfig, is_ipv4
-from calico.felix.dataplane.routes import RouteTable
+from calico.felix.kernel.commands import LocalRunner
+from calico.felix.kernel.ipsets import IpsetError, IpsetTable
+from calico.felix.kernel.iptables import IptablesError, IptablesTable, nft_generation, uses_nft
+from calico.felix.kernel.routes import RouteTable
+from calico.felix.kernel.sysctls import LooseRPFError, ProcSysctlWriter, configure_global
+from calico.felix.kernel.watcher import InterfaceWatcher
 
 log = logging.getLogger("calico.felix.dataplane")
 

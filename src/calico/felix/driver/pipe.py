@@ -28,6 +28,10 @@ FROM_DRIVER_FD = 4
 _READ_SIZE = 1 << 20
 
 
+class DataplaneGone(RuntimeError):
+    """The dataplane cannot take messages any more (its process died)."""
+
+
 @dataclass(frozen=True)
 class DriverInit:
     """First frame to the driver: Felix's resolved configuration (parameter name → value)."""

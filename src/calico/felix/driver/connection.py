@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from calico.felix.calc import messages as m
-from calico.felix.daemon import DataplaneGone
-from calico.felix.dataplane.pipe import (
+from calico.felix.driver.pipe import (
     BatchReceived,
+    DataplaneGone,
     DriverFatal,
     DriverInit,
     DriverReady,
@@ -46,7 +46,7 @@ class DriverProcess:
         self._stopping = threading.Event()
         to_driver_r, to_driver_w = os.pipe()
         from_driver_r, from_driver_w = os.pipe()
-        command = argv or [sys.executable, "-m", "calico.felix.dataplane.driver"]
+        command = argv or [sys.executable, "-m", "calico.felix.driver"]
         command += ["--from-felix", str(to_driver_r), "--to-felix", str(from_driver_w)]
         command += ["--felix-pid", str(os.getpid())]  # it dies with us (calico.common.children)
         self._proc = subprocess.Popen(command, pass_fds=(to_driver_r, from_driver_w))

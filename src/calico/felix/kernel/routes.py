@@ -57,7 +57,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
-from calico.felix.dataplane.commands import CommandRunner
+from calico.felix.kernel.commands import CommandRunner
 
 _log = logging.getLogger(__name__)
 

@@ -1,0 +1,14 @@
+"""The only code in Felix that touches the kernel: runs commands (iptables-restore, ipset,
+conntrack, ip, sysctl), opens netlink sockets or writes /proc/sys. One module per subsystem:
+
+* `commands`: the command runner (here, or in a named namespace for tests);
+* `iptables` (+ `iptables_text`, pure parsing of iptables-save): the reconciling table driver;
+* `ipsets` (+ `ipset_text`, pure parsing of ipset save/list): the set driver;
+* `routes`: workload routes, static ARP entries and conntrack flushes;
+* `neighbours`: proxy NDP entries for workloads' IPv6 gateways;
+* `sysctls`: global and per-interface kernel settings;
+* `watcher`: the netlink interface watcher.
+
+Everything above this package (the dataplane manager, rendering, the calc graph) is pure and
+tested without a kernel; a boundary test (tests/unit/test_boundaries.py) keeps it so.
+"""

@@ -1,0 +1,181 @@
+"""Pure text handling for iptables (no I/O): tokenising rules as iptables-restore does,
+splitting and parsing ``iptables-save`` output, fingerprinting chains, the safety check every
+rule passes before it is written, and the comparison that tells another spelling of our rules
+from someone else's edit. The driver that runs the commands is `calico.felix.kernel.iptables`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import re
+import shlex
+import socket
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+from calico.felix.dataplane import names
+
+Rule = tuple[str, ...]  # one rule as shlex tokens, without "-A <chain>"
+
+# The kernel's built-in chains (all tables): the only non-Felix chains Felix puts rules in.
+BUILTIN_CHAINS = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
+JUMP_FLAGS = frozenset({"-j", "--jump", "-g", "--goto"})
+
+# "Error occurred at line: 7" (parse errors), "iptables-restore: line 7 failed" (legacy commit
+# errors) or "line 7: RULE_INSERT failed (...)" (nft kernel errors).
+# One token without backslashes or single quotes: non-blanks and "quoted strings", adjacent.
+_TOKEN_RE = re.compile(r'(?:[^ \t\r\n"]+|"[^"]*")+')  # shlex's blanks
+# What no rule may contain: anything but printable ASCII (a newline would end the rule and start
+# another line of restore input), backslashes and single quotes (iptables-restore and shlex
+# disagree about them). Double quotes must pair up.
+_UNSAFE_RULE_CHAR_RE = re.compile(r"[^\x20-\x7e]|[\\']")
+_ERROR_LINE_RE = re.compile(r"Error occurred at line: (\d+)|\bline (\d+)(?: failed|:)")
+
+
+def tokens(rule: str) -> Rule:
+    """A rule's shell-like tokens, exactly as ``shlex.split`` gives them.
+
+    shlex is about 20x slower than the fast paths and a table holds tens of thousands of rules,
+    so it is used only for single quotes and backslashes, which iptables-save and the renderer
+    never print. Without them, the only quoting is double quotes (``--comment "a b"``), and a
+    token is a run of non-blanks and double-quoted strings with the quotes removed."""
+    if "'" in rule or "\\" in rule:
+        return tuple(shlex.split(rule))
+    if '"' not in rule:
+        return tuple(rule.split())  # (splits on rarer blanks too, e.g. \f; none occur)
+    if rule.count('"') % 2:
+        raise ValueError("No closing quotation")  # what shlex says
+    return tuple(token.replace('"', "") for token in _TOKEN_RE.findall(rule))
+
+
+def unsafe_rule(rule: str) -> str | None:
+    """Why `rule` is not safe as one line of ``iptables-restore`` input, or None if it is.
+
+    The renderer escapes and validates everything it writes; this is the last check before the
+    kernel, so that a renderer bug can never let one rule's text become several."""
+    bad = _UNSAFE_RULE_CHAR_RE.search(rule)
+    if bad is not None:
+        return f"character {bad.group()!r} at offset {bad.start()}"
+    if rule.count('"') % 2:
+        return "unbalanced double quote"
+    if rule.lstrip().startswith(("*", ":", "COMMIT", "#")) or not rule.strip():
+        return "not a rule"
+    return None
+
+
+# Matches iptables-save adds by itself: "-p tcp --dport 22" is listed as "-p tcp -m tcp --dport 22".
+_IMPLICIT_MATCHES = frozenset({"tcp", "udp", "udplite", "sctp", "dccp", "icmp", "icmp6"})
+
+
+def _canonical_tokens(rule: Rule) -> Counter[str]:
+    """A rule's tokens as a multiset, without the spelling differences iptables-save makes: the
+    implicit protocol match, and "/32" or "/128" on a single address."""
+    out: Counter[str] = Counter()
+    skip = False
+    previous = ""
+    for word, following in itertools.zip_longest(rule, rule[1:]):
+        if skip:
+            skip = False
+        elif word == "-m" and following in _IMPLICIT_MATCHES:
+            skip = True
+        elif previous in ("-p", "--protocol"):
+            out[_protocol_number(word)] += 1
+        else:
+            out[word.removesuffix("/32").removesuffix("/128")] += 1
+        previous = word
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _protocol_number(name: str) -> str:
+    """iptables-save lists a protocol by its name in /etc/protocols when it has one ("-p 4" is
+    listed as "-p ipencap"): compare numbers."""
+    if name.isdigit():
+        return name
+    try:
+        return str(socket.getprotobyname(name))
+    except OSError:
+        return name
+
+
+def same_rules(ours: Sequence[Rule], printed: Sequence[Rule]) -> bool:
+    """Whether `printed` (what iptables-save listed) is only another spelling of `ours`: as many
+    rules, each with the same tokens up to the differences iptables-save makes and the order of
+    its matches. Never true for a rule more or less, or any other token."""
+    if len(ours) != len(printed):
+        return False
+    pairs = zip(ours, printed, strict=True)
+    return all(_canonical_tokens(a) == _canonical_tokens(b) for a, b in pairs)
+
+
+def targets(rule: Rule) -> Iterator[str]:
+    """The chains/targets a rule jumps or goes to (``-j X``, ``-g X``)."""
+    for flag, value in itertools.pairwise(rule):
+        if flag in JUMP_FLAGS:
+            yield value
+
+
+def is_hook_rule(rule: Rule, felix_chain: str | None = None) -> bool:
+    """A plain, unconditional jump to a Felix chain: the only shape Felix puts in other chains."""
+    if len(rule) != 2 or rule[0] not in ("-j", "--jump"):
+        return False
+    return rule[1] == felix_chain if felix_chain else names.is_felix_name(rule[1])
+
+
+def parse_save(text: str, table: str) -> dict[str, list[Rule]]:
+    """Chains of `table` in iptables-save output, each with its rules in order, tokenised."""
+    return {
+        chain: [split_host_line(line)[2:] for line in lines]
+        for chain, lines in split_save(text, table).items()
+    }
+
+
+def split_save(text: str, table: str) -> dict[str, list[str]]:
+    """Chains of `table` in iptables-save output, each with its ``-A`` lines as printed.
+
+    It finds each line's chain without tokenising the rule, so a refresh can tell which chains
+    changed before paying for tokens (:func:`parse_save` adds the tokens)."""
+    chains: dict[str, list[str]] = {}
+    in_table = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            in_table = line[1:] == table
+        elif not in_table:
+            continue
+        elif line == "COMMIT":
+            in_table = False
+        elif line.startswith(":"):
+            chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            # Chain names never contain blanks or quotes, so the second word is the chain.
+            chains.setdefault(line.split(None, 2)[1], []).append(line)
+    return chains
+
+
+def chain_digest(lines: Sequence[str]) -> bytes:
+    """A fingerprint of one chain's ``-A`` lines: equal digests mean the same rules, spelled the
+    same (128 bits, so an accidental collision is out of the question)."""
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).digest()
+
+
+def split_host_line(line: str) -> Rule:
+    # Host rules may hold quoting shlex rejects; we only need their targets, so fall back.
+    try:
+        return tokens(line)
+    except ValueError:
+        return tuple(line.split())
+
+
+def failed_line(stderr: str, text: str) -> str | None:
+    """The input line restore's error message points at, if it names one."""
+    match = _ERROR_LINE_RE.search(stderr)
+    if not match:
+        return None
+    number = int(match.group(1) or match.group(2))
+    lines = text.splitlines()
+    return lines[number - 1].strip() if 0 < number <= len(lines) else None
