@@ -81,7 +81,6 @@ def test_config_from_values() -> None:
     assert (cfg.mark_accept, cfg.mark_next_tier, cfg.mark_endpoint) == (0x100, 0x200, 0x400)
     assert cfg.interface_prefixes == ("cali", "tap")
     assert cfg.metadata_addr is None and cfg.failsafe_outbound_ports == ()
-    assert not cfg.ipip_enabled
     named = {**values, "MetadataAddr": "nova"}
     with pytest.raises(ValueError, match="resolve"):
         RenderConfig.from_config(named)
@@ -462,16 +461,12 @@ def test_static_input_per_endpoint_to_host_action() -> None:
     assert acc["felix-INPUT"][-2:] == ["-j felix-FROM-ENDPOINT", "-j ACCEPT"]
 
 
-def test_static_input_metadata_ipip_and_v6() -> None:
-    cfg = RenderConfig(metadata_addr=None, ipip_enabled=True, interface_prefixes=("cali", "tap"))
+def test_static_input_metadata_and_v6() -> None:
+    cfg = RenderConfig(metadata_addr=None, interface_prefixes=("cali", "tap"))
     v4 = static_filter_chains(4, cfg)["felix-INPUT"]
     assert not any("8775" in r for r in v4)
-    assert v4[1] == (
-        "-p 4 -m set ! --match-set felix-calico-hosts-4 src "
-        '-m comment --comment "Drop IPIP packets from non-Calico hosts" -j DROP'
-    )
     assert "-i tap+ -j MARK --set-xmark 0x4000000/0x4000000" in v4
-    v6 = static_filter_chains(6, RenderConfig(ipip_enabled=True))["felix-INPUT"]
+    v6 = static_filter_chains(6, RenderConfig())["felix-INPUT"]
     assert not any("-p 4" in r or "8775" in r for r in v6)
     assert "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT" in v6
     assert "-p udp -m udp --sport 546 --dport 547 -j ACCEPT" in v6
@@ -563,8 +558,6 @@ RT_CFG = RenderConfig(
     interface_prefixes=("cali", "tap"),
     drop_action_override="LOG-and-DROP",
     default_endpoint_to_host_action="RETURN",
-    ipip_enabled=True,
-    ipip_tunnel_addr="10.0.0.1",
 )
 SET_IDS = ("t:web", "s:db")
 
@@ -637,8 +630,6 @@ def test_ruleset_round_trips_through_the_kernel(backend: str, netns: Callable[[]
         for set_id in SET_IDS:
             name = names.ipset_name(set_id, version)
             ns.run(["ipset", "create", name, "hash:ip", "family", family])
-    for name in (names.IPSET_HOSTS_V4,):
-        ns.run(["ipset", "create", name, "hash:ip"])
     for name in (names.IPSET_ALL_POOLS, names.IPSET_MASQ_POOLS):
         ns.run(["ipset", "create", name, "hash:net"])
     for version in (4, 6):

@@ -8,14 +8,12 @@ none of the graph's code, so agreement between the two is evidence about the gra
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import Mapping
 
 from calico.common import resources as res
 from calico.common.datamodel_v1 import (
     HostEndpointKey,
-    HostIPKey,
     IPPoolKey,
     PolicyKey,
     ProfileLabelsKey,
@@ -78,11 +76,6 @@ def expected_state(
         elif isinstance(key, PolicyKey):
             if (p := _try(res.parse_policy, value, key)) is not None:
                 policies[key] = p
-        elif isinstance(key, HostIPKey):
-            try:
-                state.host_ips[key.hostname] = str(ipaddress.IPv4Address(value.strip()))
-            except ValueError:
-                pass
         elif isinstance(key, IPPoolKey):
             if (pool := _try(res.parse_ip_pool, value, key)) is not None:
                 state.pools[key] = m.IPPoolUpdate(key, pool)

@@ -1,7 +1,7 @@
 """A fake dataplane that enforces the calc → dataplane contract on every message it receives.
 
 It keeps the state a real dataplane would program (IP sets with members, active policies and
-profiles, local endpoints with their tiers, pools, host IPs, config) and raises
+profiles, local endpoints with their tiers, pools) and raises
 `ContractViolation` the moment a message breaks an ordering guarantee of `messages.py`. The graph
 tests feed it every flush; the benchmark uses it as a zero-cost dataplane.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
 from calico.felix.calc import messages as m
@@ -29,7 +30,6 @@ class DataplaneState:
     )
     host_endpoints: dict[HostEndpointKey, m.HostEndpointUpdate] = field(default_factory=dict)
     pools: dict[IPPoolKey, m.IPPoolUpdate] = field(default_factory=dict)
-    host_ips: dict[str, str] = field(default_factory=dict)
 
 
 def _rules(update: m.ActivePolicyUpdate | m.ActiveProfileUpdate) -> Iterable[m.ResolvedRule]:
@@ -40,26 +40,19 @@ class ContractChecker:
     def __init__(self) -> None:
         self.state = DataplaneState()
         self.in_sync = False
-        self.config: m.ConfigUpdate | None = None
-        self.ready: bool | None = None
 
     def apply_flush(self, messages: list[m.Message]) -> None:
-        """Apply one flush's messages. Before the first `InSync`, a flush may only carry config
-        and Ready, unless it is the flush that ends with `InSync`."""
+        """Apply one flush's messages. Before the first `InSync`, nothing may be sent but the
+        flush that ends with `InSync`."""
         if not self.in_sync and not (messages and isinstance(messages[-1], m.InSync)):
             for message in messages:
-                if not isinstance(message, m.ConfigUpdate | m.ReadyUpdate):
-                    raise ContractViolation(f"{message!r} sent before the datastore was in sync")
+                raise ContractViolation(f"{message!r} sent before the datastore was in sync")
         for message in messages:
             self.apply(message)
 
     def apply(self, message: m.Message) -> None:
         state = self.state
         match message:
-            case m.ConfigUpdate():
-                self.config = message
-            case m.ReadyUpdate(ready):
-                self.ready = ready
             case m.InSync():
                 _check(not self.in_sync, "InSync sent twice")
                 self.in_sync = True
@@ -114,11 +107,8 @@ class ContractChecker:
             case m.IPPoolRemove(key):
                 _check(key in state.pools, f"unknown pool {key} removed")
                 del state.pools[key]
-            case m.HostMetadataUpdate(hostname, address):
-                state.host_ips[hostname] = address
-            case m.HostMetadataRemove(hostname):
-                _check(hostname in state.host_ips, f"unknown host {hostname} removed")
-                del state.host_ips[hostname]
+            case _:
+                assert_never(message)
 
     def _apply_delta(self, set_id: str, added: frozenset[str], removed: frozenset[str]) -> None:
         members = self.state.ip_sets.get(set_id)

@@ -27,10 +27,7 @@ from typing import TypeVar
 
 from calico.common import resources as res
 from calico.common.datamodel_v1 import (
-    READY_VALUE,
     BadKey,
-    GlobalConfigKey,
-    HostConfigKey,
     HostEndpointKey,
     HostIPKey,
     IPPoolKey,
@@ -39,7 +36,6 @@ from calico.common.datamodel_v1 import (
     ProfileLabelsKey,
     ProfileRulesKey,
     ProfileTagsKey,
-    ReadyKey,
     TierMetadataKey,
     WorkloadEndpointKey,
     parse_key,
@@ -90,10 +86,6 @@ class CalcGraph:
         self._labels_dirty: set[EndpointKey] = set()
         # Hosts with a valid bird_ip: only for num_hosts() (the sequencer keeps pending changes).
         self._host_ips: set[str] = set()
-        self._global_config: dict[str, str] = {}
-        self._host_config: dict[str, str] = {}
-        self._config_changed = False
-        self._ready: bool | None = None
 
     # --- Inputs --------------------------------------------------------------------------------
 
@@ -123,11 +115,6 @@ class CalcGraph:
                 self._dispatch(key, None)  # if even this fails, the graph is broken: raise
 
     def flush(self) -> list[m.Message]:
-        if self._config_changed:
-            self.sequencer.on_config(
-                m.ConfigUpdate(dict(self._global_config), dict(self._host_config))
-            )
-            self._config_changed = False
         self._tag_index.recalculate_dirty()
         self._index_dirty_labels()
         self.active.resolve_dirty_endpoints()
@@ -174,17 +161,10 @@ class CalcGraph:
                     self.sequencer.pools.update(key, m.IPPoolUpdate(key, pool))
             case HostIPKey(hostname):
                 self._update_host_ip(hostname, value)
-            case GlobalConfigKey(name):
-                self._update_config(self._global_config, name, value)
-            case HostConfigKey(hostname, name) if hostname == self._hostname:
-                self._update_config(self._host_config, name, value)
-            case ReadyKey():
-                ready = None if value is None else value == READY_VALUE
-                if ready != self._ready:
-                    self._ready = ready
-                    self.sequencer.on_ready(ready)
             case _:
-                pass  # other hosts' config, Felix's own status keys
+                # Config and Ready are the daemon's (a config change restarts Felix); Felix's
+                # own status keys are the status reporter's.
+                pass
 
     def _valid_local_name(self, key: WorkloadEndpointKey, endpoint: res.WorkloadEndpoint) -> bool:
         if key.hostname != self._hostname or endpoint.name.startswith(self._interface_prefixes):
@@ -198,15 +178,6 @@ class CalcGraph:
         )
         return False
 
-    def _update_config(self, config: dict[str, str], name: str, value: str | None) -> None:
-        if config.get(name) == value:
-            return
-        if value is None:
-            del config[name]
-        else:
-            config[name] = value
-        self._config_changed = True
-
     def _update_host_ip(self, hostname: str, value: str | None) -> None:
         address: str | None = None
         if value is not None:
@@ -218,12 +189,11 @@ class CalcGraph:
                     quoted(value),
                     hostname,
                 )
+        # Only counted (usage reports); nothing in the dataplane uses other hosts' addresses.
         if address is None:
             self._host_ips.discard(hostname)
-            self.sequencer.host_metadata.remove(hostname)
         else:
             self._host_ips.add(hostname)
-            self.sequencer.host_metadata.update(hostname, m.HostMetadataUpdate(hostname, address))
 
     # --- Endpoints and label inheritance ---------------------------------------------------------
 

@@ -10,7 +10,8 @@ policies, and floating IPs and gateways (which 2.0 left out) are part of the end
 Ordering guarantees (what the sequencer promises and the contract checker in the tests asserts):
 
 * Nothing that programs the kernel is sent before the datastore is first in sync; the first flush
-  after that ends with `InSync`. Only `ConfigUpdate` and `ReadyUpdate` may come earlier.
+  after that ends with `InSync`; nothing comes earlier. (Felix's configuration and the Ready
+  flag are the daemon's business, not the dataplane's: a config change restarts Felix.)
 * An IP set is created (`IPSetUpdate`, full membership) before any delta for it and before any rule
   that refers to it; it is removed (`IPSetRemove`) only after no active policy or profile uses it.
 * A policy or profile is sent before any endpoint that lists it, and removed only after no endpoint
@@ -23,7 +24,6 @@ keeps one kernel set per family.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
@@ -34,11 +34,8 @@ __all__ = [
     "ActivePolicyUpdate",
     "ActiveProfileRemove",
     "ActiveProfileUpdate",
-    "ConfigUpdate",
     "HostEndpointRemove",
     "HostEndpointUpdate",
-    "HostMetadataRemove",
-    "HostMetadataUpdate",
     "IPPoolRemove",
     "IPPoolUpdate",
     "IPSetDeltaUpdate",
@@ -46,7 +43,6 @@ __all__ = [
     "IPSetUpdate",
     "InSync",
     "Message",
-    "ReadyUpdate",
     "ResolvedRule",
     "TierInfo",
     "WorkloadEndpointRemove",
@@ -105,22 +101,6 @@ class TierInfo:
 
 
 # --- Lifecycle -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigUpdate:
-    """Felix's raw configuration from the datastore (global and this host's) after a change.
-    The mappings are copies owned by the message: receivers must not modify them."""
-
-    global_config: Mapping[str, str]
-    host_config: Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class ReadyUpdate:
-    """The `/calico/v1/Ready` flag changed (None = the key is absent)."""
-
-    ready: bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,19 +203,6 @@ class HostEndpointRemove:
 
 
 @dataclass(frozen=True, slots=True)
-class HostMetadataUpdate:
-    """A host's `bird_ip` (for the IPIP hosts set)."""
-
-    hostname: str
-    ipv4_addr: str
-
-
-@dataclass(frozen=True, slots=True)
-class HostMetadataRemove:
-    hostname: str
-
-
-@dataclass(frozen=True, slots=True)
 class IPPoolUpdate:
     id: IPPoolKey
     pool: IPPool
@@ -247,9 +214,7 @@ class IPPoolRemove:
 
 
 Message = (
-    ConfigUpdate
-    | ReadyUpdate
-    | InSync
+    InSync
     | IPSetUpdate
     | IPSetDeltaUpdate
     | IPSetRemove
@@ -261,8 +226,6 @@ Message = (
     | WorkloadEndpointRemove
     | HostEndpointUpdate
     | HostEndpointRemove
-    | HostMetadataUpdate
-    | HostMetadataRemove
     | IPPoolUpdate
     | IPPoolRemove
 )

@@ -68,9 +68,6 @@ class EventSequencer:
     def __init__(self) -> None:
         self._in_sync = False
         self._sent_in_sync = False
-        self._config: m.ConfigUpdate | None = None
-        self._ready: m.ReadyUpdate | None = None
-        self.host_metadata: _Pending[str, m.HostMetadataUpdate] = _Pending()
         self.pools: _Pending[IPPoolKey, m.IPPoolUpdate] = _Pending()
         self.policies: _Pending[PolicyKey, m.ActivePolicyUpdate] = _Pending()
         self.profiles: _Pending[str, m.ActiveProfileUpdate] = _Pending()
@@ -93,12 +90,6 @@ class EventSequencer:
 
     def on_datastore_in_sync(self) -> None:
         self._in_sync = True
-
-    def on_config(self, update: m.ConfigUpdate) -> None:
-        self._config = update
-
-    def on_ready(self, ready: bool | None) -> None:
-        self._ready = m.ReadyUpdate(ready)
 
     def add_ip_set(self, set_id: str, members: Collection[str]) -> None:
         """A set became active; `members` is a live view of its members (empty now)."""
@@ -156,16 +147,8 @@ class EventSequencer:
 
     def flush(self) -> list[m.Message]:
         out: list[m.Message] = []
-        if self._config is not None:
-            out.append(self._config)
-            self._config = None
-        if self._ready is not None:
-            out.append(self._ready)
-            self._ready = None
         if not self._in_sync:
             return out
-        out.extend(m.HostMetadataRemove(h) for h in self.host_metadata.take_removals())
-        out.extend(self.host_metadata.take_updates())
         out.extend(m.IPPoolRemove(p) for p in self.pools.take_removals())
         out.extend(self.pools.take_updates())
         self._flush_ip_set_additions(out)

@@ -60,7 +60,6 @@ HOOKS: Final[dict[tuple[str, str], str]] = {
 }
 
 # --- Ipsets ------------------------------------------------------------------------------------
-IPSET_HOSTS_V4: Final = "felix-calico-hosts-4"
 IPSET_ALL_POOLS: Final = "felix-all-ipam-pools"
 IPSET_MASQ_POOLS: Final = "felix-masq-ipam-pools"
 

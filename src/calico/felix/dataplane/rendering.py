@@ -83,7 +83,6 @@ MAX_COMMENT_LEN = 255
 _COMMENT_UNSAFE_RE = re.compile(r"[^A-Za-z0-9 _.,:/()=+@!-]")
 MAX_MULTIPORT_ENTRIES = 15  # kernel limit of xt_multiport; a range takes two entries
 METADATA_IP = "169.254.169.254"
-IPIP_TUNNEL = "tunl0"
 # ICMPv6 the host must accept from workloads: MLD (130-132), router and neighbour
 # solicitation (133, 135) and neighbour advertisement (136).
 ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)
@@ -121,8 +120,6 @@ class RenderConfig:
     metadata_port: int = 8775
     failsafe_inbound_ports: tuple[int, ...] = (22,)
     failsafe_outbound_ports: tuple[int, ...] = (2379, 2380, 4001, 7001)
-    ipip_enabled: bool = False
-    ipip_tunnel_addr: str | None = None
 
     def __post_init__(self) -> None:
         if self.drop_action_override not in DROP_ACTIONS:
@@ -159,8 +156,6 @@ class RenderConfig:
             metadata_port=values.get("MetadataPort", 8775),
             failsafe_inbound_ports=tuple(values.get("FailsafeInboundHostPorts", ())),
             failsafe_outbound_ports=tuple(values.get("FailsafeOutboundHostPorts", ())),
-            ipip_enabled=bool(values.get("IpInIpEnabled", False)),
-            ipip_tunnel_addr=values.get("IpInIpTunnelAddr") or None,
         )
 
 
@@ -652,9 +647,6 @@ def _conntrack_rules(config: RenderConfig) -> list[str]:
 
 def _input_chain(ip_version: int, config: RenderConfig) -> list[str]:
     rules = [_join(mark_is_set(config.mark_accept), "-j ACCEPT")]
-    if ip_version == 4 and config.ipip_enabled:
-        match = f"-p 4 -m set ! --match-set {names.IPSET_HOSTS_V4} src"
-        rules += drop_rules(config, match, "Drop IPIP packets from non-Calico hosts")
     rules += _conntrack_rules(config)
     rules += _mark_workload_traffic("-i", config)
     rules.append(_join(mark_is_clear(config.mark_endpoint), f"-g {names.CHAIN_FROM_HOST_IF}"))
@@ -782,13 +774,6 @@ def nat_chains(
         postrouting.append(
             f"-m set --match-set {names.IPSET_MASQ_POOLS} src "
             f"-m set ! --match-set {names.IPSET_ALL_POOLS} dst -j MASQUERADE"
-        )
-    if ip_version == 4 and config.ipip_enabled and config.ipip_tunnel_addr:
-        # Host-originated traffic into the tunnel that picked a source address of another
-        # interface: rewrite it to the tunnel's address.
-        postrouting.append(
-            f"-o {IPIP_TUNNEL} -m addrtype ! --src-type LOCAL --limit-iface-out "
-            "-m addrtype --src-type LOCAL -j MASQUERADE"
         )
     return {
         names.CHAIN_PREROUTING: prerouting,
