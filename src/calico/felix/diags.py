@@ -17,7 +17,6 @@ import io
 import json
 import os
 import socket
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -42,6 +41,7 @@ from calico.felix.config.loader import (
     resolve,
 )
 from calico.felix.config.params import BY_NAME
+from calico.felix.kernel.commands import CommandFailed, run_for_output
 
 PROG = "calico-felix diags"
 # Short: diagnostics are often wanted exactly when etcd is unwell.
@@ -212,23 +212,9 @@ def _fail(message: str) -> Callable[[], bytes]:
 
 def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
     try:
-        proc = subprocess.run(
-            list(argv),
-            check=False,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-        )
-    except FileNotFoundError:
-        raise CollectError(f"{argv[0]}: command not found") from None
-    except subprocess.TimeoutExpired:
-        raise CollectError(f"{' '.join(argv)}: no answer within {timeout:.0f} s") from None
-    except OSError as e:
-        raise CollectError(f"{' '.join(argv)}: {e}") from None
-    if proc.returncode != 0:
-        raise CollectError(f"{' '.join(argv)} exited with status {proc.returncode}\n{proc.stderr}")
-    return proc.stdout
+        return run_for_output(argv, timeout)
+    except CommandFailed as e:
+        raise CollectError(str(e)) from None
 
 
 def collect_status(client: KVStore | None, hostname: str) -> str:

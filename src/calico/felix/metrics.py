@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, start_http_server
 
-from calico.common.etcd.syncer import SyncStatus
+from calico.common.sync import SyncStatus
 from calico.felix.calc import messages as m
 
 log = logging.getLogger(__name__)

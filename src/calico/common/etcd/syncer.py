@@ -21,27 +21,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from enum import StrEnum
-from typing import Protocol
 
 from calico.common import datamodel_v1
 from calico.common.etcd.base import EtcdUnavailable, KVStore, ResyncRequired, WatchEvent
+from calico.common.sync import SyncListener, SyncStatus, Update
+
+__all__ = ["Backoff", "SyncListener", "SyncStatus", "Syncer", "Update"]
 
 log = logging.getLogger(__name__)
 READY = datamodel_v1.READY_KEY
-
-Update = tuple[str, str | None]  # (key, value); value None = deleted
-
-
-class SyncStatus(StrEnum):
-    WAIT_FOR_READY = "wait-for-ready"
-    RESYNC = "resync"
-    IN_SYNC = "in-sync"
-
-
-class SyncListener(Protocol):
-    def on_status(self, status: SyncStatus) -> None: ...
-    def on_updates(self, updates: list[Update]) -> None: ...
 
 
 class Backoff:

@@ -40,10 +40,10 @@ from calico.common.datamodel_v1 import (
     WorkloadEndpointKey,
     parse_key,
 )
-from calico.common.etcd.syncer import SyncStatus
 from calico.common.labelindex import LabelIndex, add_to_index
 from calico.common.quoting import quoted
 from calico.common.selectors import Selector
+from calico.common.sync import SyncStatus
 from calico.felix.calc import messages as m
 from calico.felix.calc.active import ActiveRulesCalculator, Endpoint, EndpointKey
 from calico.felix.calc.members import MemberCalculator, TagIndex

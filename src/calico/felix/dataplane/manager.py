@@ -11,7 +11,8 @@ Apply order (each step relies on the ones before it):
 2. iptables, per IP version: filter, nat, raw (policies/profiles, endpoint chains, dispatch
    chains, NAT; the table driver writes only what differs from the kernel);
 3. IP sets again: destroy sets that no rule references any more;
-4. routes and static ARP, per IP version, then per-interface sysctls for interfaces that are up.
+4. routes and static ARP, per IP version, and proxy NDP entries for IPv6 gateways, then
+   per-interface sysctls for interfaces that are up.
 
 Nothing touches the kernel before `InSync`: until then the previous run's chains, sets and routes
 keep traffic flowing. Orphans of the previous run are swept by `cleanup()` (StartupCleanupDelay
@@ -38,6 +39,7 @@ from calico.felix.kernel.commands import CommandRunner
 from calico.felix.kernel.ipset_text import HASH_NET, SavedSet
 from calico.felix.kernel.ipsets import IpsetError, IpsetTable
 from calico.felix.kernel.iptables import IptablesTable
+from calico.felix.kernel.neighbours import ProxyNdpTable
 from calico.felix.kernel.routes import RouteTable
 from calico.felix.kernel.sysctls import SysctlWriter, configure_interface, repair_interface
 
@@ -54,7 +56,8 @@ Owner = tuple[str, object]  # who wants a group of chains: ("policy", key), ("st
 
 
 class KernelTables:
-    """The per-version drivers: iptables tables, ipsets and routes."""
+    """The per-version drivers (iptables tables, ipsets, routes) and, with IPv6, the proxy NDP
+    table (None without IPv6 or without `make_proxy_ndp`: no proxy entries are programmed)."""
 
     def __init__(
         self,
@@ -62,11 +65,13 @@ class KernelTables:
         make_table: Callable[[int, str], IptablesTable],
         make_ipsets: Callable[[int], IpsetTable],
         make_routes: Callable[[int], RouteTable],
+        make_proxy_ndp: Callable[[], ProxyNdpTable] | None = None,
     ) -> None:
         self.versions = tuple(ip_versions)
         self.iptables = {(v, t): make_table(v, t) for v in self.versions for t in TABLES}
         self.ipsets = {v: make_ipsets(v) for v in self.versions}
         self.routes = {v: make_routes(v) for v in self.versions}
+        self.proxy_ndp = make_proxy_ndp() if make_proxy_ndp and 6 in self.versions else None
 
 
 class DataplaneManager:
@@ -77,8 +82,10 @@ class DataplaneManager:
         sysctls: SysctlWriter | None,
         runner: CommandRunner | None = None,
     ) -> None:
+        # `runner` is no longer used (proxy NDP entries are KernelTables.proxy_ndp's); kept so
+        # that callers passing it keep working.
+        del runner
         self._config = config
-        self._runner = runner
         self._kernel = kernel
         self._sysctls = sysctls
         self.in_sync = False
@@ -110,8 +117,8 @@ class DataplaneManager:
         self._last_host_endpoints: dict[str, m.HostEndpointUpdate] | None = None
         self._last_nat: tuple[list[tuple[str, str]], bool] | None = None
         self._last_pools: tuple[IPPool, ...] | None = None
-        # (interface, version, IPv6 gateway) whose sysctls (and proxy NDP entry) are in place.
-        self._configured: set[tuple[str, int, str | None]] = set()
+        # (interface, version) whose sysctls are in place.
+        self._configured: set[tuple[str, int]] = set()
         # Interfaces whose configuration last failed: their endpoints report "error" (§5.12).
         self._config_failed: set[str] = set()
 
@@ -330,6 +337,8 @@ class DataplaneManager:
             ipsets.apply()  # destroys sets the rules no longer reference
         for routes in self._kernel.routes.values():
             routes.apply(full=force_refresh)  # a refresh re-reads and repairs routes, too
+        if self._kernel.proxy_ndp is not None:
+            self._kernel.proxy_ndp.apply(full=force_refresh)  # and proxy NDP entries
         if force_refresh:
             self._repair_interfaces()
         self._configure_interfaces()
@@ -378,6 +387,12 @@ class DataplaneManager:
                 continue
             mac = update.endpoint.mac if v == 4 else None
             routes.set_routes(name, self._routed_ips_of(update, v), mac=mac)
+        proxies = self._kernel.proxy_ndp
+        if proxies is not None and name in self._dirty_routes:
+            # The owner's IPv6 gateway, proxied so that the workload can resolve it (§5.11).
+            active = update is not None and update.endpoint.active
+            gateway = update.endpoint.ipv6_gateway if update is not None and active else None
+            proxies.set_proxies(name, [gateway] if gateway else [])
 
     def _render(self, what: str, render: Callable[..., Chains], *args: object) -> Chains:
         """Chains from a renderer, or none if it fails: rendering works on validated input, so
@@ -517,8 +532,7 @@ class DataplaneManager:
         self._own(version, names.RAW, ("host-endpoints", None), raw_chains)
 
     def _configure_interfaces(self) -> None:
-        """Per-interface sysctls for active workload interfaces that are up, and for IPv6 a proxy
-        NDP entry for the endpoint's gateway so the workload can resolve it (§5.11)."""
+        """Per-interface sysctls for active workload interfaces that are up."""
         if self._sysctls is None:
             return
         for update in self._owners():
@@ -526,8 +540,7 @@ class DataplaneManager:
             if not endpoint.active or not self._interfaces_up.get(endpoint.name):
                 continue
             for v in self._kernel.versions:
-                gateway = endpoint.ipv6_gateway if v == 6 else None
-                if (endpoint.name, v, gateway) in self._configured:
+                if (endpoint.name, v) in self._configured:
                     continue
                 try:
                     configure_interface(endpoint.name, v, self._sysctls)
@@ -535,10 +548,7 @@ class DataplaneManager:
                     log.warning("Could not configure interface %s: %s", endpoint.name, e)
                     self._config_failed.add(endpoint.name)
                     continue
-                if gateway is not None and not self._proxy_ndp(endpoint.name, gateway):
-                    self._config_failed.add(endpoint.name)
-                    continue
-                self._configured.add((endpoint.name, v, gateway))
+                self._configured.add((endpoint.name, v))
                 self._config_failed.discard(endpoint.name)
 
     def _repair_interfaces(self) -> None:
@@ -547,7 +557,7 @@ class DataplaneManager:
         anti-spoofing or metadata until the interface flapped). Write back what differs."""
         if self._sysctls is None:
             return
-        for name, version, _ in sorted(self._configured, key=repr):
+        for name, version in sorted(self._configured):
             try:
                 repaired = repair_interface(name, version, self._sysctls)
             except OSError as e:
@@ -555,20 +565,6 @@ class DataplaneManager:
                 continue
             if repaired:
                 log.warning("Repaired settings of interface %s: %s", name, "; ".join(repaired))
-
-    def _proxy_ndp(self, interface: str, gateway: str) -> bool:
-        if self._runner is None:
-            return True
-        argv = ["ip", "-6", "neigh", "replace", "proxy", gateway, "dev", interface]
-        result = self._runner.run(argv)
-        if result.returncode != 0:
-            log.warning(
-                "Could not add proxy NDP for %s on %s: %s",
-                gateway,
-                interface,
-                result.stderr.strip(),
-            )
-        return result.returncode == 0
 
     # --- Status --------------------------------------------------------------------------------
 
@@ -589,6 +585,8 @@ class DataplaneManager:
         else "up". `apply_failed`: whether the apply just attempted raised."""
         statuses: dict[WorkloadEndpointKey | HostEndpointKey, str] = {}
         refused = self._refused_chains()
+        proxies = self._kernel.proxy_ndp
+        proxy_failed = proxies.errors if proxies is not None else {}
         for key, update in self._workloads.items():
             name = update.endpoint.name
             if not self._interfaces_up.get(name):
@@ -598,6 +596,7 @@ class DataplaneManager:
             elif (
                 (apply_failed and name in self._dirty_interfaces)
                 or name in self._config_failed
+                or name in proxy_failed
                 or (refused and self._endpoint_chains(name) & refused)
             ):
                 statuses[key] = "error"

@@ -48,7 +48,8 @@ from calico.felix.driver.pipe import (
 from calico.felix.kernel.commands import LocalRunner
 from calico.felix.kernel.ipsets import IpsetError, IpsetTable
 from calico.felix.kernel.iptables import IptablesError, IptablesTable, nft_generation, uses_nft
-from calico.felix.kernel.routes import RouteTable
+from calico.felix.kernel.neighbours import ProxyNdpTable
+from calico.felix.kernel.routes import RouteTable, open_netlink
 from calico.felix.kernel.sysctls import LooseRPFError, ProcSysctlWriter, configure_global
 from calico.felix.kernel.watcher import InterfaceWatcher
 
@@ -299,8 +300,6 @@ class DriverLoop:
 def build(
     config: Mapping[str, Any],
 ) -> tuple[DataplaneManager, InterfaceWatcher, MetadataResolver | None]:
-    from pyroute2 import IPRoute  # noqa: PLC0415 (import only in the driver process)
-
     metadata = config.get("MetadataAddr")
     resolver = MetadataResolver(metadata) if metadata and not is_ipv4(metadata) else None
     # Wait a little for the first answer, so that a name that resolves is programmed at once.
@@ -309,7 +308,7 @@ def build(
     )
     runner = metrics.MeteredRunner(LocalRunner())
     versions = ip_versions(config["Ipv6Support"])
-    ipr = IPRoute()
+    ipr = open_netlink()
     prefixes = tuple(config["InterfacePrefix"])
     # On iptables-nft (the tables are in this process's namespace) a refresh can tell from the
     # nf_tables generation that nothing changed, and skip reading the tables.
@@ -319,6 +318,7 @@ def build(
         lambda v, t: IptablesTable(v, t, runner, generation=generations[v]),
         lambda v: IpsetTable(v, runner, max_size=int(config["MaxIpsetSize"])),
         lambda v: RouteTable(v, ipr, prefixes, conntrack_runner=runner),
+        lambda: ProxyNdpTable(runner, prefixes),
     )
     sysctls = ProcSysctlWriter()
     for v in versions:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram, start_http_server
 
 from calico.felix.kernel.commands import CommandRunner
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 

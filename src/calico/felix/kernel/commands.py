@@ -16,6 +16,7 @@ Runners never raise on a non-zero exit status: the caller inspects ``returncode`
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -38,6 +39,29 @@ class LocalRunner:
         return "LocalRunner()"
 
 
+class CommandFailed(RuntimeError):
+    """A command run for its output could not run, timed out or exited non-zero."""
+
+
+def run_for_output(argv: Sequence[str], timeout: float) -> str:
+    """The stdout of a command that must succeed within `timeout` seconds (diagnostics);
+    CommandFailed says why it did not."""
+    try:
+        proc = subprocess.run(
+            list(argv), check=False, capture_output=True, text=True, errors="replace",
+            timeout=timeout,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise CommandFailed(f"{argv[0]}: command not found") from None
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(f"{' '.join(argv)}: no answer within {timeout:.0f} s") from None
+    except OSError as e:
+        raise CommandFailed(f"{' '.join(argv)}: {e}") from None
+    if proc.returncode != 0:
+        raise CommandFailed(f"{' '.join(argv)} exited with status {proc.returncode}\n{proc.stderr}")
+    return proc.stdout
+
+
 class NetnsRunner:
     """Runs commands inside the named network namespace via ``ip netns exec``."""
 
@@ -57,4 +81,4 @@ class NetnsRunner:
         return f"NetnsRunner({self.ns_name!r})"
 
 
-__all__ = ["CommandRunner", "LocalRunner", "NetnsRunner"]
+__all__ = ["CommandFailed", "CommandRunner", "LocalRunner", "NetnsRunner", "run_for_output"]

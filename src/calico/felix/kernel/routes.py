@@ -81,6 +81,13 @@ class IPRouteLike(Protocol):
     def link(self, command: str, **kwarg: Any) -> Any: ...
 
 
+def open_netlink() -> IPRouteLike:
+    """A netlink socket for this process's network namespace (pyroute2's IPRoute)."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 (only the driver process opens one)
+
+    return IPRoute()  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class _Desired:
     ips: frozenset[str]  # canonical address strings, no prefix length
