@@ -124,12 +124,14 @@ class ProxyNdpTable:
         `full` (and the first apply) lists every proxy entry and repairs any difference on our
         interfaces; otherwise only interfaces set since the last apply, or still pending or
         in error, are written. Never raises for a failing command: see `errors`."""
-        kernel = self._list() if full or not self._listed else None
+        kernel = None
+        if full or not self._listed:
+            kernel = self._list()
+            self._listed = kernel is not None  # a failed listing (logged) is tried next apply
         if kernel is not None:
-            self._listed = True
             todo = set(kernel) | set(self._desired) | set(self._programmed) | self._dirty
         else:
-            # Incremental, or a listing that failed (logged; the next apply lists again).
+            # Incremental, or the listing failed: write what is known to be needed.
             todo = self._dirty | self.pending | set(self.errors)
         self._dirty = set()
         self.pending -= todo
