@@ -1,5 +1,6 @@
 """IpsetTable: unit tests against a small in-memory ipset model, then the real ipset tool inside
-throwaway network namespaces (never the root namespace)."""
+throwaway network namespaces (never the root namespace). The pure parsing it uses is tested in
+tests/unit/test_ipset_text.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from calico.felix.dataplane import names
 from calico.felix.kernel.commands import NetnsRunner
-from calico.felix.kernel.ipset_text import HASH_IP, HASH_NET, parse_ipset_list, parse_ipset_save
+from calico.felix.kernel.ipset_text import HASH_IP, HASH_NET, parse_ipset_list
 from calico.felix.kernel.ipsets import IpsetTable
 from calico.lab.netns import NetNS
 
@@ -389,25 +390,6 @@ def test_refresh_repairs_a_set_edited_after_it_was_verified(fake: FakeIpset) -> 
     assert fake.sets[V4].members == {"10.0.0.1", "10.0.0.2"}
 
 
-def test_parse_ipset_save() -> None:
-    text = (
-        "create felix-v4-a hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12\n"
-        "add felix-v4-a 10.0.0.1\n"
-        "add felix-v4-a 10.0.0.2 timeout 5\n"
-        "create felix-v6-b hash:net family inet6 hashsize 1024 maxelem 5\n"
-        "create other hash:ip family inet\n"
-        "add other 1.2.3.4\n"
-    )
-    sets = parse_ipset_save(text)
-    assert sorted(sets) == ["felix-v4-a", "felix-v6-b", "other"]
-    assert sets["felix-v4-a"].members() == ["10.0.0.1", "10.0.0.2"]
-    assert sets["felix-v6-b"].members() == []
-    assert sets["felix-v6-b"].kset.family == "inet6"
-    assert sets["felix-v6-b"].kset.set_type == "hash:net"
-    assert sets["felix-v6-b"].kset.maxelem == 5
-    assert sets["felix-v4-a"].digest() != sets["other"].digest()
-
-
 def test_named_hash_net_set(fake: FakeIpset) -> None:
     table = IpsetTable(4, fake)
     pools = names.IPSET_ALL_POOLS
@@ -439,21 +421,6 @@ def test_cleanup_orphans(fake: FakeIpset) -> None:
     table.replace_members(SID, ["10.0.0.1"])
     assert table.cleanup_orphans() == ["felix-tmp-v4-old", "felix-v4-old"]
     assert set(fake.sets) == {"felix-v4-busy", "felix-v6-old", "host-set", V4}
-
-
-def test_parse_ipset_list() -> None:
-    text = (
-        "Name: a\nType: hash:net\nRevision: 7\nHeader: family inet hashsize 1024 maxelem 10\n"
-        "Size in memory: 552\nReferences: 2\nNumber of entries: 2\nMembers:\n10.0.0.0/8\n"
-        "10.1.1.1 timeout 5\n\nName: b\nType: hash:ip\nRevision: 6\n"
-        "Header: family inet6 hashsize 1024 maxelem 65536\nReferences: 0\nNumber of entries: 0\n"
-        "Members:\n"
-    )
-    sets = parse_ipset_list(text)
-    assert sets["a"].members == {"10.0.0.0/8", "10.1.1.1"}
-    assert (sets["a"].set_type, sets["a"].family, sets["a"].maxelem) == (HASH_NET, "inet", 10)
-    assert sets["a"].references == 2
-    assert sets["b"].members == frozenset() and sets["b"].family == "inet6"
 
 
 # -- real ipset inside network namespaces ------------------------------------------------------
