@@ -10,7 +10,7 @@ from calico.common import etcd as calico_etcd
 from calico.common.datamodel_v1 import NeutronElectionKey
 from calico.common.etcd.base import EtcdSettings, KVStore
 from calico.lab.etcd_server import EtcdServer
-from calico.openstack.workers import Elector
+from calico.openstack.election import Elector
 
 
 @pytest.fixture(params=["v2", "v3"])

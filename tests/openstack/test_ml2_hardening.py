@@ -142,8 +142,9 @@ class TestHardening(CalicoML2TestBase):
         assert all(r.src_net not in ("0.0.0.0/0", "::/0") for r in rules.inbound_rules)
 
         # The resync writes exactly what the callbacks wrote.
-        from calico.openstack.mech_driver import NeutronReader, connect_store
-        from calico.openstack.workers import resync
+        from calico.openstack.config import connect_store
+        from calico.openstack.neutron_reader import NeutronReader
+        from calico.openstack.resync import resync
 
         self.call(
             "PUT", "address-groups", {"addresses": ["10.2.0.0/16"]}, id=ag, action="add_addresses"
@@ -155,8 +156,9 @@ class TestHardening(CalicoML2TestBase):
         assert self.client.get(ProfileRulesKey(f"openstack-sg-{sg}").path) == written
 
     def test_resync_isolates_failures_per_object(self) -> None:
-        from calico.openstack.mech_driver import NeutronReader, connect_store
-        from calico.openstack.workers import resync
+        from calico.openstack.config import connect_store
+        from calico.openstack.neutron_reader import NeutronReader
+        from calico.openstack.resync import resync
 
         register_felix(self.driver, HOST1)
         net_id, subnet_id = self.make_network()
@@ -262,8 +264,9 @@ class TestHardening(CalicoML2TestBase):
             port = self.make_port(net_id, HOST1)
         assert port["binding:vif_type"] == "tap"
         assert endpoints(self.client) == {}
-        from calico.openstack.mech_driver import NeutronReader, connect_store
-        from calico.openstack.workers import resync
+        from calico.openstack.config import connect_store
+        from calico.openstack.neutron_reader import NeutronReader
+        from calico.openstack.resync import resync
 
         assert resync(connect_store(), NeutronReader())["endpoints"]["created"] == 1
 
@@ -273,4 +276,4 @@ def _fresh_warnings() -> None:
     """Each test sees its own "logged once" messages."""
     from calico.openstack import translation
 
-    getattr(translation, "_warned", {}).clear()
+    translation.forget_warnings()

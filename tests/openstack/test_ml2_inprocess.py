@@ -25,7 +25,7 @@ from calico.common.datamodel_v1 import (
 from calico.common.etcd.base import EtcdSettings, KVStore
 from calico.lab.etcd_server import EtcdServer
 from calico.openstack import config
-from calico.openstack.mech_driver import AGENT_BINARY_FELIX, AGENT_TYPE_FELIX
+from calico.openstack.constants import AGENT_BINARY_FELIX, AGENT_TYPE_FELIX
 
 HOST1 = "compute-1"
 HOST2 = "compute-2"
@@ -341,8 +341,9 @@ class TestCalicoML2EtcdV3(CalicoML2TestBase):
 
 class TestResync(CalicoML2TestBase):
     def test_resync_repairs_both_ways_and_keeps_foreign_data(self) -> None:
-        from calico.openstack.mech_driver import NeutronReader, connect_store
-        from calico.openstack.workers import resync
+        from calico.openstack.config import connect_store
+        from calico.openstack.neutron_reader import NeutronReader
+        from calico.openstack.resync import resync
 
         register_felix(self.driver, HOST1)
         net_id, subnet_id = self.make_network()
@@ -384,7 +385,7 @@ class TestResync(CalicoML2TestBase):
         from neutron_lib.plugins import directory
 
         from calico.common.datamodel_v1 import FelixStatusKey, WorkloadEndpointStatusKey
-        from calico.openstack.workers import StatusReporter
+        from calico.openstack.port_status import StatusReporter
 
         reporter = StatusReporter(self.client, directory.get_plugin, self.ctx)
         self.client.put(FelixStatusKey(HOST1).path, "{}", ttl=60)

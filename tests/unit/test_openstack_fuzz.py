@@ -33,6 +33,8 @@ from calico.common.datamodel_v1 import (
     parse_key,
 )
 from calico.dhcp.model import parse_dhcp_endpoint, parse_dhcp_subnet
+from calico.openstack import endpoints, subnets
+from calico.openstack import security_groups as sg
 from calico.openstack import translation as t
 
 HOSTILE: list[object] = [
@@ -224,18 +226,18 @@ def check_port(edits: list[tuple[tuple[Any, ...], object]]) -> None:
             put(subnet4, path[1:], value)
         else:
             put(port, path, value)
-    fips = [t.FloatingIP(fip["fixed_ip"], fip["floating_ip"])]
+    fips = [endpoints.FloatingIP(fip["fixed_ip"], fip["floating_ip"])]
     subnets = {"sub4": subnet4, "sub6": base_subnet(6)}
     try:
-        problems = t.port_problems(port)
+        problems = endpoints.port_problems(port)
     except t.Untranslatable:
         problems = ["refused"]
-    if not problems and t.is_endpoint_port(port) and port.get("binding:host_id"):
+    if not problems and endpoints.is_endpoint_port(port) and port.get("binding:host_id"):
         # What the API accepts can always be keyed (precommit and translation agree).
-        t.endpoint_key(port)
+        endpoints.endpoint_key(port)
     try:
-        key = t.endpoint_key(port)
-        data = t.endpoint_data(port, subnets, port["security_groups"], fips)
+        key = endpoints.endpoint_key(port)
+        data = endpoints.endpoint_data(port, subnets, port["security_groups"], fips)
     except t.Untranslatable:
         return
     parsed_key = parse_key(key.path)
@@ -255,7 +257,7 @@ def check_rule(edits: list[tuple[tuple[Any, ...], object]]) -> None:
         else:
             put(rule, path, value)
     try:
-        _, rules = t.rule_data(rule, groups)
+        _, rules = sg.rule_data(rule, groups)
     except t.Untranslatable:
         rules = None
     if rules is not None:
@@ -271,7 +273,7 @@ def check_rule(edits: list[tuple[tuple[Any, ...], object]]) -> None:
                     pass
             assert {r.get("src_net") or r.get("dst_net") for r in rules} <= allowed
     try:
-        values = t.profile_values(str(rule.get("security_group_id")), [rule], groups)
+        values = sg.profile_values(str(rule.get("security_group_id")), [rule], groups)
     except t.Untranslatable:
         return
     for path, raw in values.items():
@@ -289,7 +291,7 @@ def check_subnet(edits: list[tuple[tuple[Any, ...], object]], version: int = 4) 
     for path, value in edits:
         put(subnet, path, value)
     try:
-        values = t.subnet_values(subnet)
+        values = subnets.subnet_values(subnet)
     except t.Untranslatable:
         return
     [(path, raw)] = values.items()
@@ -309,9 +311,9 @@ CHECKS: dict[str, tuple[Callable[[list[Any]], None], list[tuple[Any, ...]]]] = {
 def test_baseline_objects_translate() -> None:
     """The unedited objects are valid, so a refusal below is due to the hostile value."""
     port = base_port()
-    t.endpoint_data(port, {"sub4": base_subnet(4), "sub6": base_subnet(6)}, ["sg-a"])
-    assert len(t.rule_data(base_rule(), base_groups())[1]) == 2
-    t.subnet_values(base_subnet())
+    endpoints.endpoint_data(port, {"sub4": base_subnet(4), "sub6": base_subnet(6)}, ["sg-a"])
+    assert len(sg.rule_data(base_rule(), base_groups())[1]) == 2
+    subnets.subnet_values(base_subnet())
 
 
 @pytest.mark.parametrize("kind", sorted(CHECKS))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from calico.common import resources
+from calico.common import protocols, resources
 from calico.common.datamodel_v1 import (
     DhcpSubnetKey,
     ProfileRulesKey,
@@ -16,6 +16,8 @@ from calico.common.datamodel_v1 import (
     WorkloadEndpointKey,
     parse_key,
 )
+from calico.openstack import endpoints, store, subnets
+from calico.openstack import security_groups as sg
 from calico.openstack import translation as t
 
 PORT_ID = "5bd18b76-0042-4a1d-9c1e-6f0e4d2a9b11"
@@ -57,14 +59,14 @@ def make_port(**over: Any) -> dict[str, Any]:
 
 
 def parse_endpoint(port: dict[str, Any], data: dict[str, Any]) -> resources.WorkloadEndpoint:
-    key = t.endpoint_key(port)
+    key = endpoints.endpoint_key(port)
     assert parse_key(key.path) == key
     return resources.parse_workload_endpoint(t.dumps(data), key)
 
 
 def test_endpoint_from_port() -> None:
     port = make_port()
-    data = t.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg-b", "sg-a"])
+    data = endpoints.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg-b", "sg-a"])
     assert data == {
         "state": "active",
         "name": "tap5bd18b76-00",
@@ -77,10 +79,10 @@ def test_endpoint_from_port() -> None:
         "ipv4_gateway": "10.65.0.1",
         "ipv6_gateway": "fd5f:65::1",
     }
-    assert t.endpoint_key(port) == WorkloadEndpointKey(
+    assert endpoints.endpoint_key(port) == WorkloadEndpointKey(
         "compute-1", "openstack", "instance-1", PORT_ID
     )
-    assert t.endpoint_key(port).path == (
+    assert endpoints.endpoint_key(port).path == (
         f"/calico/v1/host/compute-1/workload/openstack/instance-1/endpoint/{PORT_ID}"
     )
     parsed = parse_endpoint(port, data)
@@ -96,7 +98,7 @@ def test_admin_down_port_is_inactive_and_fqdn_kept() -> None:
         fixed_ips=[{"subnet_id": "sub4", "ip_address": "10.65.0.8"}],
         dns_assignment=[{"fqdn": "vm1.example.org.", "hostname": "vm1"}],
     )
-    data = t.endpoint_data(port, {"sub4": SUBNET4}, [])
+    data = endpoints.endpoint_data(port, {"sub4": SUBNET4}, [])
     assert data["state"] == "inactive"
     assert data["fqdn"] == "vm1.example.org"
     assert data["ipv6_nets"] == []
@@ -107,26 +109,26 @@ def test_admin_down_port_is_inactive_and_fqdn_kept() -> None:
 
 def test_floating_ip_becomes_ipv4_nat() -> None:
     port = make_port()
-    fips = [t.FloatingIP("10.65.0.7", "172.24.4.9")]
-    data = t.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"], fips)
+    fips = [endpoints.FloatingIP("10.65.0.7", "172.24.4.9")]
+    data = endpoints.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"], fips)
     assert data["ipv4_nat"] == [{"int_ip": "10.65.0.7", "ext_ip": "172.24.4.9"}]
     assert "ipv6_nat" not in data
     parsed = parse_endpoint(port, data)
     assert [(n.int_ip, n.ext_ip) for n in parsed.ipv4_nat] == [("10.65.0.7", "172.24.4.9")]
     # Disassociated: no NAT key at all.
-    assert "ipv4_nat" not in t.endpoint_data(port, {"sub4": SUBNET4}, ["sg"], [])
+    assert "ipv4_nat" not in endpoints.endpoint_data(port, {"sub4": SUBNET4}, ["sg"], [])
 
 
 def test_endpoint_ports_and_names() -> None:
-    assert t.is_endpoint_port({"device_owner": "compute:nova"})
-    assert t.is_endpoint_port({"device_owner": "compute:az-1"})
-    assert t.is_endpoint_port({"device_owner": "kuryr:container"})
+    assert endpoints.is_endpoint_port({"device_owner": "compute:nova"})
+    assert endpoints.is_endpoint_port({"device_owner": "compute:az-1"})
+    assert endpoints.is_endpoint_port({"device_owner": "kuryr:container"})
     for owner in ("network:dhcp", "network:router_interface", "network:floatingip", "", None):
-        assert not t.is_endpoint_port({"device_owner": owner})
-    assert t.tap_name("0123456789abcdef") == "tap0123456789a"
-    assert t.profile_id("x") == "openstack-sg-x"
-    assert t.sg_id_from_profile("openstack-sg-x") == "x"
-    assert t.sg_id_from_profile("k8s-ns.default") is None
+        assert not endpoints.is_endpoint_port({"device_owner": owner})
+    assert endpoints.tap_name("0123456789abcdef") == "tap0123456789a"
+    assert sg.profile_id("x") == "openstack-sg-x"
+    assert sg.sg_id_from_profile("openstack-sg-x") == "x"
+    assert sg.sg_id_from_profile("k8s-ns.default") is None
 
 
 def rule(**over: Any) -> dict[str, Any]:
@@ -228,7 +230,7 @@ def rule(**over: Any) -> dict[str, Any]:
     ],
 )
 def test_rule_translation(neutron: dict[str, Any], direction: str, calico: dict[str, Any]) -> None:
-    assert t.rule_data(neutron) == (direction, [calico])
+    assert sg.rule_data(neutron) == (direction, [calico])
     parsed, problems = resources.parse_rule(calico)
     assert problems == []
     assert parsed is not None
@@ -236,7 +238,7 @@ def test_rule_translation(neutron: dict[str, Any], direction: str, calico: dict[
 
 def test_unknown_protocol_rejected() -> None:
     with pytest.raises(t.Untranslatable, match="protocol"):
-        t.rule_data(rule(protocol="nonsense"))
+        sg.rule_data(rule(protocol="nonsense"))
 
 
 def test_profile_values_parse() -> None:
@@ -245,7 +247,7 @@ def test_profile_values_parse() -> None:
         rule(id="1", protocol="tcp", port_range_min=22, port_range_max=22),
         rule(id="3", remote_group_id="sg-1"),
     ]
-    values = t.profile_values("sg-1", rules)
+    values = sg.profile_values("sg-1", rules)
     rules_key = ProfileRulesKey("openstack-sg-sg-1")
     tags_key = ProfileTagsKey("openstack-sg-sg-1")
     assert set(values) == {rules_key.path, tags_key.path}
@@ -255,20 +257,20 @@ def test_profile_values_parse() -> None:
     assert len(parsed.inbound_rules) == 2
     assert len(parsed.outbound_rules) == 1
     # The order of Neutron's answer does not change the JSON (the resync compares text).
-    assert t.profile_values("sg-1", list(reversed(rules))) == values
+    assert sg.profile_values("sg-1", list(reversed(rules))) == values
 
 
 def test_subnet_data() -> None:
-    assert t.subnet_data({**SUBNET4, "cidr": "10.65.0.9/24"}) == {
+    assert subnets.subnet_data({**SUBNET4, "cidr": "10.65.0.9/24"}) == {
         "network_id": "net1",
         "cidr": "10.65.0.0/24",
         "host_routes": [],
         "gateway_ip": "10.65.0.1",
         "dns_servers": ["8.8.8.8"],
     }
-    assert "dns_servers" not in t.subnet_data(SUBNET6)
-    assert t.subnet_key("sub4") == DhcpSubnetKey("sub4")
-    assert t.subnet_key("sub4").path == "/calico/dhcp/v1/subnet/sub4"
+    assert "dns_servers" not in subnets.subnet_data(SUBNET6)
+    assert subnets.subnet_key("sub4") == DhcpSubnetKey("sub4")
+    assert subnets.subnet_key("sub4").path == "/calico/dhcp/v1/subnet/sub4"
 
 
 @pytest.mark.parametrize(
@@ -283,7 +285,7 @@ def test_subnet_data() -> None:
     ],
 )
 def test_interface_prefix(current: str | None, written: str | None) -> None:
-    assert t.interface_prefix_with_tap(current) == written
+    assert store.interface_prefix_with_tap(current) == written
 
 
 def test_dumps_is_canonical() -> None:
@@ -303,8 +305,8 @@ def test_protocol_zero_is_any_protocol(protocol: object, ethertype: str, directi
     anywhere = "::/0" if version == 6 else "0.0.0.0/0"
     neutron = rule(protocol=protocol, ethertype=ethertype, direction=direction)
     expected = {"ip_version": version, f"{end}_net": anywhere}
-    assert t.rule_data(neutron)[1] == [expected]
-    values = t.profile_values("sg-1", [neutron])
+    assert sg.rule_data(neutron)[1] == [expected]
+    values = sg.profile_values("sg-1", [neutron])
     key = ProfileRulesKey("openstack-sg-sg-1")
     parsed = resources.parse_profile_rules(values[key.path], key)
     rules = parsed.inbound_rules if direction == "ingress" else parsed.outbound_rules
@@ -313,11 +315,11 @@ def test_protocol_zero_is_any_protocol(protocol: object, ethertype: str, directi
 
 def test_protocol_table_agrees_with_neutron() -> None:
     constants = pytest.importorskip("neutron_lib.constants")
-    assert dict(t.IP_PROTOCOL_NUMBERS) == constants.IP_PROTOCOL_MAP
+    assert dict(protocols.IP_PROTOCOL_NUMBERS) == constants.IP_PROTOCOL_MAP
     # Every name Neutron accepts translates, in the IP version(s) it is valid for.
     for name, number in constants.IP_PROTOCOL_MAP.items():
         for ethertype in ("IPv6",) if number == 58 else ("IPv4", "IPv6"):
-            _, rules = t.rule_data(rule(protocol=name, ethertype=ethertype))
+            _, rules = sg.rule_data(rule(protocol=name, ethertype=ethertype))
             assert len(rules) == 1
             assert (resources.parse_rule(rules[0])[1]) == []
 
@@ -333,14 +335,14 @@ GROUPS = {
 
 def test_address_group_rule_is_one_rule_per_cidr() -> None:
     base = rule(protocol="tcp", port_range_min=22, port_range_max=22)
-    direction, rules = t.rule_data({**base, "remote_address_group_id": "ag-1"}, GROUPS)
+    direction, rules = sg.rule_data({**base, "remote_address_group_id": "ag-1"}, GROUPS)
     assert direction == "inbound"
     assert rules == [
         {"ip_version": 4, "protocol": "tcp", "dst_ports": [22], "src_net": "10.1.0.0/16"},
         {"ip_version": 4, "protocol": "tcp", "dst_ports": [22], "src_net": "192.0.2.7/32"},
     ]
     six = {**base, "ethertype": "IPv6", "direction": "egress", "remote_address_group_id": "ag-1"}
-    assert t.rule_data(six, GROUPS) == (
+    assert sg.rule_data(six, GROUPS) == (
         "outbound",
         [{"ip_version": 6, "protocol": "tcp", "dst_ports": [22], "dst_net": "fd00:1::/64"}],
     )
@@ -354,15 +356,15 @@ def test_address_group_without_addresses_admits_nothing(group: str, ethertype: s
     """An empty group, a group with only the other family's addresses, or a group that cannot
     be found: no rule at all, never a rule from anywhere."""
     neutron = rule(remote_address_group_id=group, ethertype=ethertype)
-    assert t.rule_data(neutron, GROUPS) == ("inbound", [])
-    assert t.rule_data(neutron) == ("inbound", [])
+    assert sg.rule_data(neutron, GROUPS) == ("inbound", [])
+    assert sg.rule_data(neutron) == ("inbound", [])
     other = rule(id="other", protocol="icmp")
-    assert t.profile_rules_data([neutron, other], GROUPS) == t.profile_rules_data([other])
+    assert sg.profile_rules_data([neutron, other], GROUPS) == sg.profile_rules_data([other])
 
 
 def test_address_groups_referenced() -> None:
     rules = [rule(remote_address_group_id="ag-1"), rule(id="2"), rule(id="3", remote_group_id="x")]
-    assert t.address_group_ids(rules) == {"ag-1"}
+    assert sg.address_group_ids(rules) == {"ag-1"}
 
 
 # --- Everything else fails closed ---------------------------------------------------------------
@@ -398,12 +400,12 @@ def test_untranslatable_rules_are_left_out(
 ) -> None:
     bad = {**bad, "id": "bad"}
     with pytest.raises(t.Untranslatable):
-        t.rule_data(bad)
+        sg.rule_data(bad)
     good = rule(id="good", protocol="tcp", port_range_min=80, port_range_max=80)
     with caplog.at_level("WARNING", logger="calico.openstack.translation"):
         for _ in range(3):
-            data = t.profile_rules_data([bad, good])
-            assert data == t.profile_rules_data([good])
+            data = sg.profile_rules_data([bad, good])
+            assert data == sg.profile_rules_data([good])
     # Logged once however many passes meet it.
     mentions = [r for r in caplog.records if "'bad'" in r.getMessage()]
     assert len(mentions) <= 1
@@ -441,25 +443,25 @@ HOSTILE = [
 @pytest.mark.parametrize("device_id", HOSTILE[3:])  # "", "." and ".." : see below
 def test_hostile_device_id_is_refused(device_id: str) -> None:
     port = make_port(device_id=device_id)
-    problems = t.port_problems(port)
+    problems = endpoints.port_problems(port)
     assert problems and "device_id" in problems[0]
     assert "\n" not in problems[0]  # quoted
     with pytest.raises(t.Untranslatable, match="device_id"):
-        t.endpoint_key(port)
+        endpoints.endpoint_key(port)
     with pytest.raises(t.Untranslatable):
-        t.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"])
+        endpoints.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"])
 
 
 def test_device_id_edge_cases() -> None:
     # An empty device_id means "no VM": the port ID is the workload.
-    assert t.endpoint_key(make_port(device_id="")).workload == PORT_ID
+    assert endpoints.endpoint_key(make_port(device_id="")).workload == PORT_ID
     for bad in (".", ".."):
-        assert t.port_problems(make_port(device_id=bad))
+        assert endpoints.port_problems(make_port(device_id=bad))
     # Valid but unusual IDs are fine: the rule is the data model's, not a UUID check.
     for unusual in ("COMMIT", "-A", "..."):
-        assert t.endpoint_key(make_port(device_id=unusual)).workload == unusual
+        assert endpoints.endpoint_key(make_port(device_id=unusual)).workload == unusual
     # Not an endpoint port: nothing is written for it, so nothing to refuse.
-    assert t.port_problems(make_port(device_owner="network:dhcp", device_id="a\nb")) == []
+    assert endpoints.port_problems(make_port(device_owner="network:dhcp", device_id="a\nb")) == []
 
 
 @pytest.mark.parametrize(
@@ -473,9 +475,9 @@ def test_device_id_edge_cases() -> None:
 )
 def test_other_port_fields_refused(over: dict[str, Any]) -> None:
     port = make_port(**over)
-    assert t.port_problems(port)
+    assert endpoints.port_problems(port)
     with pytest.raises(t.Untranslatable):
-        t.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"])
+        endpoints.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"])
 
 
 def test_optional_port_fields_are_dropped_not_fatal() -> None:
@@ -484,8 +486,11 @@ def test_optional_port_fields_are_dropped_not_fatal() -> None:
         fixed_ips=[{"subnet_id": "sub4", "ip_address": "10.65.0.7"}],
     )
     bad_gateway = {**SUBNET4, "gateway_ip": "fe80::1%eth0"}
-    fips = [t.FloatingIP("10.65.0.99", "172.24.4.9"), t.FloatingIP("10.65.0.7", "bad\n")]
-    data = t.endpoint_data(port, {"sub4": bad_gateway}, ["sg", "bad\nsg"], fips)
+    fips = [
+        endpoints.FloatingIP("10.65.0.99", "172.24.4.9"),
+        endpoints.FloatingIP("10.65.0.7", "bad\n"),
+    ]
+    data = endpoints.endpoint_data(port, {"sub4": bad_gateway}, ["sg", "bad\nsg"], fips)
     assert "fqdn" not in data
     assert "ipv4_gateway" not in data
     assert "ipv4_nat" not in data
@@ -509,7 +514,7 @@ def test_subnet_optional_fields_are_dropped() -> None:
             {"destination": "10.8.0.0/16", "nexthop": "x\ny"},
         ],
     }
-    values = t.subnet_values(subnet)
+    values = subnets.subnet_values(subnet)
     key = DhcpSubnetKey("sub4")
     data = json.loads(values[key.path])
     assert data == {
@@ -521,6 +526,6 @@ def test_subnet_optional_fields_are_dropped() -> None:
     }
     assert parse_dhcp_subnet(values[key.path], key).dns_servers == ("8.8.8.8",)
     with pytest.raises(t.Untranslatable):
-        t.subnet_values({**SUBNET4, "id": "sub\n4"})
+        subnets.subnet_values({**SUBNET4, "id": "sub\n4"})
     with pytest.raises(t.Untranslatable):
-        t.subnet_values({**SUBNET4, "network_id": "net'1"})
+        subnets.subnet_values({**SUBNET4, "network_id": "net'1"})

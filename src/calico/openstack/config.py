@@ -1,4 +1,5 @@
-"""The `[calico]` options in neutron.conf (contract: shared/spec/openstack-configuration.md).
+"""The `[calico]` options in neutron.conf (contract: shared/spec/openstack-configuration.md), and
+the etcd connection they describe.
 
 The names and the defaults of etcd_host / etcd_port are the interface: keep them exactly.
 """
@@ -10,7 +11,9 @@ from typing import Any
 
 from oslo_config import cfg
 
-from calico.common.etcd import EtcdSettings
+from calico.common import etcd
+from calico.common.etcd.base import EtcdSettings, settings_for_host
+from calico.openstack.store import CalicoStore
 
 GROUP = "calico"
 
@@ -70,17 +73,19 @@ def register(conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
 
 def etcd_settings(group: Any) -> EtcdSettings:
     """EtcdSettings from the [calico] group; any TLS file means https."""
-    tls = any((group.etcd_key_file, group.etcd_cert_file, group.etcd_ca_cert_file))
-    scheme = "https" if tls else "http"
-    host = group.etcd_host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal in a URL
-    return EtcdSettings(
-        endpoints=(f"{scheme}://{host}:{group.etcd_port}",),
-        key_file=group.etcd_key_file,
-        cert_file=group.etcd_cert_file,
-        ca_file=group.etcd_ca_cert_file,
+    return settings_for_host(
+        group.etcd_host,
+        group.etcd_port,
+        group.etcd_key_file,
+        group.etcd_cert_file,
+        group.etcd_ca_cert_file,
     )
+
+
+def connect_store(conf: cfg.ConfigOpts | None = None) -> CalicoStore:
+    """A CalicoStore on the etcd the [calico] options name (registered beforehand)."""
+    group = (cfg.CONF if conf is None else conf).calico
+    return CalicoStore(etcd.connect(group.etcd_api_version, etcd_settings(group)))
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:

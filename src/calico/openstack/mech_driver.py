@@ -8,7 +8,7 @@ resync (a worker, see get_workers) repairs etcd.
 Failures are isolated per object: a hook or callback that handles several objects (the SGs of a
 port, the ports of a floating IP, the SGs using an address group) logs a failing one and carries
 on with the others, and never fails the API call for it. The one thing refused at the API is a
-port that cannot be an endpoint from its own data (translation.port_problems: a hostile
+port that cannot be an endpoint from its own data (endpoints.port_problems: a hostile
 device_id, say): create and update precommit raise InvalidInput, so Neutron answers 400 and the
 port is not created or changed.
 """
@@ -18,146 +18,40 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from neutron.plugins.ml2.drivers import mech_agent
-from neutron_lib import context as n_context
 from neutron_lib import exceptions as n_exc
-from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import events, registry, resources
-from neutron_lib.plugins import constants as plugin_constants
-from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
-from oslo_config import cfg
 
-from calico.common import etcd
 from calico.common.datamodel_v1 import WorkloadEndpointKey
 from calico.common.etcd.base import EtcdError
 from calico.common.quoting import quoted
 from calico.openstack import config
-from calico.openstack import translation as t
+from calico.openstack.constants import (
+    AGENT_TYPE_FELIX,
+    ALLOWED_NETWORK_TYPES,
+    BINDING_HOST,
+    VIF_DETAILS,
+    VIF_TYPE_TAP,
+)
+from calico.openstack.endpoints import (
+    endpoint_key,
+    is_bound_endpoint,
+    is_endpoint_port,
+    port_problems,
+)
+from calico.openstack.neutron_reader import NeutronReader
 from calico.openstack.store import CalicoStore
+from calico.openstack.translation import Untranslatable, warn_left_out, warn_once
+from calico.openstack.workers import CalicoWorker
 
 log = logging.getLogger(__name__)
 
-AGENT_TYPE_FELIX = "Calico per-host agent (felix)"
-AGENT_BINARY_FELIX = "calico-felix"
-VIF_TYPE_TAP = "tap"
-# port_filter: Felix enforces security groups; mac_address: the MAC Nova gives the host side.
-VIF_DETAILS = {"port_filter": True, "mac_address": "00:61:fe:ed:ca:fe"}
-ALLOWED_NETWORK_TYPES = ("local", "flat")
-_UNBOUND_VIF_TYPES = frozenset(
-    {portbindings.VIF_TYPE_UNBOUND, portbindings.VIF_TYPE_BINDING_FAILED}
-)
 
-
-def is_bound(port: dict[str, Any]) -> bool:
-    return bool(port.get(portbindings.HOST_ID)) and (
-        port.get(portbindings.VIF_TYPE) not in (None, *_UNBOUND_VIF_TYPES)
-    )
-
-
-def connect_store() -> CalicoStore:
-    group = cfg.CONF.calico
-    return CalicoStore(etcd.connect(group.etcd_api_version, config.etcd_settings(group)))
-
-
-class NeutronReader:
-    """Fresh reads from Neutron's DB, as plain dicts for translation."""
-
-    def __init__(self) -> None:
-        self.context = n_context.get_admin_context()
-
-    @property
-    def plugin(self) -> Any:
-        return directory.get_plugin()
-
-    def port(self, port_id: str) -> dict[str, Any] | None:
-        ports = self.plugin.get_ports(self.context, filters={"id": [port_id]})
-        return ports[0] if ports else None
-
-    def endpoint_ports(self) -> list[dict[str, Any]]:
-        return [p for p in self.plugin.get_ports(self.context) if t.is_endpoint_port(p)]
-
-    def subnets(self, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        filters = {"id": ids} if ids is not None else None
-        return {s["id"]: s for s in self.plugin.get_subnets(self.context, filters=filters)}
-
-    def subnet(self, subnet_id: str) -> dict[str, Any] | None:
-        return self.subnets([subnet_id]).get(subnet_id)
-
-    def security_group_rules(self, sg_ids: list[str] | None = None) -> dict[str, list[Any]]:
-        """Rules by SG ID; every listed (or, with None, every existing) SG has an entry."""
-        filters = {"id": sg_ids} if sg_ids is not None else None
-        groups = self.plugin.get_security_groups(self.context, filters=filters)
-        out: dict[str, list[Any]] = {g["id"]: [] for g in groups}
-        if out:
-            rules = self.plugin.get_security_group_rules(
-                self.context, filters={"security_group_id": list(out)}
-            )
-            for rule in rules:
-                out[rule["security_group_id"]].append(rule)
-        return out
-
-    def address_groups(self, ids: Iterable[str]) -> dict[str, list[str]]:
-        """The CIDRs of each address group asked for that exists (a missing one is absent:
-        rules referring to it then admit nothing)."""
-        wanted = sorted(set(ids))
-        getter = getattr(self.plugin, "get_address_groups", None)
-        if not wanted or getter is None:
-            return {}
-        groups = getter(self.context, filters={"id": wanted})
-        return {g["id"]: list(g.get("addresses") or ()) for g in groups}
-
-    def security_groups_using_address_group(self, address_group_id: str) -> list[str]:
-        rules = self.plugin.get_security_group_rules(
-            self.context, filters={"remote_address_group_id": [address_group_id]}
-        )
-        return sorted({r["security_group_id"] for r in rules})
-
-    def profiles(
-        self, sg_ids: list[str] | None = None
-    ) -> dict[str, tuple[list[Any], dict[str, list[str]]]]:
-        """What translation.profile_values needs for each SG (all SGs with None):
-        {sg_id: (rules, address groups those rules refer to)}."""
-        rules = self.security_group_rules(sg_ids)
-        groups = self.address_groups(
-            t.address_group_ids(r for sg_rules in rules.values() for r in sg_rules)
-        )
-        return {sg_id: (sg_rules, groups) for sg_id, sg_rules in rules.items()}
-
-    def floating_ips(self, port_ids: list[str] | None = None) -> dict[str, list[t.FloatingIP]]:
-        """Floating IPs by the port they are associated with."""
-        l3 = directory.get_plugin(plugin_constants.L3)
-        out: dict[str, list[t.FloatingIP]] = {}
-        if l3 is None:
-            return out  # no router service: no floating IPs
-        filters = {"port_id": port_ids} if port_ids is not None else None
-        for fip in l3.get_floatingips(self.context, filters=filters):
-            if fip.get("port_id") and fip.get("fixed_ip_address"):
-                out.setdefault(fip["port_id"], []).append(
-                    t.FloatingIP(fip["fixed_ip_address"], fip["floating_ip_address"])
-                )
-        return out
-
-    def endpoint(
-        self,
-        port: dict[str, Any],
-        subnets: dict[str, dict[str, Any]] | None = None,
-        fips: dict[str, list[t.FloatingIP]] | None = None,
-    ) -> dict[str, Any]:
-        """The endpoint JSON for a (freshly read) port."""
-        if subnets is None:
-            subnets = self.subnets([f["subnet_id"] for f in port.get("fixed_ips") or ()])
-        if fips is None:
-            fips = self.floating_ips([port["id"]])
-        return t.endpoint_data(
-            port, subnets, port.get("security_groups") or (), fips.get(port["id"], ())
-        )
-
-
-class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
+class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__(AGENT_TYPE_FELIX, VIF_TYPE_TAP, dict(VIF_DETAILS))
         self._lock = threading.Lock()
@@ -188,14 +82,12 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         """
         with self._lock:
             if self._store is None or self._pid != os.getpid():
-                store = connect_store()
+                store = config.connect_store()
                 store.ensure_felix_config()
                 self._store, self._pid = store, os.getpid()
             return self._store
 
     def get_workers(self) -> list[Any]:
-        from calico.openstack.workers import CalicoWorker  # noqa: PLC0415 (API procs skip it)
-
         return [CalicoWorker()]
 
     # -- binding -----------------------------------------------------------------------------
@@ -244,7 +136,7 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
             try:
                 self.store().put_subnet(subnet)
                 return
-            except t.Untranslatable:
+            except Untranslatable:
                 # Fail closed: no DHCP for a subnet that cannot be served as it is.
                 self.store().delete_subnet(current["id"])
                 raise
@@ -255,33 +147,31 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
     def create_port_postcommit(self, context: Any) -> None:
         # Current Neutron binds after this hook, so the port is normally still unbound here.
         port = context.current
-        if t.is_endpoint_port(port) and is_bound(port):
+        if is_bound_endpoint(port):
             isolated(f"port {quoted(port['id'])}", self.write_port, port["id"])
 
     def update_port_postcommit(self, context: Any) -> None:
         port, original = context.current, context.original
-        if not (t.is_endpoint_port(port) or t.is_endpoint_port(original)):
+        if not (is_endpoint_port(port) or is_endpoint_port(original)):
             return
         if _only_status_changed(port, original):
             return  # our own status write coming back
         isolated(f"port {quoted(port['id'])}", self._update_port, port, original)
 
     def _update_port(self, port: dict[str, Any], original: dict[str, Any]) -> None:
-        if is_bound(original) and t.is_endpoint_port(original):
+        if is_bound_endpoint(original):
             # Unbound, or moved to another host / VM: the old key must go.
             old_key = endpoint_key_or_none(original)
             if old_key is not None and (
-                not is_bound(port)
-                or not t.is_endpoint_port(port)
-                or endpoint_key_or_none(port) != old_key
+                not is_bound_endpoint(port) or endpoint_key_or_none(port) != old_key
             ):
                 self._delete_endpoint(old_key)
-        if is_bound(port) and t.is_endpoint_port(port):
+        if is_bound_endpoint(port):
             self.write_port(port["id"])
 
     def delete_port_postcommit(self, context: Any) -> None:
         port = context.current
-        if t.is_endpoint_port(port) and is_bound(port):
+        if is_bound_endpoint(port):
             key = endpoint_key_or_none(port)
             if key is not None:
                 isolated(f"port {quoted(port['id'])}", self._delete_endpoint, key)
@@ -299,7 +189,7 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         """
         reader = NeutronReader()
         port = reader.port(port_id)
-        if port is None or not (t.is_endpoint_port(port) and is_bound(port)):
+        if port is None or not is_bound_endpoint(port):
             return  # deleted or unbound since: the hook for that change handles it
         store = self.store()
         # Profiles first, so Felix never sees an endpoint pointing at a missing profile.
@@ -309,8 +199,8 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
             return  # logged; the VM has no connectivity until the port is fixed
         try:
             data = reader.endpoint(port)
-        except t.Untranslatable as e:
-            t.warn_once(f"{e}: no endpoint (the VM has no connectivity)")
+        except Untranslatable as e:
+            warn_once(f"{e}: no endpoint (the VM has no connectivity)")
             self._delete_endpoint(key)
             return
         store.put_endpoint(key, data)
@@ -376,7 +266,7 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
 
 
 # Port fields whose change can make a port refusable (see refuse_untranslatable_port).
-_PORT_CHECKED_FIELDS = ("id", "device_id", "device_owner", portbindings.HOST_ID, "mac_address")
+_PORT_CHECKED_FIELDS = ("id", "device_id", "device_owner", BINDING_HOST, "mac_address")
 
 
 def refuse_untranslatable_port(port: dict[str, Any], original: dict[str, Any] | None) -> None:
@@ -386,11 +276,11 @@ def refuse_untranslatable_port(port: dict[str, Any], original: dict[str, Any] | 
     already bad (one stored by an older version): refusing it would only block unrelated
     changes, and the port stays without an endpoint (logged) until its fields are fixed.
     """
-    problems = t.port_problems(port)
+    problems = port_problems(port)
     if not problems:
         return
     if original is not None and all(port.get(f) == original.get(f) for f in _PORT_CHECKED_FIELDS):
-        t.warn_once(f"port {quoted(port.get('id'))}: " + "; ".join(problems))
+        warn_once(f"port {quoted(port.get('id'))}: " + "; ".join(problems))
         return
     raise n_exc.InvalidInput(
         error_message="Calico cannot network this port: " + "; ".join(problems)
@@ -400,9 +290,9 @@ def refuse_untranslatable_port(port: dict[str, Any], original: dict[str, Any] | 
 def endpoint_key_or_none(port: dict[str, Any]) -> WorkloadEndpointKey | None:
     """The port's endpoint key, or None (logged once) when its data cannot form one."""
     try:
-        return t.endpoint_key(port)
-    except t.Untranslatable as e:
-        t.warn_once(f"{e}: no endpoint (the VM has no connectivity)")
+        return endpoint_key(port)
+    except Untranslatable as e:
+        warn_once(f"{e}: no endpoint (the VM has no connectivity)")
         return None
 
 
@@ -417,12 +307,10 @@ def isolated(what: str, fn: Callable[..., Any], *args: Any) -> bool:
     try:
         fn(*args)
         return True
-    except t.Untranslatable as e:
-        t.warn_once(f"{e}: left out of etcd")
     except EtcdError as e:
         log.warning("%s: etcd failed, the resync will repair it: %s", what, e)
     except Exception as e:
-        t.warn_once(f"{what} failed: {type(e).__name__}: {quoted(str(e))}", exc_info=e)
+        warn_left_out(what, e)
     return False
 
 

@@ -21,7 +21,7 @@ TYPE_DRIVERS = ["local", "flat"]
 PROJECT_NETWORK_TYPES = ["local", "flat"]
 
 
-class CalicoPlugin(ml2_plugin.Ml2Plugin, l3_db.L3_NAT_db_mixin):
+class CalicoPlugin(ml2_plugin.Ml2Plugin, l3_db.L3_NAT_db_mixin):  # type: ignore[misc]
     def __init__(self) -> None:
         config.register()
         # Forced before ML2 loads its managers: the operator sets core_plugin only.

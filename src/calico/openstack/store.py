@@ -17,7 +17,10 @@ from calico.common.datamodel_v1 import (
     WorkloadEndpointKey,
 )
 from calico.common.etcd.base import KVStore
-from calico.openstack import translation as t
+from calico.openstack.constants import TAP_PREFIX
+from calico.openstack.security_groups import profile_values
+from calico.openstack.subnets import subnet_key, subnet_values
+from calico.openstack.translation import dumps
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class CalicoStore:
 
     def put_endpoint(self, key: WorkloadEndpointKey, data: dict[str, Any]) -> None:
         log.debug("writing endpoint %s", key.path)
-        self.client.put(key.path, t.dumps(data))
+        self.client.put(key.path, dumps(data))
 
     def delete_endpoint(self, key: WorkloadEndpointKey) -> None:
         log.debug("deleting endpoint %s", key.path)
@@ -57,28 +60,28 @@ class CalicoStore:
         rules: list[dict[str, Any]],
         address_groups: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        """Write one SG's profile; translation.Untranslatable (nothing written) for an SG
-        whose ID cannot be a profile ID. Rules that cannot be translated are left out."""
-        for path, value in t.profile_values(sg_id, rules, address_groups).items():
+        """Write one SG's profile; Untranslatable (nothing written) for an SG whose ID cannot
+        be a profile ID. Rules that cannot be translated are left out."""
+        for path, value in profile_values(sg_id, rules, address_groups).items():
             self.client.put(path, value)
 
     def delete_profile(self, sg_id: str) -> None:
-        paths = list(t.profile_values(sg_id, []))  # Untranslatable for an invalid ID
+        paths = list(profile_values(sg_id, []))  # Untranslatable for an invalid ID
         # Tags first: nothing can match the group any more before its rules go.
         for path in sorted(paths, key=lambda p: not p.endswith("/tags")):
             self.client.delete(path)
 
     def put_subnet(self, subnet: dict[str, Any]) -> None:
-        """translation.Untranslatable (nothing written) for a subnet DHCP cannot serve."""
-        for path, value in t.subnet_values(subnet).items():
+        """Untranslatable (nothing written) for a subnet DHCP cannot serve."""
+        for path, value in subnet_values(subnet).items():
             self.client.put(path, value)
 
     def delete_subnet(self, subnet_id: str) -> None:
-        self.client.delete(t.subnet_key(subnet_id).path)
+        self.client.delete(subnet_key(subnet_id).path)
 
     def ensure_felix_config(self) -> None:
         """The global Felix config keys the driver is responsible for, then Ready."""
-        prefix = t.interface_prefix_with_tap(self.client.get(INTERFACE_PREFIX.path))
+        prefix = interface_prefix_with_tap(self.client.get(INTERFACE_PREFIX.path))
         if prefix is not None:
             self.client.put(INTERFACE_PREFIX.path, prefix)
         if self.client.get(ENDPOINT_REPORTING.path) != "true":
@@ -89,3 +92,12 @@ class CalicoStore:
             log.info("ClusterGUID %s", "written" if created else "already written by a peer")
         if self.client.get(ReadyKey().path) != "true":
             self.client.put(ReadyKey().path, "true")
+
+
+def interface_prefix_with_tap(current: str | None) -> str | None:
+    """The InterfacePrefix value to write so that it contains "tap", or None if it already
+    does (other orchestrators' prefixes are kept)."""
+    prefixes = [p.strip() for p in (current or "").split(",") if p.strip()]
+    if TAP_PREFIX in prefixes:
+        return None
+    return ",".join([*prefixes, TAP_PREFIX])
