@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
@@ -22,7 +21,8 @@ from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
 from calico.felix.dataplane.rendering import RenderConfig
-from calico.felix.driver.main import DriverLoop, next_interface_poll
+from calico.felix.driver.config import DriverConfig, default_driver_config
+from calico.felix.driver.loop import DriverLoop, next_interface_poll
 from calico.felix.driver.pipe import FrameReader, FrameWriter
 from calico.felix.kernel.commands import NetnsRunner
 from calico.felix.kernel.ipsets import IpsetTable
@@ -35,13 +35,11 @@ MakeNS = Callable[[], NetNS]
 SERVICE_IP = "198.18.9.1"
 
 
-def config(poll: int) -> dict[str, Any]:
-    """The parameters DriverLoop reads; only the interface poll is on."""
-    return {
-        "HostInterfacePollInterval": poll,
-        "IptablesRefreshInterval": 0,
-        "StartupCleanupDelay": 30,
-    }
+def config(poll: int) -> DriverConfig:
+    """A driver configuration with only the interface poll on."""
+    return default_driver_config(
+        interface_poll_interval=poll, refresh_interval=0, startup_cleanup_delay=30
+    )
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from calico.felix.calc.messages import (
     TierInfo,
     WorkloadEndpointUpdate,
 )
+from calico.felix.config.loader import resolve
 from calico.felix.dataplane import names
 from calico.felix.dataplane.rendering import (
     RenderConfig,
@@ -40,6 +41,7 @@ from calico.felix.dataplane.rendering import (
     static_filter_chains,
     workload_endpoint_chains,
 )
+from calico.felix.driver.config import DriverConfig, default_driver_config
 from calico.felix.kernel.commands import NetnsRunner
 from calico.felix.kernel.iptables import IptablesTable
 from calico.felix.kernel.iptables_text import parse_save, tokens
@@ -81,10 +83,22 @@ def test_config_from_values() -> None:
     assert (cfg.mark_accept, cfg.mark_next_tier, cfg.mark_endpoint) == (0x100, 0x200, 0x400)
     assert cfg.interface_prefixes == ("cali", "tap")
     assert cfg.metadata_addr is None and cfg.failsafe_outbound_ports == ()
-    named = {**values, "MetadataAddr": "nova"}
-    with pytest.raises(ValueError, match="resolve"):
-        RenderConfig.from_config(named)
-    assert RenderConfig.from_config(named, resolve=lambda _: "10.1.1.1").metadata_addr == "10.1.1.1"
+    with pytest.raises(ValueError):  # a host name is the driver's to resolve first
+        RenderConfig.from_config({**values, "MetadataAddr": "nova"})
+    assert RenderConfig.from_config({**values, "MetadataAddr": "10.1.1.1"}).metadata_addr == (
+        "10.1.1.1"
+    )
+
+
+def test_driver_config_from_felix_parameters() -> None:
+    """The typed configuration Felix sends its driver: a MetadataAddr host name is kept apart
+    (the driver resolves it) and the rules start without metadata NAT."""
+    default = default_driver_config()
+    assert default.render.metadata_addr == "127.0.0.1" and default.metadata_name is None
+    assert default.interface_prefixes == ("cali",) and default.metrics_port is None
+    values = {**resolve({}, {}).values(), "MetadataAddr": "nova-api.example"}
+    named = DriverConfig.from_params(values)
+    assert named.metadata_name == "nova-api.example" and named.render.metadata_addr is None
     with pytest.raises(ValueError):
         RenderConfig(drop_action_override="REJECT")
 

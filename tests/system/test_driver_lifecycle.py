@@ -79,6 +79,7 @@ def test_a_fatal_driver_error_reaches_felix_log_with_its_reason(
     the driver's stderr. The real driver's main() with a build() that fails, then Felix's side
     (DriverProcess) reading the report from a driver that says why it stops."""
     from calico.felix.driver import main as driver
+    from calico.felix.driver.config import default_driver_config
     from calico.felix.driver.connection import DriverProcess
     from calico.felix.driver.pipe import DriverFatal, DriverInit, FrameReader, FrameWriter
 
@@ -89,11 +90,7 @@ def test_a_fatal_driver_error_reaches_felix_log_with_its_reason(
     monkeypatch.setattr(driver.logs, "configure", lambda **kwargs: [])
     to_driver_r, to_driver_w = os.pipe()
     from_driver_r, from_driver_w = os.pipe()
-    config = {
-        "LogSeverityScreen": None, "LogFilePath": None, "LogSeverityFile": None,
-        "LogSeveritySys": None,
-    }  # fmt: skip
-    FrameWriter(to_driver_w).send([DriverInit(config)])
+    FrameWriter(to_driver_w).send([DriverInit(default_driver_config())])
     argv = ["--from-felix", str(to_driver_r), "--to-felix", str(from_driver_w)]
     assert driver.main(argv) == driver.EXIT_FATAL
     frames = FrameReader(from_driver_r).read()
@@ -110,7 +107,8 @@ def test_a_fatal_driver_error_reaches_felix_log_with_its_reason(
         "sys.exit(1)\n"
     )
     reasons: list[str] = []
-    process = DriverProcess({}, on_exit=reasons.append, argv=[sys.executable, "-c", script])
+    argv = [sys.executable, "-c", script]
+    process = DriverProcess(default_driver_config(), on_exit=reasons.append, argv=argv)
     deadline = time.monotonic() + 10
     while not reasons and time.monotonic() < deadline:
         time.sleep(0.05)

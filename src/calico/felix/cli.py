@@ -40,6 +40,7 @@ from calico.felix.config.loader import (
     resolve,
 )
 from calico.felix.daemon import EXIT_STOPPED, FelixDaemon
+from calico.felix.driver.config import DriverConfig
 from calico.felix.driver.connection import DriverProcess
 from calico.felix.status import StatusReporter
 
@@ -178,7 +179,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     )
     reporter.start()
     driver = DriverProcess(
-        config.values(),
+        DriverConfig.from_params(config.values()),
         on_exit=lambda reason: daemon[0].fatal(reason),  # noqa: PLW0108 (late: daemon[0] is set below)
         on_report=reporter.on_driver_report,
     )

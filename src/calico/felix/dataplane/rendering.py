@@ -133,29 +133,21 @@ class RenderConfig:
             ipaddress.IPv4Address(self.metadata_addr)
 
     @classmethod
-    def from_config(
-        cls, values: Mapping[str, Any], resolve: Callable[[str], str | None] | None = None
-    ) -> RenderConfig:
-        """From parsed parameters (config/params.py names). `resolve` turns a MetadataAddr host
-        name into an IPv4 address, or None while it cannot (no metadata rules until then; the
-        driver retries); without it a name is an error."""
+    def from_config(cls, values: Mapping[str, Any]) -> RenderConfig:
+        """From parsed parameters (config/params.py names). MetadataAddr must be an IPv4
+        address or None here: a host name is resolved by the driver (driver/resolver.py)."""
         accept, next_tier, endpoint = marks_from_mask(values["IptablesMarkMask"])
-        metadata = values.get("MetadataAddr")
-        if metadata is not None and not is_ipv4(metadata):
-            if resolve is None:
-                raise ValueError(f"MetadataAddr {metadata!r} is a host name; resolve it first")
-            metadata = resolve(metadata)
         return cls(
             interface_prefixes=tuple(values["InterfacePrefix"]),
             mark_accept=accept,
             mark_next_tier=next_tier,
             mark_endpoint=endpoint,
-            drop_action_override=values.get("DropActionOverride", "DROP"),
-            default_endpoint_to_host_action=values.get("DefaultEndpointToHostAction", "DROP"),
-            metadata_addr=metadata,
-            metadata_port=values.get("MetadataPort", 8775),
-            failsafe_inbound_ports=tuple(values.get("FailsafeInboundHostPorts", ())),
-            failsafe_outbound_ports=tuple(values.get("FailsafeOutboundHostPorts", ())),
+            drop_action_override=values["DropActionOverride"],
+            default_endpoint_to_host_action=values["DefaultEndpointToHostAction"],
+            metadata_addr=values["MetadataAddr"],
+            metadata_port=values["MetadataPort"],
+            failsafe_inbound_ports=tuple(values["FailsafeInboundHostPorts"]),
+            failsafe_outbound_ports=tuple(values["FailsafeOutboundHostPorts"]),
         )
 
 

@@ -14,10 +14,11 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from calico.felix.calc import messages as m
+from calico.felix.driver.config import DriverConfig
 from calico.felix.driver.pipe import (
     BatchReceived,
     DataplaneGone,
@@ -36,7 +37,7 @@ STOP_TIMEOUT_SECS = 4.0  # after closing its pipe, before SIGTERM (then SIGKILL)
 class DriverProcess:
     def __init__(
         self,
-        config: Mapping[str, Any],
+        config: DriverConfig,
         on_exit: Callable[[str], None],
         argv: list[str] | None = None,
         on_report: Callable[[Any], None] | None = None,
@@ -56,7 +57,7 @@ class DriverProcess:
         self._reader = FrameReader(from_driver_r)
         self._lock = threading.Lock()
         log.info("Started the dataplane driver (pid %d)", self._proc.pid)
-        self.send([DriverInit(dict(config))])  # type: ignore[list-item]
+        self.send([DriverInit(config)])  # type: ignore[list-item]
         self._monitor = threading.Thread(target=self._watch, name="driver-monitor", daemon=True)
         self._monitor.start()
 

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from calico.felix.driver.config import DriverConfig
+
 HEADER = struct.Struct("<Q")
 TO_DRIVER_FD = 3
 FROM_DRIVER_FD = 4
@@ -34,9 +36,9 @@ class DataplaneGone(RuntimeError):
 
 @dataclass(frozen=True)
 class DriverInit:
-    """First frame to the driver: Felix's resolved configuration (parameter name → value)."""
+    """First frame to the driver: the part of Felix's configuration it uses, typed."""
 
-    config: Mapping[str, Any]
+    config: DriverConfig
 
 
 @dataclass(frozen=True)
