@@ -12,18 +12,14 @@ from pathlib import Path
 
 from calico.dhcp.dnsmasq import (
     EMPTY_CONFIG,
-    Action,
     DhcpInterface,
-    Dnsmasq,
     DnsmasqConfig,
     DnsmasqFiles,
     build_config,
     command_line,
     device_name,
-    is_our_dnsmasq,
-    plan,
-    stop_leftovers,
 )
+from calico.dhcp.dnsmasq_process import Action, Dnsmasq, is_our_dnsmasq, plan, stop_leftovers
 from calico.dhcp.model import DhcpEndpoint, DhcpSubnet, HostRoute
 
 NET = "5e8b0f9a-3c1d-4e2f-9a7b-0c1d2e3f4a5b"
@@ -353,7 +349,8 @@ def test_process_start_reload_restart_stop(tmp_path: Path) -> None:
 AGENT = """
 import sys
 from pathlib import Path
-from calico.dhcp.dnsmasq import Dnsmasq, DnsmasqConfig, DhcpInterface
+from calico.dhcp.dnsmasq import DnsmasqConfig, DhcpInterface
+from calico.dhcp.dnsmasq_process import Dnsmasq
 config = DnsmasqConfig(interfaces=(DhcpInterface("ns-x", ("10.65.0.1/24",), ("tap1",)),))
 dnsmasq = Dnsmasq(Path(sys.argv[1]), sys.argv[2])
 dnsmasq.apply(config)

@@ -49,19 +49,12 @@ from calico.common.datamodel_v1 import (
     parse_key,
 )
 from calico.common.etcd import API_VERSIONS, connect
-from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, KVStore
+from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, KVStore, settings_for_host
 from calico.common.etcd.syncer import Syncer, SyncStatus, Update
 from calico.common.quoting import quoted
 from calico.common.resources import InvalidValue
-from calico.dhcp.dnsmasq import (
-    DEFAULT_LEASE_SECONDS,
-    Dnsmasq,
-    DnsmasqConfig,
-    Refusal,
-    build_config,
-    prepare_state_dir,
-    stop_leftovers,
-)
+from calico.dhcp.dnsmasq import DEFAULT_LEASE_SECONDS, DnsmasqConfig, Refusal, build_config
+from calico.dhcp.dnsmasq_process import Dnsmasq, prepare_state_dir, stop_leftovers
 from calico.dhcp.links import DhcpLinks
 from calico.dhcp.model import (
     DhcpEndpoint,
@@ -124,23 +117,18 @@ def load_config(paths: Sequence[str]) -> AgentConfig:
     api = get("calico", "etcd_api_version") or "v2"
     if api not in API_VERSIONS:
         raise ValueError(f"[calico] etcd_api_version: {api!r} is not one of {API_VERSIONS}")
-    key_file = get("calico", "etcd_key_file")
-    cert_file = get("calico", "etcd_cert_file")
-    ca_file = get("calico", "etcd_ca_cert_file")
-    scheme = "https" if (key_file or cert_file or ca_file) else "http"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal in a URL
     lease_text = get("DEFAULT", "dhcp_lease_duration") or str(DEFAULT_LEASE_SECONDS)
     # Neutron's -1 means "infinite"; dnsmasq spells that out.
     if not lease_text.lstrip("-").isdigit() or (int(lease_text) < 120 and lease_text != "-1"):
         raise ValueError(f"[DEFAULT] dhcp_lease_duration: {lease_text!r} (need >= 120 or -1)")
     return AgentConfig(
         hostname=get("DEFAULT", "host") or socket.gethostname(),
-        etcd=EtcdSettings(
-            endpoints=(f"{scheme}://{host}:{port_text}",),
-            key_file=key_file,
-            cert_file=cert_file,
-            ca_file=ca_file,
+        etcd=settings_for_host(
+            host,
+            port_text,
+            get("calico", "etcd_key_file"),
+            get("calico", "etcd_cert_file"),
+            get("calico", "etcd_ca_cert_file"),
         ),
         etcd_api=api,
         lease_seconds=int(lease_text),

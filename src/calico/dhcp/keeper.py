@@ -24,8 +24,9 @@ the multi-threaded agent) and then checks that its parent is still the agent tha
 which closes the window between the fork and the prctl. The signal is tied to the thread that
 forked the keeper: the agent starts dnsmasq from its main thread, which lives as long as the
 agent. Where prctl is not available (not Linux), the keeper says so and carries on: the agent's
-start-up clean-up (`calico.dhcp.dnsmasq.stop_leftovers`) still stops an orphaned dnsmasq before
-a new one is started, and the systemd unit's KillMode=control-group stops it with the service.
+start-up clean-up (`calico.dhcp.dnsmasq_process.stop_leftovers`) still stops an orphaned
+dnsmasq before a new one is started, and the systemd unit's KillMode=control-group stops it
+with the service.
 
 Usage: python -m calico.dhcp.keeper <agent PID> -- <dnsmasq command line...>
 """
