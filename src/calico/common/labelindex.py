@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from typing import TypeVar
 
+from calico.common.index import add_to_index, remove_from_index
 from calico.common.selectors import Pair, Selector
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "LabelIndex",
     "LinearScanIndex",
     "MatchCallback",
-    "add_to_index",
 ]
 
 MatchCallback = Callable[[Hashable, Hashable], None]
@@ -39,24 +39,6 @@ _SMALL_ENOUGH = 10
 _LABEL_SET_CACHE_SIZE = 4096
 
 _K = TypeVar("_K", bound=Hashable)
-
-
-def add_to_index(index: dict[_K, set[Hashable]], key: _K, member: Hashable) -> None:
-    """Add `member` to the set `index[key]`, creating the set if need be."""
-    # Not setdefault(key, set()): that builds (and drops) a new set on every call.
-    members = index.get(key)
-    if members is None:
-        index[key] = {member}
-    else:
-        members.add(member)
-
-
-def _discard(index: dict[_K, set[Hashable]], key: _K, member: Hashable) -> None:
-    members = index.get(key)
-    if members is not None:
-        members.discard(member)
-        if not members:
-            del index[key]
 
 
 class _MatchTracker:
@@ -94,8 +76,8 @@ class _MatchTracker:
         self._on_started(sel_id, item_id)
 
     def _stop(self, sel_id: Hashable, item_id: Hashable) -> None:
-        _discard(self._items_by_sel, sel_id, item_id)
-        _discard(self._sels_by_item, item_id, sel_id)
+        remove_from_index(self._items_by_sel, sel_id, item_id)
+        remove_from_index(self._sels_by_item, item_id, sel_id)
         self._on_stopped(sel_id, item_id)
 
     def _set_selector_matches(self, sel_id: Hashable, items: Iterable[Hashable]) -> None:
@@ -247,9 +229,9 @@ class LabelIndex(_MatchTracker):
         simple = self._simple_pairs.pop(sel_id, None)
         if simple is not None:
             for pair in simple:
-                _discard(self._simple_by_pair, pair, sel_id)
+                remove_from_index(self._simple_by_pair, pair, sel_id)
         for pair in self._complex_key.pop(sel_id, ()):
-            _discard(self._complex_by_pair, pair, sel_id)
+            remove_from_index(self._complex_by_pair, pair, sel_id)
         self._complex_unkeyed.discard(sel_id)
 
     # Items
@@ -261,7 +243,7 @@ class LabelIndex(_MatchTracker):
             return
         if old_labels is not None:
             for pair in old_labels.items():
-                _discard(self._items_by_pair, pair, item_id)
+                remove_from_index(self._items_by_pair, pair, item_id)
         self._labels[item_id] = new_labels
         pairs = list(new_labels.items())
         items_by_pair = self._items_by_pair
@@ -301,5 +283,5 @@ class LabelIndex(_MatchTracker):
         if old_labels is None:
             return
         for pair in old_labels.items():
-            _discard(self._items_by_pair, pair, item_id)
+            remove_from_index(self._items_by_pair, pair, item_id)
         self._set_item_matches(item_id, ())

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable
 
 from calico.common.datamodel_v1 import HostEndpointKey, PolicyKey, WorkloadEndpointKey
+from calico.common.index import add_to_index, remove_from_index
 from calico.common.labelindex import LabelIndex
 from calico.common.resources import (
     HostEndpoint,
@@ -138,13 +139,11 @@ class ActiveRulesCalculator:
             return
         if policy is None:
             del self._policies[key]
-            self._policies_by_tier[key.tier].discard(key)
-            if not self._policies_by_tier[key.tier]:
-                del self._policies_by_tier[key.tier]
+            remove_from_index(self._policies_by_tier, key.tier, key)
             self._policy_index.remove_selector(key)
             return
         self._policies[key] = policy
-        self._policies_by_tier.setdefault(key.tier, set()).add(key)
+        add_to_index(self._policies_by_tier, key.tier, key)
         if key.tier not in self._tiers:
             return  # ignored until its tier has metadata
         if old is not None and old.untracked != policy.untracked:
@@ -262,10 +261,7 @@ class ActiveRulesCalculator:
         users.add(endpoint)
 
     def _remove_profile_user(self, profile_id: str, endpoint: EndpointKey) -> None:
-        users = self._profile_users[profile_id]
-        users.discard(endpoint)
-        if not users:
-            del self._profile_users[profile_id]
+        if remove_from_index(self._profile_users, profile_id, endpoint):
             self._sequencer.profiles.remove(profile_id)
             self._set_holder_sources(profile_id, {})
 

@@ -40,7 +40,8 @@ from calico.common.datamodel_v1 import (
     WorkloadEndpointKey,
     parse_key,
 )
-from calico.common.labelindex import LabelIndex, add_to_index
+from calico.common.index import add_to_index, remove_from_index
+from calico.common.labelindex import LabelIndex
 from calico.common.quoting import quoted
 from calico.common.selectors import Selector
 from calico.common.sync import SyncStatus
@@ -208,10 +209,7 @@ class CalcGraph:
             self._endpoints[key] = endpoint
         new_profiles = endpoint.profile_ids if endpoint is not None else ()
         for profile_id in set(old_profiles) - set(new_profiles):
-            users = self._endpoints_by_profile[profile_id]
-            users.discard(key)
-            if not users:
-                del self._endpoints_by_profile[profile_id]
+            remove_from_index(self._endpoints_by_profile, profile_id, key)
         for profile_id in new_profiles:
             add_to_index(self._endpoints_by_profile, profile_id, key)
 

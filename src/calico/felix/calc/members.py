@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable, Iterable
 
-from calico.common.labelindex import add_to_index
+from calico.common.index import add_to_index, remove_from_index
 from calico.common.selectors import tag_id
 from calico.felix.calc.sequencer import EventSequencer
 
@@ -82,11 +82,7 @@ class TagIndex:
             self._on_stopped(tag_id(tag), endpoint)
 
     def _drop_user(self, profile_id: str, endpoint: Hashable) -> None:
-        users = self._endpoints_by_profile.get(profile_id)
-        if users is not None:
-            users.discard(endpoint)
-            if not users:
-                del self._endpoints_by_profile[profile_id]
+        remove_from_index(self._endpoints_by_profile, profile_id, endpoint)
 
     def _recalculate(self, endpoint: Hashable) -> None:
         new: frozenset[str] = frozenset()
@@ -98,10 +94,7 @@ class TagIndex:
         else:
             self._endpoint_tags.pop(endpoint, None)
         for tag in old - new:
-            holders = self._endpoints_by_tag[tag]
-            holders.discard(endpoint)
-            if not holders:
-                del self._endpoints_by_tag[tag]
+            remove_from_index(self._endpoints_by_tag, tag, endpoint)
             if tag in self._active:
                 self._on_stopped(tag_id(tag), endpoint)
         for tag in new - old:

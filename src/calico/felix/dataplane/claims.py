@@ -10,10 +10,12 @@ host resolves the conflict alike. Pure bookkeeping: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
-_C = TypeVar("_C")
+from calico.common.index import add_to_index, remove_from_index
+
+_C = TypeVar("_C", bound=Hashable)
 
 
 class Claims(Generic[_C]):
@@ -24,14 +26,10 @@ class Claims(Generic[_C]):
         self._claims: dict[str, set[_C]] = {}
 
     def claim(self, resource: str, claimant: _C) -> None:
-        self._claims.setdefault(resource, set()).add(claimant)
+        add_to_index(self._claims, resource, claimant)
 
     def release(self, resource: str, claimant: _C) -> None:
-        claimants = self._claims.get(resource)
-        if claimants is not None:
-            claimants.discard(claimant)
-            if not claimants:
-                del self._claims[resource]
+        remove_from_index(self._claims, resource, claimant)
 
     def claimants(self, resource: str) -> frozenset[_C]:
         return frozenset(self._claims.get(resource, ()))
