@@ -1,7 +1,7 @@
 """The election of the one neutron-server that resyncs etcd and reports status (openstack.md §4).
 
 Needs no Neutron: it works on any KVStore (tests/openstack/test_election.py over a real etcd,
-tests/unit/test_openstack_election.py over an in-memory store).
+tests/unit/test_openstack_worker.py over an in-memory store).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Felix's reports in etcd -> Neutron: the Felix agent rows and port status (openstack.md §4.2).
 
 Needs no Neutron: it talks to Neutron's core plugin through the three methods of `StatusPlugin`
-(in Neutron, the ML2 plugin; in tests/unit/test_openstack_port_status.py, a fake).
+(in Neutron, the ML2 plugin; in tests/unit/test_openstack_worker.py, a fake).
 """
 
 from __future__ import annotations

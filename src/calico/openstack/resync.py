@@ -1,7 +1,7 @@
 """The periodic resync: etcd made to match Neutron's DB (openstack.md §4.1).
 
 Needs no Neutron: it reads Neutron through anything shaped like `NeutronData` (in Neutron, a
-calico.openstack.neutron_reader.NeutronReader; in tests/unit/test_openstack_resync.py, plain
+calico.openstack.neutron_reader.NeutronReader; in tests/unit/test_openstack_worker.py, plain
 dicts) and writes through a CalicoStore.
 """
 
