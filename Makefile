@@ -39,6 +39,7 @@ demo: setup
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(VENV)/bin/pytest -q

@@ -17,7 +17,7 @@ that), so the listener handles them in one call instead of one call per match.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from calico.common.index import add_to_index, remove_from_index
 from calico.common.selectors import Pair, Selector
@@ -29,58 +29,58 @@ __all__ = [
     "MatchCallback",
 ]
 
-MatchCallback = Callable[[Hashable, Hashable], None]
+_S = TypeVar("_S", bound=Hashable)  # a selector's ID
+_I = TypeVar("_I", bound=Hashable)  # an item's ID
+MatchCallback = Callable[[_S, _I], None]
 # (item_id, sel_ids): every match that just started for one item, in one call.
-ItemMatchesCallback = Callable[[Hashable, Collection[Hashable]], None]
+ItemMatchesCallback = Callable[[_I, Collection[_S]], None]
 
 # Once a candidate bucket this small is found, stop looking for a smaller one.
 _SMALL_ENOUGH = 10
 # Distinct label sets whose matching selectors are remembered (a few MB at most).
 _LABEL_SET_CACHE_SIZE = 4096
 
-_K = TypeVar("_K", bound=Hashable)
 
-
-class _MatchTracker:
+class _MatchTracker(Generic[_S, _I]):
     """Selectors, item labels and the current match relation, with diff-and-report helpers."""
 
     def __init__(
         self,
-        on_match_started: MatchCallback,
-        on_match_stopped: MatchCallback,
-        on_item_matches_started: ItemMatchesCallback | None = None,
+        on_match_started: MatchCallback[_S, _I],
+        on_match_stopped: MatchCallback[_S, _I],
+        on_item_matches_started: ItemMatchesCallback[_I, _S] | None = None,
     ) -> None:
         self._on_started = on_match_started
         self._on_stopped = on_match_stopped
         self._on_item_started = on_item_matches_started
-        self._selectors: dict[Hashable, Selector] = {}
-        self._labels: dict[Hashable, dict[str, str]] = {}
-        self._items_by_sel: dict[Hashable, set[Hashable]] = {}
-        self._sels_by_item: dict[Hashable, set[Hashable]] = {}
+        self._selectors: dict[_S, Selector] = {}
+        self._labels: dict[_I, dict[str, str]] = {}
+        self._items_by_sel: dict[_S, set[_I]] = {}
+        self._sels_by_item: dict[_I, set[_S]] = {}
 
     # Queries
 
-    def matches(self, sel_id: Hashable) -> frozenset[Hashable]:
+    def matches(self, sel_id: _S) -> frozenset[_I]:
         """IDs of the items the selector currently matches (empty if unknown)."""
         return frozenset(self._items_by_sel.get(sel_id, ()))
 
-    def selectors_for(self, item_id: Hashable) -> frozenset[Hashable]:
+    def selectors_for(self, item_id: _I) -> frozenset[_S]:
         """IDs of the selectors currently matching the item (empty if unknown)."""
         return frozenset(self._sels_by_item.get(item_id, ()))
 
     # Match bookkeeping
 
-    def _start(self, sel_id: Hashable, item_id: Hashable) -> None:
+    def _start(self, sel_id: _S, item_id: _I) -> None:
         add_to_index(self._items_by_sel, sel_id, item_id)
         add_to_index(self._sels_by_item, item_id, sel_id)
         self._on_started(sel_id, item_id)
 
-    def _stop(self, sel_id: Hashable, item_id: Hashable) -> None:
+    def _stop(self, sel_id: _S, item_id: _I) -> None:
         remove_from_index(self._items_by_sel, sel_id, item_id)
         remove_from_index(self._sels_by_item, item_id, sel_id)
         self._on_stopped(sel_id, item_id)
 
-    def _set_selector_matches(self, sel_id: Hashable, items: Iterable[Hashable]) -> None:
+    def _set_selector_matches(self, sel_id: _S, items: Iterable[_I]) -> None:
         new = set(items)
         old = set(self._items_by_sel.get(sel_id, ()))
         for item_id in old - new:
@@ -88,7 +88,7 @@ class _MatchTracker:
         for item_id in new - old:
             self._start(sel_id, item_id)
 
-    def _set_item_matches(self, item_id: Hashable, sel_ids: Iterable[Hashable]) -> None:
+    def _set_item_matches(self, item_id: _I, sel_ids: Iterable[_S]) -> None:
         current = self._sels_by_item.get(item_id)
         if current is None:  # a new item (all of a snapshot): every match is a start
             started = set(sel_ids)
@@ -120,58 +120,58 @@ class _MatchTracker:
             on_started(sel_id, item_id)
 
 
-class LinearScanIndex(_MatchTracker):
+class LinearScanIndex(_MatchTracker[_S, _I]):
     """Reference implementation: every change re-evaluates against everything."""
 
-    def update_selector(self, sel_id: Hashable, selector: Selector) -> None:
+    def update_selector(self, sel_id: _S, selector: Selector) -> None:
         self._selectors[sel_id] = selector
         self._set_selector_matches(
             sel_id, (i for i, labels in self._labels.items() if selector.evaluate(labels))
         )
 
-    def remove_selector(self, sel_id: Hashable) -> None:
+    def remove_selector(self, sel_id: _S) -> None:
         if self._selectors.pop(sel_id, None) is not None:
             self._set_selector_matches(sel_id, ())
 
-    def update_labels(self, item_id: Hashable, labels: Mapping[str, str]) -> None:
+    def update_labels(self, item_id: _I, labels: Mapping[str, str]) -> None:
         labels = dict(labels)
         self._labels[item_id] = labels
         self._set_item_matches(
             item_id, (s for s, sel in self._selectors.items() if sel.evaluate(labels))
         )
 
-    def remove_labels(self, item_id: Hashable) -> None:
+    def remove_labels(self, item_id: _I) -> None:
         if self._labels.pop(item_id, None) is not None:
             self._set_item_matches(item_id, ())
 
 
-class LabelIndex(_MatchTracker):
+class LabelIndex(_MatchTracker[_S, _I]):
     """Label-value index (the [1.4] ``LabelValueIndex`` algorithm)."""
 
     def __init__(
         self,
-        on_match_started: MatchCallback,
-        on_match_stopped: MatchCallback,
-        on_item_matches_started: ItemMatchesCallback | None = None,
+        on_match_started: MatchCallback[_S, _I],
+        on_match_stopped: MatchCallback[_S, _I],
+        on_item_matches_started: ItemMatchesCallback[_I, _S] | None = None,
     ) -> None:
         super().__init__(on_match_started, on_match_stopped, on_item_matches_started)
         # (label, value) -> items carrying that pair.
-        self._items_by_pair: dict[Pair, set[Hashable]] = {}
+        self._items_by_pair: dict[Pair, set[_I]] = {}
         # Simple selectors: their pairs, and (label, value) -> simple selectors listing it.
-        self._simple_pairs: dict[Hashable, frozenset[Pair]] = {}
-        self._simple_by_pair: dict[Pair, set[Hashable]] = {}
+        self._simple_pairs: dict[_S, frozenset[Pair]] = {}
+        self._simple_by_pair: dict[Pair, set[_S]] = {}
         # Complex selectors with pair options are filed under each pair of their cheapest option
         # (any match carries one of them); those without are evaluated against every changed item.
-        self._complex_key: dict[Hashable, frozenset[Pair]] = {}
-        self._complex_by_pair: dict[Pair, set[Hashable]] = {}
-        self._complex_unkeyed: set[Hashable] = set()
+        self._complex_key: dict[_S, frozenset[Pair]] = {}
+        self._complex_by_pair: dict[Pair, set[_S]] = {}
+        self._complex_unkeyed: set[_S] = set()
         # Items with identical labels match identical selectors (replicas, members of the same
         # security groups): the answer per distinct label set, until any selector changes.
-        self._matches_by_label_set: dict[frozenset[Pair], frozenset[Hashable]] = {}
+        self._matches_by_label_set: dict[frozenset[Pair], frozenset[_S]] = {}
 
     # Selectors
 
-    def update_selector(self, sel_id: Hashable, selector: Selector) -> None:
+    def update_selector(self, sel_id: _S, selector: Selector) -> None:
         if self._selectors.get(sel_id) == selector:
             return
         self._matches_by_label_set.clear()
@@ -182,19 +182,19 @@ class LabelIndex(_MatchTracker):
             self._simple_pairs[sel_id] = simple
             for pair in simple:
                 add_to_index(self._simple_by_pair, pair, sel_id)
-            new: set[Hashable] = set()
+            new: set[_I] = set()
             for pair in simple:
                 new |= self._items_by_pair.get(pair, set())
             self._set_selector_matches(sel_id, new)
             return
         options = selector.pair_options()
-        candidates: Iterable[Hashable]
+        candidates: Iterable[_I]
         if options:
             pairs = self._cheapest_option(options)
             self._complex_key[sel_id] = pairs
             for pair in pairs:
                 add_to_index(self._complex_by_pair, pair, sel_id)
-            found: set[Hashable] = set()
+            found: set[_I] = set()
             for pair in pairs:
                 found |= self._items_by_pair.get(pair, set())
             candidates = found
@@ -204,7 +204,7 @@ class LabelIndex(_MatchTracker):
         labels = self._labels
         self._set_selector_matches(sel_id, [i for i in candidates if selector.evaluate(labels[i])])
 
-    def remove_selector(self, sel_id: Hashable) -> None:
+    def remove_selector(self, sel_id: _S) -> None:
         if sel_id not in self._selectors:
             return
         self._matches_by_label_set.clear()
@@ -225,7 +225,7 @@ class LabelIndex(_MatchTracker):
         assert best is not None
         return best
 
-    def _unindex_selector(self, sel_id: Hashable) -> None:
+    def _unindex_selector(self, sel_id: _S) -> None:
         simple = self._simple_pairs.pop(sel_id, None)
         if simple is not None:
             for pair in simple:
@@ -236,7 +236,7 @@ class LabelIndex(_MatchTracker):
 
     # Items
 
-    def update_labels(self, item_id: Hashable, labels: Mapping[str, str]) -> None:
+    def update_labels(self, item_id: _I, labels: Mapping[str, str]) -> None:
         new_labels = dict(labels.items())
         old_labels = self._labels.get(item_id)
         if old_labels == new_labels:
@@ -262,8 +262,8 @@ class LabelIndex(_MatchTracker):
             self._matches_by_label_set[label_set] = matched
         self._set_item_matches(item_id, matched)
 
-    def _matching_selectors(self, pairs: list[Pair], labels: dict[str, str]) -> frozenset[Hashable]:
-        matched: set[Hashable] = set()
+    def _matching_selectors(self, pairs: list[Pair], labels: dict[str, str]) -> frozenset[_S]:
+        matched: set[_S] = set()
         # Simple selectors under the item's pairs match by construction.
         for pair in pairs:
             matched |= self._simple_by_pair.get(pair, set())
@@ -278,7 +278,7 @@ class LabelIndex(_MatchTracker):
         matched.update([s for s in candidates if selectors[s].evaluate(labels)])
         return frozenset(matched)
 
-    def remove_labels(self, item_id: Hashable) -> None:
+    def remove_labels(self, item_id: _I) -> None:
         old_labels = self._labels.pop(item_id, None)
         if old_labels is None:
             return

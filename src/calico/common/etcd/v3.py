@@ -235,7 +235,7 @@ class EtcdV3Client:
 
     def _open_stream(self, prefix: str, start_revision: int, timeout: float) -> _WatchStream:
         start = prefix.rstrip("/") + "/"
-        request = {
+        request: dict[str, Any] = {
             "create_request": {
                 "key": _b64(start),
                 "range_end": _b64(_range_end(start)),

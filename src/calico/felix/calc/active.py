@@ -56,7 +56,9 @@ class ActiveRulesCalculator:
         self._sequencer = sequencer
         self._on_set_activated = on_set_activated
         self._on_set_deactivated = on_set_deactivated
-        self._policy_index = LabelIndex(self._policy_match_started, self._policy_match_stopped)
+        self._policy_index: LabelIndex[PolicyKey, EndpointKey] = LabelIndex(
+            self._policy_match_started, self._policy_match_stopped
+        )
         self._policies: dict[PolicyKey, Policy] = {}
         self._policies_by_tier: dict[str, set[PolicyKey]] = {}
         self._tiers: dict[str, TierMetadata] = {}
@@ -213,9 +215,7 @@ class ActiveRulesCalculator:
     def _index_policy(self, key: PolicyKey) -> None:
         self._policy_index.update_selector(key, parse_selector(self._policies[key].selector))
 
-    def _policy_match_started(self, key: object, endpoint: object) -> None:
-        assert isinstance(key, PolicyKey)
-        assert isinstance(endpoint, WorkloadEndpointKey | HostEndpointKey)
+    def _policy_match_started(self, key: PolicyKey, endpoint: EndpointKey) -> None:
         self._dirty.add(endpoint)
         if self._policies[key].untracked and isinstance(endpoint, WorkloadEndpointKey):
             return  # untracked policies apply to host endpoints only
@@ -224,9 +224,7 @@ class ActiveRulesCalculator:
             self._send_policy(key)
         users.add(endpoint)
 
-    def _policy_match_stopped(self, key: object, endpoint: object) -> None:
-        assert isinstance(key, PolicyKey)
-        assert isinstance(endpoint, WorkloadEndpointKey | HostEndpointKey)
+    def _policy_match_stopped(self, key: PolicyKey, endpoint: EndpointKey) -> None:
         if endpoint in self._local_endpoints:
             self._dirty.add(endpoint)
         users = self._policy_users.get(key)

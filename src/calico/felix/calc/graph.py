@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Hashable, Iterable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from calico.common import resources as res
 from calico.common.datamodel_v1 import (
@@ -72,10 +72,10 @@ class CalcGraph:
         self.sequencer = EventSequencer()
         self._members = MemberCalculator(self.sequencer, self._ip_sets_of)
         # Rule selectors and tags x endpoints on every host -> IP-set membership.
-        self._selector_index = LabelIndex(
-            self._members.match_started,  # type: ignore[arg-type]
-            self._members.match_stopped,  # type: ignore[arg-type]
-            self._members.matches_started,  # type: ignore[arg-type]
+        self._selector_index: LabelIndex[str, EndpointKey] = LabelIndex(
+            self._members.match_started,
+            self._members.match_stopped,
+            self._members.matches_started,
         )
         self._tag_index = TagIndex(self._members.match_started, self._members.match_stopped)
         self.active = ActiveRulesCalculator(
@@ -262,9 +262,10 @@ class CalcGraph:
 
     def _ip_sets_of(self, key: Hashable) -> list[str]:
         """The active IP sets (selector and tag) that currently hold the endpoint's IPs."""
+        endpoint = cast(EndpointKey, key)  # the member calculator's keys are endpoint keys
         return [
-            *self._selector_index.selectors_for(key),  # type: ignore[list-item]
-            *self._tag_index.active_set_ids(key),
+            *self._selector_index.selectors_for(endpoint),
+            *self._tag_index.active_set_ids(endpoint),
         ]
 
     def _activate_set(self, set_id: str, source: IPSetSource) -> None:

@@ -606,16 +606,18 @@ class DataplaneManager:
                 statuses[key] = "up"
         if self._host_endpoints:
             resolved = self._resolve_host_endpoints()
-            for key in self._host_endpoints:
+            for host_key in self._host_endpoints:
                 names_up = [
-                    n for n, u in resolved.items() if u.id == key and self._interfaces_up.get(n)
+                    n
+                    for n, u in resolved.items()
+                    if u.id == host_key and self._interfaces_up.get(n)
                 ]
                 if not names_up:
-                    statuses[key] = "down"
+                    statuses[host_key] = "down"
                 elif apply_failed and self._dirty_globals:
-                    statuses[key] = "error"
+                    statuses[host_key] = "error"
                 else:
-                    statuses[key] = "up"
+                    statuses[host_key] = "up"
         return statuses
 
 

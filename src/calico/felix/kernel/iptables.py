@@ -501,9 +501,9 @@ class IptablesTable:
             self._model[chain] = list(self._expected(chain, rules))
             self._last_read.pop(chain, None)  # the kernel's lines are no longer the ones we read
         # Built-in chains as the hook edits left them (computed by the plan).
-        for chain, rules in after.items():
-            if chain in BUILTIN_CHAINS and self._model.get(chain) != rules:
-                self._model[chain] = rules
+        for chain, listed in after.items():
+            if chain in BUILTIN_CHAINS and self._model.get(chain) != listed:
+                self._model[chain] = listed
                 self._last_read.pop(chain, None)
         if read_back:
             # Learn the kernel's spelling of what we wrote, so later refreshes compare exactly.
