@@ -237,8 +237,14 @@ class TestCalicoML2(CalicoML2TestBase):
         # ... and the old host's now-empty directories went too (v2).
         assert self.client.read_prefix(f"/calico/v1/host/{HOST1}").items == {}
 
-        # A status write coming back is ignored (nothing to assert beyond "no error").
+        # A status write (the status worker's) coming back through update_port_postcommit is
+        # ignored: the endpoint is not rewritten (a rewrite would give the key a new version).
+        assert self.driver.get_port(self.ctx, port["id"])["status"] != "ACTIVE"
+        before = self.client.get_versioned(key2.path)
+        assert before is not None
         self.driver.update_port_status(self.ctx, port["id"], "ACTIVE", host=HOST2)
+        assert self.driver.get_port(self.ctx, port["id"])["status"] == "ACTIVE"
+        assert self.client.get_versioned(key2.path) == before
 
         self.call("DELETE", "ports", id=port["id"])
         assert endpoints(self.client) == {}
