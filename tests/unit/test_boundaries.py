@@ -29,7 +29,7 @@ IO_MODULES = {
 }  # fmt: skip
 PURE_CORE = [
     "calico.felix.calc",
-    "calico.felix.dataplane.rendering",
+    "calico.felix.dataplane.rendering",  # the package and its modules
     "calico.felix.dataplane.names",
     "calico.felix.dataplane.claims",
 ]
