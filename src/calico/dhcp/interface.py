@@ -24,6 +24,8 @@ import ipaddress
 import logging
 from typing import Any
 
+from calico.dhcp.dnsmasq import DEVICE_PREFIX
+
 log = logging.getLogger(__name__)
 
 try:
@@ -39,7 +41,7 @@ if NEUTRON_AVAILABLE:
     class RoutedInterfaceDriver(neutron_interface.LinuxInterfaceDriver):  # type: ignore[misc]
         """DHCP ports on routed (not bridged) TAP networks."""
 
-        DEV_NAME_PREFIX = "ns-"
+        DEV_NAME_PREFIX = DEVICE_PREFIX  # "ns-", as Neutron's own DHCP devices and the agent's
 
         @property
         def use_gateway_ips(self) -> bool:
