@@ -867,5 +867,5 @@ def test_endpoint_net_fast_path_agrees_with_ipaddress() -> None:
         except ValueError:
             expected = None
         errs: list[str] = []
-        assert res._endpoint_net(value, 4, "ipv4_nets[0]", errs) == expected, value
+        assert res.endpoint_net(value, 4, "ipv4_nets[0]", errs) == expected, value
         assert bool(errs) == (expected is None), value
