@@ -13,6 +13,9 @@ Grammar, lowest precedence first::
 
 Literals are single- or double-quoted with no escapes; labels are ``[a-zA-Z0-9_./-]+``. The empty
 (or all-whitespace) string means the same as ``all()``.
+
+One module for one grammar (about 550 lines): the tokenizer, the parser, the node types with
+their evaluation, canonical text and compiled form must change together, so they stay together.
 """
 
 from __future__ import annotations
