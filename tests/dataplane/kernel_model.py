@@ -29,7 +29,8 @@ the drivers give it, as old Felix's iptables stub did, and answers their reads f
 :attr:`FakeKernel.netlink` stands in for pyroute2's IPRoute (what RouteTable uses: links,
 routes, permanent neighbours) and :attr:`FakeKernel.sysctls` for a SysctlWriter, on the same
 links: an interface that does not exist has no sysctls, and one that goes down loses its routes,
-neighbour and proxy entries, as in the kernel. Any other command fails the test.
+neighbour and proxy entries, as in the kernel. :attr:`FakeKernel.refuse` makes chosen commands
+fail. Any command the fake does not model fails the test.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import json
 import re
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,7 +176,9 @@ class FakeNetlink:
         self.requests.append(f"route {command}")
         net = ipaddress.ip_network(kwarg["dst"])
         if command == "del":
-            if net not in self._kernel.routes:
+            # The kernel deletes only a route that matches what the request names.
+            oif, proto = self._kernel.routes.get(net, (None, None))
+            if oif is None or kwarg.get("oif", oif) != oif or kwarg.get("proto", proto) != proto:
                 raise NetlinkError(errno.ESRCH, "No such process")
             del self._kernel.routes[net]
             return
@@ -235,6 +239,8 @@ class FakeKernel:
         self.neighbours: dict[tuple[int, str], str] = {}  # (ifindex, ip) -> MAC (permanent)
         self.proxies: set[tuple[str, str]] = set()  # (interface, IPv6 address)
         self.missing_modules: set[str] = set()  # `-m X` modules this kernel cannot load
+        # Injected failures: a command for which this returns a message fails with it (exit 2).
+        self.refuse: Callable[[list[str]], str | None] = lambda argv: None
         self.commands: list[tuple[list[str], str | None]] = []
         self.netlink = FakeNetlink(self)
         self.sysctls = FakeSysctls(self)
@@ -249,6 +255,16 @@ class FakeKernel:
 
     def members(self, name: str) -> set[str]:
         return set(self.sets[name].members)
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything in the model, to compare before and after."""
+        return {
+            "chains": {(v, t): self.chains(t, v) for (v, t) in self.tables},
+            "sets": {name: (s.params(), self.members(name)) for name, s in self.sets.items()},
+            "routes": dict(self.routes),
+            "neighbours": dict(self.neighbours),
+            "proxies": set(self.proxies),
+        }
 
     def restores(self, tool: str = "iptables") -> list[str]:
         """The inputs given to iptables-restore (tool "iptables"), ip6tables or ipset restore."""
@@ -302,6 +318,9 @@ class FakeKernel:
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         self.commands.append((list(argv), input))
+        refused = self.refuse(argv)
+        if refused is not None:
+            return subprocess.CompletedProcess(argv, 2, "", refused)
         rc, out, err = self._dispatch(argv, input)
         return subprocess.CompletedProcess(argv, rc, out, err)
 
@@ -493,8 +512,8 @@ class FakeKernel:
             if refused.parse:  # no line number: ipset did not get as far as running it
                 help_line = "Try `ipset help' for more information.\n"
                 return 2, "", f"ipset v7.17: {refused}\n{help_line}"
-            line = refused.line or number
-            return 1, "", f"ipset v7.17: Error in line {line}: {refused}\n"
+            at = refused.line or number
+            return 1, "", f"ipset v7.17: Error in line {at}: {refused}\n"
         return 0, "", ""
 
     def _send(self, name: str | None, batch: list[tuple[int, str, list[str], bool]]) -> None:

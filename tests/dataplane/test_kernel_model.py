@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 from kernel_model import FakeKernel, declared_chains, hook_targets
+from pyroute2.netlink.exceptions import NetlinkError
 
 from calico.felix.kernel.commands import NetnsRunner
 from calico.felix.kernel.ipset_text import parse_ipset_list, parse_ipset_save
@@ -153,6 +154,12 @@ def test_links_routes_neighbours_proxies_and_sysctls_share_one_model() -> None:
         == 0
     )
     kernel.sysctls.write("net/ipv4/conf/tap1/rp_filter", "1")
+    with pytest.raises(NetlinkError):  # a route del names the route: another device's is not it
+        kernel.netlink.route("del", dst="10.65.0.2/32", oif=index + 1, proto=80)
+    with pytest.raises(NetlinkError):
+        kernel.netlink.route("del", dst="10.65.0.2/32", oif=index, proto=4)
+    with pytest.raises(NetlinkError):
+        kernel.netlink.link("get", ifname="tap9")
     missing = kernel.run(["ip", "-6", "neigh", "replace", "proxy", "fd00::1", "dev", "tap9"])
     assert missing.returncode == 1 and "Cannot find device" in missing.stderr
     with pytest.raises(OSError):

@@ -1,96 +1,203 @@
-"""DataplaneManager bookkeeping with recording stand-ins for the kernel drivers (the drivers
-themselves are tested against the real kernel in the other files here, and the whole path by
-tests/e2e)."""
+"""DataplaneManager driving the real table drivers (IptablesTable, IpsetTable, RouteTable,
+ProxyNdpTable) on a fake kernel that keeps a model (kernel_model.py): the fake parses the
+iptables-restore and ipset restore input it is given and refuses what the real tools refuse,
+so every test asserts on the resulting kernel state (chains and their rules, hooks, sets and
+members, routes, proxy NDP entries) and fails if the manager asks for something the kernel
+would not accept. The drivers are tested against the real kernel in the other files here, and
+the whole path with packets by tests/e2e.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, WorkloadEndpointKey
+import pytest
+from kernel_model import FakeKernel, declared_chains, hook_targets
+
+from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
 from calico.common.resources import HostEndpoint, IPPool, Labels, NatMapping, WorkloadEndpoint
 from calico.felix.calc import messages as m
+from calico.felix.dataplane import manager as manager_module
 from calico.felix.dataplane import names
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
 from calico.felix.dataplane.rendering import RenderConfig
+from calico.felix.kernel.ipsets import IpsetTable
+from calico.felix.kernel.iptables import FAILED_RULES, STUB_RULES, IptablesTable
+from calico.felix.kernel.neighbours import ProxyNdpTable
+from calico.felix.kernel.routes import RTPROT_FELIX, RouteTable
+
+MAC = "aa:bb:cc:dd:ee:01"
+GW, GW2 = "fd00:65::1", "fd00:65::fe"
+V4_SET = names.ipset_name("s:abc", 4)
+V6_SET = names.ipset_name("s:abc", 6)
 
 
-class Recorder:
-    """Stands in for IptablesTable, IpsetTable and RouteTable: records every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        def record(*args: Any, **kwargs: Any) -> None:
-            self.calls.append((name, args))
-
-        return record
-
-    def chains_set(self) -> list[str]:
-        return [args[0] for name, args in self.calls if name == "set_chain"]
+def make(versions: Iterable[int] = (4,)) -> tuple[DataplaneManager, FakeKernel]:
+    kernel = FakeKernel()
+    tables = KernelTables(
+        versions,
+        lambda v, t: IptablesTable(v, t, kernel, sleep=lambda seconds: None),
+        lambda v: IpsetTable(v, kernel),
+        lambda v: RouteTable(v, kernel.netlink, ("tap",)),
+        lambda: ProxyNdpTable(kernel, ("tap",)),
+    )
+    config = RenderConfig(interface_prefixes=("tap",))
+    return DataplaneManager(config, tables, kernel.sysctls), kernel
 
 
-def make() -> tuple[DataplaneManager, KernelTables]:
-    kernel = KernelTables((4,), lambda v, t: Recorder(), lambda v: Recorder(), lambda v: Recorder())  # type: ignore[arg-type,return-value]
-    manager = DataplaneManager(RenderConfig(interface_prefixes=("tap",)), kernel, None)
-    return manager, kernel
-
-
-def endpoint(name: str, labels: dict[str, str], nat: bool = False) -> m.WorkloadEndpointUpdate:
+def endpoint(
+    name: str,
+    labels: dict[str, str] | None = None,
+    ip: str = "10.65.0.2",
+    nat: bool = False,
+    gateway: str | None = None,
+    tiers: tuple[m.TierInfo, ...] = (),
+    mac: str = MAC,
+) -> m.WorkloadEndpointUpdate:
     key = WorkloadEndpointKey("h", "openstack", "w", name)
     ep = WorkloadEndpoint(
         state="active",
         name=name,
-        ipv4_nets=("10.65.0.2/32",),
-        labels=Labels(labels),
-        ipv4_nat=(NatMapping("10.65.0.2", "198.18.1.1"),) if nat else (),
+        mac=mac,
+        ipv4_nets=(f"{ip}/32",),
+        ipv6_nets=("fd00:65::2/128",) if gateway else (),
+        ipv6_gateway=gateway,
+        labels=Labels(labels or {}),
+        ipv4_nat=(NatMapping(ip, "198.18.1.1"),) if nat else (),
     )
-    return m.WorkloadEndpointUpdate(key, ep, ())
+    return m.WorkloadEndpointUpdate(key, ep, tiers)
+
+
+def felix_chains(kernel: FakeKernel, table: str = names.FILTER, version: int = 4) -> set[str]:
+    return {c for c in kernel.chains(table, version) if names.is_felix_name(c)}
+
+
+def routes(kernel: FakeKernel) -> set[tuple[str, str]]:
+    """(interface, destination) of Felix's routes in the model."""
+    by_index = {link.index: name for name, link in kernel.links.items()}
+    return {
+        (
+            by_index[oif],
+            str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net),
+        )
+        for net, (oif, proto) in kernel.routes.items()
+        if proto == RTPROT_FELIX
+    }
+
+
+def stubs(kernel: FakeKernel, version: int = 4) -> set[str]:
+    """Felix chains written as a missing-chain or failed-chain drop stub."""
+    return {
+        chain
+        for table in manager_module.TABLES
+        for chain, rules in kernel.chains(table, version).items()
+        if tuple(rules) in (STUB_RULES, FAILED_RULES)
+    }
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, *functions: str) -> Counter[str]:
+    """Count the calls of rendering functions the manager makes."""
+    calls: Counter[str] = Counter()
+    for name in functions:
+        real = getattr(manager_module.r, name)
+
+        def counted(
+            *args: Any, _name: str = name, _real: Callable[..., Any] = real, **kw: Any
+        ) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(manager_module.r, name, counted)
+    return calls
 
 
 def test_nothing_before_in_sync_then_everything() -> None:
     manager, kernel = make()
-    manager.on_message(endpoint("tap1", {}))
+    kernel.add_link("tap1")
+    manager.on_interface_update("tap1", True)
+    manager.on_message(endpoint("tap1"))
     manager.apply()
-    assert all(not t.calls for t in kernel.iptables.values())  # type: ignore[attr-defined]
+    assert kernel.commands == [] and kernel.netlink.requests == [] and kernel.sysctls.values == {}
+    assert kernel.snapshot() == FakeKernel().snapshot()
+
     manager.on_message(m.InSync())
     manager.apply()
-    filter_table = kernel.iptables[(4, names.FILTER)]
-    assert names.CHAIN_FORWARD in filter_table.chains_set()  # type: ignore[attr-defined]
-    assert names.CHAIN_FROM_ENDPOINT in filter_table.chains_set()  # type: ignore[attr-defined]
+    assert hook_targets(kernel, names.FILTER) == {
+        "INPUT": [names.CHAIN_INPUT],
+        "FORWARD": [names.CHAIN_FORWARD],
+        "OUTPUT": [names.CHAIN_OUTPUT],
+    }
+    assert hook_targets(kernel, names.NAT) == {
+        "PREROUTING": [names.CHAIN_PREROUTING],
+        "INPUT": [],
+        "OUTPUT": [names.CHAIN_OUTPUT],
+        "POSTROUTING": [names.CHAIN_POSTROUTING],
+    }
+    assert hook_targets(kernel, names.RAW) == {
+        "PREROUTING": [names.CHAIN_PREROUTING],
+        "OUTPUT": [names.CHAIN_OUTPUT],
+    }
+    chains = kernel.chains(names.FILTER)
+    assert {names.CHAIN_FORWARD, "felix-to-1", "felix-from-1"} <= chains.keys()
+    assert "-i tap1 -g felix-from-1" in chains[names.CHAIN_FROM_ENDPOINT]
+    assert "-o tap1 -g felix-to-1" in chains[names.CHAIN_TO_ENDPOINT]
+    assert f"-m mac ! --mac-source {MAC}" in " ".join(chains["felix-from-1"])
+    assert stubs(kernel) == set()
+    assert routes(kernel) == {("tap1", "10.65.0.2")}
+    assert set(kernel.neighbours.values()) == {MAC}
+    assert kernel.sysctls.values["net/ipv4/conf/tap1/rp_filter"] == "1"
+    assert manager.endpoint_statuses(apply_failed=False) == {endpoint("tap1").id: "up"}
+    assert kernel.restores("ip6tables") == []  # IPv4 only: no IPv6 table touched
 
 
-def test_global_chains_are_rerendered_only_when_their_inputs_change() -> None:
+def test_global_chains_are_rerendered_only_when_their_inputs_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     manager, kernel = make()
+    for name in ("tap1", "tap2"):
+        kernel.add_link(name)
+    calls = count_calls(monkeypatch, "dispatch_chains", "nat_chains", "workload_endpoint_chains")
     manager.on_message(m.InSync())
     manager.on_message(endpoint("tap1", {"a": "1"}))
     manager.apply()
-    filter_table, nat_table = kernel.iptables[(4, names.FILTER)], kernel.iptables[(4, names.NAT)]
-    filter_table.calls.clear()  # type: ignore[attr-defined]
-    nat_table.calls.clear()  # type: ignore[attr-defined]
+    assert calls["dispatch_chains"] > 0 and calls["nat_chains"] == 1
 
+    calls.clear()
+    written = len(kernel.restores())
     manager.on_message(endpoint("tap1", {"a": "2"}))  # a label change: its own chains only
     manager.apply()
-    written = filter_table.chains_set()  # type: ignore[attr-defined]
-    assert written and all(name.startswith(("felix-to-", "felix-from-")) for name in written)
-    assert nat_table.chains_set() == []  # type: ignore[attr-defined]
+    assert calls == Counter({"workload_endpoint_chains": 1})
+    for text in kernel.restores()[written:]:
+        assert declared_chains(text) <= {"felix-to-1", "felix-from-1"}
 
-    manager.on_message(endpoint("tap2", {}))  # a new interface: the dispatch trees change
+    calls.clear()
+    manager.on_message(endpoint("tap2", ip="10.65.0.3"))  # a new interface: the dispatch changes
     manager.apply()
-    assert names.CHAIN_FROM_ENDPOINT in filter_table.chains_set()  # type: ignore[attr-defined]
+    assert calls["dispatch_chains"] > 0 and calls["nat_chains"] == 0
+    assert "-i tap2 -g felix-from-2" in kernel.chains(names.FILTER)[names.CHAIN_FROM_ENDPOINT]
 
-    manager.on_message(endpoint("tap2", {}, nat=True))  # a floating IP: the NAT chains change
+    calls.clear()
+    manager.on_message(endpoint("tap2", ip="10.65.0.3", nat=True))  # a floating IP: the NAT
     manager.apply()
-    assert names.CHAIN_FIP_DNAT in nat_table.chains_set()  # type: ignore[attr-defined]
+    assert calls["nat_chains"] == 1 and calls["dispatch_chains"] == 0
+    nat = kernel.chains(names.NAT)
+    assert any("198.18.1.1" in r and "DNAT" in r for r in nat[names.CHAIN_FIP_DNAT])
+    assert any("198.18.1.1" in r and "SNAT" in r for r in nat[names.CHAIN_FIP_SNAT])
+    assert ("tap2", "198.18.1.1") in routes(kernel)
 
-    ipsets = kernel.ipsets[4]
-    ipsets.calls.clear()  # type: ignore[attr-defined]
+    calls.clear()
     pool = IPPoolKey(4, "10.65.0.0-16")
     manager.on_message(m.IPPoolUpdate(pool, IPPool("10.65.0.0/16", masquerade=True)))
     manager.apply()
-    replaced = [args for name, args in ipsets.calls if name == "replace_named"]  # type: ignore[attr-defined]
-    assert [a[0] for a in replaced] == [names.IPSET_ALL_POOLS, names.IPSET_MASQ_POOLS]
-    assert names.CHAIN_POSTROUTING in nat_table.chains_set()  # type: ignore[attr-defined]
+    assert calls == Counter({"nat_chains": 1})
+    assert kernel.members(names.IPSET_ALL_POOLS) == {"10.65.0.0/16"}
+    assert kernel.members(names.IPSET_MASQ_POOLS) == {"10.65.0.0/16"}
+    postrouting = " ".join(kernel.chains(names.NAT)[names.CHAIN_POSTROUTING])
+    assert "MASQUERADE" in postrouting and names.IPSET_MASQ_POOLS in postrouting
+    assert kernel.references(names.IPSET_MASQ_POOLS) == 1
 
 
 def test_host_endpoint_by_expected_ip_matches_the_interface_holding_it() -> None:
@@ -105,34 +212,208 @@ def test_host_endpoint_by_expected_ip_matches_the_interface_holding_it() -> None
     manager.on_interface_addrs("eth2", frozenset({"fd00:65:0:0::9/64"}))  # any spelling
     manager.on_interface_addrs("eth3", frozenset({"198.18.9.2/24"}))
     manager.apply()
-    chains = kernel.iptables[(4, names.FILTER)].chains_set()  # type: ignore[attr-defined]
-    assert {"felix-from-eth1", "felix-from-eth2"} <= set(chains)
-    assert not {"felix-from-eth3", "felix-from-tapx"} & set(chains)
+    chains = felix_chains(kernel)
+    assert {"felix-from-eth1", "felix-to-eth1", "felix-from-eth2", "felix-to-eth2"} <= chains
+    assert not {"felix-from-eth3", "felix-from-tapx"} & chains
+    host_dispatch = kernel.chains(names.FILTER)[names.CHAIN_FROM_HOST_IF]
+    assert "-i eth1 -g felix-from-eth1" in host_dispatch
+    assert not any("eth3" in rule for rule in host_dispatch)
 
     manager.on_interface_addrs("eth1", frozenset({"10.0.0.1/8"}))  # the address moves away
     manager.on_interface_addrs("eth3", frozenset({"198.18.9.1/32"}))
     manager.apply()
-    removed = [a[0] for n, a in kernel.iptables[(4, names.FILTER)].calls if n == "remove_chain"]  # type: ignore[attr-defined]
-    assert "felix-from-eth1" in removed
-    assert "felix-from-eth3" in kernel.iptables[(4, names.FILTER)].chains_set()  # type: ignore[attr-defined]
+    chains = felix_chains(kernel)
+    assert "felix-from-eth1" not in chains and "felix-to-eth1" not in chains
+    assert "felix-from-eth3" in chains
+    assert stubs(kernel) == set()
 
 
 def test_routes_are_set_again_only_when_their_inputs_change() -> None:
     manager, kernel = make()
-    routes = kernel.routes[4]
+    kernel.add_link("tap1")
     manager.on_message(m.InSync())
     manager.on_message(endpoint("tap1", {"a": "1"}))
     manager.apply()
+    assert routes(kernel) == {("tap1", "10.65.0.2")}
 
-    def route_calls() -> list[str]:
-        return [name for name, _ in routes.calls if name in ("set_routes", "remove_interface")]  # type: ignore[attr-defined]
-
-    assert route_calls() == ["set_routes"]
-    routes.calls.clear()  # type: ignore[attr-defined]
+    kernel.netlink.requests.clear()
     manager.on_message(endpoint("tap1", {"a": "2"}))  # labels (or policies): chains only
     manager.on_message(endpoint("tap1", {"a": "2"}))  # re-sent unchanged: nothing at all
     manager.apply()
-    assert route_calls() == []
+    assert kernel.netlink.requests == []
     manager.on_interface_update("tap1", True)  # an interface event: routes set again
     manager.apply()
-    assert route_calls() == ["set_routes"]
+    assert kernel.netlink.requests == ["link get"]  # looked at; nothing to change
+    # The interface goes down (the kernel drops its routes) and comes back: they return.
+    kernel.set_link_up("tap1", False)
+    manager.on_interface_update("tap1", False)
+    manager.apply()
+    assert routes(kernel) == set()
+    kernel.set_link_up("tap1", True)
+    manager.on_interface_update("tap1", True)
+    manager.apply()
+    assert routes(kernel) == {("tap1", "10.65.0.2")}
+
+
+def test_an_endpoint_removed_takes_its_chains_routes_and_proxy_ndp_entry_with_it() -> None:
+    manager, kernel = make((4, 6))
+    kernel.add_link("tap1")
+    manager.on_message(m.InSync())
+    manager.on_interface_update("tap1", True)
+    manager.on_message(endpoint("tap1", gateway=GW))
+    manager.apply()
+    assert kernel.proxies == {("tap1", GW)}
+    assert routes(kernel) == {("tap1", "10.65.0.2"), ("tap1", "fd00:65::2")}
+    assert {"felix-to-1", "felix-from-1"} <= felix_chains(kernel, version=6)
+    assert kernel.sysctls.values["net/ipv6/conf/tap1/proxy_ndp"] == "1"
+
+    manager.on_message(endpoint("tap1", gateway=GW2))  # the gateway changes: the entry moves
+    manager.apply()
+    assert kernel.proxies == {("tap1", GW2)}
+    kernel.set_link_up("tap1", False)  # the kernel drops the entry; the up event brings it back
+    manager.on_interface_update("tap1", False)
+    manager.apply()
+    kernel.set_link_up("tap1", True)
+    manager.on_interface_update("tap1", True)
+    manager.apply()
+    assert kernel.proxies == {("tap1", GW2)}
+
+    manager.on_message(m.WorkloadEndpointRemove(endpoint("tap1").id))
+    manager.apply()
+    assert kernel.proxies == set()
+    assert routes(kernel) == set() and kernel.neighbours == {}
+    for version in (4, 6):
+        assert not {"felix-to-1", "felix-from-1"} & felix_chains(kernel, version=version)
+        dispatch = kernel.chains(names.FILTER, version)[names.CHAIN_FROM_ENDPOINT]
+        assert not any("tap1" in rule for rule in dispatch)
+    assert manager.endpoint_statuses(apply_failed=False) == {}
+
+
+def test_sets_exist_before_the_rules_that_use_them_and_go_after() -> None:
+    """The fake refuses a rule naming a missing set and the destroy of a set a rule uses, so
+    this fails if the manager's order (sets, rules, then destroys) is wrong."""
+    manager, kernel = make((4, 6))
+    policy = PolicyKey("t1", "p1")
+    rule = m.ResolvedRule(src_ip_set_ids=("s:abc",))
+    manager.on_message(m.InSync())
+    manager.on_message(m.IPSetUpdate("s:abc", frozenset({"10.65.0.2", "fd00:65::2"})))
+    manager.on_message(m.ActivePolicyUpdate(policy, (rule,), ()))
+    manager.apply()
+    assert kernel.members(V4_SET) == {"10.65.0.2"} and kernel.members(V6_SET) == {"fd00:65::2"}
+    assert f"--match-set {V4_SET} src" in kernel.chains(names.FILTER, 4)["felix-p-t1/p1-i"][0]
+    assert f"--match-set {V6_SET} src" in kernel.chains(names.FILTER, 6)["felix-p-t1/p1-i"][0]
+    assert (kernel.references(V4_SET), kernel.references(V6_SET)) == (1, 1)
+    assert stubs(kernel, 4) == stubs(kernel, 6) == set()
+
+    manager.on_message(
+        m.IPSetDeltaUpdate("s:abc", frozenset({"10.65.0.3"}), frozenset({"10.65.0.2"}))
+    )
+    manager.apply()
+    assert kernel.members(V4_SET) == {"10.65.0.3"} and kernel.members(V6_SET) == {"fd00:65::2"}
+
+    manager.on_message(m.ActivePolicyRemove(policy))
+    manager.on_message(m.IPSetRemove("s:abc"))
+    manager.apply()
+    assert "felix-p-t1/p1-i" not in felix_chains(kernel)
+    assert V4_SET not in kernel.sets and V6_SET not in kernel.sets
+
+
+def test_endpoint_status_is_error_while_its_configuration_fails() -> None:
+    manager, kernel = make((4, 6))
+    key = endpoint("tap1").id
+    manager.on_message(m.InSync())
+    manager.on_message(endpoint("tap1", gateway=GW))
+    # The watcher said the interface is up, but it is gone by the time sysctls are written.
+    manager.on_interface_update("tap1", True)
+    manager.apply()
+    assert manager.endpoint_statuses(apply_failed=False) == {key: "error"}
+    kernel.add_link("tap1")
+    manager.apply()
+    assert manager.endpoint_statuses(apply_failed=False) == {key: "up"}
+    assert kernel.proxies == {("tap1", GW)}
+
+    # The proxy NDP entry cannot be written: "error" until it can (retried at each apply).
+    kernel.refuse = lambda argv: "RTNETLINK answers: Invalid argument" if "neigh" in argv else None
+    manager.on_message(endpoint("tap1", gateway=GW2))
+    manager.apply()
+    assert manager.endpoint_statuses(apply_failed=False) == {key: "error"}
+    kernel.refuse = lambda argv: None
+    manager.apply()
+    assert manager.endpoint_statuses(apply_failed=False) == {key: "up"}
+    assert kernel.proxies == {("tap1", GW2)}
+
+    # The kernel refuses one of its chains (a match module it lacks): that chain alone is a
+    # drop stub, the endpoint is "error", and the refresh after the module appears repairs it.
+    kernel.missing_modules.add("mac")
+    manager.on_message(endpoint("tap1", gateway=GW2, mac="aa:bb:cc:dd:ee:02"))
+    manager.apply()
+    assert stubs(kernel) == {"felix-from-1"} and "felix-to-1" in felix_chains(kernel)
+    assert manager.endpoint_statuses(apply_failed=False) == {key: "error"}
+    kernel.missing_modules.clear()
+    manager.apply(force_refresh=True)
+    assert stubs(kernel) == set()
+    assert manager.endpoint_statuses(apply_failed=False) == {key: "up"}
+
+
+def test_the_refresh_repairs_what_another_tool_changed() -> None:
+    manager, kernel = make((4, 6))
+    kernel.add_link("tap1")
+    manager.on_message(m.InSync())
+    manager.on_interface_update("tap1", True)
+    manager.on_message(m.IPSetUpdate("s:abc", frozenset({"10.65.0.2"})))
+    manager.on_message(
+        m.ActivePolicyUpdate(
+            PolicyKey("t1", "p1"), (m.ResolvedRule(src_ip_set_ids=("s:abc",)),), ()
+        )
+    )
+    manager.on_message(endpoint("tap1", gateway=GW, tiers=(m.TierInfo("t1", ("p1",)),)))
+    manager.apply()
+    wanted = kernel.snapshot()
+
+    tamper = (
+        "*filter\n:felix-to-1 - [0:0]\n-D FORWARD -j felix-FORWARD\n-A FORWARD -j felix-FORWARD\n"
+        "-I INPUT 1 -j ACCEPT\nCOMMIT\n"
+    )
+    assert kernel.run(["iptables-restore", "--noflush"], input=tamper).returncode == 0
+    assert kernel.run(["ipset", "restore"], input=f"del {V4_SET} 10.65.0.2\n").returncode == 0
+    kernel.run(["ip", "-6", "neigh", "del", "proxy", GW, "dev", "tap1"])
+    kernel.netlink.route("del", dst="10.65.0.2/32")
+    assert kernel.snapshot() != wanted
+    manager.apply()  # a normal apply trusts the drivers' records
+    assert kernel.snapshot() != wanted
+    manager.apply(force_refresh=True)
+    repaired = kernel.snapshot()
+    # The host's own rule stays (Felix's hook is back on top of it); everything else is ours.
+    assert kernel.chains(names.FILTER)["INPUT"] == ["-j felix-INPUT", "-j ACCEPT"]
+    assert kernel.chains(names.FILTER)["FORWARD"] == ["-j felix-FORWARD"]
+    repaired["chains"][(4, names.FILTER)]["INPUT"] = ["-j felix-INPUT"]  # type: ignore[index]
+    assert repaired == wanted
+
+
+def test_cleanup_sweeps_what_a_previous_run_left_only_after_the_grace_period() -> None:
+    manager, kernel = make()
+    old_set = names.ipset_name("s:old", 4)
+    previous_run = "*filter\n:felix-old - [0:0]\n-A felix-old -m set --match-set " + old_set
+    previous_run += " src -j DROP\n-A INPUT -j felix-old\nCOMMIT\n"
+    assert kernel.run(["ipset", "restore"], input=f"create {old_set} hash:ip\n").returncode == 0
+    assert kernel.run(["iptables-restore", "--noflush"], input=previous_run).returncode == 0
+    manager.on_message(m.InSync())
+    manager.on_message(endpoint("tap1"))
+    manager.apply()
+    assert "felix-old" in felix_chains(kernel) and old_set in kernel.sets  # still carrying traffic
+    assert hook_targets(kernel, names.FILTER)["INPUT"] == [names.CHAIN_INPUT, "felix-old"]
+    manager.cleanup()
+    assert "felix-old" not in felix_chains(kernel) and old_set not in kernel.sets
+    assert hook_targets(kernel, names.FILTER)["INPUT"] == [names.CHAIN_INPUT]
+    assert "felix-to-1" in felix_chains(kernel)
+
+
+def test_ip_addresses_in_the_model_are_the_endpoints() -> None:
+    """The routes and ARP entries the model holds are exactly the endpoint's addresses."""
+    manager, kernel = make()
+    index = kernel.add_link("tap1")
+    manager.on_message(m.InSync())
+    manager.on_message(endpoint("tap1", ip="10.65.0.7"))
+    manager.apply()
+    assert kernel.routes == {ipaddress.ip_network("10.65.0.7/32"): (index, RTPROT_FELIX)}
+    assert kernel.neighbours == {(index, "10.65.0.7"): MAC}
