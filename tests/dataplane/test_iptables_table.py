@@ -675,7 +675,7 @@ def test_refresh_repairs_an_edited_rule(env: Env) -> None:
 
 def test_nft_generation_tells_a_refresh_whether_to_read(netns: Callable[[], NetNS]) -> None:
     ns = netns()
-    script = "from calico.felix.kernel.iptables import nft_generation; print(nft_generation())"
+    script = "from calico.felix.kernel.nftables import nft_generation; print(nft_generation())"
 
     def generation() -> int | None:
         # Read inside the test namespace (this process is in the root namespace).

@@ -72,19 +72,18 @@ None. One owner (the dataplane thread) creates, mutates and applies an instance.
 from __future__ import annotations
 
 import logging
-import socket
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 from calico.common.quoting import quoted
 from calico.felix.dataplane import names
 from calico.felix.kernel.commands import CommandRunner
 from calico.felix.kernel.iptables_text import (
     BUILTIN_CHAINS,
+    Plan,
     Rule,
+    binary,
     chain_digest,
     failed_line,
     is_hook_rule,
@@ -104,20 +103,10 @@ STUB_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Missing chain" -j 
 FAILED_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Failed to program chain" -j DROP',)
 # What a chain whose rules are not safe restore input becomes (fail closed, never retried as is).
 UNSAFE_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Unsafe rule refused" -j DROP',)
-BACKENDS = (None, "nft", "legacy")
 LOCK_WAIT_SECS = 10
 MAX_TRIES = 10
 FIRST_BACKOFF = 0.01
 MAX_BACKOFF = 0.5
-
-
-# nf_tables' generation counter, read over netlink (linux/netfilter/nf_tables.h, nfnetlink.h).
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETGEN = 16
-NFTA_GEN_ID = 1
-NLM_F_REQUEST = 1
-NLMSG_ERROR = 2
 
 
 class IptablesError(Exception):
@@ -133,83 +122,10 @@ class IptablesError(Exception):
         self.input = input
 
 
-def nft_generation() -> int | None:
-    """The nf_tables ruleset generation of this network namespace, or None if unavailable.
-
-    The kernel increments it on every committed nf_tables transaction (any table, any family:
-    every iptables-nft change), and only then; reading rules does not. So an unchanged
-    generation proves that no iptables-nft rule changed in between, which lets a refresh skip
-    ``iptables-save``: on iptables-nft every save fetches the whole family's ruleset, about
-    0.9 s of CPU per table at 1,000 endpoints (six tables per refresh). One NFT_MSG_GETGEN
-    request; errors (no nf_tables, an old kernel) give None, and the caller then reads."""
-    request_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)  # nfgenmsg: family, version, res_id
-    header = struct.pack("=IHHII", 16 + len(body), request_type, NLM_F_REQUEST, 1, 0)
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-            sock.settimeout(1.0)
-            sock.bind((0, 0))
-            sock.send(header + body)
-            reply = sock.recv(65536)
-    except OSError:
-        return None
-    if len(reply) < 20:
-        return None
-    length, reply_type = struct.unpack_from("=IH", reply)
-    if reply_type == NLMSG_ERROR:
-        return None
-    offset = 20  # nlmsghdr (16) + nfgenmsg (4), then attributes
-    while offset + 4 <= min(length, len(reply)):
-        attr_len, attr_type = struct.unpack_from("=HH", reply, offset)
-        if attr_len < 4:
-            return None
-        if attr_type & 0x3FFF == NFTA_GEN_ID and attr_len >= 8:
-            return int(struct.unpack_from(">I", reply, offset + 4)[0])
-        offset += (attr_len + 3) & ~3
-    return None
-
-
 def uses_nft(ip_version: int, runner: CommandRunner, backend: str | None = None) -> bool:
     """Whether this iptables-restore programs nf_tables (its --version says "nf_tables")."""
     proc = runner.run([binary(ip_version, "restore", backend), "--version"])
     return proc.returncode == 0 and "nf_tables" in proc.stdout
-
-
-def binary(ip_version: int, tool: str, backend: str | None = None) -> str:
-    """``iptables-restore``, ``ip6tables-nft-save``, ...; tool is "restore" or "save"."""
-    if ip_version not in (4, 6) or backend not in BACKENDS or tool not in ("restore", "save"):
-        raise ValueError(f"bad iptables binary request: v{ip_version} {backend} {tool}")
-    base = "iptables" if ip_version == 4 else "ip6tables"
-    return f"{base}-{backend}-{tool}" if backend else f"{base}-{tool}"
-
-
-@dataclass
-class _Plan:
-    """One restore transaction and what it does."""
-
-    writes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # chain -> rule specs
-    deletes: list[str] = field(default_factory=list)
-    hook_lines: list[str] = field(default_factory=list)  # -D/-I lines on kernel chains
-    unhook_lines: list[str] = field(default_factory=list)  # -D lines that must precede -X
-
-    def empty(self) -> bool:
-        return not (self.writes or self.deletes or self.hook_lines or self.unhook_lines)
-
-    def render(self, table: str) -> str:
-        # Under --noflush, declaring a chain creates it or, if it exists, flushes it (both
-        # backends), so no "-F" lines: on iptables-nft each one costs as much as several rules
-        # (a cold start at 1,000 endpoints took 7x longer with them). Declaring every doomed
-        # chain first also empties them all before any is deleted, so references among them
-        # do not block the "-X".
-        lines = [f"*{table}"]
-        lines += [f":{chain} - [0:0]" for chain in [*self.writes, *self.deletes]]
-        lines += self.unhook_lines
-        for chain, rules in self.writes.items():
-            lines += [f"-A {chain} {rule}" for rule in rules]
-        lines += self.hook_lines
-        lines += [f"-X {chain}" for chain in self.deletes]
-        lines.append("COMMIT")
-        return "\n".join(lines) + "\n"
 
 
 class IptablesTable:
@@ -448,7 +364,7 @@ class IptablesTable:
             and self._model is not None
         )
 
-    def _refused_chain(self, line: str | None, plan: _Plan) -> str | None:
+    def _refused_chain(self, line: str | None, plan: Plan) -> str | None:
         """The requested chain an ``-A <chain> ...`` error line belongs to, if any."""
         if line is None or not line.startswith("-A "):
             return None
@@ -488,7 +404,7 @@ class IptablesTable:
                 return list(expected)
         return rules
 
-    def _after_success(self, plan: _Plan, after: dict[str, list[Rule]], read_back: bool) -> None:
+    def _after_success(self, plan: Plan, after: dict[str, list[Rule]], read_back: bool) -> None:
         """Record a committed transaction in the model (and owned/learned bookkeeping)."""
         assert self._model is not None
         self._owned |= set(plan.writes)
@@ -547,13 +463,13 @@ class IptablesTable:
 
     def _plan(
         self, kernel: dict[str, list[Rule]], full: bool
-    ) -> tuple[_Plan, dict[str, list[Rule]]]:
+    ) -> tuple[Plan, dict[str, list[Rule]]]:
         """The transaction that turns `kernel` into the desired state, and the rules of the
         chains the plan edits (built-ins with hooks, rewritten chains) as they will be after it.
 
         `full`: consider every chain; else only the touched ones (kernel is then our model, so
         every other chain is known to be as wanted)."""
-        plan = _Plan()
+        plan = Plan()
         candidates = set(self._chains) | set(self._ref_count) if full else self._touched
         wanted = {}
         for chain in sorted(candidates):
@@ -645,7 +561,7 @@ class IptablesTable:
         kernel: dict[str, list[Rule]],
         after: dict[str, list[Rule]],
         unwanted: set[str],
-        plan: _Plan,
+        plan: Plan,
     ) -> None:
         """Remove hooks we were told to remove and, after grace, an earlier run's stale hooks.
 
@@ -666,7 +582,7 @@ class IptablesTable:
                     plan.unhook_lines.append(f"-D {kernel_chain} -j {target}")
                     after[kernel_chain].remove(rule)
 
-    def _plan_hooks(self, after: dict[str, list[Rule]], plan: _Plan) -> None:
+    def _plan_hooks(self, after: dict[str, list[Rule]], plan: Plan) -> None:
         for kernel_chain, felix_chain in sorted(self._hooks.items()):
             rules = after.setdefault(kernel_chain, [])
             count = sum(1 for rule in rules if is_hook_rule(rule, felix_chain))
