@@ -36,8 +36,8 @@ from calico.felix.driver.resolver import RESOLVE_FIRST_WAIT_SECS, MetadataResolv
 from calico.felix.kernel.commands import LocalRunner
 from calico.felix.kernel.ipsets import IpsetTable
 from calico.felix.kernel.iptables import IptablesTable, uses_nft
-from calico.felix.kernel.nftables import nft_generation
 from calico.felix.kernel.neighbours import ProxyNdpTable
+from calico.felix.kernel.nftables import nft_generation
 from calico.felix.kernel.routes import RouteTable, open_netlink
 from calico.felix.kernel.sysctls import LooseRPFError, ProcSysctlWriter, configure_global
 from calico.felix.kernel.watcher import InterfaceWatcher
