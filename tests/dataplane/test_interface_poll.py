@@ -140,7 +140,7 @@ def test_poll_repairs_a_missed_address_event(
             lambda v: IpsetTable(v, runner),
             lambda v: RouteTable(v, ipr, ("tap",), conntrack_runner=runner),
         )
-        manager = DataplaneManager(RenderConfig(interface_prefixes=("tap",)), kernel, None, runner)
+        manager = DataplaneManager(RenderConfig(interface_prefixes=("tap",)), kernel, None)
         endpoint = HostEndpoint(expected_ipv4_addrs=(SERVICE_IP,))
         manager.on_message(m.HostEndpointUpdate(HostEndpointKey("h", "svc"), endpoint, (), ()))
         manager.on_message(m.InSync())

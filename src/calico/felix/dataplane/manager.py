@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import assert_never
 
 from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
 from calico.common.quoting import quoted
@@ -34,8 +35,7 @@ from calico.common.resources import IPPool
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
-from calico.felix.dataplane.claims import Claims
-from calico.felix.kernel.commands import CommandRunner
+from calico.felix.dataplane.workloads import Changes, Workloads
 from calico.felix.kernel.ipset_text import HASH_NET, SavedSet
 from calico.felix.kernel.ipsets import IpsetError, IpsetTable
 from calico.felix.kernel.iptables import IptablesTable
@@ -80,11 +80,7 @@ class DataplaneManager:
         config: r.RenderConfig,
         kernel: KernelTables,
         sysctls: SysctlWriter | None,
-        runner: CommandRunner | None = None,
     ) -> None:
-        # `runner` is no longer used (proxy NDP entries are KernelTables.proxy_ndp's); kept so
-        # that callers passing it keep working.
-        del runner
         self._config = config
         self._kernel = kernel
         self._sysctls = sysctls
@@ -92,12 +88,8 @@ class DataplaneManager:
         self._owned: dict[tuple[int, str], dict[Owner, set[str]]] = {
             key: {} for key in kernel.iptables
         }
-        self._workloads: dict[WorkloadEndpointKey, m.WorkloadEndpointUpdate] = {}
-        # Kernel state belongs to interfaces, not keys: the chains, routes and ARP entries of
-        # an interface are rendered from the one endpoint that owns it (see _owner), so a
-        # re-keyed endpoint or a stale duplicate never takes them away from the live one.
-        self._claims = Claims[WorkloadEndpointKey](_rank)  # interface -> endpoints naming it
-        self._ip_claims = Claims[WorkloadEndpointKey](_rank)  # IP -> active endpoints with it
+        # Workload endpoints, and which one owns each interface and IP (workloads.py).
+        self._workloads = Workloads()
         self._host_endpoints: dict[HostEndpointKey, m.HostEndpointUpdate] = {}
         self._pools: dict[IPPoolKey, m.IPPoolUpdate] = {}
         self._interfaces_up: dict[str, bool] = {}
@@ -158,16 +150,10 @@ class DataplaneManager:
                 self._set_profile(profile_id, message)
             case m.ActiveProfileRemove(profile_id):
                 self._set_profile(profile_id, None)
-            case m.WorkloadEndpointUpdate(key):
-                old = self._workloads.get(key)
-                if old == message:
-                    return  # re-sent unchanged: nothing to do
-                self._workloads[key] = message
-                self._workload_changed(key, old, message)
+            case m.WorkloadEndpointUpdate():
+                self._workload_changed(self._workloads.update(message))
             case m.WorkloadEndpointRemove(key):
-                old = self._workloads.pop(key, None)
-                if old is not None:
-                    self._workload_changed(key, old, None)
+                self._workload_changed(self._workloads.remove(key))
             case m.HostEndpointUpdate(key):
                 self._host_endpoints[key] = message
                 self._dirty_globals = True
@@ -181,7 +167,7 @@ class DataplaneManager:
                 self._pools.pop(key, None)
                 self._dirty_globals = True
             case _:
-                pass  # config (Felix restarts itself), Ready, host metadata (no IPIP yet)
+                assert_never(message)  # every message the calc graph sends is consumed
 
     def on_interface_update(self, name: str, up: bool) -> None:
         was_up = self._interfaces_up.get(name)
@@ -203,90 +189,18 @@ class DataplaneManager:
             if self._host_endpoints:
                 self._dirty_globals = True  # host endpoints may resolve by address
 
+    def _workload_changed(self, changes: Changes | None) -> None:
+        if changes is not None:
+            self._dirty_interfaces |= changes.chains
+            self._dirty_routes |= changes.routes
+            self._dirty_globals = True
+
     def _dirty_interface(self, name: str) -> None:
-        if self._claims.claimants(name):
+        if self._workloads.claimed(name):
             self._dirty_interfaces.add(name)
             self._dirty_routes.add(name)
         if self._host_endpoints:
             self._dirty_globals = True
-
-    # --- Workload endpoints: who owns each interface and IP ------------------------------------
-
-    def _workload_changed(
-        self,
-        key: WorkloadEndpointKey,
-        old: m.WorkloadEndpointUpdate | None,
-        new: m.WorkloadEndpointUpdate | None,
-    ) -> None:
-        """Update the interface and IP claims of `key`; mark what must be programmed again."""
-        old_name = old.endpoint.name if old is not None else None
-        new_name = new.endpoint.name if new is not None else None
-        if old_name != new_name:
-            if old_name is not None:
-                self._claims.release(old_name, key)
-                self._dirty_routes.add(old_name)
-            if new_name is not None:
-                self._claims.claim(new_name, key)
-                self._dirty_routes.add(new_name)
-        for name in (old_name, new_name):
-            if name is not None:
-                self._dirty_interfaces.add(name)
-                if len(self._claims.claimants(name)) > 1:
-                    log.warning(
-                        "Conflict: endpoints %s all name interface %s; %s owns it (the first "
-                        "in key order, on every host)",
-                        sorted(repr(k) for k in self._claims.claimants(name)),
-                        name,
-                        self._claims.owner(name),
-                    )
-        if old is None or new is None or _route_inputs(old) != _route_inputs(new):
-            if new_name is not None:
-                self._dirty_routes.add(new_name)
-            old_ips, new_ips = _routed_ips(old), _routed_ips(new)
-            for ip in old_ips - new_ips:
-                self._ip_claims.release(ip, key)
-            for ip in new_ips - old_ips:
-                self._ip_claims.claim(ip, key)
-            # Every interface sharing one of these IPs may win or lose it now.
-            for ip in old_ips | new_ips:
-                for other in self._ip_claims.claimants(ip):
-                    self._dirty_routes.add(self._workloads[other].endpoint.name)
-        self._dirty_globals = True
-
-    def _owner(self, name: str) -> m.WorkloadEndpointUpdate | None:
-        """The endpoint whose chains and routes interface `name` carries, if any."""
-        key = self._claims.owner(name)
-        return self._workloads[key] if key is not None else None
-
-    def _owners(self) -> Iterator[m.WorkloadEndpointUpdate]:
-        for name in self._claims.resources():
-            owner = self._owner(name)
-            if owner is not None:
-                yield owner
-
-    def _routed_ips_of(self, update: m.WorkloadEndpointUpdate, ip_version: int) -> list[str]:
-        """The IPs of `update` (owner of its interface) to route there: all of its IPs of that
-        version, but an IP that another local endpoint also claims goes to the first of them
-        in key order (among those owning their interface), with a warning."""
-        routed = []
-        for ip in sorted(_routed_ips(update)):
-            if (":" in ip) != (ip_version == 6):
-                continue
-            claimants = self._ip_claims.claimants(ip)
-            if len(claimants) > 1:
-                owning = [k for k in claimants if self._claims.owner(
-                    self._workloads[k].endpoint.name) == k]  # fmt: skip
-                winner = min(owning, key=_rank)
-                if winner != update.id:
-                    log.warning(
-                        "Conflict: endpoints %s all claim IP %s; it is routed to %s",
-                        sorted(repr(k) for k in claimants),
-                        ip,
-                        winner,
-                    )
-                    continue
-            routed.append(ip)
-        return routed
 
     # --- Policies and profiles -----------------------------------------------------------------
 
@@ -370,7 +284,7 @@ class DataplaneManager:
     def _program_interface(self, name: str) -> None:
         """The chains (if dirty) and routes (if dirty) of one workload interface, from the
         endpoint that owns it; nothing if no endpoint names it any more."""
-        update = self._owner(name)
+        update = self._workloads.owner(name)
         for v in self._kernel.versions:
             if name in self._dirty_interfaces:
                 chains = (
@@ -386,7 +300,7 @@ class DataplaneManager:
                 routes.remove_interface(name)
                 continue
             mac = update.endpoint.mac if v == 4 else None
-            routes.set_routes(name, self._routed_ips_of(update, v), mac=mac)
+            routes.set_routes(name, self._workloads.routed_ips_of(update, v), mac=mac)
         proxies = self._kernel.proxy_ndp
         if proxies is not None and name in self._dirty_routes:
             # The owner's IPv6 gateway, proxied so that the workload can resolve it (§5.11).
@@ -410,7 +324,9 @@ class DataplaneManager:
         change at 1,000 endpoints must not re-render the dispatch trees)."""
         if not self._static_programmed:
             self._program_static()
-        active = tuple(sorted(u.endpoint.name for u in self._owners() if u.endpoint.active))
+        active = tuple(
+            sorted(u.endpoint.name for u in self._workloads.owners() if u.endpoint.active)
+        )
         if active != self._last_dispatch:
             self._last_dispatch = active
             for v in self._kernel.versions:
@@ -445,7 +361,7 @@ class DataplaneManager:
         floating = sorted(
             {
                 (nat.int_ip, nat.ext_ip)
-                for u in self._owners()
+                for u in self._workloads.owners()
                 if u.endpoint.active
                 for nat in u.endpoint.ipv4_nat + u.endpoint.ipv6_nat
             }
@@ -535,7 +451,7 @@ class DataplaneManager:
         """Per-interface sysctls for active workload interfaces that are up."""
         if self._sysctls is None:
             return
-        for update in self._owners():
+        for update in self._workloads.owners():
             endpoint = update.endpoint
             if not endpoint.active or not self._interfaces_up.get(endpoint.name):
                 continue
@@ -591,7 +507,7 @@ class DataplaneManager:
             name = update.endpoint.name
             if not self._interfaces_up.get(name):
                 statuses[key] = "down"
-            elif self._claims.owner(name) != key:
+            elif not self._workloads.owns(key, name):
                 statuses[key] = "error"  # another endpoint owns the interface (a conflict)
             elif (
                 (apply_failed and name in self._dirty_interfaces)
@@ -619,26 +535,3 @@ class DataplaneManager:
                 else:
                     statuses[host_key] = "up"
         return statuses
-
-
-def _rank(key: WorkloadEndpointKey) -> tuple[str, str, str, str]:
-    """The order that decides conflicts, the same on every host."""
-    return (key.orchestrator, key.workload, key.endpoint, key.hostname)
-
-
-def _routed_ips(update: m.WorkloadEndpointUpdate | None) -> frozenset[str]:
-    """The addresses routed to an active endpoint's interface: its IPs and floating IPs."""
-    if update is None or not update.endpoint.active:
-        return frozenset()
-    e = update.endpoint
-    return frozenset(
-        [net.split("/")[0] for net in e.ipv4_nets + e.ipv6_nets]
-        + [nat.ext_ip for nat in e.ipv4_nat + e.ipv6_nat]
-    )
-
-
-def _route_inputs(update: m.WorkloadEndpointUpdate) -> tuple[object, ...]:
-    """What an endpoint's routes, ARP entries and interface configuration depend on."""
-    e = update.endpoint
-    return (e.name, e.active, e.mac, e.ipv4_nets, e.ipv6_nets, e.ipv4_nat, e.ipv6_nat,
-            e.ipv6_gateway)  # fmt: skip

@@ -89,7 +89,7 @@ def build(
     sysctls = ProcSysctlWriter()
     for v in versions:
         configure_global(v, sysctls, config.ignore_loose_rpf, runner)
-    manager = DataplaneManager(render, kernel, sysctls, runner)
+    manager = DataplaneManager(render, kernel, sysctls)
     watcher = InterfaceWatcher(manager)
     watcher.snapshot()
     log.info("Dataplane driver ready: IP versions %s, interface prefixes %s", versions, prefixes)
