@@ -370,8 +370,13 @@ class IpsetTable:
                     self._failed(op)
                 self._reload_names()
                 break
-            for op in ops[:failed_at]:
+            # libipset sends one set's consecutive add/del lines as one batch, only when a later
+            # line goes through: the refused line may have taken the op before it down too, so
+            # that one is unknown (rewritten whole), not applied.
+            for op in ops[: max(failed_at - 1, 0)]:
                 self._succeeded(op)
+            if failed_at > 0:
+                self._failed(ops[failed_at - 1])
             bad = ops[failed_at]
             self._failed(bad)
             failures[bad.name] += 1
