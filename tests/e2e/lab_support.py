@@ -17,7 +17,8 @@ import pytest
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
 from calico.lab.flows import Flow, settle
-from calico.lab.topology import ComputeHost, Workload, ping, wait_until
+from calico.lab.probes import ping, wait_until
+from calico.lab.topology import ComputeHost, Workload
 
 ALLOW, DENY = True, False
 SETTLE_TIMEOUT = 10.0  # how long a row may take to reach its expected result

@@ -39,7 +39,8 @@ import pytest
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
 from calico.lab.flows import Flow, measure
-from calico.lab.topology import ComputeHost, Workload, ping, probe, tcp_ok, wait_until
+from calico.lab.probes import ping, probe, tcp_ok, wait_until
+from calico.lab.topology import ComputeHost, Workload
 
 HOST = "e2e-host-1"
 PROGRAM_TIMEOUT = 25.0  # Felix start + first programming

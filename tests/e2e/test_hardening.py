@@ -20,7 +20,7 @@ from lab_support import ALLOW, DENY, Expectation, Flow, Lab, reset_etcd
 from calico.common.datamodel_v1 import WorkloadEndpointKey
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.flows import measure
-from calico.lab.topology import wait_until
+from calico.lab.probes import wait_until
 
 HOST = "e2e-hardening-1"
 REFRESH = 2  # IptablesRefreshInterval: repairs come within REFRESH * 1.2

@@ -38,7 +38,8 @@ import pytest
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
 from calico.lab.netns import NetNS
-from calico.lab.topology import ComputeHost, ExternalHost, Node, ping, tcp_ok, wait_until
+from calico.lab.probes import Node, ping, tcp_ok, wait_until
+from calico.lab.topology import ComputeHost, ExternalHost
 
 HOST = "hp-host-1"
 PROGRAM_TIMEOUT = 40.0  # Felix start + first programming, on a busy 2-core machine

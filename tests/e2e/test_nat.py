@@ -46,7 +46,8 @@ import pytest
 from calico.lab.echo import EchoServer, Reply, ping_reply_from
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
-from calico.lab.topology import ComputeHost, ExternalHost, Workload, wait_until
+from calico.lab.probes import wait_until
+from calico.lab.topology import ComputeHost, ExternalHost, Workload
 
 HOST = "nat-host-1"
 PROGRAM_TIMEOUT = 30.0  # Felix start + first programming, on a busy 2-core machine

@@ -38,7 +38,7 @@ from lab_support import ALLOW, DENY, Expectation, Flow, Lab, reset_etcd
 
 from calico.felix.dataplane import names
 from calico.lab.etcd_server import EtcdServer
-from calico.lab.topology import ping, tcp_ok, wait_until
+from calico.lab.probes import ping, tcp_ok, wait_until
 
 HOST = "e2e-features-1"
 CHANGE_TIMEOUT = 10.0  # a change in etcd reaches the kernel within this (busy machine)

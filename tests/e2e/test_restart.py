@@ -33,7 +33,7 @@ from lab_support import ALLOW, DENY, Expectation, Flow, Lab, reset_etcd
 from calico.felix.dataplane import names
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.flows import measure
-from calico.lab.topology import wait_until
+from calico.lab.probes import wait_until
 
 HOST = "e2e-restart-1"
 CLEANUP_DELAY = 12  # StartupCleanupDelay (s): long enough to look at the orphans in between

@@ -22,7 +22,8 @@ from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
 from calico.lab.flows import Flow, measure, settle
 from calico.lab.neutron import NeutronServer
-from calico.lab.topology import ComputeHost, ExternalHost, Workload, wait_until
+from calico.lab.probes import wait_until
+from calico.lab.topology import ComputeHost, ExternalHost, Workload
 
 ALLOW, DENY = True, False
 SETTLE_TIMEOUT = 20.0  # a Neutron change reaching the kernel, on a loaded 2-core machine

@@ -54,7 +54,7 @@ from full_stack_support import (
 from calico.lab.echo import EchoServer, ping_reply_from
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.neutron import NeutronServer
-from calico.lab.topology import wait_until
+from calico.lab.probes import wait_until
 
 pytestmark = pytest.mark.root
 

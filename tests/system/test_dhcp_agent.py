@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from calico.lab.etcd_server import EtcdServer
-from calico.lab.topology import ComputeHost, Workload, wait_until
+from calico.lab.probes import wait_until
+from calico.lab.topology import ComputeHost, Workload
 
 pytestmark = pytest.mark.root
 

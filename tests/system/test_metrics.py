@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
-from calico.lab.topology import ComputeHost, wait_until
+from calico.lab.probes import wait_until
+from calico.lab.topology import ComputeHost
 
 HOST = "metrics-host-1"
 FELIX_PORT = 9191  # not the defaults, to prove the parameters are used

@@ -21,7 +21,8 @@ import requests
 
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
-from calico.lab.topology import ComputeHost, wait_until
+from calico.lab.probes import wait_until
+from calico.lab.topology import ComputeHost
 
 HOST = "status-host-1"
 STATUS = f"/calico/felix/v1/host/{HOST}/status"

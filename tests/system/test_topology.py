@@ -15,14 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from calico.lab.netns import list_namespaces
-from calico.lab.topology import (
-    ComputeHost,
-    Workload,
-    ping,
-    tcp_ok,
-    udp_ok,
-    wait_until,
-)
+from calico.lab.probes import ping, tcp_ok, udp_ok, wait_until
+from calico.lab.topology import ComputeHost, Workload
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ from calico.lab import flows
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
 from calico.lab.flows import Flow
-from calico.lab.topology import ComputeHost, Workload, ping, wait_until
+from calico.lab.probes import ping, wait_until
+from calico.lab.topology import ComputeHost, Workload
 
 HOST = "demo-host-1"
 TIER = "platform"

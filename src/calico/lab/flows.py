@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from calico.lab.topology import Workload, probe
+from calico.lab.probes import probe
+from calico.lab.topology import Workload
 
 
 @dataclass(frozen=True)
