@@ -1,0 +1,273 @@
+"""`calicoctl`: the argparse front end. Every command is a subcommand; the connection options
+(`-c/--config-file`, `--etcd-endpoints`, `--etcd-api`) are accepted before or after it.
+
+Exit status: 0 done; 1 not found, refused, lost a compare-and-swap, or etcd failed; 2 bad usage
+or invalid input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn, TextIO
+
+from calico.common import datamodel_v1 as dm
+from calico.common.quoting import quoted
+from calico.ctl import connection, felix_config, output, resource_commands
+from calico.ctl.errors import EXIT_INVALID, EXIT_OK, CtlError, Invalid
+from calico.felix.config.loader import DEFAULT_CONFIG_FILE
+
+PROG = "calicoctl"
+HELP_WIDTH = 100  # fixed, so that docs/calicoctl.md's generated help is the same everywhere
+FILTERS = ("host", "orchestrator", "workload", "tier")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=HELP_WIDTH, max_help_position=32)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 2 with the usage line, as argparse does, but through CtlError so that
+    main() returns the status instead of raising SystemExit in library use."""
+
+    def error(self, message: str) -> NoReturn:
+        raise Invalid(f"{self.prog}: {message}", f"(`{self.prog} --help` for usage)")
+
+
+def _version() -> str:
+    try:
+        return version("calico-openstack-py")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    # At the top level they carry the defaults; repeated after a subcommand they override them.
+    default: Any = argparse.SUPPRESS
+    parser.add_argument(
+        "-c",
+        "--config-file",
+        default=DEFAULT_CONFIG_FILE if top else default,
+        help=f"Felix's ini config file (default {DEFAULT_CONFIG_FILE}; a missing file is fine)",
+    )
+    parser.add_argument(
+        "--etcd-endpoints",
+        default=None if top else default,
+        metavar="URLS",
+        help="etcd endpoints, comma-separated (default: as Felix, from FELIX_ETCDENDPOINTS, "
+        "the config file, or http://localhost:4001)",
+    )
+    parser.add_argument(
+        "--etcd-api",
+        choices=("v2", "v3"),
+        default=None if top else default,
+        help="etcd API (default: as Felix's DataplaneDriver, etcdv2 or etcdv3)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=False if top else default,
+        help="log warnings (e.g. invalid data in etcd) on stderr",
+    )  # fmt: skip
+
+
+def _filter_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    helps = {
+        "host": "only this host's resources",
+        "orchestrator": "only this orchestrator's workload endpoints",
+        "workload": "only this workload's endpoints",
+        "tier": "only this tier's policies",
+    }
+    for name in names:
+        parser.add_argument(f"--{name}", metavar=name.upper(), help=helps[name])
+
+
+def _output_option(parser: argparse.ArgumentParser, formats: Sequence[str]) -> None:
+    parser.add_argument(
+        "-o", "--output", choices=formats, default=formats[0],
+        help=f"output format (default {formats[0]})",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description="Look at and change the Calico data model in etcd, and explain policy "
+        "verdicts. The etcd connection is read as Felix reads it.",
+        epilog="Exit status: 0 done; 1 not found, refused, conflict or etcd error; "
+        "2 bad usage or invalid input.",
+    )
+    _connection_options(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    kinds = ", ".join(k.name for k in resource_commands.KINDS)
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_text, description=description, formatter_class=_Formatter
+        )
+        _connection_options(p, top=False)
+        return p
+
+    p = command(
+        "get", "show resources",
+        f"Show resources of one kind ({kinds}), or those a file names.",
+    )  # fmt: skip
+    p.add_argument("kind", nargs="?", metavar="KIND", help="resource kind (or an alias)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="only the resource with this name")
+    p.add_argument(
+        "-f", "--filename", metavar="FILE", help="the resources a file names ('-': stdin)"
+    )
+    _filter_options(p, FILTERS)
+    _output_option(p, output.FORMATS)
+    for verb, what in (
+        ("create", "create resources; refused if one exists"),
+        ("apply", "create or replace resources; unchanged ones are not written"),
+        ("replace", "replace existing resources; refused if one does not exist"),
+    ):
+        p = command(verb, what, f"{what[0].upper()}{what[1:]}, from YAML or JSON documents.")
+        p.add_argument("-f", "--filename", metavar="FILE", required=True, help="'-': stdin")
+    p = command(
+        "delete", "delete resources",
+        "Delete the resources a file names, or one resource by kind and name.",
+    )  # fmt: skip
+    p.add_argument("kind", nargs="?", metavar="KIND", help="resource kind (or an alias)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the resource's name")
+    p.add_argument("-f", "--filename", metavar="FILE", help="'-': stdin")
+    _filter_options(p, FILTERS)
+
+    config = command("config", "Felix configuration in etcd", "Felix's parameters in etcd.")
+    config_sub = config.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    p = config_sub.add_parser(
+        "get", help="show parameters set in etcd", formatter_class=_Formatter,
+        description="Show the parameters set in etcd (global and per host); with NAME, its "
+        "global, host and default values and which applies.",
+    )  # fmt: skip
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--host", metavar="HOST", help="also this host's value")
+    _output_option(p, ("table", "json", "yaml"))
+    p = config_sub.add_parser(
+        "set", help="set a parameter", formatter_class=_Formatter,
+        description="Set a parameter, validated as Felix validates it. Local-only parameters "
+        "are refused: Felix never reads them from etcd.",
+    )  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("value", metavar="VALUE")
+    p.add_argument("--host", metavar="HOST", help="for this host only (default: all hosts)")
+    p = config_sub.add_parser(
+        "unset", help="remove a parameter from etcd", formatter_class=_Formatter,
+        description="Remove a parameter from etcd (global, or one host's).",
+    )  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--host", metavar="HOST", help="this host's value (default: the global one)")
+    for p in config_sub.choices.values():
+        _connection_options(p, top=False)
+    return parser
+
+
+def _check_host(host: str | None) -> None:
+    if host is not None and not dm.valid_id(host):
+        raise Invalid(f"--host: invalid host name {quoted(host)} (need {dm.ID_SEGMENT_RULE})")
+
+
+Handler = Callable[[argparse.Namespace, connection.Local, TextIO], str]
+
+
+def _get(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+    filters = {name: getattr(args, name) for name in FILTERS}
+    _check_host(args.host)
+    if args.filename:
+        if args.kind or args.name:
+            raise Invalid("get: give KIND [NAME] or -f FILE, not both")
+        return resource_commands.get(
+            local.client(), None, None, {}, args.output, args.filename, stdin
+        )
+    if not args.kind:
+        raise Invalid("get: KIND or -f FILE is required")
+    kind = resource_commands.kind_named(args.kind)
+    filters = resource_commands.kind_filters(kind, filters)
+    return resource_commands.get(local.client(), kind, args.name, filters, args.output)
+
+
+def _writer(mode: str) -> Handler:
+    def handler(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+        return resource_commands.write_file(local.client(), args.filename, mode, stdin)
+
+    return handler
+
+
+def _delete(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+    _check_host(args.host)
+    if args.filename:
+        if args.kind or args.name:
+            raise Invalid("delete: give KIND NAME or -f FILE, not both")
+        return resource_commands.delete_file(local.client(), args.filename, stdin)
+    if not (args.kind and args.name):
+        raise Invalid("delete: KIND NAME or -f FILE is required")
+    kind = resource_commands.kind_named(args.kind)
+    filters = resource_commands.kind_filters(kind, {n: getattr(args, n) for n in FILTERS})
+    return resource_commands.delete_named(local.client(), kind, args.name, filters)
+
+
+def _config(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+    _check_host(args.host)
+    client = local.client()
+    if args.action == "get":
+        return felix_config.get(client, args.name, args.host, args.output)
+    if args.action == "set":
+        return felix_config.set_value(client, args.name, args.value, args.host)
+    if args.action == "unset":
+        return felix_config.unset(client, args.name, args.host)
+    raise Invalid("config: ACTION is required (get, set or unset)")
+
+
+HANDLERS: dict[str, Handler] = {
+    "get": _get,
+    "create": _writer("create"),
+    "apply": _writer("apply"),
+    "replace": _writer("replace"),
+    "delete": _delete,
+    "config": _config,
+}
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    stdin: TextIO | None = None,
+) -> int:
+    env = os.environ if environ is None else environ
+    # etcd3gw (the v3 client) imports eventlet, which announces its own deprecation on stderr.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    local: connection.Local | None = None
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.WARNING if args.verbose else logging.CRITICAL,
+            format=f"{PROG}: %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+        if args.command is None:
+            raise Invalid(f"{PROG}: a COMMAND is required (`{PROG} --help` for the list)")
+        local = connection.load(env, args.config_file, args.etcd_endpoints, args.etcd_api)
+        text = HANDLERS[args.command](args, local, stdin or sys.stdin)
+    except CtlError as e:
+        for line in e.lines:
+            print(line if line.startswith(PROG) else f"{PROG}: {line}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return EXIT_INVALID
+    finally:
+        if local is not None:
+            local.close()
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

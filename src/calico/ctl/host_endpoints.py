@@ -1,0 +1,109 @@
+"""Host endpoints (felix.md §2.3): `/calico/v1/host/<host>/endpoint/<name>`; the spec is the
+stored value (`name` = the interface, `expected_ipv4_addrs`, `expected_ipv6_addrs`,
+`profile_ids`, `labels`); `status.status` is what Felix reports for it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from calico.common import datamodel_v1 as dm
+from calico.common import resources as res
+from calico.common.etcd.base import KVStore
+from calico.ctl.kinds import (
+    Column,
+    Filters,
+    Kind,
+    Resource,
+    SpecError,
+    check_fields,
+    decode,
+    dumps,
+    meta_column,
+    spec_column,
+    status_column,
+)
+from calico.ctl.workload_endpoints import endpoint_ips, read_statuses
+
+EXPECTED = ("expected_ipv4_addrs", "expected_ipv6_addrs")
+
+
+class HostEndpointKind(Kind):
+    name = "hostEndpoint"
+    aliases = ("hostendpoint", "hostendpoints", "hep", "heps")
+    identity = ("host", "name")
+    filters = ("host",)
+    spec_fields = (
+        "name",
+        "expected_ipv4_addrs",
+        "expected_ipv6_addrs",
+        "profile_ids",
+        "profile_id",
+        "labels",
+    )
+
+    def key(self, meta: Mapping[str, str]) -> dm.HostEndpointKey:
+        return dm.HostEndpointKey(meta["host"], meta["name"])
+
+    def keys(self, meta: Mapping[str, str]) -> tuple[str, ...]:
+        return (self.key(meta).path,)
+
+    def prefixes(self, filters: Filters) -> tuple[str, ...]:
+        host = filters.get("host")
+        return (f"{dm.HOST_DIR}/{host}/endpoint",) if host else (dm.HOST_DIR,)
+
+    def identify(self, path: str) -> dict[str, str] | None:
+        key = dm.parse_key(path)
+        if not isinstance(key, dm.HostEndpointKey):
+            return None
+        return {"host": key.hostname, "name": key.endpoint}
+
+    def values_for(self, meta: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str | None]:
+        problems = check_fields(spec, self.spec_fields, "spec")
+        key = self.key(meta)
+        raw = dumps(dict(spec))
+        try:
+            res.parse_host_endpoint(raw, key)
+        except res.InvalidValue as e:
+            problems += [f"spec.{p}" for p in e.problems]
+        if problems:
+            raise SpecError(problems)
+        return {key.path: raw}
+
+    def spec_of(self, resource: Resource) -> dict[str, Any]:
+        value = decode(resource.values[self.keys(resource.metadata)[0]])
+        return value if isinstance(value, dict) else {"value": value}
+
+    def problems_of(self, resource: Resource) -> list[str]:
+        key = self.key(resource.metadata)
+        try:
+            res.parse_host_endpoint(resource.values[key.path], key)
+        except res.InvalidValue as e:
+            return [str(e)]
+        return []
+
+    def read_status(self, client: KVStore, resources: Sequence[Resource]) -> None:
+        if not resources:
+            return
+        hosts = {r.metadata["host"] for r in resources}
+        statuses = read_statuses(client, hosts.pop() if len(hosts) == 1 else None)
+        for resource in resources:
+            key = dm.HostEndpointStatusKey.for_endpoint(self.key(resource.metadata))
+            if (status := statuses.get(key)) is not None:
+                resource.status = {"status": status}
+
+    def columns(self, wide: bool) -> list[Column]:
+        columns: list[Column] = [
+            ("HOST", meta_column("host")),
+            ("NAME", meta_column("name")),
+            ("INTERFACE", spec_column("name")),
+            ("IPS", lambda d: endpoint_ips(d["spec"], *EXPECTED)),
+            ("PROFILES", spec_column("profile_ids")),
+            ("STATUS", status_column("status")),
+        ]
+        if wide:
+            columns.append(("LABELS", spec_column("labels")))
+        return columns
+
+
+KIND = HostEndpointKind()
