@@ -18,8 +18,17 @@ from typing import Any, NoReturn, TextIO
 
 from calico.common import datamodel_v1 as dm
 from calico.common.quoting import quoted
-from calico.ctl import connection, felix_config, output, resource_commands
+from calico.ctl import (
+    connection,
+    diags,
+    endpoint_show,
+    felix_config,
+    node,
+    output,
+    resource_commands,
+)
 from calico.ctl.errors import EXIT_INVALID, EXIT_OK, CtlError, Invalid
+from calico.ctl.explain import command as explain_command
 from calico.felix.config.loader import DEFAULT_CONFIG_FILE
 
 PROG = "calicoctl"
@@ -27,7 +36,7 @@ HELP_WIDTH = 100  # fixed, so that docs/calicoctl.md's generated help is the sam
 FILTERS = ("host", "orchestrator", "workload", "tier")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
+class _Formatter(argparse.HelpFormatter):
     def __init__(self, prog: str) -> None:
         super().__init__(prog, width=HELP_WIDTH, max_help_position=32)
 
@@ -50,29 +59,33 @@ def _version() -> str:
 def _connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
     # At the top level they carry the defaults; repeated after a subcommand they override them.
     default: Any = argparse.SUPPRESS
-    parser.add_argument(
+    group = parser.add_argument_group("etcd connection (read as Felix reads it)")
+    group.add_argument(
         "-c",
         "--config-file",
         default=DEFAULT_CONFIG_FILE if top else default,
         help=f"Felix's ini config file (default {DEFAULT_CONFIG_FILE}; a missing file is fine)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--etcd-endpoints",
         default=None if top else default,
         metavar="URLS",
         help="etcd endpoints, comma-separated (default: as Felix, from FELIX_ETCDENDPOINTS, "
         "the config file, or http://localhost:4001)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--etcd-api",
         choices=("v2", "v3"),
         default=None if top else default,
         help="etcd API (default: as Felix's DataplaneDriver, etcdv2 or etcdv3)",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", default=False if top else default,
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if top else default,
         help="log warnings (e.g. invalid data in etcd) on stderr",
-    )  # fmt: skip
+    )
 
 
 def _filter_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -88,9 +101,12 @@ def _filter_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> No
 
 def _output_option(parser: argparse.ArgumentParser, formats: Sequence[str]) -> None:
     parser.add_argument(
-        "-o", "--output", choices=formats, default=formats[0],
+        "-o",
+        "--output",
+        choices=formats,
+        default=formats[0],
         help=f"output format (default {formats[0]})",
-    )  # fmt: skip
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command(
-        "get", "show resources",
+        "get",
+        "show resources",
         f"Show resources of one kind ({kinds}), or those a file names.",
-    )  # fmt: skip
+    )
     p.add_argument("kind", nargs="?", metavar="KIND", help="resource kind (or an alias)")
     p.add_argument("name", nargs="?", metavar="NAME", help="only the resource with this name")
     p.add_argument(
@@ -133,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(verb, what, f"{what[0].upper()}{what[1:]}, from YAML or JSON documents.")
         p.add_argument("-f", "--filename", metavar="FILE", required=True, help="'-': stdin")
     p = command(
-        "delete", "delete resources",
+        "delete",
+        "delete resources",
         "Delete the resources a file names, or one resource by kind and name.",
-    )  # fmt: skip
+    )
     p.add_argument("kind", nargs="?", metavar="KIND", help="resource kind (or an alias)")
     p.add_argument("name", nargs="?", metavar="NAME", help="the resource's name")
     p.add_argument("-f", "--filename", metavar="FILE", help="'-': stdin")
@@ -144,29 +162,105 @@ def build_parser() -> argparse.ArgumentParser:
     config = command("config", "Felix configuration in etcd", "Felix's parameters in etcd.")
     config_sub = config.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     p = config_sub.add_parser(
-        "get", help="show parameters set in etcd", formatter_class=_Formatter,
+        "get",
+        help="show parameters set in etcd",
+        formatter_class=_Formatter,
         description="Show the parameters set in etcd (global and per host); with NAME, its "
         "global, host and default values and which applies.",
-    )  # fmt: skip
+    )
     p.add_argument("name", nargs="?", metavar="NAME")
     p.add_argument("--host", metavar="HOST", help="also this host's value")
     _output_option(p, ("table", "json", "yaml"))
     p = config_sub.add_parser(
-        "set", help="set a parameter", formatter_class=_Formatter,
+        "set",
+        help="set a parameter",
+        formatter_class=_Formatter,
         description="Set a parameter, validated as Felix validates it. Local-only parameters "
         "are refused: Felix never reads them from etcd.",
-    )  # fmt: skip
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("value", metavar="VALUE")
     p.add_argument("--host", metavar="HOST", help="for this host only (default: all hosts)")
     p = config_sub.add_parser(
-        "unset", help="remove a parameter from etcd", formatter_class=_Formatter,
+        "unset",
+        help="remove a parameter from etcd",
+        formatter_class=_Formatter,
         description="Remove a parameter from etcd (global, or one host's).",
-    )  # fmt: skip
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--host", metavar="HOST", help="this host's value (default: the global one)")
     for p in config_sub.choices.values():
         _connection_options(p, top=False)
+
+    nodes = command("node", "this host's Felix and BGP", "Felix's and BGP's state on one host.")
+    node_sub = nodes.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    p = node_sub.add_parser(
+        "status",
+        help="Felix's liveness and the BGP peers",
+        formatter_class=_Formatter,
+        description="Felix's status on a host (alive, last report, uptime, endpoint statuses, "
+        "from the keys it writes in etcd) and, on this host, the BGP peers as BIRD reports "
+        "them (through `calico-bgp status`).",
+    )
+    p.add_argument("--host", metavar="HOST", help="the host (default: this one, FelixHostname)")
+    p.add_argument("--bird-socket", metavar="PATH", help="BIRD's control socket for calico-bgp")
+    _output_option(p, ("table", "json", "yaml"))
+    _connection_options(p, top=False)
+
+    endpoints = command("endpoint", "endpoints as policy sees them", "Endpoints.")
+    ep_sub = endpoints.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    p = ep_sub.add_parser(
+        "show",
+        help="list endpoints",
+        formatter_class=_Formatter,
+        description="Workload and host endpoints with their labels as policy sees them "
+        "(profiles' labels, then their own), state and the status Felix reports.",
+    )
+    _filter_options(p, ("host", "orchestrator", "workload"))
+    p.add_argument("--selector", metavar="SEL", help="only endpoints whose labels match SEL")
+    p.add_argument(
+        "--detailed",
+        action="store_true",
+        help="every field, missing profiles, and the tiers of policy that apply",
+    )
+    _output_option(p, output.FORMATS)
+    _connection_options(p, top=False)
+
+    p = command(
+        "explain",
+        "why a flow is allowed or denied",
+        "Trace the first packet of a flow from SRC to DST through the source's egress and the "
+        "destination's ingress policy, tier by tier, policy by policy, rule by rule, with "
+        "Felix's own calculation graph and rule renderer. SRC and DST: an endpoint ID, a "
+        "workload ID, host/orchestrator/workload/endpoint, or an IP address (one outside every "
+        "endpoint is an external host).",
+    )
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument(
+        "-p",
+        "--protocol",
+        default="tcp",
+        help="tcp (default), udp, icmp, icmpv6, sctp, udplite or a number",
+    )
+    p.add_argument("--port", type=int, metavar="N", help="destination port")
+    p.add_argument("--src-port", type=int, metavar="N", help="source port")
+    p.add_argument("--icmp-type", type=int, metavar="T", help="ICMP type (default echo request)")
+    p.add_argument("--icmp-code", type=int, metavar="C", help="ICMP code (default 0)")
+    p.add_argument(
+        "-6",
+        "--ipv6",
+        action="store_true",
+        help="use the endpoints' IPv6 addresses (implied by IPv6 SRC/DST)",
+    )
+    _output_option(p, ("text", "json"))
+
+    p = command(
+        "diags",
+        "collect diagnostics",
+        "Collect Felix's diagnostics and calicoctl's view of etcd into a .tar.gz; print its path.",
+    )
+    p.add_argument("--output", metavar="PATH", help="where to write the tarball")
     return parser
 
 
@@ -226,6 +320,57 @@ def _config(args: argparse.Namespace, local: connection.Local, stdin: TextIO) ->
     raise Invalid("config: ACTION is required (get, set or unset)")
 
 
+def _node(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+    if args.action != "status":
+        raise Invalid("node: ACTION is required (status)")
+    _check_host(args.host)
+    host = args.host or local.hostname
+    return node.status(local.client(), host, local.hostname, args.output, args.bird_socket)
+
+
+def _endpoint(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+    if args.action != "show":
+        raise Invalid("endpoint: ACTION is required (show)")
+    _check_host(args.host)
+    return endpoint_show.show(
+        local.client(),
+        local,
+        args.host,
+        args.orchestrator,
+        args.workload,
+        args.selector,
+        args.detailed,
+        args.output,
+    )
+
+
+def _explain(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+    for name in ("port", "src_port"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 65535:
+            raise Invalid(f"--{name.replace('_', '-')}: {value} is not a port (0-65535)")
+    for name, top in (("icmp_type", 254), ("icmp_code", 255)):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= top:
+            raise Invalid(f"--{name.replace('_', '-')}: {value} is out of range 0-{top}")
+    return explain_command.main(
+        local,
+        args.src,
+        args.dst,
+        args.output,
+        protocol=args.protocol,
+        port=args.port,
+        src_port=args.src_port,
+        icmp_type=args.icmp_type,
+        icmp_code=args.icmp_code,
+        ipv6=args.ipv6,
+    )
+
+
+def _diags(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+    return diags.main(local, args.environ, args.output)
+
+
 HANDLERS: dict[str, Handler] = {
     "get": _get,
     "create": _writer("create"),
@@ -233,6 +378,10 @@ HANDLERS: dict[str, Handler] = {
     "replace": _writer("replace"),
     "delete": _delete,
     "config": _config,
+    "node": _node,
+    "endpoint": _endpoint,
+    "explain": _explain,
+    "diags": _diags,
 }
 
 
@@ -255,6 +404,7 @@ def main(
         if args.command is None:
             raise Invalid(f"{PROG}: a COMMAND is required (`{PROG} --help` for the list)")
         local = connection.load(env, args.config_file, args.etcd_endpoints, args.etcd_api)
+        args.environ = env
         text = HANDLERS[args.command](args, local, stdin or sys.stdin)
     except CtlError as e:
         for line in e.lines:
