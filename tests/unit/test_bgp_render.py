@@ -72,6 +72,7 @@ def test_full_mesh_peers_with_every_other_host_never_itself(tmp_path: Path) -> N
     assert "router id 198.18.0.1;" in text
     assert "local 198.18.0.1 as 64511;" in text and "local fd00:18::1 as 64511;" in text
     assert "graceful restart on;" in text and "learn; persist;" in text
+    assert "graceful restart wait 20;" in text  # not BIRD's 240 s: a dead peer holds up routes
     assert "198.18.0.1 as" not in "".join(sessions.values())  # no session to itself
     assert "calico_reflect" not in text  # nobody reflects
 

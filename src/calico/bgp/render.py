@@ -56,7 +56,10 @@ class RenderOptions:
     connect_delay_time: int = 1
     connect_retry_time: int = 5
     error_wait_time: tuple[int, int] = (1, 30)
-    graceful_restart_time: int = 120
+    graceful_restart_time: int = 120  # how long peers keep our routes while we restart
+    # How long a restarted BIRD waits for its peers before it ends the recovery (BIRD's default,
+    # 240 s, holds back every route change when one configured peer is down).
+    graceful_restart_wait: int = 20
 
     def __post_init__(self) -> None:
         if self.log not in ("syslog", "stderr") and not _PATH_RE.fullmatch(self.log):
@@ -78,6 +81,7 @@ def render_plan(data: BgpData, me: LocalHost, the_plan: Plan, options: RenderOpt
         f"router id {router_id(me)};",
         'timeformat protocol "%F %T";',
         f"debug protocols {_DEBUG[data.loglevel]};",
+        f"graceful restart wait {_num(options.graceful_restart_wait, 1, 3600)};",
         "",
     ]
     host_addresses = sorted({a for h in data.hosts.values() for a in (h.ip4, h.ip6) if a})
