@@ -264,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _emit(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def _check_host(host: str | None) -> None:
     if host is not None and not dm.valid_id(host):
         raise Invalid(f"--host: invalid host name {quoted(host)} (need {dm.ID_SEGMENT_RULE})")
@@ -290,7 +295,8 @@ def _get(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> st
 
 def _writer(mode: str) -> Handler:
     def handler(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
-        return resource_commands.write_file(local.client(), args.filename, mode, stdin)
+        resource_commands.write_file(local.client(), args.filename, mode, _emit, stdin)
+        return ""
 
     return handler
 
@@ -300,7 +306,8 @@ def _delete(args: argparse.Namespace, local: connection.Local, stdin: TextIO) ->
     if args.filename:
         if args.kind or args.name:
             raise Invalid("delete: give KIND NAME or -f FILE, not both")
-        return resource_commands.delete_file(local.client(), args.filename, stdin)
+        resource_commands.delete_file(local.client(), args.filename, _emit, stdin)
+        return ""
     if not (args.kind and args.name):
         raise Invalid("delete: KIND NAME or -f FILE is required")
     kind = resource_commands.kind_named(args.kind)

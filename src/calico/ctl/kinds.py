@@ -53,7 +53,7 @@ class Resource:
         doc: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": self.kind.name,
-            "metadata": {**self.metadata, "revision": self.revision},
+            "metadata": {**self.kind.shown_metadata(self.metadata), "revision": self.revision},
             "spec": self.kind.spec_of(self),
         }
         problems = self.kind.problems_of(self)
@@ -139,8 +139,16 @@ class Kind:
         """The identity of the resource `path` belongs to, or None."""
         raise NotImplementedError
 
+    def shown_metadata(self, meta: Mapping[str, str]) -> dict[str, str]:
+        """The identity as documents show it."""
+        return dict(meta)
+
+    def name_filter(self, name: str) -> dict[str, str]:
+        """What `get KIND NAME` / `delete KIND NAME` look for."""
+        return {"name": name}
+
     def matches(self, meta: Mapping[str, str], filters: Filters) -> bool:
-        return all(meta.get(name) == value for name, value in filters.items() if value)
+        return all(meta.get(name) == value for name, value in filters.items() if value is not None)
 
     # -- values -------------------------------------------------------------------------------
 

@@ -8,12 +8,14 @@ replace, and writes nothing when the resource already holds exactly the document
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from calico.common.etcd.base import KVStore
 from calico.common.quoting import quoted
 from calico.ctl import (
+    bgp_config,
+    bgp_peers,
     documents,
     host_endpoints,
     ip_pools,
@@ -35,7 +37,10 @@ KINDS: tuple[Kind, ...] = (
     tiers.KIND,
     policies.KIND,
     ip_pools.KIND,
+    bgp_peers.KIND,
+    bgp_config.KIND,
 )
+Emit = Callable[[str], object]
 TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec", "status")
 
 
@@ -105,24 +110,25 @@ def plan_all(docs: Sequence[Document], need_spec: bool = True) -> list[store.Wri
     return writes
 
 
-def write_file(client: KVStore, path: str, mode: str, stdin: TextIO | None = None) -> str:
-    """create / replace / apply every document of a file; one line per document."""
-    writes = plan_all(documents.load(path, stdin))
-    return "".join(f"{w.label} {store.execute(client, w, mode)}\n" for w in writes)
+def write_file(
+    client: KVStore, path: str, mode: str, emit: Emit, stdin: TextIO | None = None
+) -> None:
+    """create / replace / apply every document of a file; one line per document as it is
+    written (so that a failure part-way still shows what was written before it)."""
+    for w in plan_all(documents.load(path, stdin)):
+        emit(f"{w.label} {store.execute(client, w, mode)}\n")
 
 
-def delete_file(client: KVStore, path: str, stdin: TextIO | None = None) -> str:
-    writes = plan_all(documents.load(path, stdin), need_spec=False)
-    return "".join(
-        f"{w.label} {store.delete(client, w.kind, w.meta, w.revision)}\n" for w in writes
-    )
+def delete_file(client: KVStore, path: str, emit: Emit, stdin: TextIO | None = None) -> None:
+    for w in plan_all(documents.load(path, stdin), need_spec=False):
+        emit(f"{w.label} {store.delete(client, w.kind, w.meta, w.revision)}\n")
 
 
 def find(client: KVStore, kind: Kind, name: str | None, filters: Filters) -> list[Resource]:
     """The resources of `kind` matching the filters (and the name, if given)."""
-    narrowed = {k: v for k, v in filters.items() if v}
+    narrowed: dict[str, str | None] = {k: v for k, v in filters.items() if v}
     if name is not None:
-        narrowed["name"] = name
+        narrowed.update(kind.name_filter(name))
     return store.list_resources(client, kind, narrowed)
 
 
