@@ -1,6 +1,7 @@
-"""Restarts: BIRD killed on one host (a crash) leaves its routes on the others (graceful
-restart) until it is back; a clean BIRD stop withdraws them; calico-bgp keeps BIRD's file
-current while BIRD is down; a restarted calico-bgp rewrites nothing and disturbs no session."""
+"""Restarts: BIRD killed on one host (a crash) or restarted with `birdc graceful restart` leaves
+its routes on the others (graceful restart) until it is back; a clean BIRD stop withdraws them;
+calico-bgp keeps BIRD's file current while BIRD is down; a restarted calico-bgp rewrites nothing
+and disturbs no session."""
 
 from __future__ import annotations
 
@@ -58,6 +59,16 @@ def test_graceful_restart_keeps_the_routes_of_a_crashed_bird(fabric: Fabric, sto
         10,
         "the end of the graceful restart on h2",
     )
+
+    # A planned restart the graceful way (what docs/multihost.md has bird.service run on stop).
+    h1.bird.birdc("graceful", "restart")
+    assert h1.bird.proc is not None and h1.bird.proc.wait(10) == 0
+    for _ in range(10):
+        assert "10.65.1.10" in h2.bird_routes(), "a planned graceful restart dropped the route"
+        time.sleep(0.1)
+    h1.bird.start(graceful=True)
+    h2.bird.wait_established(["Mesh_198_18_0_1"], timeout=20)
+    assert "10.65.1.10" in h2.bird_routes()
 
     # A clean stop says goodbye: then the peers drop the routes at once.
     h1.bird.stop()
