@@ -1,5 +1,9 @@
 """A reconciling iptables driver for one (IP version, table) pair (felix.md §5.1, §5.10).
 
+One class, kept whole (about 520 lines of code under these notes): its model of the kernel, its
+plan and its bookkeeping of owned, learned, failed and stubbed chains change together. The pure
+text handling it needs is in `iptables_text`, the nf_tables generation in `nftables`.
+
 API model
 ---------
 Declarative. The owner states what it wants and then calls :meth:`IptablesTable.apply`:
