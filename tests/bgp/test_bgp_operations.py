@@ -6,11 +6,13 @@ bad start."""
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
-from bgp_support import G, H, Store, mesh_names, start_hosts, wait_for
+from bgp_support import READY, G, H, Store, mesh_names, start_hosts, wait_for
 
 from calico.lab.bgp import CALICO_BGP
+from calico.lab.etcd_server import EtcdServer
 from calico.lab.fabric import Fabric
 
 pytestmark = pytest.mark.root
@@ -119,3 +121,17 @@ def test_a_bad_start_exits_2_with_the_reason(
     assert process.proc.wait(30) == 2
     assert message in process.text()
     assert store.get(f"{H}/{host.hostname}/ip_addr_v4") is None  # nothing was written
+
+
+def test_nothing_is_rendered_before_ready(fabric: Fabric, etcd: EtcdServer) -> None:
+    """Like Felix, calico-bgp waits for /calico/v1/Ready before it trusts the datastore (it
+    registers its host before, which needs no trust)."""
+    store = Store(etcd)
+    host = fabric.add_host()
+    process = host.start_calico_bgp("--ip6", "none", env=store.env())
+    process.wait_for(r"Registered host host1")
+    wait_for(lambda: store.get(f"{H}/host1/ip_addr_v4") == host.ip, 10, "the registration")
+    time.sleep(1.5)
+    assert "Wrote" not in process.text() and not (host.work_dir / "bird.conf").exists()
+    store.put(READY, "true")
+    process.wait_for(r"Wrote .*bird\.conf")
