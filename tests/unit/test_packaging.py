@@ -217,3 +217,56 @@ def test_systemd_analyze_verify_accepts_the_dhcp_agent_unit(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr
     assert unit.name not in output, output
+
+
+# -- calico-bgp's unit (docs/multihost.md) -------------------------------------------------------
+
+BGP_UNIT = ROOT / "packaging/systemd/calico-bgp.service"
+INSTALLED_BGP = "/usr/local/bin/calico-bgp"
+
+
+def test_bgp_unit_restarts_on_failure_after_bird_and_the_network():
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(BGP_UNIT.read_text())
+    assert parser.sections() == ["Unit", "Service", "Install"]
+    unit, service = parser["Unit"], parser["Service"]
+    assert service["Restart"] == "on-failure"  # exit 1: restart; exit 0 (SIGTERM): stay down
+    assert service["RestartPreventExitStatus"] == "2"  # bad configuration: no restart loop
+    assert service["RestartSec"] == "5s"
+    assert unit["StartLimitIntervalSec"] == "0"
+    for target in ("bird.service", "network-online.target"):
+        assert target in unit["After"].split() and target in unit["Wants"].split()
+    assert service["KillMode"] == "control-group"  # the bird -p helper goes with it
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+    exec_start = service["ExecStart"].split()
+    assert exec_start == [INSTALLED_BGP, "--config-file", "/etc/calico/felix.cfg"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[Path(INSTALLED_BGP).name] == "calico.bgp.cli:main"
+
+
+def test_bgp_unit_exit_codes_are_calico_bgps():
+    from calico.bgp import cli, daemon
+
+    assert (daemon.EXIT_STOPPED, daemon.EXIT_RESTART, cli.EXIT_BAD_CONFIG) == (0, 1, 2)
+
+
+def test_systemd_analyze_verify_accepts_the_bgp_unit(tmp_path: Path):
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return  # no systemd here: the key-by-key test above is the check
+    bgp = Path(sys.executable).with_name("calico-bgp")
+    assert bgp.exists()
+    unit = tmp_path / BGP_UNIT.name
+    unit.write_text(BGP_UNIT.read_text().replace(INSTALLED_BGP, str(bgp)))
+    proc = subprocess.run(
+        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert unit.name not in output, output
+
+
+def test_makefile_installs_bird():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "bird2" in makefile.split("DEB_PACKAGES :=")[1].split("\n\n")[0]
