@@ -4,7 +4,9 @@ Every write is checked against what was read: a key is created only if it is sti
 replaced or deleted only if it is still at the version read (`KVStore.create`, `put_if`,
 `delete_if`). A resource's primary key is written first, even when only its other keys change,
 so that two calicoctl writers of one resource meet on that key: the second one's first write
-fails and it stops with nothing written (exit 1). A document carrying `metadata.revision` (as
+fails and it stops with nothing written (exit 1). A writer whose later write fails (it read the
+resource while another was half-way through writing it) undoes what it wrote, again by
+compare-and-swap, so the loser leaves the resource as the winner wrote it. A document carrying `metadata.revision` (as
 `get` prints it) is also refused if the resource changed after that revision, so an operator who
 edits what `get` showed cannot overwrite a change made meanwhile.
 """
@@ -104,7 +106,8 @@ def execute(client: KVStore, write: Write, mode: str) -> str:
     primary = paths[0]
     if primary not in changed and primary in old:
         changed.insert(0, primary)  # the claim: bump the primary key's version
-    _cas_all(client, write.label, [(p, write.values.get(p)) for p in changed], versions)
+    ops = [(p, write.values.get(p)) for p in changed]
+    _cas_all(client, write.label, ops, versions, dict(old))
     return CREATED if current is None else REPLACED
 
 
@@ -115,26 +118,60 @@ def delete(client: KVStore, kind: Kind, meta: dict[str, str], revision: int | No
         raise NotFound(f"{label} does not exist")
     _check_revision(Write(kind, meta, {}, revision), current)
     paths = [p for p in kind.keys(meta) if p in current.values]
-    _cas_all(client, label, [(p, None) for p in paths], current.versions)
+    _cas_all(client, label, [(p, None) for p in paths], current.versions, current.values)
     kind.after_delete(client, meta)
     return DELETED
 
 
 def _cas_all(
-    client: KVStore, label: str, ops: Sequence[tuple[str, str | None]], versions: dict[str, int]
+    client: KVStore,
+    label: str,
+    ops: Sequence[tuple[str, str | None]],
+    versions: dict[str, int],
+    old_values: dict[str, str],
 ) -> None:
-    for done, (path, value) in enumerate(ops):
-        if not etcd_call(f"writing {path}", _cas, client, path, value, versions):
-            if done == 0:
-                raise Conflict(
-                    f"{label} was changed by another writer while this command ran; nothing "
-                    "was written: read it again and retry"
-                )
-            written = ", ".join(p for p, _ in ops[:done])
+    """Every write, each against the version read; on the first that fails, the writes before
+    it are undone (each again by compare-and-swap), so the loser of a race leaves the resource
+    as the winner wrote it."""
+    done: list[tuple[str, str | None, str | None]] = []  # (path, old value, new value)
+    for path, value in ops:
+        if etcd_call(f"writing {path}", _cas, client, path, value, versions):
+            done.append((path, old_values.get(path), value))
+            continue
+        if not done:
             raise Conflict(
-                f"{label} was changed by another writer while this command ran, after "
-                f"{written} had been written: read it again and retry"
+                f"{label} was changed by another writer while this command ran; nothing "
+                "was written: read it again and retry"
             )
+        undone = etcd_call("undoing", _undo, client, done)
+        outcome = (
+            "what it had written was undone"
+            if undone
+            else "what it had written was already overwritten by the other writer"
+        )
+        raise Conflict(
+            f"{label} was changed by another writer while this command ran; {outcome}: "
+            "read it again and retry"
+        )
+
+
+def _undo(client: KVStore, done: list[tuple[str, str | None, str | None]]) -> bool:
+    """Put back the old values of `done`, newest first, each only if it still holds what this
+    command wrote; False if any was changed since (by the other writer)."""
+    ok = True
+    for path, old, new in reversed(done):
+        current = client.get_versioned(path)
+        current_value = current[0] if current is not None else None
+        if current_value != new:
+            ok = False
+            continue
+        if current is None:  # we deleted it: create it again
+            ok = (old is None or client.create(path, old)) and ok
+        elif old is None:  # we created it
+            ok = client.delete_if(path, current[1]) and ok
+        else:
+            ok = client.put_if(path, old, current[1]) is not None and ok
+    return ok
 
 
 def _cas(client: KVStore, path: str, value: str | None, versions: dict[str, int]) -> bool:
