@@ -80,6 +80,7 @@ def test_hostile_and_conflicting_data_is_logged_once_and_left_out(
     h2.bgp[-1].wait_for(r"ERROR.*Address conflict: IPv4 address 198.18.0.2 of this host "
                         r"\(host2\) is also claimed by host3")  # fmt: skip
     h1.bgp[-1].wait_for(r"ERROR.*IPv4 address 198.18.0.2 is claimed by host2, host3")
+    assert "198.18.0.2 is not an address of this host" in h3.bgp[-1].text()
     assert "Mesh_198_18_0_2" in h1.bird.protocols()  # still one session for that address
 
     url = "http://127.0.0.1:9094/metrics"

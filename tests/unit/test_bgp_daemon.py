@@ -32,12 +32,15 @@ class FakeFile:
         self.path = Path("/etc/bird/bird.conf")
         self.text = text
         self.refuse = refuse
+        self.disk_full = False
         self.writes: list[str] = []
 
     def current(self) -> str | None:
         return self.text
 
     def write(self, text: str) -> str | None:
+        if self.disk_full:
+            raise OSError(28, "No space left on device")
         self.writes.append(text)
         if self.refuse:
             return "bird.conf:1:1 syntax error"
@@ -132,6 +135,19 @@ def test_a_refused_text_is_not_retried_and_counted() -> None:
     feed(d, 3)
     d.apply()
     assert len(file.writes) == 2 and file.text is not None and "Mesh_198_18_0_3" in file.text
+
+
+def test_a_write_that_fails_is_tried_again_at_the_next_poll() -> None:
+    file, bird = FakeFile(), FakeBird()
+    file.disk_full = True
+    d = daemon(file, bird)
+    feed(d, 2)
+    d.apply()
+    d.poll()
+    assert file.writes == [] and bird.reloads == [] and d.retry_write
+    file.disk_full = False
+    d.poll()
+    assert len(file.writes) == 1 and len(bird.reloads) == 1 and not d.retry_write
 
 
 def test_a_reload_bird_refuses_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:

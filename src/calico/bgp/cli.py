@@ -198,6 +198,11 @@ def _main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if ip4 is None and ip6 is None:
         log.error("No BGP address for this host: give --ip or --ip6")
         return EXIT_RESTART
+    local = detect.local_addresses()
+    for address in (ip4, ip6):
+        if address is not None and address not in local:
+            log.warning("%s is not an address of this host: BIRD cannot open sessions from it",
+                        address)  # fmt: skip
 
     api, settings = etcd_api(config), etcd_settings(config)
     stop = threading.Event()

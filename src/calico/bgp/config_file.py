@@ -53,8 +53,9 @@ class ConfigFile:
         return message or f"bird -p exited with status {proc.returncode}"
 
     def write(self, text: str) -> str | None:
-        """Check `text` and, if BIRD accepts it, make it the file. None on success, else why
-        not (the old file is left as it was)."""
+        """Check `text` and, if BIRD accepts it, make it the file. None on success, else BIRD's
+        reason for refusing it (the old file is left as it was). OSError when the file cannot
+        be written (a full disk, permissions): worth trying again later, unlike a refusal."""
         directory = self.path.parent
         directory.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
@@ -69,8 +70,6 @@ class ConfigFile:
             if problem is not None:
                 return problem
             os.replace(temp, self.path)
-        except OSError as e:
-            return f"cannot write {self.path}: {e}"
         finally:
             temp.unlink(missing_ok=True)
         self._sync_directory(directory)

@@ -15,7 +15,9 @@ the thread that started it, so it must be one that lives as long as the daemon).
   Changed, it is checked and written atomically (`calico.bgp.config_file`), and BIRD is asked
   to reload. At start, one reload is asked for even when the file already holds the text, so
   a BIRD that missed the last reload (calico-bgp killed in between) catches up.
-* BIRD not reachable: the file is kept current and the reload retried at every poll.
+* BIRD not reachable: the file is kept current and the reload retried at every poll. A file
+  that cannot be written (a full disk) is tried again at every poll; a text `bird -p` refused
+  is not tried again (it would be refused again), the next change is.
 * Every `poll_interval` seconds BIRD's protocols are read for the metrics, and sessions that
   became or stopped being Established are logged.
 
@@ -123,6 +125,7 @@ class BgpDaemon:
         self.last_text = config_file.current()
         self._failed_text: str | None = None
         self.reload_pending = True  # one reload at start (see the module docstring)
+        self.retry_write = False  # the last write failed (not a refusal): try at every poll
         self._logged_conflicts: set[str] = set()
         self._logged_reload_error: str | None = None
         self._established: dict[str, bool] = {}
@@ -230,7 +233,14 @@ class BgpDaemon:
             log.error("Cannot render BIRD's configuration (the old file stays): %s", e)
             return
         if text not in (self.last_text, self._failed_text):
-            problem = self.config_file.write(text)
+            try:
+                problem = self.config_file.write(text)
+            except OSError as e:
+                if not self.retry_write:
+                    log.error("Cannot write %s (will try again): %s", self.config_file.path, e)
+                self.retry_write = True
+                return
+            self.retry_write = False
             if problem is not None:
                 metrics.RENDER_FAILURES.inc()
                 self._failed_text = text
@@ -285,7 +295,10 @@ class BgpDaemon:
         log.info("BIRD reloaded %s: %s", self.config_file.path, answer)
 
     def poll(self) -> list[Protocol] | None:
-        """Read BIRD's protocols (metrics, session changes); retry a pending reload."""
+        """Read BIRD's protocols (metrics, session changes); retry a failed write or a
+        pending reload."""
+        if self.retry_write:
+            self.apply()
         try:
             protocols = parse_protocols(self.bird.show_protocols())
         except (BirdUnavailable, BirdError) as e:

@@ -55,6 +55,13 @@ def detect(version: int) -> Detected | None:
     return None
 
 
+def local_addresses() -> set[str]:
+    """Every address on this network namespace's interfaces (canonical text)."""
+    with IPRoute() as ipr:
+        found = {addr.get_attr("IFA_ADDRESS") for addr in ipr.get_addr()}
+    return {str(ipaddress.ip_address(a)) for a in found if a}
+
+
 def _table(route: Any) -> int:
     return int(route.get_attr("RTA_TABLE") or route["table"])
 
