@@ -111,7 +111,7 @@ def test_hostile_and_conflicting_data_is_logged_once_and_left_out(
         (["--bird-log", "relative.log"], {}, "log target"),
         ([], {"FELIX_ETCDSCHEME": "ftp"}, "configuration error: EtcdScheme"),
         ([], {"FELIX_FELIXHOSTNAME": "bad host"}, "FelixHostname"),
-        ([], {"FELIX_DATAPLANEDRIVER": "kubernetes"}, "configuration error: DataplaneDriver"),
+        ([], {"FELIX_DATAPLANEDRIVER": "kubernetes"}, "DataplaneDriver"),
     ],
 )
 def test_a_bad_start_exits_2_with_the_reason(

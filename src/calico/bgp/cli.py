@@ -52,6 +52,7 @@ EXIT_BAD_CONFIG = 2
 DEFAULT_BIRD_CONFIG = "/etc/bird/bird.conf"
 DEFAULT_BIRD_SOCKET = "/run/bird/bird.ctl"
 AUTODETECT = "autodetect"
+ETCD_DRIVERS = ("etcdv2", "etcdv3")
 
 
 class _Bad(Exception):
@@ -174,6 +175,11 @@ def _main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise _Bad(f"configuration error: {e}") from None
     except ConfigErrors as e:
         raise _Bad("\n".join(f"configuration error: {p}" for p in e.problems)) from None
+    if config["DataplaneDriver"] not in ETCD_DRIVERS:
+        raise _Bad(
+            f"DataplaneDriver {config['DataplaneDriver']!r}: calico-bgp reads /calico/bgp/v1 "
+            f"from etcd; use {' or '.join(ETCD_DRIVERS)}"
+        )
     hostname = config["FelixHostname"]
     if not datamodel_v1.valid_id(hostname):
         raise _Bad(f"FelixHostname {hostname!r}: need {datamodel_v1.ID_SEGMENT_RULE}")
