@@ -199,6 +199,38 @@ def test_a_burst_of_changes_is_rendered_once() -> None:
     assert result == [EXIT_STOPPED]
 
 
+def test_an_unexpected_error_is_logged_and_the_loop_carries_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    file, bird = FakeFile(), FakeBird()
+    d = daemon(file, bird)
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        BgpDaemon.apply(d)
+
+    d.apply = broken  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread, result = _run(d, stop)
+    try:
+        feed(d, 2)
+        deadline = time.monotonic() + 5
+        while len(calls) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        feed(d, 3)
+        while not file.writes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert file.writes and "Mesh_198_18_0_3" in file.writes[-1]
+        assert any("failed to broken" in r.getMessage() for r in caplog.records)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert result == [EXIT_STOPPED]
+
+
 def test_a_fatal_syncer_error_exits_for_a_restart() -> None:
     d = daemon(FakeFile(), FakeBird())
     thread, result = _run(d, threading.Event())

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from calico.bgp import metrics
 from calico.bgp.birdctl import BirdControl, BirdError, BirdUnavailable
@@ -181,16 +182,25 @@ class BgpDaemon:
                 if self._changed.is_set() and self._ready_to_render():
                     self._coalesce(stop)
                     self._changed.clear()
-                    self.apply()
+                    self._guarded(self.apply)
                 elif self._changed.is_set():
                     self._changed.clear()
                 if time.monotonic() >= next_poll:
-                    self.poll()
+                    self._guarded(self.poll)
                     next_poll = time.monotonic() + self.poll_interval
             return EXIT_STOPPED
         finally:
             for syncer in self.syncers.values():
                 syncer.stop()
+
+    def _guarded(self, step: Callable[[], object]) -> None:
+        """Run one step; a bug (an exception on validated input) is logged and counted, never
+        the end of the daemon: the old file stays and the next change or poll tries again."""
+        try:
+            step()
+        except Exception:
+            metrics.RENDER_FAILURES.inc()
+            log.exception("calico-bgp failed to %s; carrying on", step.__name__)
 
     def _wake_on(self, stop: threading.Event) -> None:
         stop.wait()
