@@ -18,7 +18,10 @@ is never touched)::
 relay work as on the one-host lab) whose uplink is the fabric instead of a dead end.
 ``start_bird`` / ``start_calico_bgp`` run BIRD and calico-bgp in it with files in its work
 directory (:mod:`calico.lab.bgp`); ``add_felix_route`` makes what Felix makes for a workload
-without running Felix: a TAP-like veth and a ``proto 80`` host route to it.
+without running Felix: a TAP-like veth and a ``proto 80`` host route to it. With Felix
+(``start_felix``) and VMs (``add_workload``) the hosts carry packets between VMs on different
+hosts (IPv4 and IPv6). ``relay_to(port)`` reaches more etcd members (an etcd cluster: pass
+``FELIX_ETCDENDPOINTS`` listing them to ``start_felix`` and ``start_calico_bgp``).
 
 Addresses: hosts 198.18.0.1-253 (198.18.0.0/15, the benchmarking range), fd00:18::/64;
 workloads 10.65.0.0/16 and fd00:65::/64.
@@ -38,6 +41,7 @@ from typing import Any
 
 from calico.lab.bgp import BgpProcess, BirdProcess, kernel_routes
 from calico.lab.netns import PREFIX, NetNS
+from calico.lab.relay import LoopbackRelay
 from calico.lab.topology import ComputeHost
 
 FABRIC_V4 = "198.18.0."
@@ -163,6 +167,7 @@ class FabricHost(ComputeHost):
         self.ip6: str | None = host_ip(index, v6=True) if fabric.v6 else None
         self.bird: BirdProcess | None = None
         self.bgp: list[BgpProcess] = []
+        self.relays: list[LoopbackRelay] = []
         super().__init__(
             etcd=fabric.etcd, hostname=hostname, name_prefix=f"h{index}", work_dir=work_dir
         )
@@ -190,6 +195,13 @@ class FabricHost(ComputeHost):
                 "nodad")  # fmt: skip
             _ip("-n", me, "-6", "route", "add", "default", "via", self.fabric.gateway6,
                 "proto", "static")  # fmt: skip
+
+    def relay_to(self, port: int) -> LoopbackRelay:
+        """127.0.0.1:<port> in this host reaches 127.0.0.1:<port> in the root namespace (for
+        more etcd members than the fabric's own; closed by :meth:`close`)."""
+        relay = LoopbackRelay(self.ns.name, port)
+        self.relays.append(relay)
+        return relay
 
     # -- what Felix would program, without Felix ---------------------------------------------
 
@@ -246,9 +258,10 @@ class FabricHost(ComputeHost):
                 process.stop()
             except Exception as exc:
                 errors.append(exc)
-        if self.bird is not None:
+        steps = [self.bird.stop] if self.bird is not None else []
+        for step in [*steps, *(relay.close for relay in self.relays)]:
             try:
-                self.bird.stop()
+                step()
             except Exception as exc:
                 errors.append(exc)
         try:
