@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show the parameters set in etcd (global and per host); with NAME, its "
         "global, host and default values and which applies.",
     )
-    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("name", nargs="?", metavar="NAME", help="one parameter")
     p.add_argument("--host", metavar="HOST", help="also this host's value")
     _output_option(p, ("table", "json", "yaml"))
     p = config_sub.add_parser(
@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Set a parameter, validated as Felix validates it. Local-only parameters "
         "are refused: Felix never reads them from etcd.",
     )
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("value", metavar="VALUE")
+    p.add_argument("name", metavar="NAME", help="a Felix parameter (docs/config-params.md)")
+    p.add_argument("value", metavar="VALUE", help="its value, as Felix would parse it")
     p.add_argument("--host", metavar="HOST", help="for this host only (default: all hosts)")
     p = config_sub.add_parser(
         "unset",
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         description="Remove a parameter from etcd (global, or one host's).",
     )
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the parameter")
     p.add_argument("--host", metavar="HOST", help="this host's value (default: the global one)")
     for p in config_sub.choices.values():
         _connection_options(p, top=False)
@@ -235,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         "workload ID, host/orchestrator/workload/endpoint, or an IP address (one outside every "
         "endpoint is an external host).",
     )
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
+    p.add_argument("src", metavar="SRC", help="the source: endpoint, workload or address")
+    p.add_argument("dst", metavar="DST", help="the destination: endpoint, workload or address")
     p.add_argument(
         "-p",
         "--protocol",

@@ -6,9 +6,9 @@ replaced or deleted only if it is still at the version read (`KVStore.create`, `
 so that two calicoctl writers of one resource meet on that key: the second one's first write
 fails and it stops with nothing written (exit 1). A writer whose later write fails (it read the
 resource while another was half-way through writing it) undoes what it wrote, again by
-compare-and-swap, so the loser leaves the resource as the winner wrote it. A document carrying `metadata.revision` (as
-`get` prints it) is also refused if the resource changed after that revision, so an operator who
-edits what `get` showed cannot overwrite a change made meanwhile.
+compare-and-swap, so the loser leaves the resource as the winner wrote it. A document carrying
+`metadata.revision` (as `get` prints it) is also refused if the resource changed after that
+revision, so an operator who edits what `get` showed cannot overwrite a change made meanwhile.
 """
 
 from __future__ import annotations
