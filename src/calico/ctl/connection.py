@@ -23,6 +23,7 @@ from calico.felix.config.loader import (
 )
 
 ETCD_TIMEOUT = 10.0
+ETCD_DRIVERS = ("etcdv2", "etcdv3")
 
 
 @dataclass
@@ -80,4 +81,10 @@ def load(
         config = resolve(env_raw, file_raw, file_path=config_file)
     except ConfigErrors as e:
         raise Invalid(*(f"configuration error: {p}" for p in e.problems)) from None
+    driver = config["DataplaneDriver"]
+    if driver not in ETCD_DRIVERS:
+        raise Invalid(
+            f"DataplaneDriver is {driver} (from {config.source('DataplaneDriver')}): calicoctl "
+            "works on the etcd datastore (etcdv2 or etcdv3; --etcd-api v2|v3)"
+        )
     return Local(config, env_raw, file_raw, config_file)
