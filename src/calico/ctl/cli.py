@@ -316,6 +316,8 @@ def _delete(args: argparse.Namespace, local: connection.Local, stdin: TextIO) ->
 
 
 def _config(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
+    if args.action is None:
+        raise Invalid("config: ACTION is required (get, set or unset)")
     _check_host(args.host)
     client = local.client()
     if args.action == "get":
@@ -328,7 +330,7 @@ def _config(args: argparse.Namespace, local: connection.Local, stdin: TextIO) ->
 
 
 def _node(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
-    if args.action != "status":
+    if args.action is None:
         raise Invalid("node: ACTION is required (status)")
     _check_host(args.host)
     host = args.host or local.hostname
@@ -336,7 +338,7 @@ def _node(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> s
 
 
 def _endpoint(args: argparse.Namespace, local: connection.Local, stdin: TextIO) -> str:
-    if args.action != "show":
+    if args.action is None:
         raise Invalid("endpoint: ACTION is required (show)")
     _check_host(args.host)
     return endpoint_show.show(
@@ -402,7 +404,10 @@ def main(
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     local: connection.Local | None = None
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, --version: printed; their status
+            return int(e.code or 0)
         logging.basicConfig(
             level=logging.WARNING if args.verbose else logging.CRITICAL,
             format=f"{PROG}: %(levelname)s %(message)s",

@@ -82,8 +82,8 @@ def plan(doc: Document, need_spec: bool = True) -> store.Write:
     label = f"{doc.where} ({kind.name} {kind.label(meta)})"
     spec = data.get("spec")
     values: dict[str, str | None] = {}
-    if spec is None and not need_spec:
-        pass
+    if not need_spec:
+        pass  # delete and get name resources; their spec is not read
     elif not isinstance(spec, dict):
         problems.append("spec: missing or not a mapping")
     else:
@@ -176,16 +176,17 @@ def get(
     docs = [r.document() for r in resources]
     if fmt in ("json", "yaml"):
         return output.dump(docs, fmt)
-    return render_table(docs, fmt == "wide")
+    return render_table(docs, fmt == "wide", kind)
 
 
-def render_table(docs: Sequence[dict[str, Any]], wide: bool) -> str:
-    """One table per kind, in the order the kinds first appear."""
+def render_table(docs: Sequence[dict[str, Any]], wide: bool, kind: Kind | None = None) -> str:
+    """One table per kind, in the order the kinds first appear (only the headings of `kind`
+    when there is nothing to list)."""
     by_kind: dict[str, list[dict[str, Any]]] = {}
+    if kind is not None:
+        by_kind[kind.name] = []
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
-    if not by_kind:
-        return ""
     parts = []
     for kind_name, group in by_kind.items():
         columns = kind_named(kind_name).columns(wide)
