@@ -511,3 +511,18 @@ def test_etcd_down_is_exit_1(ctl: Ctl, tmp_path: Path) -> None:
     assert code == 1 and "etcd error" in err
     code, _, err = ctl("get", "profile", "--etcd-endpoints", "not a url")
     assert code == 2 and "EtcdEndpoints" in err
+
+
+def test_apply_of_what_another_writer_stored_writes_nothing(ctl: Ctl) -> None:
+    """A value written by another tool with other spacing and key order is the same value."""
+    path = "/calico/v1/policy/tier/t1/policy/p1"
+    ctl.client.put(path, '{ "order": 1,  "selector": "all()" }')
+    out = ctl("get", "policy", "p1", "-o", "yaml")[1]
+    before = ctl.tree()
+    assert ctl("apply", "-f", "-", stdin=out)[1].split()[-1] == "unchanged"
+    assert ctl.tree() == before
+    ctl.client.put(path, '{"order": true, "selector": "all()"}')  # true is not 1
+    changed = "\n".join(line for line in out.splitlines() if "revision" not in line)
+    changed = changed.replace("order: 1", "order: 1.0")
+    assert ctl("apply", "-f", "-", stdin=changed)[0] == 0
+    assert json.loads(ctl.client.get(path) or "")["order"] == 1.0

@@ -13,6 +13,7 @@ revision, so an operator who edits what `get` showed cannot overwrite a change m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -100,7 +101,7 @@ def execute(client: KVStore, write: Write, mode: str) -> str:
     old = current.values if current is not None else {}
     versions = current.versions if current is not None else {}
     paths = write.kind.keys(write.meta)
-    changed = [p for p in paths if write.values.get(p) != old.get(p)]
+    changed = [p for p in paths if not same_value(write.values.get(p), old.get(p))]
     if not changed:
         return UNCHANGED
     primary = paths[0]
@@ -109,6 +110,18 @@ def execute(client: KVStore, write: Write, mode: str) -> str:
     ops = [(p, write.values.get(p)) for p in changed]
     _cas_all(client, write.label, ops, versions, dict(old))
     return CREATED if current is None else REPLACED
+
+
+def same_value(new: str | None, old: str | None) -> bool:
+    """Whether a key already holds `new`: the same text, or the same JSON written another way
+    (spacing, key order), so that re-applying what another writer stored writes nothing."""
+    if new is None or old is None or new == old:
+        return new == old
+    try:
+        a, b = json.loads(new), json.loads(old)
+    except (ValueError, RecursionError):
+        return False
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def delete(client: KVStore, kind: Kind, meta: dict[str, str], revision: int | None = None) -> str:
