@@ -37,6 +37,19 @@ HOST = "e2e-explain-1"
 EXT = "EXT"
 SETTLE = 8.0  # how long a disagreeing flow is measured again
 CONN_OCTET = 30  # connectivity VMs at 10.65.0.32-36
+# One more VM of this test's own, N (10.65.0.16): the two selector negations side by side (a
+# negated selector is a set of endpoints, so an external host is never in it; a negated match
+# admits any address outside the set, external hosts included) and a rule whose net is of one
+# family only (skipped in the other family's table).
+NEGATIONS = {
+    "inbound_rules": [
+        {"protocol": "tcp", "dst_ports": [7100], "src_selector": "!(role == 'client')"},
+        {"protocol": "tcp", "dst_ports": [7101], "!src_selector": "role == 'client'"},
+        {"protocol": "tcp", "dst_ports": [7102], "src_net": "10.65.0.0/16"},
+        {"protocol": "udp", "dst_ports": ["7000:7010"], "!src_net": "10.65.0.3/32"},
+    ],
+    "outbound_rules": [{}],
+}
 
 
 def conn_name(name: str) -> str:
@@ -67,11 +80,13 @@ def build(lab: ExplainLab) -> None:
             lab.add_vm(name, octet)
     for name, (octet, _, _) in conn.VMS.items():
         lab.add_vm(conn_name(name), CONN_OCTET + octet)
+    lab.add_vm("N", 16)
     lab.put("/calico/v1/Ready", "true")
     for name, spec in feat.PROFILES.items():
         lab.put_profile(name, spec["rules"], labels=spec.get("labels"))  # type: ignore[arg-type]
     for name, spec in conn.PROFILES.items():
         lab.put_profile(name, spec["rules"], tags=spec["tags"])  # type: ignore[arg-type]
+    lab.put_profile("negations", NEGATIONS)
     for tier, order in feat.TIERS.items():
         if order is not None:
             lab.put(f"{feat.TIER}/{tier}/metadata", {"order": order})
@@ -84,6 +99,7 @@ def build(lab: ExplainLab) -> None:
         lab.put_endpoint(name, listed, labels, state="inactive" if name == "V" else "active")
     for name, (_, profile, labels) in conn.VMS.items():
         lab.put_endpoint(conn_name(name), [profile], labels)
+    lab.put_endpoint("N", ["negations"])
     lab.start_felix()
     lab.wait_pings("C", "T1", timeout=20)
     lab.wait_pings(conn_name("A"), conn_name("B"), timeout=20)
@@ -160,6 +176,15 @@ def external_flows() -> list[Flow]:
     ]  # fmt: skip
 
 
+def negation_flows() -> list[Flow]:
+    return [
+        tcp("C", "N", 7100), tcp("W2", "N", 7100), tcp(EXT, "N", 7100),
+        tcp("C", "N", 7101), tcp("W2", "N", 7101), tcp(EXT, "N", 7101),
+        tcp("C", "N", 7102), tcp("C", "N", 7102, True), tcp(EXT, "N", 7102),
+        udp("C", "N", 7005), udp("W", "N", 7005), udp("W", "N", 7011),
+    ]  # fmt: skip
+
+
 def explain(lab: ExplainLab, flow: Flow) -> dict[str, Any]:
     """`calicoctl explain` for one flow, run as on the compute host: SRC by its endpoint ID,
     DST by its address (the external host by its address on both ends)."""
@@ -193,7 +218,7 @@ def _no_path(lab: ExplainLab, flow: Flow) -> str | None:
 
 def test_explain_agrees_with_packets_for_every_cell(lab: ExplainLab) -> None:
     lab.require_felix()
-    flows = feature_flows() + connectivity_flows() + external_flows()
+    flows = feature_flows() + connectivity_flows() + external_flows() + negation_flows()
     assert len(set(flows)) == len(flows)
     explained = {flow: explain(lab, flow) for flow in flows}
     expected = {flow: e["verdict"] == "allow" for flow, e in explained.items()}
@@ -215,6 +240,18 @@ def test_explain_agrees_with_packets_for_every_cell(lab: ExplainLab) -> None:
             + "\n"
             + details
         )
+    # The two negations and the one-family net, as this test means them (packets agreed above).
+    meant = {
+        tcp(EXT, "N", 7100): False,  # not in a set of endpoints
+        tcp(EXT, "N", 7101): True,  # outside the set of clients
+        tcp("W2", "N", 7100): True,
+        tcp("C", "N", 7101): False,
+        tcp("C", "N", 7102): True,
+        tcp("C", "N", 7102, True): False,  # the IPv4 net's rule is not in the IPv6 table
+        udp("C", "N", 7005): False,
+        udp("W", "N", 7005): True,
+    }
+    assert {flow: expected[flow] for flow in meant} == meant
     allowed = sum(expected.values())
     assert 0 < allowed < len(flows)  # both verdicts occur
     print(f"{len(flows)} cells: {allowed} allowed, {len(flows) - allowed} denied; all agree")
