@@ -338,6 +338,19 @@ PARAMS: tuple[Param, ...] = (
     ),
     Param(
         "DataplaneDriverPrometheusMetricsPort",
+    Param(
+        "NFTablesMode",
+        t.Choice(("Disabled", "Enabled", "Auto")),
+        "Disabled",
+        "Which kernel interface the dataplane driver programs: Disabled (iptables and ipsets, "
+        "through iptables-restore and ipset restore), Enabled (one native nftables table, "
+        "inet felix, through libnftables or nft -f) or Auto (nftables when the host's iptables "
+        "is the nf_tables variant and the kernel accepts Felix's table, else iptables). "
+        "IptablesMarkMask, IptablesRefreshInterval, MaxIpsetSize, DefaultEndpointToHostAction "
+        "and DropActionOverride apply to both; on a switch, the other backend's rules and sets "
+        "are removed StartupCleanupDelay after the first in-sync. See docs/operations.md.",
+        IPTABLES,
+    ),
         t.PORT,
         "9092",
         "TCP port of the dataplane driver process's Prometheus metrics server.",

@@ -32,6 +32,7 @@ class DriverConfig:
     ipv6_support: bool | str  # True, False or "auto"
     max_ipset_size: int
     ignore_loose_rpf: bool
+    nftables_mode: str  # NFTablesMode: "Disabled" (iptables), "Enabled" or "Auto"
     refresh_interval: float  # IptablesRefreshInterval; 0: never
     interface_poll_interval: float  # HostInterfacePollInterval; 0: never
     startup_cleanup_delay: float
@@ -55,6 +56,7 @@ class DriverConfig:
             ipv6_support=values["Ipv6Support"],
             max_ipset_size=int(values["MaxIpsetSize"]),
             ignore_loose_rpf=bool(values["IgnoreLooseRPF"]),
+            nftables_mode=str(values["NFTablesMode"]),
             refresh_interval=float(values["IptablesRefreshInterval"]),
             interface_poll_interval=float(values["HostInterfacePollInterval"]),
             startup_cleanup_delay=float(values["StartupCleanupDelay"]),
