@@ -3,7 +3,9 @@
 One compute host runs the real calico-felix with the policy of both e2e matrices at once: the
 profiles, tags and VMs of test_connectivity.py (VMs renamed nA..nE) and the profiles, selectors,
 tiers with next-tier, negations, port ranges and ICMP types of test_policy_features.py, with V
-inactive and M's profile missing from the start, plus an external host on the uplink. For every
+inactive and M's profile missing from the start, plus an external host on the uplink and two VMs
+of this test's own (N: both selector negations, a one-family net; Z: the NEXT-TIER mark carried
+from a tier into the profiles). For every
 flow of those matrices (both IP versions where they have them, and flows to and from the external
 host) explain is run in-process as an operator would run it on that host (`calicoctl explain SRC
 DST --protocol P --port N -o json`, with Felix's own environment), and the packets are measured
@@ -50,6 +52,12 @@ NEGATIONS = {
     ],
     "outbound_rules": [{}],
 }
+# And Z (10.65.0.17): a tier whose only policy says next-tier, then a profile whose first rule is
+# a next-tier for UDP. The NEXT-TIER mark is still set from the tier when the profile's chain
+# runs, so that rule's "return if NEXT-TIER is set" fires for every packet and the profile's
+# allow-all after it is never reached: TCP to Z is dropped (felix.md §5.5, §5.6 as rendered).
+QUIRK = {"inbound_rules": [{"action": "next-tier", "protocol": "udp"}, {}], "outbound_rules": [{}]}
+QUIRK_TIER = ("tq", 30, {"selector": "quirk == 'yes'", "inbound_rules": [{"action": "next-tier"}]})
 
 
 def conn_name(name: str) -> str:
@@ -81,12 +89,17 @@ def build(lab: ExplainLab) -> None:
     for name, (octet, _, _) in conn.VMS.items():
         lab.add_vm(conn_name(name), CONN_OCTET + octet)
     lab.add_vm("N", 16)
+    lab.add_vm("Z", 17)
     lab.put("/calico/v1/Ready", "true")
     for name, spec in feat.PROFILES.items():
         lab.put_profile(name, spec["rules"], labels=spec.get("labels"))  # type: ignore[arg-type]
     for name, spec in conn.PROFILES.items():
         lab.put_profile(name, spec["rules"], tags=spec["tags"])  # type: ignore[arg-type]
     lab.put_profile("negations", NEGATIONS)
+    lab.put_profile("quirk", QUIRK)
+    tier, order, policy = QUIRK_TIER
+    lab.put(f"{feat.TIER}/{tier}/metadata", {"order": order})
+    lab.put(f"{feat.TIER}/{tier}/policy/pass", policy)
     for tier, order in feat.TIERS.items():
         if order is not None:
             lab.put(f"{feat.TIER}/{tier}/metadata", {"order": order})
@@ -100,6 +113,7 @@ def build(lab: ExplainLab) -> None:
     for name, (_, profile, labels) in conn.VMS.items():
         lab.put_endpoint(conn_name(name), [profile], labels)
     lab.put_endpoint("N", ["negations"])
+    lab.put_endpoint("Z", ["quirk"], {"quirk": "yes"})
     lab.start_felix()
     lab.wait_pings("C", "T1", timeout=20)
     lab.wait_pings(conn_name("A"), conn_name("B"), timeout=20)
@@ -182,6 +196,7 @@ def negation_flows() -> list[Flow]:
         tcp("C", "N", 7101), tcp("W2", "N", 7101), tcp(EXT, "N", 7101),
         tcp("C", "N", 7102), tcp("C", "N", 7102, True), tcp(EXT, "N", 7102),
         udp("C", "N", 7005), udp("W", "N", 7005), udp("W", "N", 7011),
+        tcp("C", "Z", 80), icmp("C", "Z"), udp("C", "Z", 53), icmp("Z", "C"),
     ]  # fmt: skip
 
 
@@ -250,6 +265,7 @@ def test_explain_agrees_with_packets_for_every_cell(lab: ExplainLab) -> None:
         tcp("C", "N", 7102, True): False,  # the IPv4 net's rule is not in the IPv6 table
         udp("C", "N", 7005): False,
         udp("W", "N", 7005): True,
+        tcp("C", "Z", 80): False,  # the next-tier mark carried into the profile
     }
     assert {flow: expected[flow] for flow in meant} == meant
     allowed = sum(expected.values())
