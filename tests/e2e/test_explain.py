@@ -5,14 +5,14 @@ profiles, tags and VMs of test_connectivity.py (VMs renamed nA..nE) and the prof
 tiers with next-tier, negations, port ranges and ICMP types of test_policy_features.py, with V
 inactive and M's profile missing from the start, plus an external host on the uplink and two VMs
 of this test's own (N: both selector negations, a one-family net; Z: the NEXT-TIER mark carried
-from a tier into the profiles). For every
-flow of those matrices (both IP versions where they have them, and flows to and from the external
-host) explain is run in-process as an operator would run it on that host (`calicoctl explain SRC
-DST --protocol P --port N -o json`, with Felix's own environment), and the packets are measured
-concurrently (calico.lab.flows); every measured result must equal explain's verdict (flows that
-disagree are measured again for a few seconds, so a slow probe cannot fail the test, but a wrong
-verdict always does). A denial only counts where the path exists: a route to the destination and
-an answered gateway at the source, unless explain says the endpoint has no chains.
+from a tier into the profiles). For every flow of those matrices (both IP versions where they
+have them, and flows to and from the external host) explain is run in-process as an operator
+would run it on that host (`calicoctl explain SRC DST --protocol P --port N -o json`, with
+Felix's own environment), and the packets are measured concurrently (calico.lab.flows); every
+measured result must equal explain's verdict (flows that disagree are measured again for a few
+seconds, so a slow probe cannot fail the test, but a wrong verdict always does). A denial only
+counts where the path exists: a route to the destination and an answered gateway at the source,
+unless explain says the endpoint has no chains.
 """
 
 from __future__ import annotations
