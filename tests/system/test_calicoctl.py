@@ -526,3 +526,25 @@ def test_apply_of_what_another_writer_stored_writes_nothing(ctl: Ctl) -> None:
     changed = changed.replace("order: 1", "order: 1.0")
     assert ctl("apply", "-f", "-", stdin=changed)[0] == 0
     assert json.loads(ctl.client.get(path) or "")["order"] == 1.0
+
+
+def test_tls_and_the_config_file_as_felix_reads_them(
+    etcd_factory: Any, api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The connection comes from Felix's own sources: TLS files from the config file, the
+    endpoints and API from the environment; without the client certificate etcd refuses."""
+    server = etcd_factory(tls=True)
+    cfg = tmp_path / "felix.cfg"
+    cfg.write_text(
+        f"[global]\nEtcdCaFile = {server.tls.ca_file}\nEtcdCertFile = {server.tls.client_cert}\n"
+        f"EtcdKeyFile = {server.tls.client_key}\n"
+    )
+    env = {"FELIX_ETCDENDPOINTS": server.client_url, "FELIX_DATAPLANEDRIVER": f"etcd{api}"}
+    tier = "kind: tier\nmetadata: {name: t1}\nspec: {order: 1}\n"
+    assert main(["apply", "-f", "-", "-c", str(cfg)], env, io.StringIO(tier)) == 0
+    assert capsys.readouterr().out == "tier t1 created\n"
+    assert main(["get", "tier", "t1", "-o", "json", "-c", str(cfg)], env) == 0
+    assert json.loads(capsys.readouterr().out)[0]["spec"] == {"order": 1}
+    cfg.write_text(f"[global]\nEtcdCaFile = {server.tls.ca_file}\n")
+    assert main(["get", "tier", "-c", str(cfg)], env) == 1
+    assert "etcd error" in capsys.readouterr().err
