@@ -548,3 +548,13 @@ def test_tls_and_the_config_file_as_felix_reads_them(
     cfg.write_text(f"[global]\nEtcdCaFile = {server.tls.ca_file}\n")
     assert main(["get", "tier", "-c", str(cfg)], env) == 1
     assert "etcd error" in capsys.readouterr().err
+
+
+def test_a_pool_stored_under_a_non_canonical_name_can_be_deleted(ctl: Ctl) -> None:
+    path = "/calico/v1/ipam/v4/pool/10.65.0.1-16"
+    ctl.client.put(path, '{"cidr": "10.65.0.0/16"}')
+    [got] = json.loads(ctl("get", "ippool", "-o", "json")[1])
+    assert got["metadata"]["name"] == "10.65.0.1/16"
+    assert ctl("apply", "-f", "-", stdin=json.dumps(got))[0] == 2  # writes need the canonical
+    assert ctl("delete", "ippool", "10.65.0.1/16")[0] == 0
+    assert ctl.client.get(path) is None

@@ -45,9 +45,7 @@ class IPPoolKind(Kind):
             net = None
         if net is None or "%" in str(name):
             raise SpecError([f"metadata.name: {quoted(name)} is not a CIDR"])
-        if str(net) != name:
-            raise SpecError([f"metadata.name: {quoted(name)} is not canonical: write {net}"])
-        return {"name": name}
+        return {"name": str(name)}  # not canonical: only for reading or deleting what exists
 
     def _key(self, meta: Mapping[str, str]) -> dm.IPPoolKey:
         return dm.IPPoolKey.for_cidr(meta["name"])
@@ -64,6 +62,11 @@ class IPPoolKind(Kind):
 
     def values_for(self, meta: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str | None]:
         problems = check_fields(spec, self.spec_fields, "spec")
+        canonical = str(ipaddress.ip_network(meta["name"], strict=False))
+        if canonical != meta["name"]:
+            problems.append(
+                f"metadata.name: {quoted(meta['name'])} is not canonical: write {canonical}"
+            )
         value = dict(spec)
         cidr = value.setdefault("cidr", meta["name"])
         if cidr != meta["name"]:
