@@ -5,13 +5,15 @@ dirty); `apply()` does the work for everything dirty at once, so one batch from 
 ipset restore and one iptables-restore per table. Interface events from the netlink watcher come
 in through `on_interface_*` and mark the endpoints using that interface dirty.
 
+The desired state here is the same for both rules backends (NFTablesMode); rendering it and
+keeping it in the kernel is the backend's (`backends.IptablesBackend`: iptables and ipsets;
+`nft_backend.NftBackend`: one nftables table).
+
 Apply order (each step relies on the ones before it):
 
-1. IP sets: create and update (rules about to be written may reference new sets);
-2. iptables, per IP version: filter, nat, raw (policies/profiles, endpoint chains, dispatch
-   chains, NAT; the table driver writes only what differs from the kernel);
-3. IP sets again: destroy sets that no rule references any more;
-4. routes and static ARP, per IP version, and proxy NDP entries for IPv6 gateways, then
+1. the backend's rules and sets (iptables: IP sets created and updated, then iptables per IP
+   version, then IP sets no rule references destroyed; nftables: one transaction);
+2. routes and static ARP, per IP version, and proxy NDP entries for IPv6 gateways, then
    per-interface sysctls for interfaces that are up.
 
 Nothing touches the kernel before `InSync`: until then the previous run's chains, sets and routes
@@ -26,52 +28,65 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import assert_never
 
-from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, PolicyKey, WorkloadEndpointKey
+from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, WorkloadEndpointKey
 from calico.common.quoting import quoted
 from calico.common.resources import IPPool
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
+from calico.felix.dataplane.backends import TABLES, IptablesBackend, RulesBackend
+from calico.felix.dataplane.nft_backend import NftBackend
 from calico.felix.dataplane.workloads import Changes, Workloads
-from calico.felix.kernel.ipset_text import HASH_NET, SavedSet
-from calico.felix.kernel.ipsets import IpsetError, IpsetTable
+from calico.felix.kernel.ipsets import IpsetTable
 from calico.felix.kernel.iptables import IptablesTable
 from calico.felix.kernel.neighbours import ProxyNdpTable
+from calico.felix.kernel.nft import NftTable
 from calico.felix.kernel.routes import RouteTable
 from calico.felix.kernel.sysctls import SysctlWriter, configure_interface, repair_interface
 
 log = logging.getLogger(__name__)
 
-TABLES = (names.FILTER, names.NAT, names.RAW)
-# Kernel chain → Felix chain hooks per table (names.HOOKS, grouped).
-_HOOKS: dict[str, list[tuple[str, str]]] = {
-    t: [(k, f) for (table, k), f in names.HOOKS.items() if table == t] for t in TABLES
-}
-
-Chains = dict[str, list[str]]
-Owner = tuple[str, object]  # who wants a group of chains: ("policy", key), ("static", None)...
-
 
 class KernelTables:
-    """The per-version drivers (iptables tables, ipsets, routes) and, with IPv6, the proxy NDP
-    table (None without IPv6 or without `make_proxy_ndp`: no proxy entries are programmed)."""
+    """The kernel drivers: the rules backend's (iptables tables and ipsets per IP version, or
+    with `nft` one nftables table for both), routes per version and, with IPv6, the proxy NDP
+    table (None without IPv6 or without `make_proxy_ndp`: no proxy entries are programmed).
+    `sweep_other`: removes the other backend's leftovers at the start-of-day cleanup."""
 
     def __init__(
         self,
         ip_versions: Iterable[int],
-        make_table: Callable[[int, str], IptablesTable],
-        make_ipsets: Callable[[int], IpsetTable],
+        make_table: Callable[[int, str], IptablesTable] | None,
+        make_ipsets: Callable[[int], IpsetTable] | None,
         make_routes: Callable[[int], RouteTable],
         make_proxy_ndp: Callable[[], ProxyNdpTable] | None = None,
+        *,
+        nft: NftTable | None = None,
+        sweep_other: Callable[[], None] | None = None,
     ) -> None:
         self.versions = tuple(ip_versions)
-        self.iptables = {(v, t): make_table(v, t) for v in self.versions for t in TABLES}
-        self.ipsets = {v: make_ipsets(v) for v in self.versions}
+        self.nft = nft
+        self.sweep_other = sweep_other
+        self.iptables = (
+            {(v, t): make_table(v, t) for v in self.versions for t in TABLES}
+            if nft is None and make_table is not None
+            else {}
+        )
+        self.ipsets = (
+            {v: make_ipsets(v) for v in self.versions}
+            if nft is None and make_ipsets is not None
+            else {}
+        )
         self.routes = {v: make_routes(v) for v in self.versions}
         self.proxy_ndp = make_proxy_ndp() if make_proxy_ndp and 6 in self.versions else None
+
+    def backend(self, config: r.RenderConfig) -> RulesBackend:
+        if self.nft is not None:
+            return NftBackend(config, self.versions, self.nft, self.sweep_other)
+        return IptablesBackend(config, self.versions, self.iptables, self.ipsets, self.sweep_other)
 
 
 class DataplaneManager:
@@ -85,9 +100,7 @@ class DataplaneManager:
         self._kernel = kernel
         self._sysctls = sysctls
         self.in_sync = False
-        self._owned: dict[tuple[int, str], dict[Owner, set[str]]] = {
-            key: {} for key in kernel.iptables
-        }
+        self._rules = kernel.backend(config)
         # Workload endpoints, and which one owns each interface and IP (workloads.py).
         self._workloads = Workloads()
         self._host_endpoints: dict[HostEndpointKey, m.HostEndpointUpdate] = {}
@@ -122,6 +135,7 @@ class DataplaneManager:
         """A new address for the metadata NAT (a MetadataAddr host name resolved again)."""
         if address != self._config.metadata_addr:
             self._config = dataclasses.replace(self._config, metadata_addr=address)
+            self._rules.set_config(self._config)
             self._static_programmed = False  # the INPUT accept for metadata
             self._last_nat = None  # the DNAT
             self._dirty_globals = True
@@ -133,23 +147,20 @@ class DataplaneManager:
             case m.InSync():
                 self.in_sync = True
             case m.IPSetUpdate(set_id, members):
-                for ipsets in self._kernel.ipsets.values():
-                    ipsets.replace_members(set_id, members)
+                self._rules.replace_members(set_id, members)
             case m.IPSetDeltaUpdate(set_id, added, removed):
-                for ipsets in self._kernel.ipsets.values():
-                    ipsets.remove_members(set_id, removed)
-                    ipsets.add_members(set_id, added)
+                self._rules.remove_members(set_id, removed)
+                self._rules.add_members(set_id, added)
             case m.IPSetRemove(set_id):
-                for ipsets in self._kernel.ipsets.values():
-                    ipsets.remove_set(set_id)
+                self._rules.remove_set(set_id)
             case m.ActivePolicyUpdate(key):
-                self._set_policy(key, message)
+                self._rules.set_policy(key, message)
             case m.ActivePolicyRemove(key):
-                self._set_policy(key, None)
+                self._rules.set_policy(key, None)
             case m.ActiveProfileUpdate(profile_id):
-                self._set_profile(profile_id, message)
+                self._rules.set_profile(profile_id, message)
             case m.ActiveProfileRemove(profile_id):
-                self._set_profile(profile_id, None)
+                self._rules.set_profile(profile_id, None)
             case m.WorkloadEndpointUpdate():
                 self._workload_changed(self._workloads.update(message))
             case m.WorkloadEndpointRemove(key):
@@ -202,35 +213,6 @@ class DataplaneManager:
         if self._host_endpoints:
             self._dirty_globals = True
 
-    # --- Policies and profiles -----------------------------------------------------------------
-
-    def _set_policy(self, key: PolicyKey, update: m.ActivePolicyUpdate | None) -> None:
-        for v in self._kernel.versions:
-            chains = self._render(f"policy {key}", r.policy_chains, update, v) if update else {}
-            self._own(v, names.FILTER, ("policy", key), chains)
-            raw = chains if update is not None and update.untracked else {}
-            self._own(v, names.RAW, ("policy", key), raw)
-
-    def _set_profile(self, profile_id: str, update: m.ActiveProfileUpdate | None) -> None:
-        for v in self._kernel.versions:
-            what = f"profile {profile_id}"
-            chains = self._render(what, r.profile_chains, update, v) if update else {}
-            self._own(v, names.FILTER, ("profile", profile_id), chains)
-
-    def _own(self, version: int, table: str, owner: Owner, chains: Chains) -> None:
-        """Make `chains` the chains `owner` wants in one table; drop what it no longer wants."""
-        owned = self._owned[(version, table)]
-        driver = self._kernel.iptables[(version, table)]
-        # Chain names are unique per owner by construction (they embed the owner's ID).
-        for name in owned.get(owner, set()) - chains.keys():
-            driver.remove_chain(name)
-        for name, rules in chains.items():
-            driver.set_chain(name, rules)
-        if chains:
-            owned[owner] = set(chains)
-        else:
-            owned.pop(owner, None)
-
     # --- Apply ---------------------------------------------------------------------------------
 
     def apply(self, force_refresh: bool = False) -> None:
@@ -241,14 +223,7 @@ class DataplaneManager:
             self._program_interface(name)
         if self._dirty_globals:
             self._program_globals()
-        saved = self._read_ipsets() if force_refresh else None
-        for ipsets in self._kernel.ipsets.values():
-            # destroy=False: rules may still use removed sets.
-            ipsets.apply(force_refresh, destroy=False, saved=saved)
-        for driver in self._kernel.iptables.values():
-            driver.apply(force_refresh)
-        for ipsets in self._kernel.ipsets.values():
-            ipsets.apply()  # destroys sets the rules no longer reference
+        self._rules.apply(force_refresh)
         for routes in self._kernel.routes.values():
             routes.apply(full=force_refresh)  # a refresh re-reads and repairs routes, too
         if self._kernel.proxy_ndp is not None:
@@ -260,39 +235,19 @@ class DataplaneManager:
         self._dirty_routes.clear()
         self._dirty_globals = False
 
-    def _read_ipsets(self) -> dict[str, SavedSet] | None:
-        """One ``ipset save`` for every IP version's refresh (it lists both families, and costs
-        0.3 s of CPU at 300,000 members). None if it failed: each table then tries itself."""
-        tables = list(self._kernel.ipsets.values())
-        if not tables:
-            return None
-        try:
-            return tables[0].read_saved()
-        except IpsetError as e:
-            log.warning("Cannot read ipsets for the refresh: %s", e)
-            return None
-
     def cleanup(self) -> None:
         """End the graceful-restart period: sweep the previous run's orphan chains and sets."""
-        for driver in self._kernel.iptables.values():
-            driver.end_grace_period()
+        self._rules.end_grace_period()
         self.apply(force_refresh=True)
-        for ipsets in self._kernel.ipsets.values():
-            for name in ipsets.cleanup_orphans():
-                log.info("Removed orphan ipset %s", name)
+        self._rules.sweep()
 
     def _program_interface(self, name: str) -> None:
         """The chains (if dirty) and routes (if dirty) of one workload interface, from the
         endpoint that owns it; nothing if no endpoint names it any more."""
         update = self._workloads.owner(name)
+        if name in self._dirty_interfaces:
+            self._rules.set_endpoint(name, update)
         for v in self._kernel.versions:
-            if name in self._dirty_interfaces:
-                chains = (
-                    self._render(f"endpoint {update.id}", r.workload_endpoint_chains, update, v)
-                    if update is not None
-                    else {}
-                )
-                self._own(v, names.FILTER, ("interface", name), chains)
             if name not in self._dirty_routes:
                 continue
             routes = self._kernel.routes[v]
@@ -308,16 +263,6 @@ class DataplaneManager:
             gateway = update.endpoint.ipv6_gateway if update is not None and active else None
             proxies.set_proxies(name, [gateway] if gateway else [])
 
-    def _render(self, what: str, render: Callable[..., Chains], *args: object) -> Chains:
-        """Chains from a renderer, or none if it fails: rendering works on validated input, so
-        a failure is a bug, but it must cost only this object. Its chains are then missing, and
-        whatever jumps to them gets a drop stub (fail closed)."""
-        try:
-            return render(*args, self._config)
-        except Exception:
-            log.exception("Cannot render the chains of %s; its traffic is dropped", what)
-            return {}
-
     def _program_globals(self) -> None:
         """Chains that depend on more than one endpoint, and the pool sets. This runs after every
         endpoint change, so each group is re-rendered only when its own inputs changed (a label
@@ -329,33 +274,22 @@ class DataplaneManager:
         )
         if active != self._last_dispatch:
             self._last_dispatch = active
-            for v in self._kernel.versions:
-                chains = r.dispatch_chains(active, v, self._config)
-                self._own(v, names.FILTER, ("dispatch", None), chains)
+            self._rules.set_dispatch(active)
         host_ifaces = self._resolve_host_endpoints()
         if host_ifaces != self._last_host_endpoints:
             self._last_host_endpoints = host_ifaces
-            for v in self._kernel.versions:
-                host_dispatch = r.dispatch_chains(host_ifaces, v, self._config, host=True)
-                self._own(v, names.FILTER, ("host-dispatch", None), host_dispatch)
-                self._own(v, names.RAW, ("host-dispatch", None), host_dispatch)
-                self._program_host_endpoints(v, host_ifaces)
+            self._rules.set_host_endpoints(host_ifaces)
         self._program_nat()
         v4_pools = (p.pool for p in self._pools.values() if p.id.version == 4)
         pools = tuple(sorted(v4_pools, key=lambda pool: (pool.cidr, pool.masquerade)))
-        if pools != self._last_pools and 4 in self._kernel.ipsets:
+        if pools != self._last_pools:
             self._last_pools = pools
-            self._program_pool_sets(self._kernel.ipsets[4], pools)
+            self._rules.set_pools(pools)
 
     def _program_static(self) -> None:
-        """The chains that depend on configuration alone, and the hooks into the kernel chains."""
+        """The chains that depend on configuration alone (and the iptables hooks)."""
         self._static_programmed = True
-        for v in self._kernel.versions:
-            self._own(v, names.FILTER, ("static", None), r.static_filter_chains(v, self._config))
-            self._own(v, names.RAW, ("static", None), r.raw_chains(v, self._config))
-            for table in TABLES:
-                for kernel_chain, felix_chain in _HOOKS[table]:
-                    self._kernel.iptables[(v, table)].set_hook(kernel_chain, felix_chain)
+        self._rules.set_static()
 
     def _program_nat(self) -> None:
         floating = sorted(
@@ -370,15 +304,7 @@ class DataplaneManager:
         if (floating, masquerade) == self._last_nat:
             return
         self._last_nat = (floating, masquerade)
-        for v in self._kernel.versions:
-            chains = r.nat_chains(v, self._config, floating, masquerade)
-            self._own(v, names.NAT, ("static", None), chains)
-
-    def _program_pool_sets(self, ipsets: IpsetTable, pools: tuple[IPPool, ...]) -> None:
-        ipsets.replace_named(names.IPSET_ALL_POOLS, HASH_NET, [p.cidr for p in pools])
-        ipsets.replace_named(
-            names.IPSET_MASQ_POOLS, HASH_NET, [p.cidr for p in pools if p.masquerade]
-        )
+        self._rules.set_nat(floating, masquerade)
 
     def matches_host_endpoints_by_address(self) -> bool:
         """True if some host endpoint has no interface name, only expected addresses."""
@@ -429,24 +355,6 @@ class DataplaneManager:
             )
         return False
 
-    def _program_host_endpoints(
-        self, version: int, resolved: Mapping[str, m.HostEndpointUpdate]
-    ) -> None:
-        filter_chains: Chains = {}
-        raw_chains: Chains = {}
-        for interface, update in resolved.items():
-            try:
-                f, raw = r.host_endpoint_chains(update, interface, version, self._config)
-            except Exception:
-                # As _render: a bug costs this interface only (the dispatch's jump to its
-                # missing chains gets a drop stub).
-                log.exception("Cannot render host endpoint %s on %s", update.id, interface)
-                continue
-            filter_chains.update(f)
-            raw_chains.update(raw)
-        self._own(version, names.FILTER, ("host-endpoints", None), filter_chains)
-        self._own(version, names.RAW, ("host-endpoints", None), raw_chains)
-
     def _configure_interfaces(self) -> None:
         """Per-interface sysctls for active workload interfaces that are up."""
         if self._sysctls is None:
@@ -485,8 +393,8 @@ class DataplaneManager:
     # --- Status --------------------------------------------------------------------------------
 
     def _refused_chains(self) -> set[str]:
-        """Chains the kernel refused in any table (programmed as drop stubs instead)."""
-        return {c for table in self._kernel.iptables.values() for c in table.failed_chains}
+        """Chains the kernel refused (programmed as drop stubs instead)."""
+        return self._rules.refused_chains()
 
     def _endpoint_chains(self, interface: str) -> set[str]:
         prefixes = self._config.interface_prefixes

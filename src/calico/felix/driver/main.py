@@ -33,10 +33,17 @@ from calico.felix.driver.pipe import (
     FrameWriter,
 )
 from calico.felix.driver.resolver import RESOLVE_FIRST_WAIT_SECS, MetadataResolver
-from calico.felix.kernel.commands import LocalRunner
+from calico.felix.kernel.commands import CommandRunner, LocalRunner
 from calico.felix.kernel.ipsets import IpsetTable
 from calico.felix.kernel.iptables import IptablesTable, uses_nft
+from calico.felix.kernel.libnftables import local_executor
 from calico.felix.kernel.neighbours import ProxyNdpTable
+from calico.felix.kernel.nft import NftTable
+from calico.felix.kernel.nft_switch import (
+    auto_uses_nftables,
+    remove_iptables_state,
+    remove_nft_table,
+)
 from calico.felix.kernel.nftables import nft_generation
 from calico.felix.kernel.routes import RouteTable, open_netlink
 from calico.felix.kernel.sysctls import LooseRPFError, ProcSysctlWriter, configure_global
@@ -48,15 +55,28 @@ PROG = "calico-felix-dataplane"
 EXIT_FATAL = 1
 
 
-def ipv6_available() -> bool:
-    return os.path.exists("/proc/net/if_inet6") and shutil.which("ip6tables-restore") is not None
+def ipv6_available(nftables: bool = False) -> bool:
+    """The host has IPv6 (and, for the iptables backend, ip6tables)."""
+    if not os.path.exists("/proc/net/if_inet6"):
+        return False
+    return nftables or shutil.which("ip6tables-restore") is not None
 
 
-def ip_versions(ipv6_support: bool | str) -> tuple[int, ...]:
+def ip_versions(ipv6_support: bool | str, nftables: bool = False) -> tuple[int, ...]:
     """Ipv6Support: True, False, or "auto" (on when the host has IPv6 and ip6tables)."""
-    if ipv6_support is True or (ipv6_support == "auto" and ipv6_available()):
+    if ipv6_support is True or (ipv6_support == "auto" and ipv6_available(nftables)):
         return (4, 6)
     return (4,)
+
+
+def use_nftables(mode: str, runner: CommandRunner) -> bool:
+    """NFTablesMode: Enabled, Disabled, or Auto (nftables where iptables is iptables-nft and
+    the kernel accepts Felix's table)."""
+    if mode != "Auto":
+        return mode == "Enabled"
+    chosen, why = auto_uses_nftables(runner)
+    log.info("NFTablesMode=Auto: using %s (%s)", "nftables" if chosen else "iptables", why)
+    return chosen
 
 
 def build(
@@ -73,26 +93,49 @@ def build(
             render, metadata_addr=resolver.wait_first(RESOLVE_FIRST_WAIT_SECS)
         )
     runner = metrics.MeteredRunner(LocalRunner())
-    versions = ip_versions(config.ipv6_support)
+    nftables = use_nftables(config.nftables_mode, LocalRunner())
+    versions = ip_versions(config.ipv6_support, nftables)
     ipr = open_netlink()
     prefixes = config.interface_prefixes
-    # On iptables-nft (the tables are in this process's namespace) a refresh can tell from the
-    # nf_tables generation that nothing changed, and skip reading the tables.
-    generations = {v: nft_generation if uses_nft(v, LocalRunner()) else None for v in versions}
-    kernel = KernelTables(
-        versions,
-        lambda v, t: IptablesTable(v, t, runner, generation=generations[v]),
-        lambda v: IpsetTable(v, runner, max_size=config.max_ipset_size),
-        lambda v: RouteTable(v, ipr, prefixes, conntrack_runner=runner),
-        lambda: ProxyNdpTable(runner, prefixes),
-    )
+    if nftables:
+        # One table for both families, written in-process through libnftables (this process
+        # runs in the namespace it programs); the generation tells a refresh when to read.
+        table = NftTable(
+            local_executor(runner), generation=nft_generation, max_elements=config.max_ipset_size
+        )
+        kernel = KernelTables(
+            versions,
+            None,
+            None,
+            lambda v: RouteTable(v, ipr, prefixes, conntrack_runner=runner),
+            lambda: ProxyNdpTable(runner, prefixes),
+            nft=table,
+            sweep_other=lambda: remove_iptables_state(runner),
+        )
+    else:
+        # On iptables-nft (the tables are in this process's namespace) a refresh can tell from
+        # the nf_tables generation that nothing changed, and skip reading the tables.
+        generations = {v: nft_generation if uses_nft(v, LocalRunner()) else None for v in versions}
+        kernel = KernelTables(
+            versions,
+            lambda v, t: IptablesTable(v, t, runner, generation=generations[v]),
+            lambda v: IpsetTable(v, runner, max_size=config.max_ipset_size),
+            lambda v: RouteTable(v, ipr, prefixes, conntrack_runner=runner),
+            lambda: ProxyNdpTable(runner, prefixes),
+            sweep_other=lambda: remove_nft_table(runner),
+        )
     sysctls = ProcSysctlWriter()
     for v in versions:
         configure_global(v, sysctls, config.ignore_loose_rpf, runner)
     manager = DataplaneManager(render, kernel, sysctls)
     watcher = InterfaceWatcher(manager)
     watcher.snapshot()
-    log.info("Dataplane driver ready: IP versions %s, interface prefixes %s", versions, prefixes)
+    log.info(
+        "Dataplane driver ready: %s, IP versions %s, interface prefixes %s",
+        "nftables (table inet felix)" if nftables else "iptables",
+        versions,
+        prefixes,
+    )
     return manager, watcher, resolver
 
 

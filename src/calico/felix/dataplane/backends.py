@@ -1,0 +1,258 @@
+"""The rules backends: what the manager's desired state becomes in the kernel (NFTablesMode).
+
+`DataplaneManager` keeps the desired state (endpoints and who owns each interface, host
+endpoints, pools, the active policies and profiles, the IP sets) and decides what changed; a
+backend renders those objects and keeps them in the kernel. Two implement `RulesBackend`:
+
+* `IptablesBackend` (NFTablesMode=Disabled, the default): the iptables rendering
+  (`dataplane.rendering`) into `IptablesTable` per (IP version, table) and `IpsetTable` per IP
+  version;
+* `NftBackend` (`dataplane.nft_backend`): the nftables rendering (`dataplane.nft_rendering`) into
+  one `NftTable` for both families.
+
+Each backend renders every object separately, so a renderer failure (a bug on validated input)
+costs that object's chains only: they are left out, and whatever jumps to them gets a drop stub.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+from calico.common.datamodel_v1 import PolicyKey
+from calico.common.resources import IPPool
+from calico.felix.calc import messages as m
+from calico.felix.dataplane import names
+from calico.felix.dataplane import rendering as r
+from calico.felix.kernel.ipset_text import HASH_NET, SavedSet
+from calico.felix.kernel.ipsets import IpsetError, IpsetTable
+from calico.felix.kernel.iptables import IptablesTable
+
+log = logging.getLogger(__name__)
+
+TABLES = (names.FILTER, names.NAT, names.RAW)
+# Kernel chain → Felix chain hooks per table (names.HOOKS, grouped).
+_HOOKS: dict[str, list[tuple[str, str]]] = {
+    t: [(k, f) for (table, k), f in names.HOOKS.items() if table == t] for t in TABLES
+}
+
+Chains = dict[str, list[str]]
+Owner = tuple[str, object]  # who wants a group of chains: ("policy", key), ("static", None)...
+Floating = Sequence[tuple[str, str]]
+
+
+class RulesBackend(Protocol):
+    """What the manager asks of a backend. ``set_*`` only record (and render); ``apply`` writes
+    everything recorded since the last apply, in the backend's fixed order."""
+
+    def replace_members(self, set_id: str, members: Iterable[str]) -> None: ...
+    def add_members(self, set_id: str, members: Iterable[str]) -> None: ...
+    def remove_members(self, set_id: str, members: Iterable[str]) -> None: ...
+    def remove_set(self, set_id: str) -> None: ...
+    def set_policy(self, key: PolicyKey, update: m.ActivePolicyUpdate | None) -> None: ...
+    def set_profile(self, profile_id: str, update: m.ActiveProfileUpdate | None) -> None: ...
+    def set_endpoint(self, interface: str, update: m.WorkloadEndpointUpdate | None) -> None: ...
+    def set_static(self) -> None: ...
+    def set_dispatch(self, interfaces: Sequence[str]) -> None: ...
+    def set_host_endpoints(self, resolved: Mapping[str, m.HostEndpointUpdate]) -> None: ...
+    def set_nat(self, floating: Floating, masquerade: bool) -> None: ...
+    def set_pools(self, pools: Sequence[IPPool]) -> None: ...
+    def set_config(self, config: r.RenderConfig) -> None: ...
+    def apply(self, force_refresh: bool) -> None: ...
+    def end_grace_period(self) -> None: ...
+    def sweep(self) -> None: ...
+    def refused_chains(self) -> set[str]: ...
+
+
+def render_safely(
+    what: str, render: Callable[..., object], *args: object, default: object
+) -> object:
+    """A renderer's result, or `default` if it fails: rendering works on validated input, so a
+    failure is a bug, but it must cost only this object (its chains are then missing, and
+    whatever jumps to them gets a drop stub: fail closed)."""
+    try:
+        return render(*args)
+    except Exception:
+        log.exception("Cannot render the chains of %s; its traffic is dropped", what)
+        return default
+
+
+class IptablesBackend:
+    """iptables chains per (IP version, table) and ipsets per IP version.
+
+    Apply order: IP sets (create/update: rules about to be written may reference new sets);
+    iptables per IP version: filter, nat, raw; IP sets again (destroy sets no rule references
+    any more)."""
+
+    def __init__(
+        self,
+        config: r.RenderConfig,
+        versions: Sequence[int],
+        iptables: Mapping[tuple[int, str], IptablesTable],
+        ipsets: Mapping[int, IpsetTable],
+        sweep_other: Callable[[], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._versions = tuple(versions)
+        self._iptables = iptables
+        self._ipsets = ipsets
+        self._sweep_other = sweep_other
+        self._owned: dict[tuple[int, str], dict[Owner, set[str]]] = {key: {} for key in iptables}
+
+    def set_config(self, config: r.RenderConfig) -> None:
+        self._config = config
+
+    # -- IP sets -------------------------------------------------------------------------------
+
+    def replace_members(self, set_id: str, members: Iterable[str]) -> None:
+        members = list(members)
+        for ipsets in self._ipsets.values():
+            ipsets.replace_members(set_id, members)
+
+    def add_members(self, set_id: str, members: Iterable[str]) -> None:
+        members = list(members)
+        for ipsets in self._ipsets.values():
+            ipsets.add_members(set_id, members)
+
+    def remove_members(self, set_id: str, members: Iterable[str]) -> None:
+        members = list(members)
+        for ipsets in self._ipsets.values():
+            ipsets.remove_members(set_id, members)
+
+    def remove_set(self, set_id: str) -> None:
+        for ipsets in self._ipsets.values():
+            ipsets.remove_set(set_id)
+
+    def set_pools(self, pools: Sequence[IPPool]) -> None:
+        ipsets = self._ipsets.get(4)
+        if ipsets is None:
+            return
+        ipsets.replace_named(names.IPSET_ALL_POOLS, HASH_NET, [p.cidr for p in pools])
+        ipsets.replace_named(
+            names.IPSET_MASQ_POOLS, HASH_NET, [p.cidr for p in pools if p.masquerade]
+        )
+
+    # -- chains --------------------------------------------------------------------------------
+
+    def _render(self, what: str, render: Callable[..., Chains], *args: object) -> Chains:
+        chains = render_safely(what, render, *args, self._config, default={})
+        assert isinstance(chains, dict)
+        return chains
+
+    def _own(self, version: int, table: str, owner: Owner, chains: Chains) -> None:
+        """Make `chains` the chains `owner` wants in one table; drop what it no longer wants."""
+        owned = self._owned[(version, table)]
+        driver = self._iptables[(version, table)]
+        # Chain names are unique per owner by construction (they embed the owner's ID).
+        for name in owned.get(owner, set()) - chains.keys():
+            driver.remove_chain(name)
+        for name, rules in chains.items():
+            driver.set_chain(name, rules)
+        if chains:
+            owned[owner] = set(chains)
+        else:
+            owned.pop(owner, None)
+
+    def set_policy(self, key: PolicyKey, update: m.ActivePolicyUpdate | None) -> None:
+        for v in self._versions:
+            chains = self._render(f"policy {key}", r.policy_chains, update, v) if update else {}
+            self._own(v, names.FILTER, ("policy", key), chains)
+            raw = chains if update is not None and update.untracked else {}
+            self._own(v, names.RAW, ("policy", key), raw)
+
+    def set_profile(self, profile_id: str, update: m.ActiveProfileUpdate | None) -> None:
+        for v in self._versions:
+            what = f"profile {profile_id}"
+            chains = self._render(what, r.profile_chains, update, v) if update else {}
+            self._own(v, names.FILTER, ("profile", profile_id), chains)
+
+    def set_endpoint(self, interface: str, update: m.WorkloadEndpointUpdate | None) -> None:
+        for v in self._versions:
+            chains = (
+                self._render(f"endpoint {update.id}", r.workload_endpoint_chains, update, v)
+                if update is not None
+                else {}
+            )
+            self._own(v, names.FILTER, ("interface", interface), chains)
+
+    def set_static(self) -> None:
+        """The chains that depend on configuration alone, and the hooks into the kernel chains."""
+        for v in self._versions:
+            self._own(v, names.FILTER, ("static", None), r.static_filter_chains(v, self._config))
+            self._own(v, names.RAW, ("static", None), r.raw_chains(v, self._config))
+            for table in TABLES:
+                for kernel_chain, felix_chain in _HOOKS[table]:
+                    self._iptables[(v, table)].set_hook(kernel_chain, felix_chain)
+
+    def set_dispatch(self, interfaces: Sequence[str]) -> None:
+        for v in self._versions:
+            chains = r.dispatch_chains(interfaces, v, self._config)
+            self._own(v, names.FILTER, ("dispatch", None), chains)
+
+    def set_host_endpoints(self, resolved: Mapping[str, m.HostEndpointUpdate]) -> None:
+        for v in self._versions:
+            host_dispatch = r.dispatch_chains(resolved, v, self._config, host=True)
+            self._own(v, names.FILTER, ("host-dispatch", None), host_dispatch)
+            self._own(v, names.RAW, ("host-dispatch", None), host_dispatch)
+            filter_chains: Chains = {}
+            raw_chains: Chains = {}
+            for interface, update in resolved.items():
+                try:
+                    f, raw = r.host_endpoint_chains(update, interface, v, self._config)
+                except Exception:
+                    # A bug costs this interface only (the dispatch's jump to its missing
+                    # chains gets a drop stub).
+                    log.exception("Cannot render host endpoint %s on %s", update.id, interface)
+                    continue
+                filter_chains.update(f)
+                raw_chains.update(raw)
+            self._own(v, names.FILTER, ("host-endpoints", None), filter_chains)
+            self._own(v, names.RAW, ("host-endpoints", None), raw_chains)
+
+    def set_nat(self, floating: Floating, masquerade: bool) -> None:
+        for v in self._versions:
+            chains = r.nat_chains(v, self._config, floating, masquerade)
+            self._own(v, names.NAT, ("static", None), chains)
+
+    # -- apply ---------------------------------------------------------------------------------
+
+    def apply(self, force_refresh: bool) -> None:
+        saved = self._read_ipsets() if force_refresh else None
+        for ipsets in self._ipsets.values():
+            # destroy=False: rules may still use removed sets.
+            ipsets.apply(force_refresh, destroy=False, saved=saved)
+        for driver in self._iptables.values():
+            driver.apply(force_refresh)
+        for ipsets in self._ipsets.values():
+            ipsets.apply()  # destroys sets the rules no longer reference
+
+    def _read_ipsets(self) -> dict[str, SavedSet] | None:
+        """One ``ipset save`` for every IP version's refresh (it lists both families, and costs
+        0.3 s of CPU at 300,000 members). None if it failed: each table then tries itself."""
+        tables = list(self._ipsets.values())
+        if not tables:
+            return None
+        try:
+            return tables[0].read_saved()
+        except IpsetError as e:
+            log.warning("Cannot read ipsets for the refresh: %s", e)
+            return None
+
+    def end_grace_period(self) -> None:
+        """From the next apply on, the previous run's orphan chains go."""
+        for driver in self._iptables.values():
+            driver.end_grace_period()
+
+    def sweep(self) -> None:
+        """After that apply: the previous run's orphan ipsets (and, after a switch from
+        nftables, Felix's nftables table)."""
+        for ipsets in self._ipsets.values():
+            for name in ipsets.cleanup_orphans():
+                log.info("Removed orphan ipset %s", name)
+        if self._sweep_other is not None:
+            self._sweep_other()
+
+    def refused_chains(self) -> set[str]:
+        """Chains the kernel refused in any table (programmed as drop stubs instead)."""
+        return {c for table in self._iptables.values() for c in table.failed_chains}

@@ -1,0 +1,190 @@
+"""Per-endpoint chains (felix.md §5.5: tiers, then profiles, then drop) for workloads and host
+endpoints, and the verdict maps that send each interface's packets to its chains (§5.4). Pure.
+
+The chains are the iptables backend's, rule for rule, in one table for both families: a policy
+or profile chain sets the ACCEPT or NEXT-TIER mark bit and returns, and the endpoint chain tests
+it. Dispatch is one map lookup (``iifname vmap @felix-from-wl``, elements ``"tapX" : goto
+felix-from-X``) instead of a tree of chains: adding an endpoint adds two elements and two
+chains, and rewrites no dispatch chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from calico.felix.calc.messages import HostEndpointUpdate, TierInfo, WorkloadEndpointUpdate
+from calico.felix.dataplane import names
+from calico.felix.dataplane.nft_rendering import names as nft_names
+from calico.felix.dataplane.nft_rendering.base import (
+    VERDICT_MAP,
+    Chain,
+    Rendered,
+    check_name,
+    clear_mark,
+    comment,
+    drop_rules,
+    join,
+    mark_is_clear,
+    mark_is_set,
+)
+from calico.felix.dataplane.rendering.base import RenderConfig
+
+
+def _tier_rules(tiers: Sequence[TierInfo], inbound: bool, config: RenderConfig) -> list[str]:
+    """Each non-empty tier: clear NEXT-TIER, try its policies in order, drop at its end unless a
+    policy accepted (returned) or said next-tier."""
+    accept, next_tier = config.mark_accept, config.mark_next_tier
+    rules: list[str] = []
+    for tier in tiers:
+        if not tier.policies:
+            continue
+        rules.append(join(clear_mark(next_tier), comment(f"Start of tier {tier.name}")))
+        for policy in tier.policies:
+            chain = names.policy_chain(tier.name, policy, inbound)
+            rules.append(join(mark_is_clear(next_tier), f"jump {chain}"))
+            rules.append(join(mark_is_set(accept), "return", comment("Return if policy accepted")))
+        rules += drop_rules(config, mark_is_clear(next_tier), "Drop if no policy in tier passed")
+    return rules
+
+
+def _profile_rules(profile_ids: Sequence[str], inbound: bool, config: RenderConfig) -> list[str]:
+    rules: list[str] = []
+    for profile in profile_ids:
+        rules.append(f"jump {names.profile_chain(profile, inbound)}")
+        rules.append(
+            join(mark_is_set(config.mark_accept), "return", comment("Profile accepted packet"))
+        )
+    return rules
+
+
+def _endpoint_body(
+    tiers: Sequence[TierInfo],
+    profile_ids: Sequence[str],
+    inbound: bool,
+    endpoint_id: str,
+    config: RenderConfig,
+    first: Sequence[str] = (),
+) -> list[str]:
+    """Steps 2-6 of §5.5 (clear ACCEPT, `first` (MAC check), tiers, profiles, final drop)."""
+    return [
+        clear_mark(config.mark_accept),
+        *first,
+        *_tier_rules(tiers, inbound, config),
+        *_profile_rules(profile_ids, inbound, config),
+        *drop_rules(
+            config, comment_text=f"Packet did not match any profile (endpoint {endpoint_id})"
+        ),
+    ]
+
+
+def workload_endpoint_chains(update: WorkloadEndpointUpdate, config: RenderConfig) -> Rendered:
+    """``felix-to-<suffix>`` (inbound rules) and ``felix-from-<suffix>`` (outbound, after the
+    source MAC check), for both families. Source addresses are checked by routing (IPv4, strict
+    rp_filter) and the raw base chain's fib check (IPv6), as in the iptables backend."""
+    endpoint = update.endpoint
+    if not endpoint.active:
+        return Rendered()
+    key = update.id
+    endpoint_id = f"{key.orchestrator}/{key.workload}/{key.endpoint}"
+    prefixes = config.interface_prefixes
+    mac_check = (
+        drop_rules(config, f"ether saddr != {endpoint.mac}", "Incorrect source MAC")
+        if endpoint.mac
+        else []
+    )
+    to_chain = check_name(names.endpoint_chain("to", endpoint.name, prefixes))
+    from_chain = check_name(names.endpoint_chain("from", endpoint.name, prefixes))
+    body_in = _endpoint_body(update.tiers, endpoint.profile_ids, True, endpoint_id, config)
+    body_out = _endpoint_body(
+        update.tiers, endpoint.profile_ids, False, endpoint_id, config, mac_check
+    )
+    return Rendered({to_chain: Chain(tuple(body_in)), from_chain: Chain(tuple(body_out))})
+
+
+def _untracked_body(tiers: Sequence[TierInfo], inbound: bool, config: RenderConfig) -> list[str]:
+    """Raw-hook variant: untracked policies only; accepted packets are untracked and returned;
+    no tier-end or final drop (the packet goes on to the filter hook)."""
+    accept, next_tier = config.mark_accept, config.mark_next_tier
+    rules = [clear_mark(accept)]
+    for tier in tiers:
+        if not tier.policies:
+            continue
+        rules.append(join(clear_mark(next_tier), comment(f"Start of tier {tier.name}")))
+        for policy in tier.policies:
+            chain = names.policy_chain(tier.name, policy, inbound)
+            rules.append(join(mark_is_clear(next_tier), f"jump {chain}"))
+            rules.append(join(mark_is_set(accept), "notrack"))
+            rules.append(join(mark_is_set(accept), "return", comment("Return if policy accepted")))
+    return rules
+
+
+def host_endpoint_chains(
+    update: HostEndpointUpdate, interface: str, config: RenderConfig
+) -> Rendered:
+    """The filter-hook chains ``felix-to/from-<iface>`` and the raw-hook chains
+    ``felix-raw-to/from-<iface>`` of a host endpoint resolved to `interface`.
+
+    Directions are reversed vs workloads: traffic *to* the interface is leaving the host, so it
+    gets the outbound rules (and the outbound failsafe ports)."""
+    ep = update.endpoint
+    endpoint_id = f"{update.id.hostname}/{update.id.endpoint}"
+    fs_out, fs_in = f"jump {nft_names.FAILSAFE_OUT}", f"jump {nft_names.FAILSAFE_IN}"
+    chains = {
+        names.host_endpoint_chain("to", interface): [
+            fs_out,
+            *_endpoint_body(update.tiers, ep.profile_ids, False, endpoint_id, config),
+        ],
+        names.host_endpoint_chain("from", interface): [
+            fs_in,
+            *_endpoint_body(update.tiers, ep.profile_ids, True, endpoint_id, config),
+        ],
+        nft_names.raw_host_endpoint_chain("to", interface): [
+            fs_out,
+            *_untracked_body(update.untracked_tiers, False, config),
+        ],
+        nft_names.raw_host_endpoint_chain("from", interface): [
+            fs_in,
+            *_untracked_body(update.untracked_tiers, True, config),
+        ],
+    }
+    return Rendered({check_name(name): Chain(tuple(rules)) for name, rules in chains.items()})
+
+
+def dispatch_maps(interfaces: Iterable[str], config: RenderConfig) -> Rendered:
+    """The workload verdict maps: each active interface to its from- and to-chain."""
+    prefixes = config.interface_prefixes
+    ifaces = sorted(set(interfaces))
+    from_elems = frozenset(
+        f'"{names.check_interface_name(i)}" : goto {names.endpoint_chain("from", i, prefixes)}'
+        for i in ifaces
+    )
+    to_elems = frozenset(
+        f'"{names.check_interface_name(i)}" : goto {names.endpoint_chain("to", i, prefixes)}'
+        for i in ifaces
+    )
+    return Rendered(
+        sets={
+            nft_names.MAP_FROM_WORKLOAD: (VERDICT_MAP, from_elems),
+            nft_names.MAP_TO_WORKLOAD: (VERDICT_MAP, to_elems),
+        }
+    )
+
+
+def host_dispatch_maps(interfaces: Iterable[str]) -> Rendered:
+    """The host-endpoint verdict maps (filter and raw hooks)."""
+    ifaces = sorted(set(interfaces))
+    maps = {
+        nft_names.MAP_FROM_HOST: lambda i: names.host_endpoint_chain("from", i),
+        nft_names.MAP_TO_HOST: lambda i: names.host_endpoint_chain("to", i),
+        nft_names.MAP_RAW_FROM_HOST: lambda i: nft_names.raw_host_endpoint_chain("from", i),
+        nft_names.MAP_RAW_TO_HOST: lambda i: nft_names.raw_host_endpoint_chain("to", i),
+    }
+    return Rendered(
+        sets={
+            name: (
+                VERDICT_MAP,
+                frozenset(f'"{names.check_interface_name(i)}" : goto {chain(i)}' for i in ifaces),
+            )
+            for name, chain in maps.items()
+        }
+    )

@@ -1,0 +1,126 @@
+"""Two ways to hand nftables one transaction: in-process through libnftables (the library the
+``nft`` command and Debian's python3-nftables are built on, loaded with ctypes), or through the
+``nft`` command (``nft -f -``) run by a `CommandRunner`.
+
+Both give the same text to the same parser and the kernel one netlink batch per call, so one
+script is one atomic transaction either way. libnftables is the fast path: no process start, and
+its context keeps nft's cache of the table's chains and sets between calls (measured in
+docs/benchmarks.md). It programs the network namespace of the calling process, which is where
+Felix's driver runs. The command is for a namespace the caller is not in (tests aim a driver at
+a lab namespace through ``ip netns exec``), and the fallback where the library cannot be loaded.
+
+libnftables keeps process-wide state and is not documented as thread safe: one `LibNftables` is
+used by the driver's one thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from typing import Protocol
+
+from calico.felix.kernel.commands import CommandRunner
+
+log = logging.getLogger(__name__)
+
+NFT = "nft"
+LIBRARY = "libnftables.so.1"
+_OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON (nftables/libnftables.h)
+
+
+class NftExecutor(Protocol):
+    """Runs nft scripts and lists Felix's table."""
+
+    def run(self, script: str) -> tuple[int, str]:
+        """Run one script as one transaction: (0 or an error status, error text)."""
+        ...
+
+    def list_json(self, family: str, table: str) -> tuple[int, str, str]:
+        """``list table`` as JSON: (status, JSON text, error text)."""
+        ...
+
+
+class NftCommand:
+    """``nft -f -`` and ``nft -j list table`` through a CommandRunner."""
+
+    def __init__(self, runner: CommandRunner, binary: str = NFT) -> None:
+        self._runner = runner
+        self._binary = binary
+
+    def run(self, script: str) -> tuple[int, str]:
+        proc = self._runner.run([self._binary, "-f", "-"], input=script)
+        return proc.returncode, proc.stderr
+
+    def list_json(self, family: str, table: str) -> tuple[int, str, str]:
+        proc = self._runner.run([self._binary, "-j", "list", "table", family, table])
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def __repr__(self) -> str:
+        return f"NftCommand({self._runner!r})"
+
+
+class LibNftables:
+    """One libnftables context in this process's network namespace."""
+
+    def __init__(self, path: str = LIBRARY) -> None:
+        """OSError if the library cannot be loaded or a context made."""
+        lib = ctypes.CDLL(path, use_errno=True)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        for getter in (lib.nft_ctx_get_output_buffer, lib.nft_ctx_get_error_buffer):
+            getter.restype = ctypes.c_char_p
+            getter.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
+        ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
+        if not ctx:
+            raise OSError("nft_ctx_new failed")
+        if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
+            lib.nft_ctx_free(ctx)
+            raise OSError("cannot buffer libnftables output")
+        self._lib = lib
+        self._ctx = ctx
+        self._flags = int(lib.nft_ctx_output_get_flags(ctx))
+
+    def _call(self, text: str, json_output: bool) -> tuple[int, str, str]:
+        flags = self._flags | _OUTPUT_JSON if json_output else self._flags
+        self._lib.nft_ctx_output_set_flags(self._ctx, flags)
+        status = int(self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode()))
+        out = self._lib.nft_ctx_get_output_buffer(self._ctx) or b""
+        err = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def run(self, script: str) -> tuple[int, str]:
+        status, _, err = self._call(script, json_output=False)
+        return status, err
+
+    def list_json(self, family: str, table: str) -> tuple[int, str, str]:
+        return self._call(f"list table {family} {table}", json_output=True)
+
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.nft_ctx_free(self._ctx)
+            self._ctx = None
+
+    def __repr__(self) -> str:
+        return "LibNftables()"
+
+
+def library_available() -> bool:
+    return ctypes.util.find_library("nftables") is not None
+
+
+def local_executor(runner: CommandRunner) -> NftExecutor:
+    """libnftables in this process if it loads, else the ``nft`` command through `runner`."""
+    try:
+        return LibNftables()
+    except OSError as e:
+        log.warning("libnftables not usable (%s); using the nft command", e)
+        return NftCommand(runner)
