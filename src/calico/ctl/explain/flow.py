@@ -222,6 +222,7 @@ def _leg(snapshot: Snapshot, record: EndpointRecord, direction: str, packet: Pac
         update = owner
     if not update.endpoint.active:
         return _no_chains(leg, view, inbound, "inactive: Felix programs no chains and no route")
+    leg.notes += _ignored_policies(snapshot, update)
     written = _written_rules(snapshot, update)
     table = chains.endpoint_table(
         update,
@@ -262,6 +263,37 @@ def _invalid_reason(record: EndpointRecord, view: HostView) -> str:
             f"on host {view.hostname}, so Felix treats it as deleted"
         )
     return "not programmed by Felix"
+
+
+def _ignored_policies(snapshot: Snapshot, update: m.WorkloadEndpointUpdate) -> list[str]:
+    """Policies whose selector matches the endpoint but that Felix does not apply to it: their
+    tier has no metadata, or they are untracked (host endpoints only)."""
+    labels: dict[str, str] = {}
+    for profile_id in update.endpoint.profile_ids:
+        labels_key = dm.ProfileLabelsKey(profile_id)
+        raw = snapshot.items.get(labels_key.path)
+        try:
+            labels.update(res.parse_profile_labels(raw, labels_key) if raw is not None else {})
+        except res.InvalidValue:
+            continue
+    labels.update(update.endpoint.labels)
+    notes = []
+    for path in sorted(snapshot.items):
+        key = dm.parse_key(path)
+        if not isinstance(key, dm.PolicyKey):
+            continue
+        try:
+            policy = res.parse_policy(snapshot.items[path], key)
+        except res.InvalidValue:
+            continue
+        if not parse_selector(policy.selector).evaluate(labels):
+            continue
+        name = f"{key.tier}/{key.policy}"
+        if dm.TierMetadataKey(key.tier).path not in snapshot.items:
+            notes.append(f"policy {name} matches, but tier {key.tier} has no metadata: ignored")
+        elif policy.untracked:
+            notes.append(f"policy {name} matches, but it is untracked: host endpoints only")
+    return notes
 
 
 def _ipsets(view: HostView, version: int) -> dict[str, frozenset[str]]:
