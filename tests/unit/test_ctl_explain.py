@@ -455,3 +455,15 @@ def test_evaluator_follows_jumps_gotos_and_returns() -> None:
     assert [(e.chain, e.index) for e in m.events] == [
         ("top", 0), ("top", 1), ("sub", 0), ("leaf", 0), ("leaf", 1), ("top", 2),
     ]  # fmt: skip
+
+
+def test_policies_felix_ignores_for_an_endpoint_are_noted() -> None:
+    items = base()
+    deny_all = {"selector": "all()", "inbound_rules": [{"action": "deny"}]}
+    items["/calico/v1/policy/tier/nometa/policy/p"] = json.dumps(deny_all)
+    items["/calico/v1/policy/tier/t/metadata"] = '{"order": 1}'
+    items["/calico/v1/policy/tier/t/policy/raw"] = json.dumps({**deny_all, "untracked": True})
+    explanation, text = explain_text(items, "a", "b", port=80)
+    assert explanation.verdict == "allow", text
+    assert "policy nometa/p matches, but tier nometa has no metadata: ignored" in text
+    assert "policy t/raw matches, but it is untracked: host endpoints only" in text
