@@ -1,7 +1,7 @@
 """calicoctl against a real etcd, over the v2 and the v3 API: every resource kind round-trips
 through create / get / apply / replace / delete; invalid documents are refused naming the
 document and the field, with nothing written; writers racing on one resource lose cleanly
-(compare-and-swap); Felix configuration is validated against Felix's parameter table."""
+(compare-and-swap). Felix configuration and the connection: test_calicoctl_config.py."""
 
 from __future__ import annotations
 
@@ -457,62 +457,6 @@ def _apply_at_once(
     codes[i] = main(["apply", "-f", path, "-c", "/nonexistent"], env)
 
 
-# -- Felix configuration ---------------------------------------------------------------------
-
-
-def test_config_set_get_unset(ctl: Ctl) -> None:
-    code, out, _ = ctl("config", "set", "metadataport", "8776")
-    assert code == 0 and "MetadataPort" in out
-    assert ctl.client.get("/calico/v1/config/MetadataPort") == "8776"
-    assert ctl("config", "set", "LogSeverityScreen", "INFO", "--host", "h1")[0] == 0
-    assert ctl.client.get("/calico/v1/host/h1/config/LogSeverityScreen") == "INFO"
-    code, out, _ = ctl("config", "get", "LogSeverityScreen", "--host", "h1", "-o", "json")
-    rows = json.loads(out)
-    assert {(r["scope"], r["value"]) for r in rows} == {("h1", "INFO"), ("default", "ERROR")}
-    code, out, _ = ctl("config", "get")
-    assert "MetadataPort" in out and "LogSeverityScreen" in out
-    assert ctl("config", "set", "MetadataPort", "8776")[1].startswith("MetadataPort is already")
-    assert ctl("config", "unset", "MetadataPort")[0] == 0
-    assert ctl.client.get("/calico/v1/config/MetadataPort") is None
-    assert ctl("config", "unset", "MetadataPort")[0] == 1
-
-
-@pytest.mark.parametrize(
-    "name", ["EtcdEndpoints", "FelixHostname", "EtcdCaFile", "DataplaneDriver", "DatastoreType"]
-)
-def test_config_set_of_a_local_only_parameter_is_refused(ctl: Ctl, name: str) -> None:
-    before = ctl.tree()
-    code, _, err = ctl("config", "set", name, "x")
-    assert code == 1
-    assert "local-only" in err and "Felix never reads it from etcd" in err
-    assert ctl.tree() == before
-
-
-@pytest.mark.parametrize(
-    ("args", "problem"),
-    [
-        (["MetadataPort", "eighty"], "not an integer"),
-        (["IptablesMarkMask", "0x1"], "bits"),
-        (["NoSuchThing", "1"], "unknown Felix parameter"),
-        (["MetadataPrt", "1"], "did you mean MetadataPort"),
-        (["LogSeverityScreen", " "], "empty value"),
-        (["LogSeverityScreen", "INFO", "--host", "bad host"], "--host"),
-    ],
-)
-def test_config_set_of_an_invalid_value_is_refused(ctl: Ctl, args: list[str], problem: str) -> None:
-    before = ctl.tree()
-    code, _, err = ctl("config", "set", *args)
-    assert code == 2 and problem in err, err
-    assert ctl.tree() == before
-
-
-def test_etcd_down_is_exit_1(ctl: Ctl, tmp_path: Path) -> None:
-    code, _, err = ctl("get", "profile", "--etcd-endpoints", "http://127.0.0.1:9")
-    assert code == 1 and "etcd error" in err
-    code, _, err = ctl("get", "profile", "--etcd-endpoints", "not a url")
-    assert code == 2 and "EtcdEndpoints" in err
-
-
 def test_apply_of_what_another_writer_stored_writes_nothing(ctl: Ctl) -> None:
     """A value written by another tool with other spacing and key order is the same value."""
     path = "/calico/v1/policy/tier/t1/policy/p1"
@@ -526,28 +470,6 @@ def test_apply_of_what_another_writer_stored_writes_nothing(ctl: Ctl) -> None:
     changed = changed.replace("order: 1", "order: 1.0")
     assert ctl("apply", "-f", "-", stdin=changed)[0] == 0
     assert json.loads(ctl.client.get(path) or "")["order"] == 1.0
-
-
-def test_tls_and_the_config_file_as_felix_reads_them(
-    etcd_factory: Any, api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The connection comes from Felix's own sources: TLS files from the config file, the
-    endpoints and API from the environment; without the client certificate etcd refuses."""
-    server = etcd_factory(tls=True)
-    cfg = tmp_path / "felix.cfg"
-    cfg.write_text(
-        f"[global]\nEtcdCaFile = {server.tls.ca_file}\nEtcdCertFile = {server.tls.client_cert}\n"
-        f"EtcdKeyFile = {server.tls.client_key}\n"
-    )
-    env = {"FELIX_ETCDENDPOINTS": server.client_url, "FELIX_DATAPLANEDRIVER": f"etcd{api}"}
-    tier = "kind: tier\nmetadata: {name: t1}\nspec: {order: 1}\n"
-    assert main(["apply", "-f", "-", "-c", str(cfg)], env, io.StringIO(tier)) == 0
-    assert capsys.readouterr().out == "tier t1 created\n"
-    assert main(["get", "tier", "t1", "-o", "json", "-c", str(cfg)], env) == 0
-    assert json.loads(capsys.readouterr().out)[0]["spec"] == {"order": 1}
-    cfg.write_text(f"[global]\nEtcdCaFile = {server.tls.ca_file}\n")
-    assert main(["get", "tier", "-c", str(cfg)], env) == 1
-    assert "etcd error" in capsys.readouterr().err
 
 
 def test_a_pool_stored_under_a_non_canonical_name_can_be_deleted(ctl: Ctl) -> None:
