@@ -161,10 +161,14 @@ def test_bad_env_and_malformed_file_refuse_to_start(lab_v2: Lab):
     assert "Traceback" not in stderr
 
 
-def test_kubernetes_datastore_is_refused(lab_v2: Lab):
-    code, _, stderr = lab_v2.show_config(FELIX_DATAPLANEDRIVER="kubernetes")
+def test_kubernetes_datastore_without_an_api_server_is_a_configuration_error(lab_v2: Lab):
+    # More in tests/system/test_k8s_felix.py.
+    code, _, stderr = lab_v2.show_config(
+        FELIX_DATAPLANEDRIVER="kubernetes", K8S_SERVICE_ACCOUNT_DIR="/nonexistent"
+    )
     assert code == 2
-    assert "Kubernetes datastore is not supported" in stderr
+    assert "DataplaneDriver=kubernetes needs the Kubernetes API" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_show_config_fails_clearly_when_etcd_is_unreachable(lab_v2: Lab):

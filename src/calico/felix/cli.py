@@ -31,6 +31,7 @@ from calico.felix.config.loader import (
     Config,
     ConfigErrors,
     ConfigFileError,
+    Source,
     etcd_api,
     etcd_settings,
     filter_etcd,
@@ -43,6 +44,9 @@ from calico.felix.daemon import EXIT_STOPPED, FelixDaemon
 from calico.felix.driver.config import DriverConfig
 from calico.felix.driver.connection import DriverProcess
 from calico.felix.status import StatusReporter
+from calico.k8s import felix as kdd
+from calico.k8s.client import KubeClient, KubeError
+from calico.k8s.settings import SettingsError
 
 log = logging.getLogger("calico.felix")
 
@@ -120,11 +124,19 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
         return _config_errors(e)
 
     if args.show_config:
-        return _show_config(local, env_raw, file_raw, args.config_file)
+        return _show_config(local, env_raw, file_raw, args.config_file, env)
 
     _configure_logging(local)
     log.info("%s %s starting (pid %d)", PROG, _version(), os.getpid())
-    client = connect(etcd_api(local), etcd_settings(local))
+    kube: KubeClient | None = None
+    client: KVStore | None = None
+    if local["DataplaneDriver"] == "kubernetes":
+        try:
+            kube = _kube_client(local, env)
+        except SettingsError as e:
+            return _fail([f"configuration error: {e}"], EXIT_BAD_CONFIG)
+    else:
+        client = connect(etcd_api(local), etcd_settings(local))
     stop = threading.Event()
     daemon: list[FelixDaemon] = []
 
@@ -137,10 +149,14 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    # Phase 2: wait for Ready, then add etcd's config.
-    if not wait_for_ready(client, stop):
-        return EXIT_STOPPED
-    etcd_raw = _read_etcd_until(client, local["FelixHostname"], stop, deadline=None)
+    # Phase 2: wait for Ready, then add etcd's config (or the Kubernetes API's).
+    if kube is not None:
+        etcd_raw = _filtered(kdd.read_config_until(kube, local["FelixHostname"], stop, None))
+    else:
+        assert client is not None
+        if not wait_for_ready(client, stop):
+            return EXIT_STOPPED
+        etcd_raw = _read_etcd_until(client, local["FelixHostname"], stop, deadline=None)
     if etcd_raw is None:
         return EXIT_STOPPED
     host_raw, global_raw = etcd_raw
@@ -167,30 +183,36 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     usage.start_if_enabled(config, _version(), graph.num_hosts)
     if config["PrometheusMetricsEnabled"]:
         metrics.serve(config["PrometheusMetricsPort"])
-    # The reporter has its own etcd client: its writes never wait behind the syncer's watch.
-    reporter = StatusReporter(
-        connect(etcd_api(config), etcd_settings(config)),
-        config["FelixHostname"],
-        interval=config["ReportingIntervalSecs"],
-        ttl=config["ReportingTTLSecs"],
-        endpoint_reporting=config["EndpointReportingEnabled"],
-        endpoint_delay=config["EndpointReportingDelaySecs"],
-        started_at=started_at,
-    )
-    reporter.start()
+    reporter: StatusReporter | None = None
+    if kube is None:
+        # The reporter has its own etcd client: its writes never wait behind the syncer's watch.
+        reporter = StatusReporter(
+            connect(etcd_api(config), etcd_settings(config)),
+            config["FelixHostname"],
+            interval=config["ReportingIntervalSecs"],
+            ttl=config["ReportingTTLSecs"],
+            endpoint_reporting=config["EndpointReportingEnabled"],
+            endpoint_delay=config["EndpointReportingDelaySecs"],
+            started_at=started_at,
+        )
+        reporter.start()
+    else:
+        log.info("Kubernetes datastore: no liveness or endpoint status is reported (as Calico's)")
     driver = DriverProcess(
         DriverConfig.from_params(config.values()),
         on_exit=lambda reason: daemon[0].fatal(reason),  # noqa: PLW0108 (late: daemon[0] is set below)
-        on_report=reporter.on_driver_report,
+        on_report=reporter.on_driver_report if reporter is not None else lambda _report: None,
     )
     try:
-        daemon.append(FelixDaemon(client, changes, graph, driver))
+        factory = kdd.syncer_factory(kube) if kube is not None else None
+        daemon.append(FelixDaemon(client, changes, graph, driver, syncer_factory=factory))
         if stop.is_set():
             return EXIT_STOPPED
         return daemon[0].run()
     finally:
         driver.stop()
-        reporter.stop()
+        if reporter is not None:
+            reporter.stop()
 
 
 def _configure_logging(config: Config) -> None:
@@ -202,6 +224,33 @@ def _configure_logging(config: Config) -> None:
         syslog_level=config["LogSeveritySys"],
     ):
         log.warning("%s", warning)
+
+
+def _kube_client(local: Config, env: Mapping[str, str]) -> KubeClient:
+    """The Kubernetes API client (DataplaneDriver=kubernetes); says the etcd parameters are
+    unused. SettingsError when the environment names no usable API server."""
+    kube = kdd.connect(env)
+    log.info("Kubernetes datastore: API server %s", kube.settings.describe())
+    log.info(
+        "Kubernetes datastore: the etcd parameters (%s) are not used", ", ".join(kdd.ETCD_PARAMS)
+    )
+    for name in kdd.ETCD_PARAMS:
+        if local.source(name) != Source.DEFAULT:
+            log.warning(
+                "%s is set (from %s) but not used with the Kubernetes datastore",
+                name,
+                local.source(name),
+            )
+    return kube
+
+
+def _filtered(
+    raw: tuple[dict[str, str], dict[str, str]] | None,
+) -> tuple[dict[str, str], dict[str, str]] | None:
+    """The Kubernetes datastore's (host, global) config without local-only or unknown names."""
+    if raw is None:
+        return None
+    return filter_etcd(raw[0], "Kubernetes host config"), filter_etcd(raw[1], "GlobalFelixConfig")
 
 
 def _read_etcd_until(
@@ -231,8 +280,31 @@ def _read_etcd_until(
 
 
 def _show_config(
-    local: Config, env_raw: dict[str, str], file_raw: dict[str, str], file_path: str
+    local: Config,
+    env_raw: dict[str, str],
+    file_raw: dict[str, str],
+    file_path: str,
+    env: Mapping[str, str],
 ) -> int:
+    if local["DataplaneDriver"] == "kubernetes":
+        try:
+            kube = kdd.connect(env)
+            deadline = time.monotonic() + SHOW_CONFIG_ETCD_DEADLINE
+            etcd_raw = _filtered(
+                kdd.read_config_until(kube, local["FelixHostname"], threading.Event(), deadline)
+            )
+        except SettingsError as e:
+            return _fail([f"configuration error: {e}"], EXIT_BAD_CONFIG)
+        except KubeError as e:
+            return _fail(
+                [
+                    f"cannot read configuration from the Kubernetes API within "
+                    f"{SHOW_CONFIG_ETCD_DEADLINE:.0f} s: {e}"
+                ],
+                EXIT_ETCD_UNREACHABLE,
+            )
+        assert etcd_raw is not None
+        return _print_config(etcd_raw, env_raw, file_raw, file_path)
     client = connect(etcd_api(local), etcd_settings(local, timeout=3.0))
     deadline = time.monotonic() + SHOW_CONFIG_ETCD_DEADLINE
     try:
@@ -249,6 +321,15 @@ def _show_config(
     finally:
         client.close()
     assert etcd_raw is not None
+    return _print_config(etcd_raw, env_raw, file_raw, file_path)
+
+
+def _print_config(
+    etcd_raw: tuple[dict[str, str], dict[str, str]],
+    env_raw: dict[str, str],
+    file_raw: dict[str, str],
+    file_path: str,
+) -> int:
     host_raw, global_raw = etcd_raw
     try:
         config = resolve(env_raw, file_raw, host_raw, global_raw, file_path=file_path)

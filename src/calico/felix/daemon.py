@@ -12,11 +12,13 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from calico.common.etcd.base import ClusterIdChanged, KVStore
 from calico.common.etcd.syncer import Syncer, SyncStatus, Update
+from calico.common.sync import SyncListener
 from calico.felix import metrics
 from calico.felix.calc import messages as m
 from calico.felix.calc.graph import CalcGraph
@@ -75,23 +77,41 @@ class Dataplane(Protocol):
     def send(self, messages: list[m.Message], received_at: float | None = None) -> None: ...
 
 
+class DatastoreSyncer(Protocol):
+    """The etcd syncer or the Kubernetes one (calico.k8s.syncer): run() until stop()."""
+
+    stop_event: threading.Event
+
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 class FelixDaemon:
     def __init__(
         self,
-        client: KVStore,
+        client: KVStore | None,
         config_changes: ConfigChangeDetector,
         graph: CalcGraph,
         dataplane: Dataplane,
         *,
         restart_pause: float = RESTART_PAUSE_SECS,
+        syncer_factory: Callable[[SyncListener], DatastoreSyncer] | None = None,
     ):
+        """`syncer_factory`: the datastore's syncer for a listener (default: the etcd syncer on
+        `client`)."""
         self._client = client
         self._config_changes = config_changes
         self._graph = graph
         self._dataplane = dataplane
         self._restart_pause = restart_pause
         self._queue: queue.Queue[_Message] = queue.Queue(maxsize=QUEUE_SIZE)
-        self._syncer = Syncer(client, _QueueListener(self._queue))
+        listener = _QueueListener(self._queue)
+        self._syncer: DatastoreSyncer
+        if syncer_factory is not None:
+            self._syncer = syncer_factory(listener)
+        else:
+            assert client is not None
+            self._syncer = Syncer(client, listener)
         self._keys: set[str] = set()
         self._in_sync_once = False
         self._stats = metrics.DataplaneStats()

@@ -83,7 +83,13 @@ def status_error(code: int, body: object) -> KubeApiError:
     if isinstance(status.get("code"), int):
         code = status["code"]
     cls = ResourceExpired if code == 410 else KubeApiError
-    return cls(code, quoted(reason or "Unknown", 40), quoted(message, 300))
+    return cls(code, printable(reason or "Unknown", 40), printable(message, 300))
+
+
+def printable(text: str, limit: int) -> str:
+    """Server text for a log line: printable ASCII only (others become "?"), capped."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[:limit] + "..."
 
 
 class KubeClient:

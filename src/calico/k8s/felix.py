@@ -70,16 +70,19 @@ def read_config(client: KubeClient, hostname: str) -> tuple[dict[str, str], dict
 
 
 def _check_node(client: KubeClient, hostname: str) -> None:
+    """Advisory: warn when no Node has Felix's hostname (the pods' spec.nodeName would never
+    match); a refusal to answer is only logged, it must not stop Felix."""
     try:
         client.get(f"/api/v1/nodes/{hostname}")
     except KubeApiError as e:
-        if e.code != 404:
-            raise
-        log.warning(
-            "No Kubernetes Node is named %r: FelixHostname must be this node's name, or no pod "
-            "will be found on this host",
-            hostname,
-        )
+        if e.code == 404:
+            log.warning(
+                "No Kubernetes Node is named %r: FelixHostname must be this node's name, or no "
+                "pod will be found on this host",
+                hostname,
+            )
+        else:
+            log.warning("Cannot check that Node %r exists: %s", hostname, e)
 
 
 def read_config_until(

@@ -262,17 +262,6 @@ def _cross_checks(settings: dict[str, Setting], warnings: list[str]) -> list[Pro
     def value(name: str) -> Any:
         return settings[name].value if name in settings else None
 
-    if value("DataplaneDriver") == "kubernetes":
-        s = settings["DataplaneDriver"]
-        problems.append(
-            Problem(
-                "DataplaneDriver",
-                s.raw,
-                s.source,
-                "the Kubernetes datastore is not supported by this Felix yet; use etcdv2 or etcdv3",
-            )
-        )
-
     mask = value("IptablesMarkMask")
     if mask is not None and mask.bit_count() < MARK_BITS_RECOMMENDED:
         warnings.append(
@@ -289,7 +278,9 @@ def _cross_checks(settings: dict[str, Setting], warnings: list[str]) -> list[Pro
             "that policy would drop are accepted"
         )
 
-    if all(n in settings for n in ("EtcdKeyFile", "EtcdCertFile", "EtcdCaFile", "EtcdEndpoints")):
+    etcd_names = ("EtcdKeyFile", "EtcdCertFile", "EtcdCaFile", "EtcdEndpoints")
+    # With the Kubernetes datastore the etcd files are not used (Felix says so at start).
+    if value("DataplaneDriver") != "kubernetes" and all(n in settings for n in etcd_names):
         problems.extend(_tls_checks(settings))
     return problems
 

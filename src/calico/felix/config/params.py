@@ -51,7 +51,9 @@ PARAMS: tuple[Param, ...] = (
         "etcdv2",
         "The datastore that Felix reads endpoints and policy from: etcdv2 (the etcd v2 API), "
         "etcdv3 (the same keys over the etcd v3 API, for etcd servers without the v2 API) or "
-        "kubernetes (not supported yet: Felix refuses to start). DatastoreType is an alias.",
+        "kubernetes (pods, namespaces, NetworkPolicies, nodes and Calico's resources from the "
+        "Kubernetes API; its connection comes from the environment, see docs/kubernetes.md; "
+        "the etcd parameters are then unused). DatastoreType is an alias.",
         GLOBAL,
         local_only=True,
         aliases=("DatastoreType",),
