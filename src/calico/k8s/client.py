@@ -77,13 +77,14 @@ def decode(raw: bytes | str, what: str) -> Any:
 
 def status_error(code: int, body: object) -> KubeApiError:
     """The error a Status object (or any error body) describes."""
-    status = body if isinstance(body, dict) else {}
-    reason = status.get("reason") if isinstance(status.get("reason"), str) else ""
-    message = status.get("message") if isinstance(status.get("message"), str) else ""
-    if isinstance(status.get("code"), int):
+    status: dict[str, Any] = body if isinstance(body, dict) else {}
+    reason, message = status.get("reason"), status.get("message")
+    reason = reason if isinstance(reason, str) and reason else "Unknown"
+    message = message if isinstance(message, str) else ""
+    if isinstance(status.get("code"), int) and not isinstance(status.get("code"), bool):
         code = status["code"]
     cls = ResourceExpired if code == 410 else KubeApiError
-    return cls(code, printable(reason or "Unknown", 40), printable(message, 300))
+    return cls(code, printable(reason, 40), printable(message, 300))
 
 
 def printable(text: str, limit: int) -> str:
