@@ -293,8 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
         tokens = self.server.api.tokens
         if tokens is None:
             return "admin"
-        header = self.headers.get("Authorization", "")
-        token = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+        # As kube-apiserver's bearer token authenticator: the scheme in any case.
+        scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
         if token not in tokens:
             raise ApiError(401, "Unauthorized", "Unauthorized")
         return token
