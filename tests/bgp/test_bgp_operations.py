@@ -109,6 +109,8 @@ def test_hostile_and_conflicting_data_is_logged_once_and_left_out(
         (["--bird", "no-such-bird"], {}, "BIRD binary 'no-such-bird' not found"),
         (["--bird-config", "/tmp/a b.conf"], {}, "--bird-config"),
         (["--bird-log", "relative.log"], {}, "log target"),
+        (["--ip", "none", "--ip6", "none"], {}, "no BGP address"),
+        (["--poll-interval", "0"], {}, "--poll-interval"),
         ([], {"FELIX_ETCDSCHEME": "ftp"}, "configuration error: EtcdScheme"),
         ([], {"FELIX_FELIXHOSTNAME": "bad host"}, "FelixHostname"),
         ([], {"FELIX_DATAPLANEDRIVER": "kubernetes"}, "DataplaneDriver"),

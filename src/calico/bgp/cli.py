@@ -183,6 +183,8 @@ def _main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     hostname = config["FelixHostname"]
     if not datamodel_v1.valid_id(hostname):
         raise _Bad(f"FelixHostname {hostname!r}: need {datamodel_v1.ID_SEGMENT_RULE}")
+    if not args.poll_interval > 0 or not 0 <= args.metrics_port <= 65535:
+        raise _Bad("--poll-interval must be positive and --metrics-port a port (0: off)")
     as_num = None
     if args.as_number is not None:
         try:
@@ -202,6 +204,8 @@ def _main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     ip4 = _detect(4) if args.ip == AUTODETECT else _address("--ip", args.ip, 4)
     ip6 = _detect(6) if args.ip6 == AUTODETECT else _address("--ip6", args.ip6, 6)
     if ip4 is None and ip6 is None:
+        if AUTODETECT not in (args.ip, args.ip6):
+            raise _Bad("--ip none and --ip6 none: this host would have no BGP address")
         log.error("No BGP address for this host: give --ip or --ip6")
         return EXIT_RESTART
     local = detect.local_addresses()
