@@ -281,11 +281,18 @@ def test_policy_and_profile_chains() -> None:
         "felix-p-t1/p1-i": [ACC_SET, ACC_RETURN],
         "felix-p-t1/p1-o": ["-j DROP"],
     }
-    prof = ActiveProfileUpdate("prof", (), (R(action="next-tier"),))
+    # In a profile, next-tier ends the profile on its own match only: no NEXT-TIER mark, which
+    # may still be set from a tier that ended in next-tier.
+    prof = ActiveProfileUpdate(
+        "prof", (), (R(action="next-tier"), R(action="next-tier", protocol="udp"))
+    )
     assert profile_chains(prof, 6, CFG) == {
         "felix-p-prof-i": [],
-        "felix-p-prof-o": [NT_SET, NT_RETURN],
+        "felix-p-prof-o": ["-j RETURN", "-p udp -j RETURN"],
     }
+    # In a policy it sets the mark for the tier.
+    pol = ActivePolicyUpdate(PolicyKey("t1", "p2"), (R(action="next-tier"),), ())
+    assert policy_chains(pol, 4, CFG)["felix-p-t1/p2-i"] == [NT_SET, NT_RETURN]
 
 
 # --- endpoints ---------------------------------------------------------------------------------

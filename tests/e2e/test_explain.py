@@ -54,8 +54,9 @@ NEGATIONS = {
 }
 # And Z (10.65.0.17): a tier whose only policy says next-tier, then a profile whose first rule is
 # a next-tier for UDP. The NEXT-TIER mark is still set from the tier when the profile's chain
-# runs, so that rule's "return if NEXT-TIER is set" fires for every packet and the profile's
-# allow-all after it is never reached: TCP to Z is dropped (felix.md §5.5, §5.6 as rendered).
+# runs; the profile's next-tier rule must still act on its own match only: UDP to Z ends the
+# profile (dropped), TCP reaches the allow-all (felix.md §2.5, §5.5). Felix used to return for
+# every packet there (found by this test).
 QUIRK = {"inbound_rules": [{"action": "next-tier", "protocol": "udp"}, {}], "outbound_rules": [{}]}
 QUIRK_TIER = ("tq", 30, {"selector": "quirk == 'yes'", "inbound_rules": [{"action": "next-tier"}]})
 
@@ -265,7 +266,8 @@ def test_explain_agrees_with_packets_for_every_cell(lab: ExplainLab) -> None:
         tcp("C", "N", 7102, True): False,  # the IPv4 net's rule is not in the IPv6 table
         udp("C", "N", 7005): False,
         udp("W", "N", 7005): True,
-        tcp("C", "Z", 80): False,  # the next-tier mark carried into the profile
+        tcp("C", "Z", 80): True,  # the tier's next-tier mark does not end the profile
+        udp("C", "Z", 53): False,  # the profile's own next-tier rule ends it
     }
     assert {flow: expected[flow] for flow in meant} == meant
     allowed = sum(expected.values())

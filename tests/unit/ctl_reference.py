@@ -7,9 +7,8 @@ negations, rules of the other IP version skipped), never through iptables text. 
 dataplane's behaviour is a consequence of how it is rendered, the renderer's rule is restated
 here explicitly and commented: a rule whose net lies inside its negated net, or whose protocol
 equals its negated protocol, is never written; an ICMP match without the family's ICMP protocol
-cannot be written and becomes a drop; chains pass their verdicts back in the ACCEPT and
-NEXT-TIER mark bits, so a next-tier rule in a profile returns at once when the mark is already
-set (the last tier ended in next-tier).
+cannot be written and becomes a drop; policy chains pass their verdicts back in the ACCEPT and
+NEXT-TIER mark bits, and a next-tier rule in a profile only ends that profile, on its own match.
 
 Verdicts: ("allow" | "deny", decider), the decider naming the step that decided:
 ("policy", tier, policy, rule index), ("tier-end", tier), ("profile", profile, rule index),
@@ -125,7 +124,11 @@ class Marks:
 
 
 def _chain(
-    rules: tuple[m.ResolvedRule, ...], p: Pkt, sets: Mapping[str, frozenset[str]], marks: Marks
+    rules: tuple[m.ResolvedRule, ...],
+    p: Pkt,
+    sets: Mapping[str, frozenset[str]],
+    marks: Marks,
+    in_profile: bool = False,
 ) -> tuple[str, int | None]:
     """("drop" | "return" | "end", index of the deciding rule)."""
     for i, rule in enumerate(rules):
@@ -141,9 +144,12 @@ def _chain(
             marks.accept = marks.accept or hit
             if marks.accept:
                 return "return", i
-        if rule.action == "next-tier":
+        if rule.action == "next-tier" and in_profile:
+            if hit:  # ends this profile; the next one is tried
+                return "return", i
+        elif rule.action == "next-tier":
             marks.next_tier = marks.next_tier or hit
-            if marks.next_tier:  # set now, or already on entry (see the module docstring)
+            if marks.next_tier:
                 return "return", i
     return "end", None
 
@@ -181,7 +187,7 @@ def leg(
     for profile_id in update.endpoint.profile_ids:
         prof = state.profiles[profile_id]
         rules = prof.inbound_rules if inbound else prof.outbound_rules
-        outcome, index = _chain(rules, p, sets, marks)
+        outcome, index = _chain(rules, p, sets, marks, in_profile=True)
         if outcome == "drop":
             return "deny", ("profile", profile_id, index)
         if marks.accept:

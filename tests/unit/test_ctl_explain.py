@@ -257,19 +257,24 @@ def explain_text(items: dict[str, str], *args: str, **kw: Any) -> tuple[flow.Exp
     return explanation, report.as_text(explanation)
 
 
-def test_profile_next_tier_returns_when_the_last_tier_said_next_tier() -> None:
+def test_a_profile_next_tier_ends_only_that_profile_on_its_own_match() -> None:
+    """The last tier ends in next-tier, so the NEXT-TIER mark is still set when the profiles
+    run; a profile's next-tier rule must still act only on its own match (it used to return for
+    every packet, found by this explain work and confirmed with packets)."""
     items = base()
     items["/calico/v1/policy/tier/t/metadata"] = '{"order": 1}'
+    pass_all = [{"action": "next-tier"}]
     items["/calico/v1/policy/tier/t/policy/pass"] = json.dumps(
-        {"selector": "all()", "inbound_rules": [{"action": "next-tier"}]}
+        {"selector": "all()", "inbound_rules": pass_all, "outbound_rules": pass_all}
     )
     items["/calico/v1/policy/profile/open/rules"] = json.dumps(
         {"inbound_rules": [{"action": "next-tier", "protocol": "udp"}, {}], "outbound_rules": [{}]}
     )
     explanation, text = explain_text(items, "a", "b", port=80)
-    assert explanation.verdict == "deny", text
-    assert "return: the NEXT-TIER mark was already set" in text
-    # Without the tier the same profile allows: its next-tier rule does not match tcp.
+    assert explanation.verdict == "allow", text  # tcp: the next-tier rule does not match
+    explanation, text = explain_text(items, "a", "b", protocol="udp", port=53)
+    assert explanation.verdict == "deny", text  # udp: the profile ends, no other allows
+    assert "next-tier: on to the next profile" in text
     del items["/calico/v1/policy/tier/t/policy/pass"]
     assert explain_text(items, "a", "b", port=80)[0].verdict == "allow"
 

@@ -142,7 +142,7 @@ def _add_holder(
     lines: list[str] = []
     for index, rule in enumerate(holder.resolved):
         try:
-            rendered = render_rule(rule, ip_version, config)
+            rendered = render_rule(rule, ip_version, config, holder.kind == "profile")
         except UnrenderableRule as e:
             rendered = drop_rules(config, comment_text="ERROR failed to parse rules")
             holder.unrenderable[index] = str(e)

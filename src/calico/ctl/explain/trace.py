@@ -215,12 +215,7 @@ def _rule_step(holder: c.Holder, index: int, events: list[Event] | None) -> Rule
     if targets & {DROP, ACCEPT}:
         return RuleStep(index + 1, text, "deny")
     if RETURN in targets:
-        return RuleStep(
-            index + 1,
-            text,
-            "return: the NEXT-TIER mark was already set",
-            "a next-tier rule returns from a profile whenever an earlier tier ended in next-tier",
-        )
+        return RuleStep(index + 1, text, "next-tier: on to the next profile")
     if "LOG" in targets:
         return RuleStep(index + 1, text, "log")
     failed = next((e.failed for e in events if e.failed), None)

@@ -168,15 +168,27 @@ def rule_matches(rule: ResolvedRule, ip_version: int) -> list[str]:
     return out
 
 
-def render_rule(rule: ResolvedRule, ip_version: int, config: RenderConfig) -> list[str]:
+def render_rule(
+    rule: ResolvedRule, ip_version: int, config: RenderConfig, in_profile: bool = False
+) -> list[str]:
     """The iptables rules for one policy/profile rule in the `ip_version` table (§5.6).
 
+    `in_profile`: a next-tier rule in a profile only ends that profile (the next one is tried,
+    felix.md §2.5): it returns on its own match, without the NEXT-TIER mark, which may still be
+    set from a tier that ended in next-tier (the mark would make it return for every packet).
     Raises UnrenderableRule for a rule the kernel would reject; `rules_chain` turns that into a
     drop (fail closed)."""
     matches = rule_matches(rule, ip_version)
     if not matches:
         return []
     prefix = f"{rule.log_prefix or DEFAULT_LOG_PREFIX}: "
+    if rule.action == "next-tier" and in_profile:
+        rules = []
+        for match in matches:
+            if rule.log_prefix:
+                rules.append(join(match, log_target(prefix)))
+            rules.append(join(match, "-j RETURN"))
+        return rules
     if rule.action in ("allow", "next-tier"):
         mark = config.mark_accept if rule.action == "allow" else config.mark_next_tier
         rules = [join(m, set_mark(mark)) for m in matches]
@@ -195,12 +207,14 @@ def render_rule(rule: ResolvedRule, ip_version: int, config: RenderConfig) -> li
     raise UnrenderableRule(f"unknown action {rule.action!r}")
 
 
-def rules_chain(rules: Iterable[ResolvedRule], ip_version: int, config: RenderConfig) -> list[str]:
+def rules_chain(
+    rules: Iterable[ResolvedRule], ip_version: int, config: RenderConfig, in_profile: bool = False
+) -> list[str]:
     """A profile/policy chain body: each rule in order; an unrenderable rule becomes a drop."""
     out: list[str] = []
     for rule in rules:
         try:
-            out += render_rule(rule, ip_version, config)
+            out += render_rule(rule, ip_version, config, in_profile)
         except UnrenderableRule:
             out += drop_rules(config, comment_text="ERROR failed to parse rules")
     return out
@@ -222,8 +236,10 @@ def policy_chains(update: ActivePolicyUpdate, ip_version: int, config: RenderCon
 def profile_chains(update: ActiveProfileUpdate, ip_version: int, config: RenderConfig) -> Chains:
     """``felix-p-<profile>-i`` and ``-o`` (a stand-in profile arrives as deny-all rules)."""
     return {
-        names.profile_chain(update.id, True): rules_chain(update.inbound_rules, ip_version, config),
+        names.profile_chain(update.id, True): rules_chain(
+            update.inbound_rules, ip_version, config, in_profile=True
+        ),
         names.profile_chain(update.id, False): rules_chain(
-            update.outbound_rules, ip_version, config
+            update.outbound_rules, ip_version, config, in_profile=True
         ),
     }
