@@ -48,6 +48,7 @@ test: setup lint
 # (tests/unit/test_config_docs.py fails when either is stale).
 docs: venv
 	$(PY) -m calico.felix.config.docs --write
+	$(PY) -m calico.ctl.docs --write
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
