@@ -9,12 +9,12 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := etcd-server etcd-client iptables ipset iproute2 iputils-ping conntrack \
                 netcat-openbsd dnsmasq-base openssl procps logrotate busybox bird2
 
-.PHONY: all setup deb venv demo test lint unit system clean bench bench-render bench-calc \
+.PHONY: all setup deb kubectl venv demo test lint unit system clean bench bench-render bench-calc \
         bench-dataplane docs
 
 all: test
 
-setup: deb venv
+setup: deb venv kubectl
 
 # Debian packages: only call apt when one is missing.
 deb:
@@ -22,6 +22,25 @@ deb:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Debian's kubectl (package kubernetes-client), which the Kubernetes datastore tests drive the lab
+# API server with. Installed like the packages above, except where another package owns
+# /usr/bin/kubectl (Google Cloud CLI's `kubectl`): dpkg would refuse to overwrite it, so the
+# package's own binary is unpacked into $(VENV)/debian instead (the tests look in both places).
+KUBECTL_DEB := kubernetes-client
+kubectl:
+	@owner=$$(dpkg -S /usr/bin/kubectl 2>/dev/null | cut -d: -f1); \
+	if [ "$$owner" = "$(KUBECTL_DEB)" ] || [ -x $(VENV)/debian/usr/bin/kubectl ]; then :; \
+	elif [ -z "$$owner" ]; then \
+	  echo "installing Debian packages: $(KUBECTL_DEB)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(KUBECTL_DEB) >/dev/null; \
+	else \
+	  echo "unpacking Debian's $(KUBECTL_DEB) into $(VENV)/debian (/usr/bin/kubectl is $$owner's)"; \
+	  tmp=$$(mktemp -d) && chown _apt $$tmp 2>/dev/null; apt-get update -qq \
+	    && (cd $$tmp && apt-get download -qq $(KUBECTL_DEB)) \
+	    && mkdir -p $(VENV)/debian && dpkg-deb -x $$tmp/$(KUBECTL_DEB)_*.deb $(VENV)/debian; \
+	  status=$$?; rm -rf $$tmp; exit $$status; \
 	fi
 
 venv: $(VENV)/.stamp
