@@ -4,10 +4,12 @@ mirror of what the listener was told (no deletion of an unknown key, nothing los
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +313,87 @@ def test_deleting_a_namespace_deletes_its_pods_policies_and_profile(server, harn
     assert sum("team" in k for k in rec.state) == 4  # endpoint, policy, profile rules and labels
     cluster.delete(NAMESPACES, "", "team")
     rec.wait_for(lambda: not any("team" in k for k in rec.state), "everything of the namespace")
+
+
+class HostileHandler(BaseHTTPRequestHandler):
+    """An API server that answers lists with hostile objects next to good ones, and every watch
+    with one broken stream (in turn: a version with a newline, JSON nested too deeply, an
+    unknown event type, a line that is not JSON)."""
+
+    protocol_version = "HTTP/1.1"
+    watches = 0
+    BROKEN = [
+        b'{"type": "ADDED", "object": {"metadata": {"resourceVersion": "2\\n"}}}\n',
+        b"[" * 100000 + b"]" * 100000 + b"\n",
+        b'{"type": "SHRUG", "object": {}}\n',
+        b"not json\n",
+    ]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if "watch=true" in self.path:
+            line = self.BROKEN[HostileHandler.watches % len(self.BROKEN)]
+            HostileHandler.watches += 1
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(line)))
+            self.end_headers()
+            self.wfile.write(line)
+            return
+        items: list[Any] = []
+        if path == "/api/v1/namespaces":
+            items = [{"metadata": {"name": "default"}}, {"metadata": {"name": "a'b"}}]
+        elif path == "/api/v1/pods":
+            items = [
+                {
+                    "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+                    "spec": {"nodeName": NODE},
+                    "status": {"podIP": "10.65.0.2"},
+                },
+                {
+                    "metadata": {"name": "x", "namespace": "default", "labels": {"a": "b' || '"}},
+                    "spec": {"nodeName": NODE},
+                    "status": {"podIP": "10.65.0.3"},
+                },
+                {
+                    "metadata": {"name": "y", "namespace": "default"},
+                    "spec": {"nodeName": "a/b"},
+                    "status": {"podIP": "10.65.0.4"},
+                },
+                "not an object",
+                {"metadata": {"name": ["z"]}},
+            ]
+        body = json.dumps({"kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_hostile_api_server_never_crashes_the_syncer(caplog) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), HostileHandler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        recorder = Recorder()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        client = KubeClient(KubeSettings(server=url, source="test"), timeout=5.0)
+        syncer = KubeSyncer(client, recorder, backoff_initial=0.05, backoff_max=0.1)
+        thread = threading.Thread(target=syncer.run, daemon=True)
+        thread.start()
+        recorder.wait_for(recorder.in_sync, "in-sync")
+        poll(lambda: HostileHandler.watches >= 12, "every broken stream, more than once")
+        assert thread.is_alive() and syncer._failure is None
+        assert set(recorder.state) >= {wep("default", "web")}
+        assert not any("default.x" in k or "default.y" in k or "a'b" in k for k in recorder.state)
+        for expected in ("usable resource version", "nested too deeply", "unknown event type",
+                         "undecodable JSON", "invalid value", "left out"):  # fmt: skip
+            assert expected in caplog.text, expected
+        syncer.stop()
+        thread.join(10)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

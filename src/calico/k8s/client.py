@@ -75,6 +75,18 @@ def decode(raw: bytes | str, what: str) -> Any:
         raise KubeUnavailable(f"{what}: JSON nested too deeply") from None
 
 
+MAX_VERSION = 256  # characters of a resourceVersion (kube-apiserver's are decimal numbers)
+MAX_TOKEN = 16384  # characters of a continue token
+
+
+def opaque(value: object, limit: int) -> bool:
+    """Whether a server-chosen token (resourceVersion, continue) is fit to send back: a
+    non-empty printable string of at most `limit` characters. Its meaning is never read."""
+    return (
+        isinstance(value, str) and 0 < len(value) <= limit and all("!" <= c <= "~" for c in value)
+    )
+
+
 def status_error(code: int, body: object) -> KubeApiError:
     """The error a Status object (or any error body) describes."""
     status: dict[str, Any] = body if isinstance(body, dict) else {}
@@ -182,9 +194,9 @@ class KubeClient:
             raise KubeUnavailable(f"GET {path}: not a list: {quoted(body)}")
         rv = meta.get("resourceVersion")
         token = meta.get("continue") or None
-        if not isinstance(rv, str) or not rv or not isinstance(token, str | None):
+        if not opaque(rv, MAX_VERSION) or (token is not None and not opaque(token, MAX_TOKEN)):
             raise KubeUnavailable(f"GET {path}: list metadata {quoted(meta)} is unusable")
-        return Page(items, rv, token)
+        return Page(items, str(rv), token)
 
     def list_all(self, path: str, limit: int) -> tuple[list[Any], str]:
         """Every item, page by page (all pages at the first page's version), and that version.

@@ -36,12 +36,14 @@ from calico.common.quoting import quoted
 from calico.common.sync import SyncListener, SyncStatus, Update
 from calico.k8s import mapping, policy
 from calico.k8s.client import (
+    MAX_VERSION,
     KubeApiError,
     KubeClient,
     KubeError,
     KubeUnavailable,
     ResourceExpired,
     WatchStream,
+    opaque,
     status_error,
 )
 from calico.k8s.model import NAMESPACES, PODS, Kind, LogOnce, Model, simple
@@ -256,8 +258,10 @@ class KubeSyncer:
                     raise status_error(500, event.object)
                 meta = event.object.get("metadata")
                 new_rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
-                if not isinstance(new_rv, str) or not new_rv:
-                    raise KubeUnavailable(f"watch event without a resource version: {event.type}")
+                if not opaque(new_rv, MAX_VERSION):
+                    raise KubeUnavailable(
+                        f"watch event without a usable resource version: {event.type}"
+                    )
                 if event.type != "BOOKMARK":
                     with self._lock:
                         if event.type == "DELETED":
@@ -265,7 +269,7 @@ class KubeSyncer:
                         else:
                             updates = self.model.upsert(rtype.name, event.object)
                         self._report(updates)
-                rv, progressed = new_rv, True
+                rv, progressed = str(new_rv), True
         finally:
             with self._streams_lock:
                 self._streams.discard(stream)
