@@ -16,7 +16,7 @@ drops), `restart()` (same port, same objects), short watch timeouts and bookmark
 with per-verb/resource rights (401 without a valid token, 403 without the right).
 
 Storage and versions: `calico.lab.kube_store`; resource table, discovery, selectors and patches:
-`calico.lab.kube_resources`.
+`calico.lab.kube_resources`; paths, verbs and tokens' rights: `calico.lab.kube_routes`.
 """
 
 from __future__ import annotations
@@ -28,61 +28,31 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from calico.lab import kube_routes as routes
 from calico.lab.kube_resources import (
     MERGE_PATCH,
     NAMESPACES,
-    RESOURCES,
     STRATEGIC_MERGE_PATCH,
     ApiError,
     Resource,
     bad_request,
     discovery,
     expired,
-    field_matcher,
-    label_matcher,
     merge_patch,
-    resource_for,
 )
+from calico.lab.kube_routes import Identity, reader
 from calico.lab.kube_store import KubeStore
 from calico.lab.tls import TlsFiles
 
+__all__ = ["Identity", "KubeApiServer", "ensure_namespace", "reader"]
+
 log = logging.getLogger(__name__)
 
-TRUE = ("1", "t", "T", "true", "True", "TRUE")  # Go's strconv.ParseBool
 MAX_BODY = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a token is and what it may do: (verb, resource) pairs, "*" for any."""
-
-    user: str
-    rules: frozenset[tuple[str, str]] = field(default=frozenset({("*", "*")}))
-
-    def allows(self, verb: str, resource: str) -> bool:
-        return any(v in ("*", verb) and r in ("*", resource) for v, r in self.rules)
-
-
-ALL_PLURALS = tuple(resource.plural for resource in RESOURCES)
-
-
-def reader(user: str, resources: tuple[str, ...] = ALL_PLURALS) -> Identity:
-    """A token that may only get, list and watch `resources`."""
-    return Identity(user, frozenset((v, r) for v in ("get", "list", "watch") for r in resources))
-
-
-@dataclass
-class _Route:
-    resource: Resource
-    namespace: str | None  # None: all namespaces (or a cluster-scoped resource)
-    name: str | None
-    subresource: str
-    watch_path: bool
 
 
 class KubeApiServer:
@@ -265,10 +235,10 @@ class _Handler(BaseHTTPRequestHandler):
             document = discovery(path, self._address())
             if document is not None and method == "GET":
                 return self._send(200, document)
-            route = _route(path)
+            route = routes.route(path)
             if route.resource.plural in api.unserved:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            verb = _verb(method, route, query)
+            verb = routes.verb(method, route, query)
             self._authorize(identity, verb, route)
             self._perform(method, verb, route, query, body)
         except ApiError as e:
@@ -300,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(401, "Unauthorized", "Unauthorized")
         return token
 
-    def _authorize(self, token: str, verb: str, route: _Route) -> None:
+    def _authorize(self, token: str, verb: str, route: routes.Route) -> None:
         tokens = self.server.api.tokens
         if tokens is None:
             return
@@ -325,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _perform(
-        self, method: str, verb: str, route: _Route, query: dict[str, str], body: Any
+        self, method: str, verb: str, route: routes.Route, query: dict[str, str], body: Any
     ) -> None:
         store = self.server.api.store
         resource, name = route.resource, route.name
@@ -377,10 +347,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, store.delete(resource, namespace, name, seconds))
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
 
-    def _list(self, route: _Route, query: dict[str, str]) -> None:
+    def _list(self, route: routes.Route, query: dict[str, str]) -> None:
         store, resource = self.server.api.store, route.resource
-        limit = _int(query.get("limit"), "limit")
-        match = _matcher(route, query)
+        limit = routes.integer(query.get("limit"), "limit")
+        match = routes.matcher(route, query)
         items, rv, token, remaining = store.list(
             resource, route.namespace, match, limit, query.get("continue") or None
         )
@@ -403,16 +373,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- Watch ------------------------------------------------------------------------------------
 
-    def _watch(self, route: _Route, query: dict[str, str]) -> None:
+    def _watch(self, route: routes.Route, query: dict[str, str]) -> None:
         api, store, resource = self.server.api, self.server.api.store, route.resource
-        match = _matcher(route, query)
+        match = routes.matcher(route, query)
         timeout = query.get("timeoutSeconds")
         duration = (
-            float(_int(timeout, "timeoutSeconds") or 0)
+            float(routes.integer(timeout, "timeoutSeconds") or 0)
             if timeout
             else random.uniform(api.min_request_timeout, 2 * api.min_request_timeout)  # noqa: S311
         )
-        bookmarks = query.get("allowWatchBookmarks") in TRUE
+        bookmarks = query.get("allowWatchBookmarks") in routes.TRUE
         rv_text = query.get("resourceVersion") or ""
         initial: list[dict[str, Any]] = []
         error: ApiError | None = None
@@ -421,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
                 cursor = store.rv
                 initial, _, _, _ = store.list(resource, route.namespace, match)
         else:
-            cursor = _int(rv_text, "resourceVersion") or 0
+            cursor = routes.integer(rv_text, "resourceVersion") or 0
             if cursor < store.compacted:
                 error = expired(f"too old resource version: {cursor} ({store.compacted})")
                 if api.gone_as_http:
@@ -441,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(
         self,
-        route: _Route,
+        route: routes.Route,
         match: Any,
         cursor: int,
         initial: list[dict[str, Any]],
@@ -495,70 +465,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-
-
-def _int(text: str | None, name: str) -> int | None:
-    if text in (None, ""):
-        return None
-    try:
-        value = int(str(text))
-    except ValueError:
-        raise bad_request(f"invalid {name} {text!r}") from None
-    if value < 0:
-        raise bad_request(f"invalid {name} {text!r}")
-    return value
-
-
-def _matcher(route: _Route, query: dict[str, str]) -> Any:
-    labels = label_matcher(query.get("labelSelector"))
-    fields = field_matcher(query.get("fieldSelector"))
-    name = route.name
-    return lambda obj: (
-        labels(obj)
-        and fields(obj)
-        and (name is None or obj.get("metadata", {}).get("name") == name)
-    )
-
-
-def _route(path: str) -> _Route:
-    """The resource, namespace, name and subresource a path names; NotFound for anything else."""
-    parts = path.strip("/").split("/")
-    if parts[:2] == ["api", "v1"]:
-        prefix, rest = "/api/v1", parts[2:]
-    elif parts[:1] == ["apis"] and len(parts) >= 3:
-        prefix, rest = f"/apis/{parts[1]}/{parts[2]}", parts[3:]
-    else:
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
-    watch_path = rest[:1] == ["watch"]
-    if watch_path:
-        rest = rest[1:]
-    namespace: str | None = None
-    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] != "status":
-        namespace, rest = rest[1], rest[2:]
-    if not rest or len(rest) > 3 or (len(rest) == 3 and rest[2] != "status"):
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
-    resource = resource_for(prefix, rest[0])
-    if resource is None or (namespace is not None and not resource.namespaced):
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
-    name = rest[1] if len(rest) >= 2 else None
-    if name is not None and resource.namespaced and namespace is None:
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
-    return _Route(resource, namespace, name, rest[2] if len(rest) == 3 else "", watch_path)
-
-
-def _verb(method: str, route: _Route, query: dict[str, str]) -> str:
-    watch = route.watch_path or query.get("watch") in TRUE
-    if method == "GET":
-        if watch:
-            return "watch"
-        return "list" if route.name is None else "get"
-    if route.watch_path:
-        raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on a watch")
-    if method == "POST" and route.name is None:
-        return "create"
-    if route.name is not None:
-        return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "")
-    raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on a collection")
 
 
 def ensure_namespace(store: KubeStore, name: str, labels: dict[str, str] | None = None) -> None:
