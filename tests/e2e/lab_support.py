@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from calico.lab.dataplane_view import DataplaneView
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
 from calico.lab.flows import Flow, settle
@@ -46,6 +47,8 @@ class Lab:
         self.host = ComputeHost(etcd, hostname=hostname, name_prefix=name_prefix, work_dir=work_dir)
         self.vms: dict[str, Workload] = {}
         self.felix: FelixProcess | None = None
+        # Felix's chains and sets, read the same way for both rules backends.
+        self.view = DataplaneView(self.host.ns)
 
     # -- datastore -----------------------------------------------------------------------------
 
@@ -100,6 +103,8 @@ class Lab:
             felix.wait_for("Dataplane programmed", timeout=FELIX_START_TIMEOUT)
         except AssertionError as e:
             pytest.fail(f"Felix did not program the host: {e}")
+        if (said := self.view.running_in(felix.text())) is not None:
+            pytest.fail(f"Felix runs another backend than {self.view.backend}: {said}")
         return felix
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import pytest
 
+from calico.lab.dataplane_view import DataplaneView
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
 from calico.lab.flows import Flow, measure
@@ -144,6 +145,7 @@ class FelixLab:
     def __init__(self, etcd: EtcdServer, work_dir: Path):
         self.etcd = etcd
         self.host = ComputeHost(etcd, hostname=HOST, name_prefix="e2e", work_dir=work_dir)
+        self.view = DataplaneView(self.host.ns)
         self.vms: dict[str, Workload] = {}
         self.felix: FelixProcess | None = None
         self.problem: str | None = None  # why the positive control failed, if it did
@@ -258,7 +260,9 @@ class FelixLab:
 
 
 @pytest.fixture(scope="module")
-def lab(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FelixLab]:
+def lab(
+    backend: str, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FelixLab]:
     # The same clean slate as the `etcd` fixture, but for the whole module: this lab's Felix
     # must not see /calico wiped under it between tests.
     if not etcd_server.running:
@@ -280,6 +284,7 @@ def test_felix_programs_the_host(lab: FelixLab) -> None:
     lab.require_programmed()
     assert lab.felix is not None
     assert "Dataplane programmed" in lab.felix.text()
+    assert lab.view.running_in(lab.felix.text()) is None, lab.view.backend
     neigh = lab.host.run(["ip", "-4", "neigh", "show", "nud", "permanent"]).stdout
     for vm in lab.vms.values():
         assert lab.host.route_to(vm.ip) == vm.tap, vm
@@ -288,7 +293,7 @@ def test_felix_programs_the_host(lab: FelixLab) -> None:
         assert lab.host.read_sysctl(f"net.ipv4.conf.{tap}.proxy_arp") == "1"
         assert lab.host.read_sysctl(f"net.ipv4.neigh.{tap}.proxy_delay") == "0"
         assert lab.host.read_sysctl(f"net.ipv4.conf.{tap}.rp_filter") == "1"
-    assert "felix-FORWARD" in lab.host.iptables("-S", "FORWARD")
+    assert lab.view.hooked()
 
 
 def test_felix_programs_the_host_v6(lab: FelixLab) -> None:
@@ -304,8 +309,8 @@ def test_felix_programs_the_host_v6(lab: FelixLab) -> None:
             problems.append(f"{name}: proxy_ndp is not 1 on {vm.tap}")
         if f"fe80::1 dev {vm.tap} proxy" not in proxies:
             problems.append(f"{name}: no 'ip -6 neigh add proxy fe80::1 dev {vm.tap}'")
-    if "felix-FORWARD" not in lab.host.iptables("-S", "FORWARD", v6=True):
-        problems.append("no FORWARD -> felix-FORWARD jump in ip6tables")
+    if not lab.view.hooked(v6=True):
+        problems.append(f"forwarded IPv6 does not reach felix-FORWARD ({lab.view.backend})")
     if problems:
         lab.fail("IPv6 host programming incomplete:\n" + "\n".join(problems), v6=True)
     lab.require_programmed(v6=True)
@@ -404,8 +409,7 @@ def test_profile_rule_change_takes_effect(lab: FelixLab) -> None:
 
 
 def _felix_forward_rules(lab: FelixLab) -> list[str]:
-    lines = lab.host.iptables("-S", "felix-FORWARD", check=False).splitlines()
-    return [line for line in lines if line.startswith("-A ")]
+    return lab.view.chain_rules("felix-FORWARD")
 
 
 def test_flushed_chain_is_repaired_by_refresh(lab: FelixLab) -> None:
@@ -416,7 +420,7 @@ def test_flushed_chain_is_repaired_by_refresh(lab: FelixLab) -> None:
 
     # Another tool flushes Felix's FORWARD chain: with it empty the kernel's FORWARD policy
     # (ACCEPT in a fresh namespace) lets D through: policy is bypassed...
-    lab.host.iptables("-F", "felix-FORWARD")
+    lab.view.flush_forward()
     flushed = time.monotonic()
     bypassed = ping(d, a)
     # ...until Felix's periodic refresh rewrites the chain.
@@ -428,10 +432,11 @@ def test_flushed_chain_is_repaired_by_refresh(lab: FelixLab) -> None:
     assert ping(a, lab.vms["B"])
     assert bypassed, "expected the flush to open D->A until the repair (test sanity)"
 
-    # The jump from the kernel's FORWARD chain, removed by someone else, comes back too.
-    lab.host.iptables("-D", "FORWARD", "-j", "felix-FORWARD")
-    if not wait_until(lambda: "felix-FORWARD" in lab.host.iptables("-S", "FORWARD"), limit):
-        lab.fail(f"the FORWARD -> felix-FORWARD jump was not restored within {limit:.1f} s")
+    # The jump from the kernel's FORWARD chain (nftables: the base chain itself), removed by
+    # someone else, comes back too.
+    lab.view.unhook_forward()
+    if not wait_until(lab.view.hooked, limit):
+        lab.fail(f"the FORWARD -> felix-FORWARD hook was not restored within {limit:.1f} s")
     assert not ping(d, a)
 
 

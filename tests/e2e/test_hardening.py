@@ -50,7 +50,9 @@ BASELINE: list[Expectation] = [
 
 
 @pytest.fixture(scope="module")
-def lab(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab(
+    backend: str, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lab]:
     reset_etcd(etcd_server)
     lab = Lab(etcd_server, tmp_path_factory.mktemp("hardening"), HOST, "hard")
     try:
@@ -70,7 +72,8 @@ def lab(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def forward_rules(lab: Lab) -> str:
-    return lab.host.iptables("-S", "FORWARD") + lab.host.iptables("-S", "felix-FORWARD")
+    hook = "" if lab.view.nftables else lab.host.iptables("-S", "FORWARD")
+    return hook + "\n".join(lab.view.chain_rules("felix-FORWARD"))
 
 
 def test_injection_through_the_endpoint_key_opens_nothing(lab: Lab) -> None:
@@ -91,7 +94,7 @@ def test_injection_through_the_endpoint_key_opens_nothing(lab: Lab) -> None:
     time.sleep(REFRESH * 1.5)  # past a refresh and its read-back
     lab.expect(BASELINE, what="after hostile endpoint keys")
     assert forward_rules(lab) == before
-    saved = lab.host.run(["iptables-save"]).stdout
+    saved = lab.view.dump()
     assert "-A felix-FORWARD -j ACCEPT" not in saved and "-I FORWARD" not in saved
     lab.delete(f"/calico/v1/host/{HOST}/workload", recursive=True)
     lab.put_endpoint("A", ["web"])
@@ -112,7 +115,7 @@ def test_hostile_ids_in_values_open_nothing(lab: Lab) -> None:
     # D's endpoint is invalid, so it is as if deleted: no route, nothing reaches it.
     assert wait_until(lambda: lab.host.route_to(d.ip) is None, CHANGE_TIMEOUT, 0.2)
     lab.expect(BASELINE, what="with hostile IDs in values", require_path=False)
-    assert "-A felix-FORWARD -j ACCEPT" not in lab.host.run(["iptables-save"]).stdout
+    assert "-A felix-FORWARD -j ACCEPT" not in lab.view.dump()
     lab.put_endpoint("D", ["isolated"])
     lab.expect(BASELINE, what="after restoring D")
 

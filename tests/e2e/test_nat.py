@@ -36,13 +36,13 @@ differs.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
+from calico.lab.dataplane_view import DataplaneView
 from calico.lab.echo import EchoServer, Reply, ping_reply_from
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.felix import FelixProcess
@@ -60,10 +60,6 @@ EXT_IP = "198.19.0.10"  # F's floating IP: in 198.18.0.0/15, off the uplink's /2
 POOL_CIDR = "10.65.0.0/16"
 POOL_KEY = "/calico/v1/ipam/v4/pool/10.65.0.0-16"
 PROFILE = "nat-open"
-# felix-INPUT's accept of MetadataAddr:MetadataPort (§5.3 rule 8), as iptables -S prints it.
-METADATA_ACCEPT = re.compile(
-    r"^-A felix-INPUT -d (\S+)/32 -p tcp -m tcp --dport (\d+) -j ACCEPT$", re.M
-)
 # Everything that the tests send to a VM is allowed by its profile, so whether a packet
 # gets through is decided by routing and NAT alone.
 PROFILE_RULES = {
@@ -86,6 +82,7 @@ class NatLab:
         )
         assert self.host.external is not None
         self.ext: ExternalHost = self.host.external
+        self.view = DataplaneView(self.host.ns)
         try:
             self.a = self.host.add_workload("10.65.0.2", label="vma")
             self.b = self.host.add_workload("10.65.0.3", label="vmb")
@@ -131,6 +128,8 @@ class NatLab:
             self.felix.wait_for("Dataplane programmed", PROGRAM_TIMEOUT)
         except AssertionError as exc:
             self.fail(f"Felix did not program the host: {exc}")
+        if (said := self.view.running_in(self.felix.text())) is not None:
+            self.fail(f"Felix runs another backend than {self.view.backend}: {said}")
         # Positive control: with Felix's routes and proxy ARP, A reaches B.
         if not wait_until(lambda: ping_reply_from(self.a.ns, self.b.ip) == self.b.ip, 10, 0.5):
             self.fail("A never pinged B after Felix programmed the host")
@@ -138,7 +137,7 @@ class NatLab:
     # -- diagnostics ---------------------------------------------------------------------------
 
     def fail(self, message: str) -> NoReturn:
-        nat = self.host.run(["iptables-save", "-t", "nat"], check=False).stdout
+        nat = self.view.nat_dump()
         routes = self.host.run(["ip", "-4", "route", "show"], check=False).stdout
         log = self.felix.text().splitlines()[-60:] if self.felix else ["(Felix never started)"]
         status = self.felix.proc.poll() if self.felix else None
@@ -152,12 +151,6 @@ class NatLab:
         (as ``conntrack -L`` prints them; empty if none)."""
         argv = ["conntrack", "-L", "-p", "udp", "--orig-dst", orig_dst, "--sport", str(sport)]
         return self.host.run(argv, check=False).stdout.strip()
-
-    def nat_rules(self) -> str:
-        return self.host.run(["iptables-save", "-t", "nat"]).stdout
-
-    def input_rules(self) -> str:
-        return self.host.iptables("-S", "felix-INPUT")
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -198,7 +191,9 @@ class NatLab:
 
 
 @pytest.fixture(scope="module")
-def lab(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatLab]:
+def lab(
+    backend: str, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NatLab]:
     # A clean /calico for the whole module: this lab's Felix must not see it wiped under it.
     if not etcd_server.running:
         etcd_server.start()
@@ -223,8 +218,7 @@ def test_metadata_reaches_loopback_server(lab: NatLab) -> None:
     INPUT, and routable only because Felix set route_localnet on the TAP."""
     lab.ensure_felix(DEFAULT_METADATA)
     assert lab.host.read_sysctl(f"net.ipv4.conf.{lab.a.tap}.route_localnet") == "1"
-    accept = METADATA_ACCEPT.search(lab.input_rules())
-    assert accept is not None and accept.group(1, 2) == ("127.0.0.1", "8775"), accept
+    assert lab.view.metadata_accept() == ("127.0.0.1", "8775")
     with EchoServer(lab.host.ns, "127.0.0.1", 8775) as server:
         reply = lab.expect_reply(
             "A -> http://169.254.169.254/ (metadata at 127.0.0.1:8775)",
@@ -243,7 +237,6 @@ def test_floating_ip(lab: NatLab) -> None:
     OUTPUT); gone with the mapping."""
     lab.ensure_felix(DEFAULT_METADATA)
     f, ext = lab.f, lab.ext
-    nat_rule = f"-A felix-FIP-DNAT -d {EXT_IP}/32 -j DNAT --to-destination {f.ip}"
     with EchoServer(f.ns, "0.0.0.0", SERVER_PORT) as server:
         # Control: the external host reaches F's own address (routed by the host), and the
         # floating IP is nobody's yet.
@@ -257,7 +250,7 @@ def test_floating_ip(lab: NatLab) -> None:
             # F saw the external host itself (no SNAT) reaching its own address (DNAT); the
             # answer came back from the floating IP (the connection was to it).
             assert reply == Reply(server.token, ext.ip, f.ip, EXT_IP), reply
-            assert nat_rule in lab.nat_rules()
+            assert lab.view.fip_dnat(EXT_IP, f.ip)
             # §5.11: a host route for the ext_ip too (programmed after the nat table).
             if not wait_until(lambda: lab.host.route_to(EXT_IP) == f.tap, CHANGE_TIMEOUT):
                 lab.fail(f"no route {EXT_IP} dev {f.tap}")
@@ -292,7 +285,7 @@ def test_floating_ip(lab: NatLab) -> None:
             f"the UDP flow to {EXT_IP} after the mapping was removed",
             lambda: server.udp_exchange(ext.ns, EXT_IP, UDP_SPORT) is not None,
         )
-        assert nat_rule not in lab.nat_rules()
+        assert not lab.view.fip_dnat(EXT_IP, f.ip)
         # Only the floating IP went: F's own address is still reachable.
         lab.expect_reply(
             "external -> F by its own address, after", lambda: server.fetch(ext.ns, f.ip)
@@ -340,7 +333,7 @@ def test_masquerade(lab: NatLab) -> None:
                 lambda: outside.fetch(a.ns, ext.ip),
                 peer=a.ip,
             )
-            if "MASQUERADE" in lab.nat_rules():
+            if lab.view.masquerades():
                 lab.fail("a MASQUERADE rule is left with no masquerade pool")
     finally:
         lab.etcd.v2_delete(POOL_KEY)
@@ -352,9 +345,8 @@ def test_masquerade(lab: NatLab) -> None:
 def test_metadata_reaches_host_address_server(lab: NatLab) -> None:
     """MetadataAddr may be any host address, on any port: here the uplink's, port 8781."""
     lab.ensure_felix({"FELIX_METADATAADDR": lab.ext.host_ip, "FELIX_METADATAPORT": "8781"})
-    assert f"--to-destination {lab.ext.host_ip}:8781" in lab.nat_rules()
-    accept = METADATA_ACCEPT.search(lab.input_rules())
-    assert accept is not None and accept.group(1, 2) == (lab.ext.host_ip, "8781"), accept
+    assert lab.view.metadata_dnat() == f"{lab.ext.host_ip}:8781"
+    assert lab.view.metadata_accept() == (lab.ext.host_ip, "8781")
     with EchoServer(lab.host.ns, lab.ext.host_ip, 8781) as server:
         reply = lab.expect_reply(
             f"A -> http://169.254.169.254/ (metadata at {lab.ext.host_ip}:8781)",
@@ -367,9 +359,8 @@ def test_metadata_none_removes_dnat_and_accept(lab: NatLab) -> None:
     """MetadataAddr=none: no DNAT, no INPUT accept, and the VM cannot reach the server that
     the default configuration sent it to."""
     lab.ensure_felix({"FELIX_METADATAADDR": "none"})
-    nat, accepts = lab.nat_rules(), lab.input_rules()
-    if METADATA_IP in nat or METADATA_ACCEPT.search(accepts):
-        lab.fail(f"metadata rules left with MetadataAddr=none:\n{accepts}")
+    if lab.view.metadata_dnat() or lab.view.metadata_accept():
+        lab.fail(f"metadata rules left with MetadataAddr=none:\n{lab.view.dump()}")
     with EchoServer(lab.host.ns, "127.0.0.1", 8775) as server:
         # The server itself is up (the host reaches it), so only the missing NAT denies A.
         assert server.fetch(lab.host.ns, "127.0.0.1") is not None
@@ -385,8 +376,7 @@ def test_metadata_addr_as_a_host_name_is_resolved(lab: NatLab) -> None:
     """The seed allows a domain name for MetadataAddr; Felix used to crash-loop on it (issue 12,
     item 5). "localhost" resolves to 127.0.0.1, where the metadata server listens."""
     lab.ensure_felix({"FELIX_METADATAADDR": "localhost"})
-    accept = METADATA_ACCEPT.search(lab.input_rules())
-    assert accept is not None and accept.group(1, 2) == ("127.0.0.1", "8775"), accept
+    assert lab.view.metadata_accept() == ("127.0.0.1", "8775")
     with EchoServer(lab.host.ns, "127.0.0.1", 8775) as server:
         reply = lab.expect_reply(
             "A -> http://169.254.169.254/ (MetadataAddr localhost)",
@@ -401,6 +391,6 @@ def test_metadata_addr_that_does_not_resolve_leaves_felix_running(lab: NatLab) -
     lab.ensure_felix({"FELIX_METADATAADDR": "no-such-host.invalid"})
     assert lab.felix is not None
     lab.felix.wait_for("MetadataAddr 'no-such-host.invalid' does not resolve", 10)
-    assert METADATA_IP not in lab.nat_rules()
+    assert lab.view.metadata_dnat() is None
     assert ping_reply_from(lab.a.ns, lab.b.ip) == lab.b.ip
     assert lab.felix.proc.poll() is None

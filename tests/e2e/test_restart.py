@@ -118,7 +118,9 @@ def build(lab: Lab) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab(
+    backend: str, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lab]:
     reset_etcd(etcd_server)
     lab = Lab(etcd_server, tmp_path_factory.mktemp("restart"), HOST, "rst")
     try:
@@ -132,28 +134,14 @@ def lab(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def felix_chains(lab: Lab, v6: bool = False) -> set[str]:
-    """Names of the felix- chains in the host's filter table."""
-    tool = "ip6tables-save" if v6 else "iptables-save"
-    saved = lab.host.run([tool, "-t", "filter"]).stdout
-    return set(re.findall(r"^:(felix-\S+) ", saved, flags=re.MULTILINE))
+    """Names of Felix's chains (iptables: the filter table of one family; nftables: its
+    table, which serves both)."""
+    return lab.view.chains(v6)
 
 
 def felix_ipsets(lab: Lab) -> dict[str, set[str]]:
-    """The host's felix- ipsets and their members."""
-    text = lab.host.run(["ipset", "list"]).stdout
-    sets: dict[str, set[str]] = {}
-    current: set[str] | None = None
-    in_members = False
-    for line in text.splitlines():
-        if line.startswith("Name: "):
-            name = line.removeprefix("Name: ").strip()
-            current = sets.setdefault(name, set()) if name.startswith("felix-") else None
-            in_members = False
-        elif line.startswith("Members:"):
-            in_members = True
-        elif in_members and line.strip() and current is not None:
-            current.add(line.split()[0])
-    return sets
+    """Felix's IP sets (ipsets, or the nftables table's address sets) and their members."""
+    return lab.view.sets()
 
 
 def endpoint_chains(lab: Lab, vm: str) -> set[str]:

@@ -14,6 +14,9 @@ from pathlib import Path
 from calico.lab.netns import NetNS
 
 FELIX = str(Path(sys.executable).with_name("calico-felix"))
+# The NFTablesMode every lab Felix gets unless its caller says otherwise (the e2e suite runs once
+# per rules backend by setting it; unset: Felix's default, iptables).
+LAB_NFTABLES_MODE = "CALICO_LAB_NFTABLESMODE"
 
 
 def felix_env(
@@ -32,6 +35,8 @@ def felix_env(
             "FELIX_USAGEREPORTINGENABLED": "false",
         }
     )
+    if os.environ.get(LAB_NFTABLES_MODE):
+        env["FELIX_NFTABLESMODE"] = os.environ[LAB_NFTABLES_MODE]
     env.update(extra or {})
     return env
 
