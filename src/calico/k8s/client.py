@@ -121,6 +121,11 @@ class KubeClient:
     def close(self) -> None:
         self._session.close()
 
+    def copy(self) -> KubeClient:
+        """Another client with the same settings and its own connections (one per thread: a
+        requests Session is not meant to be shared by threads holding long watches)."""
+        return KubeClient(self.settings, self._timeout)
+
     # --- Requests ---------------------------------------------------------------------------------
 
     def _headers(self, reread: bool = False) -> dict[str, str]:

@@ -174,15 +174,22 @@ class KubeSyncer:
     # --- One type ---------------------------------------------------------------------------------
 
     def _sync_type(self, rtype: ResourceType) -> None:
+        client = self._client.copy()
+        try:
+            self._follow(rtype, client)
+        finally:
+            client.close()
+
+    def _follow(self, rtype: ResourceType, client: KubeClient) -> None:
         backoff = Backoff(*self._backoff)
         rv: str | None = None
         expired_in_a_row = 0
         while not self.stop_event.is_set():
             try:
                 if rv is None:
-                    rv = self._relist(rtype)
+                    rv = self._relist(rtype, client)
                     backoff.reset()
-                rv, progressed = self._watch(rtype, rv)
+                rv, progressed = self._watch(rtype, client, rv)
                 if progressed:
                     expired_in_a_row = 0
             except ResourceExpired as e:
@@ -214,8 +221,8 @@ class KubeSyncer:
         self._apply_list(rtype, [], "absent")
         self.stop_event.wait(self._optional_retry)
 
-    def _relist(self, rtype: ResourceType) -> str:
-        items, rv = self._client.list_all(rtype.path, self._page_size)
+    def _relist(self, rtype: ResourceType, client: KubeClient) -> str:
+        items, rv = client.list_all(rtype.path, self._page_size)
         self._apply_list(rtype, items, rv)
         return rv
 
@@ -243,10 +250,10 @@ class KubeSyncer:
             if self._status != SyncStatus.IN_SYNC and self._listed >= {t.name for t in self.types}:
                 self._set_status(SyncStatus.IN_SYNC)
 
-    def _watch(self, rtype: ResourceType, rv: str) -> tuple[str, bool]:
+    def _watch(self, rtype: ResourceType, client: KubeClient, rv: str) -> tuple[str, bool]:
         """Follow one watch until the server ends it; the version to resume from, and whether
         any event (or bookmark) arrived."""
-        stream = self._client.watch(rtype.path, rv, self._watch_timeout)
+        stream = client.watch(rtype.path, rv, self._watch_timeout)
         progressed = False
         with self._streams_lock:
             self._streams.add(stream)
