@@ -177,6 +177,11 @@ class _HTTPServer(ThreadingHTTPServer):
             )
         return conn, addr
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up or failed its TLS handshake: normal for a server, not a traceback.
+        log.debug("kube-apiserver: connection from %s ended badly", client_address, exc_info=True)
+        self.api._register(request, False, watch=False)  # setup() may not have reached finish()
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -186,11 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.request.settimeout(30)
         self.server.api._register(self.request, True, watch=False)
         if isinstance(self.request, ssl.SSLSocket):
-            try:
-                self.request.do_handshake()
-            except (OSError, ssl.SSLError) as e:
-                log.debug("TLS handshake failed: %s", e)
-                raise
+            self.request.do_handshake()  # a failure ends this connection (handle_error)
         super().setup()
 
     def finish(self) -> None:
