@@ -56,8 +56,16 @@ class NftBackend:
     # -- IP sets -------------------------------------------------------------------------------
 
     def _split(self, members: Iterable[str]) -> dict[int, list[str]]:
+        """Members by family, as the kernel lists them. The calc graph's members are single
+        canonical addresses (validated endpoint nets); anything else goes through the same
+        normalisation as the ipsets' (and the driver checks every element it writes)."""
         by_version: dict[int, list[str]] = {v: [] for v in self._versions}
         for member in members:
+            if "/" not in member and "%" not in member:
+                found = by_version.get(6 if ":" in member else 4)
+                if found is not None:
+                    found.append(member)
+                continue
             for v, found in by_version.items():
                 normal = normalize(member, HASH_IP, v)
                 if normal is not None:

@@ -44,7 +44,7 @@ from calico.felix.kernel.nft_switch import (
     remove_iptables_state,
     remove_nft_table,
 )
-from calico.felix.kernel.nftables import nft_generation
+from calico.felix.kernel.nftables import GenerationReader, nft_generation
 from calico.felix.kernel.routes import RouteTable, open_netlink
 from calico.felix.kernel.sysctls import LooseRPFError, ProcSysctlWriter, configure_global
 from calico.felix.kernel.watcher import InterfaceWatcher
@@ -101,7 +101,9 @@ def build(
         # One table for both families, written in-process through libnftables (this process
         # runs in the namespace it programs); the generation tells a refresh when to read.
         table = NftTable(
-            local_executor(runner), generation=nft_generation, max_elements=config.max_ipset_size
+            local_executor(runner),
+            generation=GenerationReader(),
+            max_elements=config.max_ipset_size,
         )
         kernel = KernelTables(
             versions,

@@ -22,7 +22,7 @@ its type and elements), read from the kernel once at start and then updated with
 transaction it commits. A plan is the difference between the desired state and the model:
 chains are rewritten whole (``flush chain`` + ``add rule``s: rules are never patched by handle,
 which costs nft 1.0.6 a full cache fetch), sets get element deltas. Every rule carries a comment
-with its hash (`nft_text.rule_hash`), which is how a read-back recognises it.
+with its hash (`nft_text.analyse`), which is how a read-back recognises it.
 
 When to read: nf_tables counts committed transactions (the generation, `nftables.nft_generation`:
 any table, any family, iptables-nft included). The driver remembers the generation at which its
@@ -46,34 +46,27 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from calico.common.quoting import quoted
-from calico.felix.dataplane.nft_rendering.base import BaseChain, Chain, SetSpec, check_name
+from calico.felix.dataplane.nft_rendering.base import Chain, SetSpec, check_name
 from calico.felix.kernel.libnftables import NftExecutor
+from calico.felix.kernel.nft_plan import Plan, Planner, _Wanted
 from calico.felix.kernel.nft_text import (
     FAMILY,
     KernelChain,
     KernelSet,
     KernelTable,
     Script,
-    chain_refs,
+    analyse,
     element_targets,
     failed_commands,
     parse_table,
-    rule_hash,
-    set_refs,
     unsafe_element,
-    unsafe_rule,
-    with_hash,
 )
 
 log = logging.getLogger(__name__)
 
 TABLE = "felix"
-STUB = ('drop comment "WARNING Missing chain"',)
-MISSING_SET = ('drop comment "WARNING Missing set"',)
-FAILED = ('drop comment "WARNING Failed to program chain"',)
 UNSAFE = ('drop comment "WARNING Unsafe rule refused"',)
 MAX_ROUNDS = 20
 MAX_READS = 3
@@ -84,34 +77,7 @@ class NftError(Exception):
     """nft refused a transaction (or could not list the table) and retrying will not help."""
 
 
-class _Wanted:
-    """One chain as it is to be written: the rules asked for, the lines written (each with its
-    hash in the comment) and what the written rules reference."""
-
-    __slots__ = ("asked", "base", "chains", "hashes", "lines", "sets")
-
-    def __init__(self, name: str, chain: Chain, written: tuple[str, ...] | None = None) -> None:
-        rules = chain.rules if written is None else written
-        self.asked = chain.rules
-        self.base = chain.base
-        self.hashes = tuple(rule_hash(name, rule) for rule in rules)
-        self.lines = tuple(with_hash(r, h) for r, h in zip(rules, self.hashes, strict=True))
-        self.chains = chain_refs(rules)
-        self.sets = set_refs(rules)
-
-
-@dataclass
-class _Plan:
-    script: Script
-    chains: dict[str, _Wanted] = field(default_factory=dict)
-    new_sets: dict[str, SetSpec] = field(default_factory=dict)
-    deltas: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
-    deleted_chains: list[str] = field(default_factory=list)
-    deleted_sets: list[str] = field(default_factory=list)
-    recreate: bool = False
-
-
-class NftTable:
+class NftTable(Planner):
     """Keeps ``table inet felix`` as desired."""
 
     def __init__(
@@ -159,14 +125,14 @@ class NftTable:
         self._failed.pop(name, None)
         self._unsafe.pop(name, None)
         written = None
-        problems = [(r, why) for r in chain.rules if (why := unsafe_rule(r)) is not None]
+        problems = [(r, why) for r in chain.rules if (why := analyse(r).unsafe) is not None]
         if problems:
             rule, why = problems[0]
             reason = f"unsafe rule ({why}): {quoted(rule)}"
             log.error("%r: refusing chain %s, programming a drop stub: %s", self, name, reason)
             self._unsafe[name] = reason
             written = UNSAFE
-        self._set_wanted(name, _Wanted(name, chain, written))
+        self._set_wanted(name, _Wanted(chain, written))
 
     def remove_chain(self, name: str) -> None:
         self._failed.pop(name, None)
@@ -368,7 +334,7 @@ class NftTable:
                 blamed = True
         return blamed
 
-    def _committed(self, plan: _Plan, before: int | None) -> None:
+    def _committed(self, plan: Plan, before: int | None) -> None:
         """Record a committed transaction in the model."""
         assert self._model is not None
         after = self._gen()
@@ -401,157 +367,3 @@ class NftTable:
         self._touched_sets = set(self._deferred)
         self._deferred = set()
         self._plan_all = False
-
-    # -- planning ------------------------------------------------------------------------------
-
-    def _effective(self, name: str, kernel: KernelTable) -> _Wanted | None:
-        """What the chain should hold; None to leave it alone (or delete it)."""
-        wanted = self._chains.get(name)
-        if wanted is not None:
-            missing = [s for s in wanted.sets if s not in self._sets and not self._leftover_set(s)]
-            if name in self._failed:
-                return _Wanted(name, Chain(wanted.asked, wanted.base), FAILED)
-            if missing:
-                log.error("%r: chain %s names sets that do not exist: %s", self, name, missing)
-                return _Wanted(name, Chain(wanted.asked, wanted.base), MISSING_SET)
-            return wanted
-        if name in self._chain_refs:
-            if self._in_grace and name in kernel.chains and name not in self._owned:
-                return None  # the previous run's chain keeps carrying traffic for now
-            return _Wanted(name, Chain(()), STUB)
-        return None
-
-    def _leftover_set(self, name: str) -> bool:
-        assert self._model is not None
-        return self._in_grace and name in self._model.sets and name not in self._owned
-
-    def _plan(self, kernel: KernelTable) -> _Plan:
-        plan = _Plan(Script(self.table))
-        if self._plan_all:
-            chains = set(self._chains) | set(self._chain_refs) | set(kernel.chains)
-            sets = set(self._sets) | set(kernel.sets)
-        else:
-            chains, sets = set(self._touched_chains), set(self._touched_sets)
-        recreate = any(
-            name in kernel.sets and kernel.sets[name].spec != self._sets[name][0]
-            for name in sets & self._sets.keys()
-        )
-        if recreate:
-            # A set of ours changed type under us: its users would have to go first. Rewrite
-            # the whole table instead, in this one transaction (never without base chains).
-            log.warning("%r: a set was recreated with another type; rewriting the table", self)
-            kernel = KernelTable()
-            chains = set(self._chains) | set(self._chain_refs)
-            sets = set(self._sets)
-            plan.recreate = True
-        for name in sorted(chains):
-            wanted = self._effective(name, kernel)
-            have = kernel.chains.get(name)
-            if wanted is not None and (
-                have is None or (have.base, have.hashes) != (wanted.base, wanted.hashes)
-            ):
-                plan.chains[name] = wanted
-        unwanted = {
-            name
-            for name in chains & kernel.chains.keys()
-            if name not in self._chains
-            and name not in self._chain_refs
-            and (not self._in_grace or name in self._owned)
-        }
-        unwanted_sets = {
-            name
-            for name in sets & kernel.sets.keys()
-            if name not in self._sets and (not self._in_grace or name in self._owned)
-        }
-        if unwanted or unwanted_sets:
-            unwanted, unwanted_sets = self._deletable(unwanted, unwanted_sets, kernel, plan)
-        self._plan_sets(sets, kernel, plan)
-        if not (plan.chains or unwanted or unwanted_sets or plan.new_sets or plan.deltas):
-            return plan
-        self._script(plan, kernel, sorted(unwanted), sorted(unwanted_sets))
-        return plan
-
-    def _deletable(
-        self, chains: set[str], sets: set[str], kernel: KernelTable, plan: _Plan
-    ) -> tuple[set[str], set[str]]:
-        """The unwanted chains and sets nothing kept refers to (a fixpoint: a kept chain keeps
-        what it references), less the deletions the kernel refused in this apply."""
-        chains -= self._deferred
-        sets -= self._deferred
-        refs_of: dict[str, frozenset[str]] = {}
-        for name, have in kernel.chains.items():
-            wanted = plan.chains.get(name) or self._chains.get(name)
-            refs_of[name] = wanted.chains | wanted.sets if wanted is not None else have.refs
-        for name, kset in kernel.sets.items():
-            if kset.spec.map is not None and name not in self._sets:
-                refs_of[name] = element_targets(kset.elements)
-        while True:
-            kept = set().union(*(r for n, r in refs_of.items() if n not in chains | sets))
-            kept |= set(self._chain_refs) | set(self._set_refs)
-            still = (chains | sets) & kept
-            if not still:
-                return chains, sets
-            chains -= still
-            sets -= still
-
-    def _plan_sets(self, names: set[str], kernel: KernelTable, plan: _Plan) -> None:
-        for name in sorted(names & self._sets.keys()):
-            spec, elements = self._sets[name]
-            if len(elements) > self.max_elements:
-                if name not in self._too_big:
-                    log.error(
-                        "Set %s would have %d members; it will not be updated until its size "
-                        "drops below %d (MaxIpsetSize)", name, len(elements), self.max_elements,
-                    )  # fmt: skip
-                    self._too_big.add(name)
-                if name in kernel.sets:
-                    continue
-                elements = set()  # create it empty: rules name it
-            else:
-                self._too_big.discard(name)
-            have = kernel.sets.get(name)
-            if have is None:
-                plan.new_sets[name] = spec
-                if elements:
-                    plan.deltas[name] = (set(elements), set())
-                continue
-            adds, dels = elements - have.elements, have.elements - elements
-            if adds or dels:
-                plan.deltas[name] = (adds, dels)
-
-    def _script(
-        self, plan: _Plan, kernel: KernelTable, unwanted: list[str], unwanted_sets: list[str]
-    ) -> None:
-        script = plan.script
-        if plan.recreate and self._table_exists:
-            script.add("delete table", self.table, f"delete table {FAMILY} {self.table}")
-        if plan.recreate or not self._table_exists:
-            script.add("add table", self.table, f"add table {FAMILY} {self.table}")
-        for name, wanted in plan.chains.items():
-            have = kernel.chains.get(name)
-            if have is not None and have.base != wanted.base:
-                script.obj("flush", "chain", name)  # another hook: delete and re-add it
-                script.obj("delete", "chain", name)
-                have = None
-            if have is None:
-                base: BaseChain | None = wanted.base
-                script.obj("add", "chain", name, base.declaration() if base else "")
-            else:
-                script.obj("flush", "chain", name)
-        for name in unwanted:
-            script.obj("flush", "chain", name)
-        for name, spec in plan.new_sets.items():
-            script.obj("add", spec.keyword, name, spec.declaration())
-        for name, (adds, dels) in plan.deltas.items():
-            script.elements("delete", name, dels)
-            script.elements("add", name, adds)
-        for name, wanted in plan.chains.items():
-            head = f"add rule {FAMILY} {self.table} {name}"
-            for line in wanted.lines:
-                script.add("add rule", name, f"{head} {line}")
-        for name in unwanted:
-            script.obj("delete", "chain", name)
-        for name in unwanted_sets:
-            script.obj("delete", kernel.sets[name].spec.keyword, name)
-        plan.deleted_chains = unwanted
-        plan.deleted_sets = unwanted_sets

@@ -37,6 +37,11 @@ def nft_generation() -> int | None:
             reply = sock.recv(65536)
     except OSError:
         return None
+    return _generation_of(reply)
+
+
+def _generation_of(reply: bytes) -> int | None:
+    """NFTA_GEN_ID of a NFT_MSG_NEWGEN reply (None for an error or anything else)."""
     if len(reply) < 20:
         return None
     length, reply_type = struct.unpack_from("=IH", reply)
@@ -51,3 +56,39 @@ def nft_generation() -> int | None:
             return int(struct.unpack_from(">I", reply, offset + 4)[0])
         offset += (attr_len + 3) & ~3
     return None
+
+
+class GenerationReader:
+    """`nft_generation` over one netlink socket kept open: closing a netlink socket waits for
+    the kernel (milliseconds on a busy host), which a driver asking twice per transaction
+    should not pay each time. Callable; None when unavailable (the socket is reopened on the
+    next call after an error)."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def __call__(self) -> int | None:
+        request_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
+        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        header = struct.pack("=IHHII", 16 + len(body), request_type, NLM_F_REQUEST, self._seq, 0)
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+                self._sock.settimeout(1.0)
+                self._sock.bind((0, 0))
+            self._sock.send(header + body)
+            while True:
+                reply = self._sock.recv(65536)
+                if len(reply) >= 16 and struct.unpack_from("=I", reply, 8)[0] == self._seq:
+                    break
+        except OSError:
+            self.close()
+            return None
+        return _generation_of(reply)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
