@@ -36,6 +36,12 @@ def test_two_hosts_exchange_workload_routes_and_nothing_else(fabric: Fabric, sto
     for host in (h1, h2):
         host.bird.wait_established([*mesh_names([h1, h2], host), "Global_198_18_0_254"])
     tor.wait_established(["host1", "host2"])
+    log = h1.bgp[-1].text()  # the addresses were detected, and the log says how
+    assert (
+        "Using IPv4 address 198.18.0.1: the first global address of eth0, the interface "
+        "of the default route" in log
+    )
+    assert "Using IPv6 address fd00:18::1: the first global address of eth0" in log
     # What h1 has besides its workloads: a default route and an uplink subnet (from the
     # fabric), a static route, and a host route to a TAP that is not Felix's (proto boot).
     h1.run(["ip", "route", "add", "203.0.113.0/24", "via", fabric.gateway, "proto", "static"])
