@@ -7,8 +7,12 @@ starting with prefix + "/").
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 
 class EtcdError(Exception):
@@ -61,6 +65,74 @@ def settings_for_host(
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return EtcdSettings((f"{scheme}://{host}:{port}",), key_file, cert_file, ca_file)
+
+
+def settings_for_endpoints(
+    endpoints: str | Sequence[str],
+    key_file: str | None = None,
+    cert_file: str | None = None,
+    ca_file: str | None = None,
+) -> EtcdSettings:
+    """The settings for an etcd cluster given as a list of client URLs (Neutron's `[calico]
+    etcd_endpoints`, which the DHCP agent reads too): comma-separated text or a sequence of
+    `scheme://host:port` URLs, all http or all https. TLS files with http:// URLs are refused
+    rather than ignored (TLS was asked for, the URLs would not use it).
+
+    Raises ValueError naming the bad URL.
+    """
+    urls = parse_endpoints(endpoints)
+    if urls[0].startswith("http://") and (key_file or cert_file or ca_file):
+        raise ValueError(
+            "TLS files are set but the endpoints use http://: write https:// URLs "
+            "(or remove the TLS files)"
+        )
+    return EtcdSettings(urls, key_file, cert_file, ca_file)
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> tuple[str, ...]:
+    """Validated etcd client URLs (a trailing `/` dropped) from comma-separated text or a
+    sequence; ValueError for none, a URL that is not `http(s)://host[:port]`, or mixed schemes."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    urls = tuple(item.strip().rstrip("/") for item in items if item.strip())
+    if not urls:
+        raise ValueError("no etcd endpoints given")
+    for url in urls:
+        # urlsplit drops tabs and newlines silently: refuse them (and any control character).
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise ValueError(f"etcd endpoint {url!r}: white space or a control character")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"etcd endpoint {url!r}: bad host or port") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"etcd endpoint {url!r}: the scheme must be http or https")
+        if not parts.hostname or parts.path or parts.query or parts.fragment:
+            raise ValueError(f"etcd endpoint {url!r}: must be scheme://host:port, no path")
+        if not _valid_host(parts.hostname):
+            raise ValueError(f"etcd endpoint {url!r}: bad host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"etcd endpoint {url!r}: must not carry a user or password")
+        if port == 0:
+            raise ValueError(f"etcd endpoint {url!r}: bad port")
+    if len({urlsplit(url).scheme for url in urls}) > 1:
+        raise ValueError("etcd endpoints must all use the same scheme (all http or all https)")
+    return urls
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS name or an IP address (urlsplit has already taken the brackets off IPv6)."""
+    if _HOST_NAME_RE.fullmatch(host):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return "%" not in host
 
 
 @dataclass(frozen=True)
