@@ -75,11 +75,52 @@ def test_config_from_neutron_files(tmp_path: Path) -> None:
     assert config.etcd_api == "v3"
 
 
+def test_config_etcd_cluster_endpoints_override_host_and_port(tmp_path: Path) -> None:
+    # neutron.conf names one etcd; a later file (or the same one) lists the cluster's members.
+    neutron = write(tmp_path, "neutron.conf", "[calico]\netcd_host = etcd0\netcd_port = 2379\n")
+    cluster = write(
+        tmp_path,
+        "cluster.ini",
+        "[calico]\netcd_endpoints = http://10.0.0.1:2379, http://10.0.0.2:2379/,\n"
+        "  http://[fd00::3]:2379\n",
+    )
+    config = load_config([neutron, cluster])
+    assert config.etcd.endpoints == (
+        "http://10.0.0.1:2379",
+        "http://10.0.0.2:2379",
+        "http://[fd00::3]:2379",
+    )
+    # An empty list is "not set": host and port again.
+    empty = write(tmp_path, "empty.ini", "[calico]\netcd_endpoints =\n")
+    assert load_config([neutron, cluster, empty]).etcd.endpoints == ("http://etcd0:2379",)
+
+
+def test_config_etcd_cluster_over_tls(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "neutron.conf",
+        "[calico]\netcd_endpoints = https://e1:2379,https://e2:2379\n"
+        "etcd_key_file = /k.pem\netcd_cert_file = /c.pem\netcd_ca_cert_file = /ca.pem\n",
+    )
+    etcd = load_config([path]).etcd
+    assert etcd.endpoints == ("https://e1:2379", "https://e2:2379")
+    assert (etcd.key_file, etcd.cert_file, etcd.ca_file) == ("/k.pem", "/c.pem", "/ca.pem")
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
         ("[calico]\netcd_port = x\n", "etcd_port"),
         ("[calico]\netcd_port = 70000\n", "etcd_port"),
+        ("[calico]\netcd_endpoints = http://a:1,https://b:2\n", "etcd_endpoints: .*same scheme"),
+        ("[calico]\netcd_endpoints = a:2379\n", "etcd_endpoints: .*http or https"),
+        ("[calico]\netcd_endpoints = http://a:2379/v2\n", "etcd_endpoints: .*no path"),
+        ("[calico]\netcd_endpoints = http://a:99999\n", "etcd_endpoints: .*port"),
+        ("[calico]\netcd_endpoints = ,\n", "etcd_endpoints: no etcd endpoints"),
+        (
+            "[calico]\netcd_endpoints = http://a:1\netcd_ca_cert_file = /ca.pem\n",
+            "etcd_endpoints: TLS files are set but the endpoints use http://",
+        ),
         ("[calico]\netcd_api_version = v4\n", "etcd_api_version"),
         ("[DEFAULT]\ndhcp_lease_duration = 5\n", "dhcp_lease_duration"),
         ("no section\n", "no section headers"),

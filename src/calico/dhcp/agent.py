@@ -16,10 +16,11 @@ subnet is validated and rendered on its own: a bad one is logged once with its k
 and everything else is still served.
 
 Configuration comes from the same files as Neutron's (`--config-file neutron.conf`):
-`[calico] etcd_host` (localhost), `etcd_port` (4001), `etcd_key_file` / `etcd_cert_file` /
-`etcd_ca_cert_file` (any of them means https), `etcd_api_version` (v2 or v3, default v2);
-`[DEFAULT] host` (default: the system host name; must equal Nova's `binding:host_id`) and
-`dhcp_lease_duration` (86400).
+`[calico] etcd_host` (localhost), `etcd_port` (4001), or `etcd_endpoints` (the comma-separated
+client URLs of an etcd cluster, which override host and port; the syncer moves to the next one
+when one fails), `etcd_key_file` / `etcd_cert_file` / `etcd_ca_cert_file` (with host and port,
+any of them means https), `etcd_api_version` (v2 or v3, default v2); `[DEFAULT] host` (default:
+the system host name; must equal Nova's `binding:host_id`) and `dhcp_lease_duration` (86400).
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ from calico.common.datamodel_v1 import (
     parse_key,
 )
 from calico.common.etcd import API_VERSIONS, connect
-from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, KVStore, settings_for_host
+from calico.common.etcd.base import (
+    ClusterIdChanged,
+    EtcdSettings,
+    KVStore,
+    settings_for_endpoints,
+    settings_for_host,
+)
 from calico.common.etcd.syncer import Syncer, SyncStatus, Update
 from calico.common.quoting import quoted
 from calico.common.resources import InvalidValue
@@ -110,10 +117,24 @@ def load_config(paths: Sequence[str]) -> AgentConfig:
             value = parser.defaults().get(name) if section == "DEFAULT" else None
         return value.strip() if value is not None and value.strip() else None
 
+    tls = (
+        get("calico", "etcd_key_file"),
+        get("calico", "etcd_cert_file"),
+        get("calico", "etcd_ca_cert_file"),
+    )
     host = get("calico", "etcd_host") or "localhost"
     port_text = get("calico", "etcd_port") or "4001"
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"[calico] etcd_port: invalid port {port_text!r}")
+    endpoints = get("calico", "etcd_endpoints")
+    if endpoints is not None:
+        # As the Neutron driver reads it: the list wins over etcd_host and etcd_port.
+        try:
+            etcd = settings_for_endpoints(endpoints, *tls)
+        except ValueError as exc:
+            raise ValueError(f"[calico] etcd_endpoints: {exc}") from None
+    else:
+        etcd = settings_for_host(host, port_text, *tls)
     api = get("calico", "etcd_api_version") or "v2"
     if api not in API_VERSIONS:
         raise ValueError(f"[calico] etcd_api_version: {api!r} is not one of {API_VERSIONS}")
@@ -123,13 +144,7 @@ def load_config(paths: Sequence[str]) -> AgentConfig:
         raise ValueError(f"[DEFAULT] dhcp_lease_duration: {lease_text!r} (need >= 120 or -1)")
     return AgentConfig(
         hostname=get("DEFAULT", "host") or socket.gethostname(),
-        etcd=settings_for_host(
-            host,
-            port_text,
-            get("calico", "etcd_key_file"),
-            get("calico", "etcd_cert_file"),
-            get("calico", "etcd_ca_cert_file"),
-        ),
+        etcd=etcd,
         etcd_api=api,
         lease_seconds=int(lease_text),
     )

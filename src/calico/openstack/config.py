@@ -2,6 +2,9 @@
 the etcd connection they describe.
 
 The names and the defaults of etcd_host / etcd_port are the interface: keep them exactly.
+`etcd_endpoints` (a list of client URLs, for an etcd cluster) overrides them when set; the DHCP
+agent reads the same options (calico.dhcp.agent.load_config). The connection tries every
+endpoint in turn when one does not answer (calico.common.etcd.failover).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from typing import Any
 from oslo_config import cfg
 
 from calico.common import etcd
-from calico.common.etcd.base import EtcdSettings, settings_for_host
+from calico.common.etcd.base import EtcdSettings, settings_for_endpoints, settings_for_host
+from calico.common.etcd.failover import FailoverClient
 from calico.openstack.store import CalicoStore
 
 GROUP = "calico"
@@ -27,6 +31,14 @@ OPTS = [
         "etcd_port",
         default=4001,
         help="The port to use for the etcd node/proxy.",
+    ),
+    cfg.ListOpt(
+        "etcd_endpoints",
+        default=[],
+        sample_default="http://etcd1:2379,http://etcd2:2379,http://etcd3:2379",
+        help="The client URLs of the members of an etcd cluster, comma-separated, all http:// "
+        "or all https://. When set, etcd_host and etcd_port are not used. A request that "
+        "gets no answer from one member is sent to the next.",
     ),
     cfg.StrOpt(
         "etcd_key_file",
@@ -72,20 +84,25 @@ def register(conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
 
 
 def etcd_settings(group: Any) -> EtcdSettings:
-    """EtcdSettings from the [calico] group; any TLS file means https."""
-    return settings_for_host(
-        group.etcd_host,
-        group.etcd_port,
-        group.etcd_key_file,
-        group.etcd_cert_file,
-        group.etcd_ca_cert_file,
-    )
+    """EtcdSettings from the [calico] group: etcd_endpoints when set (the URLs' scheme
+    decides; TLS files with http:// URLs are refused), else etcd_host and etcd_port (any TLS
+    file means https). ValueError, naming the option, for a bad value."""
+    tls = (group.etcd_key_file, group.etcd_cert_file, group.etcd_ca_cert_file)
+    if group.etcd_endpoints:
+        try:
+            return settings_for_endpoints(group.etcd_endpoints, *tls)
+        except ValueError as e:
+            raise ValueError(f"[{GROUP}] etcd_endpoints: {e}") from None
+    return settings_for_host(group.etcd_host, group.etcd_port, *tls)
 
 
 def connect_store(conf: cfg.ConfigOpts | None = None) -> CalicoStore:
-    """A CalicoStore on the etcd the [calico] options name (registered beforehand)."""
+    """A CalicoStore on the etcd the [calico] options name (registered beforehand), trying
+    each endpoint in turn when one does not answer."""
     group = (cfg.CONF if conf is None else conf).calico
-    return CalicoStore(etcd.connect(group.etcd_api_version, etcd_settings(group)))
+    settings = etcd_settings(group)
+    client = etcd.connect(group.etcd_api_version, settings)
+    return CalicoStore(FailoverClient(client, len(settings.endpoints)))
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
