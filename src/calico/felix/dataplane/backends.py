@@ -62,6 +62,7 @@ class RulesBackend(Protocol):
     def apply(self, force_refresh: bool) -> None: ...
     def end_grace_period(self) -> None: ...
     def sweep(self) -> None: ...
+    def prepare(self) -> None: ...
     def refused_chains(self) -> set[str]: ...
 
 
@@ -252,6 +253,9 @@ class IptablesBackend:
                 log.info("Removed orphan ipset %s", name)
         if self._sweep_other is not None:
             self._sweep_other()
+
+    def prepare(self) -> None:
+        """Nothing to warm up: iptables-restore starts afresh every time."""
 
     def refused_chains(self) -> set[str]:
         """Chains the kernel refused in any table (programmed as drop stubs instead)."""

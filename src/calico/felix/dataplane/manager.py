@@ -235,6 +235,15 @@ class DataplaneManager:
         self._dirty_routes.clear()
         self._dirty_globals = False
 
+    def prepare(self) -> None:
+        """The driver is idle: let the rules backend get ready for the next change (nftables:
+        a dry run that leaves nft's cache and the kernel's validation done). Never raises."""
+        if self.in_sync:
+            try:
+                self._rules.prepare()
+            except Exception:
+                log.exception("Warm-up failed (harmless)")
+
     def cleanup(self) -> None:
         """End the graceful-restart period: sweep the previous run's orphan chains and sets."""
         self._rules.end_grace_period()

@@ -45,6 +45,8 @@ class NftBackend:
         self._sweep_other = sweep_other
         self._owned_chains: dict[Owner, set[str]] = {}
         self._owned_sets: dict[Owner, set[str]] = {}
+        self._chain_users: dict[str, set[Owner]] = {}
+        self._set_users: dict[str, set[Owner]] = {}
 
     @property
     def table(self) -> NftTable:
@@ -94,23 +96,27 @@ class NftBackend:
     # -- chains --------------------------------------------------------------------------------
 
     def _own(self, owner: Owner, rendered: nr.Rendered) -> None:
-        """Make `rendered` what `owner` wants; drop the chains and sets it no longer wants."""
-        for name in self._owned_chains.get(owner, set()) - rendered.chains.keys():
-            self._table.remove_chain(name)
-        for name in self._owned_sets.get(owner, set()) - rendered.sets.keys():
-            self._table.remove_set(name)
+        """Make `rendered` what `owner` wants; drop the chains and sets it no longer wants and
+        no other owner wants (endpoints share program chains, named after their content)."""
+        for owned, users, wanted, remove in (
+            (self._owned_chains, self._chain_users, rendered.chains, self._table.remove_chain),
+            (self._owned_sets, self._set_users, rendered.sets, self._table.remove_set),
+        ):
+            for name in owned.get(owner, set()) - wanted.keys():
+                users[name].discard(owner)
+                if not users[name]:
+                    del users[name]
+                    remove(name)
+            for name in wanted:
+                users.setdefault(name, set()).add(owner)
+            if wanted:
+                owned[owner] = set(wanted)
+            else:
+                owned.pop(owner, None)
         for name, (spec, elements) in rendered.sets.items():
             self._table.set_set(name, spec, elements)
         for name, chain in rendered.chains.items():
             self._table.set_chain(name, chain)
-        for owned, names in (
-            (self._owned_chains, rendered.chains),
-            (self._owned_sets, rendered.sets),
-        ):
-            if names:
-                owned[owner] = set(names)
-            else:
-                owned.pop(owner, None)
 
     def _render(self, what: str, render: Callable[..., nr.Rendered], *args: object) -> nr.Rendered:
         rendered = render_safely(what, render, *args, default=nr.Rendered())
@@ -179,6 +185,9 @@ class NftBackend:
         """After a switch from iptables: Felix's iptables chains, hooks and ipsets."""
         if self._sweep_other is not None:
             self._sweep_other()
+
+    def prepare(self) -> None:
+        self._table.prepare()
 
     def refused_chains(self) -> set[str]:
         return set(self._table.failed_chains)

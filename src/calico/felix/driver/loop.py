@@ -103,6 +103,8 @@ class DriverLoop:
             sources: list[Any] = [self._reader]
             if self._watcher is not None:
                 sources.append(self._watcher)
+            if not self._dirty and not select.select(sources, [], [], 0)[0]:
+                self._manager.prepare()  # idle: get ready for the next change
             readable, _, _ = select.select(sources, [], [], timeout)
             if self._reader in readable and not self._read_from_felix():
                 log.info("Felix closed the pipe; the dataplane driver stops")

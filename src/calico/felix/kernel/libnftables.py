@@ -40,6 +40,10 @@ class NftExecutor(Protocol):
         """``list table`` as JSON: (status, JSON text, error text)."""
         ...
 
+    def check(self, script: str) -> tuple[int, str]:
+        """Evaluate a script and have the kernel check it, committing nothing."""
+        ...
+
 
 class NftCommand:
     """``nft -f -`` and ``nft -j list table`` through a CommandRunner."""
@@ -56,6 +60,10 @@ class NftCommand:
         proc = self._runner.run([self._binary, "-j", "list", "table", family, table])
         return proc.returncode, proc.stdout, proc.stderr
 
+    def check(self, script: str) -> tuple[int, str]:
+        proc = self._runner.run([self._binary, "--check", "-f", "-"], input=script)
+        return proc.returncode, proc.stderr
+
     def __repr__(self) -> str:
         return f"NftCommand({self._runner!r})"
 
@@ -63,8 +71,10 @@ class NftCommand:
 class LibNftables:
     """One libnftables context in this process's network namespace."""
 
-    def __init__(self, path: str = LIBRARY) -> None:
-        """OSError if the library cannot be loaded or a context made."""
+    def __init__(self, path: str = LIBRARY, diagnose: NftCommand | None = None) -> None:
+        """OSError if the library cannot be loaded or a context made. `diagnose`: the ``nft``
+        command, to name the failing lines of a refused script (libnftables 1.0.6 prints the
+        first line of a buffer with each error instead of the failing one)."""
         lib = ctypes.CDLL(path, use_errno=True)
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
@@ -79,6 +89,7 @@ class LibNftables:
         lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
         lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
+        lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
         ctx = lib.nft_ctx_new(0)  # NFT_CTX_DEFAULT
         if not ctx:
             raise OSError("nft_ctx_new failed")
@@ -87,6 +98,7 @@ class LibNftables:
             raise OSError("cannot buffer libnftables output")
         self._lib = lib
         self._ctx = ctx
+        self._diagnose = diagnose
         self._flags = int(lib.nft_ctx_output_get_flags(ctx))
 
     def _call(self, text: str, json_output: bool) -> tuple[int, str, str]:
@@ -99,10 +111,27 @@ class LibNftables:
 
     def run(self, script: str) -> tuple[int, str]:
         status, _, err = self._call(script, json_output=False)
+        if status != 0 and self._diagnose is not None:
+            # Nothing was committed: the command's check reports the same errors with lines.
+            checked, detail = self._diagnose.check(script)
+            if checked != 0 and detail.strip():
+                return status, detail
         return status, err
 
     def list_json(self, family: str, table: str) -> tuple[int, str, str]:
         return self._call(f"list table {family} {table}", json_output=True)
+
+    def check(self, script: str) -> tuple[int, str]:
+        """A dry run (``nft --check``): evaluated, sent to the kernel, aborted. It also leaves
+        this context's cache of the ruleset filled at the current generation, and (on recent
+        kernels) the table's chains validated, so that the next real transaction pays for
+        neither: the warm-up `NftTable.prepare` runs while the driver is idle."""
+        self._lib.nft_ctx_set_dry_run(self._ctx, True)
+        try:
+            status, _, err = self._call(script, json_output=False)
+        finally:
+            self._lib.nft_ctx_set_dry_run(self._ctx, False)
+        return status, err
 
     def close(self) -> None:
         if self._ctx:
@@ -120,7 +149,7 @@ def library_available() -> bool:
 def local_executor(runner: CommandRunner) -> NftExecutor:
     """libnftables in this process if it loads, else the ``nft`` command through `runner`."""
     try:
-        return LibNftables()
+        return LibNftables(diagnose=NftCommand(runner))
     except OSError as e:
         log.warning("libnftables not usable (%s); using the nft command", e)
         return NftCommand(runner)

@@ -108,6 +108,7 @@ class NftTable(Planner):
         self._unsafe: dict[str, str] = {}  # chain -> why its rules were refused
         self._too_big: set[str] = set()  # sets over max_elements (left as they are)
         self._deferred: set[str] = set()  # deletions the kernel refused: retried next apply
+        self._warm = False  # prepare() ran since the last commit
         self.refresh_skipped = False
         self.reads = 0  # listings of the table (tests, debugging)
         self.last_script = ""  # the last transaction written (tests, debugging)
@@ -250,6 +251,24 @@ class NftTable(Planner):
 
     # -- applying ------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Warm up for the next change while the driver is idle: a dry run that needs what a
+        real transaction needs (nft's cache of the table's sets, the kernel's validation of
+        the table's chains), so that the next transaction finds both done (at 1,000 endpoints
+        it then commits in about a millisecond instead of eight). Once per commit; errors are
+        ignored (it only ever saves time)."""
+        if self._warm or self._model is None or not self._table_exists or not self._sets:
+            return
+        self._warm = True
+        some_set = next((n for n, (spec, _) in self._sets.items() if spec.interval), None)
+        lines = [
+            f"add chain {FAMILY} {self.table} felix-warm-up",
+            f"add rule {FAMILY} {self.table} felix-warm-up accept",
+        ]
+        if some_set is not None:
+            lines.append(f"add element {FAMILY} {self.table} {some_set} {{ 255.255.255.254 }}")
+        self._nft.check("\n".join(lines) + "\n")
+
     def _gen(self) -> int | None:
         return self._generation() if self._generation is not None else None
 
@@ -340,6 +359,7 @@ class NftTable(Planner):
         after = self._gen()
         own = before is not None and after == before + 1 and before == self._verified
         self._verified = after if own else None
+        self._warm = False
         if plan.recreate:
             self._model = KernelTable()
         self._table_exists = True

@@ -35,6 +35,7 @@ _COMMENT_RE = re.compile(r' comment "([^"]*)"$')
 _TARGET_RE = re.compile(r"\b(?:jump|goto) (\S+)")
 _SET_REF_RE = re.compile(r"@(\S+)")
 _ERROR_RE = re.compile(r"Error: [^\n]*\n([^\n]*)\n")
+_ERROR_LINE_RE = re.compile(r"^\S+:(\d+):\d+(?:-\d+)?: Error: ", re.MULTILINE)
 
 
 def unsafe_rule(rule: str) -> str | None:
@@ -164,6 +165,9 @@ class Script:
 def failed_commands(error: str, script: Script) -> list[tuple[str, str]]:
     """What the commands nft reported errors for are about: nft prints each failing command's
     text after its ``Error:`` line (a parse error and a kernel refusal alike)."""
+    numbered = [int(n) - 1 for n in _ERROR_LINE_RE.findall(error)]
+    if numbered:  # "/dev/stdin:3:1-20: Error: ..." (the nft command)
+        return [script.about[n] for n in numbered if 0 <= n < len(script.about)]
     index: dict[str, int] = {}
     for i, line in enumerate(script.lines):
         index.setdefault(line, i)

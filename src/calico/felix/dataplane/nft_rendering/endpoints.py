@@ -1,15 +1,23 @@
 """Per-endpoint chains (felix.md §5.5: tiers, then profiles, then drop) for workloads and host
 endpoints, and the verdict maps that send each interface's packets to its chains (§5.4). Pure.
 
-The chains are the iptables backend's, rule for rule, in one table for both families: a policy
-or profile chain sets the ACCEPT or NEXT-TIER mark bit and returns, and the endpoint chain tests
-it. Dispatch is one map lookup (``iifname vmap @felix-from-wl``, elements ``"tapX" : goto
-felix-from-X``) instead of a tree of chains: adding an endpoint adds two elements and two
-chains, and rewrites no dispatch chain.
+The rules are the iptables backend's, in one table for both families: a policy or profile chain
+sets the ACCEPT or NEXT-TIER mark bit and returns, and the endpoint's rules test it. Dispatch is
+one map lookup (``iifname vmap @felix-from-wl``, elements ``"tapX" : goto felix-from-X``)
+instead of a tree of chains: adding an endpoint adds two elements and two chains, and rewrites
+no dispatch chain.
+
+Shared programs: what an endpoint's policy does in one direction (its tiers, profiles and final
+drop) depends only on its tiers and profiles, so endpoints with the same ones share one chain,
+``felix-pr-<hash of its rules>-i`` / ``-o``, and their own chains hold only the source MAC check
+and a ``goto`` to it. Every commit makes the kernel validate every chain reachable from a base
+chain (once each), so the table's size in rules is what each change costs
+(docs/design/dataplane.md, "The nftables backend").
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 from calico.felix.calc.messages import HostEndpointUpdate, TierInfo, WorkloadEndpointUpdate
@@ -94,11 +102,32 @@ def workload_endpoint_chains(update: WorkloadEndpointUpdate, config: RenderConfi
     )
     to_chain = check_name(names.endpoint_chain("to", endpoint.name, prefixes))
     from_chain = check_name(names.endpoint_chain("from", endpoint.name, prefixes))
-    body_in = _endpoint_body(update.tiers, endpoint.profile_ids, True, endpoint_id, config)
-    body_out = _endpoint_body(
-        update.tiers, endpoint.profile_ids, False, endpoint_id, config, mac_check
+    program_in, chain_in = program_chain(update.tiers, endpoint.profile_ids, True, config)
+    program_out, chain_out = program_chain(update.tiers, endpoint.profile_ids, False, config)
+    note = comment(f"Endpoint {endpoint_id}")
+    return Rendered(
+        {
+            to_chain: Chain((join(f"goto {program_in}", note),)),
+            from_chain: Chain((*mac_check, join(f"goto {program_out}", note))),
+            program_in: chain_in,
+            program_out: chain_out,
+        }
     )
-    return Rendered({to_chain: Chain(tuple(body_in)), from_chain: Chain(tuple(body_out))})
+
+
+def program_chain(
+    tiers: Sequence[TierInfo], profile_ids: Sequence[str], inbound: bool, config: RenderConfig
+) -> tuple[str, Chain]:
+    """The shared chain of one direction's policy: clear ACCEPT, the tiers, the profiles, the
+    final drop. Named after a hash of its rules, so equal programs are one chain."""
+    rules = [
+        clear_mark(config.mark_accept),
+        *_tier_rules(tiers, inbound, config),
+        *_profile_rules(profile_ids, inbound, config),
+        *drop_rules(config, comment_text="Packet did not match any profile"),
+    ]
+    digest = hashlib.blake2b("\n".join(rules).encode(), digest_size=10).hexdigest()
+    return f"felix-pr-{digest}-{'i' if inbound else 'o'}", Chain(tuple(rules))
 
 
 def _untracked_body(tiers: Sequence[TierInfo], inbound: bool, config: RenderConfig) -> list[str]:
