@@ -158,16 +158,8 @@ class EtcdServer:
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--initial-cluster={self.name}={self.peer_url}",
-            "--initial-cluster-state=new",
-            # A token unique to this server: two lab clusters never mistake each other.
-            f"--initial-cluster-token=lab-{os.getpid()}-{self.port}-{self._generation}",
+            *self._cluster_flags(),
             "--enable-v2=true",
-            # A lone member has no peers to miss heartbeats, but on every start it still
-            # waits about one election timeout before electing itself (3.4's "tick
-            # advance" does not skip that after a restart), so keep the timeout short.
-            "--heartbeat-interval=50",
-            "--election-timeout=500",
             # Tests compact explicitly; automatic compaction would make them flaky.
             "--auto-compaction-retention=0",
             # 3.4 defaults to capnslog, which can only log to stdout/stderr/journald;
@@ -186,6 +178,20 @@ class EtcdServer:
                 "--client-cert-auth=true",
             ]
         return argv
+
+    def _cluster_flags(self) -> list[str]:
+        """The initial cluster (this member alone) and the raft timings."""
+        return [
+            f"--initial-cluster={self.name}={self.peer_url}",
+            "--initial-cluster-state=new",
+            # A token unique to this server: two lab clusters never mistake each other.
+            f"--initial-cluster-token=lab-{os.getpid()}-{self.port}-{self._generation}",
+            # A lone member has no peers to miss heartbeats, but on every start it still
+            # waits about one election timeout before electing itself (3.4's "tick
+            # advance" does not skip that after a restart), so keep the timeout short.
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
+        ]
 
     def _launch(self) -> None:
         # etcd refuses to start when an ETCD_* variable duplicates a flag, and the
@@ -255,6 +261,16 @@ class EtcdServer:
                 proc.wait()
         _live.discard(proc)
 
+    def kill(self) -> None:
+        """SIGKILL etcd by PID (a crash: no clean shutdown) and reap it.  Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _live.discard(proc)
+
     def restart(self, timeout: float = 15.0) -> EtcdServer:
         """Stop and start again: same ports, same data dir, new PID."""
         self.stop()
@@ -321,10 +337,15 @@ class EtcdServer:
     # -- v3 oracle (etcdctl) ---------------------------------------------------------------
 
     def etcdctl(
-        self, *args: str, input: str | None = None, check: bool = True
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        endpoints: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``etcdctl`` (API v3) against this server; RuntimeError on failure if check."""
-        argv = ["etcdctl", f"--endpoints={self.client_url}", "--dial-timeout=3s"]
+        """Run ``etcdctl`` (API v3) against this server (or the comma-separated
+        ``endpoints``, with this server's TLS files); RuntimeError on failure if check."""
+        argv = ["etcdctl", f"--endpoints={endpoints or self.client_url}", "--dial-timeout=3s"]
         if self.tls is not None:
             argv += [
                 f"--cacert={self.tls.ca_file}",

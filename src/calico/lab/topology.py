@@ -88,6 +88,19 @@ def _random_mac() -> str:
     return "02:" + ":".join(f"{b:02x}" for b in octets)
 
 
+def etcd_ports(etcd: Any) -> list[int]:
+    """The loopback ports a lab namespace must relay for ``etcd``: a cluster's ``ports``, or a
+    single server's ``port``."""
+    ports = getattr(etcd, "ports", None)
+    return list(ports) if ports else [etcd.port]
+
+
+def etcd_endpoints(etcd: Any) -> str:
+    """``etcd``'s client URLs as Felix's EtcdEndpoints: every member of a cluster."""
+    urls = getattr(etcd, "client_urls", None)
+    return ",".join(urls) if urls else str(etcd.client_url)
+
+
 # -- the compute host ------------------------------------------------------------------------
 
 
@@ -95,7 +108,10 @@ class ComputeHost:
     """A compute host namespace (where Felix runs) with its VMs.
 
     ``etcd``: an :class:`~calico.lab.etcd_server.EtcdServer` (or anything with ``port`` and
-    ``client_url``); when given, 127.0.0.1:<port> inside the host reaches it. ``forwarding``:
+    ``client_url``); when given, 127.0.0.1:<port> inside the host reaches it. An
+    :class:`~calico.lab.etcd_cluster.EtcdCluster` (anything with ``ports`` and
+    ``client_urls``): every member's port is relayed and Felix is given every member's URL
+    (``FELIX_ETCDENDPOINTS``). ``forwarding``:
     turn on IPv4/IPv6 forwarding (a compute host's own setup; Felix does not do it).
     ``external``: also create an :class:`ExternalHost` on the uplink (else the uplink is a
     dead-end veth, there only so the host has a default route for proxy ARP to work).
@@ -115,7 +131,8 @@ class ComputeHost:
         self.workloads: list[Workload] = []
         self.external: ExternalHost | None = None
         self.felixes: list[FelixProcess] = []
-        self.relay: LoopbackRelay | None = None
+        self.relay: LoopbackRelay | None = None  # the first of etcd_relays
+        self.etcd_relays: list[LoopbackRelay] = []
         self._own_tmp: tempfile.TemporaryDirectory[str] | None = None
         if work_dir is None:
             self._own_tmp = tempfile.TemporaryDirectory(prefix="calico-lab-")
@@ -124,7 +141,9 @@ class ComputeHost:
         self.ns = _new_ns(name_prefix)
         try:
             if etcd is not None:
-                self.relay = LoopbackRelay(self.ns.name, etcd.port)
+                for port in etcd_ports(etcd):
+                    self.etcd_relays.append(LoopbackRelay(self.ns.name, port))
+                self.relay = self.etcd_relays[0]
             if forwarding:
                 self.sysctl("net.ipv4.ip_forward", "1")
                 self.sysctl("net.ipv6.conf.all.forwarding", "1")
@@ -245,7 +264,7 @@ class ComputeHost:
         }
         env.update(extra or {})
         env.update(more)
-        return _base_felix_env(self.etcd.client_url, self.hostname, env)
+        return _base_felix_env(etcd_endpoints(self.etcd), self.hostname, env)
 
     def start_felix(
         self, extra: Mapping[str, str] | None = None, args: Sequence[str] | None = None, **more: str
@@ -271,8 +290,8 @@ class ComputeHost:
 
         for felix in self.felixes:
             attempt(felix.stop)
-        if self.relay is not None:
-            attempt(self.relay.close)
+        for relay in self.etcd_relays:
+            attempt(relay.close)
         for workload in self.workloads:
             attempt(workload.close)
         if self.external is not None:
