@@ -270,3 +270,79 @@ def test_systemd_analyze_verify_accepts_the_bgp_unit(tmp_path: Path):
 def test_makefile_installs_bird():
     makefile = (ROOT / "Makefile").read_text()
     assert "bird2" in makefile.split("DEB_PACKAGES :=")[1].split("\n\n")[0]
+
+
+# -- A compute host's services together (docs/multihost.md) -------------------------------------
+
+COMPUTE_HOST_UNITS = {
+    "calico-felix.service": "calico.felix.cli:main",
+    "calico-bgp.service": "calico.bgp.cli:main",
+    "calico-dhcp-agent.service": "calico.dhcp.agent:main",
+}
+
+
+def _parsed(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(path.read_text())
+    return parser
+
+
+def test_every_compute_host_daemon_has_a_unit_and_nothing_else_is_there():
+    units = {p.name for p in (ROOT / "packaging/systemd").iterdir()}
+    assert units == set(COMPUTE_HOST_UNITS)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, entry in COMPUTE_HOST_UNITS.items():
+        exec_start = _parsed(ROOT / "packaging/systemd" / name)["Service"]["ExecStart"].split()
+        script = Path(exec_start[0]).name
+        assert exec_start[0] == f"/usr/local/bin/{script}" and scripts[script] == entry, name
+
+
+def test_restart_semantics_fit_each_daemons_exit_codes():
+    from calico.bgp import cli as bgp_cli
+    from calico.bgp import daemon as bgp_daemon
+    from calico.dhcp import agent
+    from calico.felix import cli as felix_cli
+    from calico.felix import daemon as felix_daemon
+
+    # Felix: 0 stopped, 1 restart me, 2 bad configuration, which etcd can hold: always restart.
+    assert (felix_daemon.EXIT_STOPPED, felix_daemon.EXIT_RESTART, felix_cli.EXIT_BAD_CONFIG) == (
+        0,
+        1,
+        2,
+    )
+    felix = _parsed(UNIT)["Service"]
+    assert felix["Restart"] == "always" and "RestartPreventExitStatus" not in felix
+    # calico-bgp and the DHCP agent: 1 restart me, 2 bad local configuration (files, options,
+    # no bird binary), which a restart cannot cure: restart on failure, not after exit 2.
+    assert (bgp_daemon.EXIT_STOPPED, bgp_daemon.EXIT_RESTART, bgp_cli.EXIT_BAD_CONFIG) == (0, 1, 2)
+    assert (agent.EXIT_OK, agent.EXIT_FAILED, agent.EXIT_BAD_CONFIG) == (0, 1, 2)
+    for unit in (BGP_UNIT, DHCP_UNIT):
+        service = _parsed(unit)["Service"]
+        assert service["Restart"] == "on-failure", unit.name
+        assert service["RestartPreventExitStatus"] == "2", unit.name
+    for unit in (UNIT, BGP_UNIT, DHCP_UNIT):
+        parsed = _parsed(unit)
+        assert parsed["Service"]["RestartSec"] == "5s", unit.name
+        assert parsed["Service"]["KillMode"] == "control-group", unit.name
+        assert parsed["Unit"]["StartLimitIntervalSec"] == "0", unit.name
+        assert "network-online.target" in parsed["Unit"]["After"].split(), unit.name
+
+
+def test_only_calico_bgp_is_ordered_after_bird():
+    for unit in (UNIT, DHCP_UNIT):
+        text = unit.read_text()
+        assert "bird" not in _parsed(unit)["Unit"].get("After", ""), unit.name
+        assert "bird" not in _parsed(unit)["Unit"].get("Wants", ""), unit.name
+        assert "Requires" not in text and "BindsTo" not in text, unit.name
+    bgp = _parsed(BGP_UNIT)["Unit"]
+    assert "bird.service" in bgp["After"].split() and "bird.service" in bgp["Wants"].split()
+    assert "Requires" not in bgp and "BindsTo" not in bgp  # calico-bgp runs without BIRD too
+
+
+def test_multihost_doc_lists_every_service_of_a_compute_host():
+    doc = (ROOT / "docs/multihost.md").read_text()
+    section = doc.split("## A compute host's services", 1)[1].split("\n## ", 1)[0]
+    for name in COMPUTE_HOST_UNITS:
+        assert f"(../packaging/systemd/{name})" in section, name
+    assert "bird.service" in section and "bird2" in section
