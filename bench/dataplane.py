@@ -15,9 +15,13 @@ loopback holds it all before Felix starts. Measures, in one run:
   label change (moves it between policies), endpoint add, endpoint delete; beside each, the
   incremental floor: one ``iptables-restore --noflush`` rewriting just the chains that changed.
 
+With ``--backend nftables`` Felix runs NFTablesMode=Enabled: the floor is ``nft -f`` of exactly
+the table it programmed (``nft list table inet felix``), and a change is timed to the nf_tables
+commit that made it visible (bench/nft_kernel.py says how).
+
 Run as root: `make bench-dataplane` (or `.venv/bin/python bench/dataplane.py [--local N]
-[--changes K] [--json out.json]`). Everything runs in namespaces this script creates and
-deletes; the root namespace is never touched.
+[--changes K] [--backend iptables|nftables] [--json out.json]`). Everything runs in namespaces
+this script creates and deletes; the root namespace is never touched.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
 import calc_graph as data
+import nft_kernel
 import report
 
 from calico.felix.dataplane import names
@@ -116,7 +121,7 @@ def python_processes(root: int) -> dict[str, int]:
     found: dict[str, int] = {}
     for pid in process_tree(root):
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        if "dataplane.driver" in cmd:
+        if "calico.felix.driver" in cmd or "dataplane.driver" in cmd:
             found["driver"] = pid
         elif "calico-felix" in cmd and "netns" not in cmd:
             found["felix"] = pid
@@ -220,28 +225,81 @@ class ChangeTimeout(Exception):
     """A change did not reach the kernel within CHANGE_TIMEOUT."""
 
 
-def time_until(predicate: Callable[[], bool], timeout: float = CHANGE_TIMEOUT) -> None:
+def time_until(predicate: Callable[[], bool], timeout: float = CHANGE_TIMEOUT) -> float:
+    """Poll until `predicate()`; the monotonic time at which its successful call started."""
     started = time.perf_counter()
-    while not predicate():
+    while True:
+        checked = time.monotonic()
+        if predicate():
+            return checked
         if time.perf_counter() - started > timeout:
             raise ChangeTimeout(f"the change did not reach the kernel within {timeout:.0f} s")
         time.sleep(POLL_INTERVAL)
 
 
+class Kernel:
+    """Reading one rules backend's chains, and timing a change to the kernel (iptables: until a
+    poll shows it, the poll included; nftables: to the commit, see bench/nft_kernel.py)."""
+
+    def __init__(self, ns: NetNS, backend: str) -> None:
+        self.ns = ns
+        self.nftables = backend == "nftables"
+        self.watch = nft_kernel.GenerationWatch(ns) if self.nftables else None
+
+    def rules(self, chain: str) -> list[str]:
+        """A chain's rules; with nftables also those of the shared program an endpoint chain
+        goes to (its tiers and profiles, bench/nft_kernel.py)."""
+        if not self.nftables:
+            return chain_rules(self.ns, chain)
+        return nft_kernel.chain_rules(self.ns, chain, follow_programs=True)
+
+    def has_port(self, chain: str, port: int) -> bool:
+        needle = f"dport {port} " if self.nftables else f"--dports {port} "
+        return any(needle in rule + " " for rule in self.rules(chain))
+
+    def timed(self, write: Callable[[], None], done: Callable[[], bool]) -> float:
+        if self.watch is None:
+            started = time.perf_counter()
+            write()
+            time_until(done)
+            return time.perf_counter() - started
+        # nftables: list the chain only after each new generation (a listing costs a cache
+        # fetch of the whole table, which would compete with Felix for the CPU), and time the
+        # change to the last commit before the listing that shows it ended.
+        started = time.monotonic()
+        write()
+        seen = started
+        while True:
+            bump = self.watch.next_after(seen, CHANGE_TIMEOUT)
+            if bump is None:
+                raise ChangeTimeout(f"no nftables commit within {CHANGE_TIMEOUT:.0f} s")
+            if done():
+                committed = self.watch.last_before(time.monotonic(), started)
+                assert committed is not None
+                return committed - started
+            seen = bump
+
+    def incremental_floor(self, chains: list[str]) -> float:
+        if self.nftables:
+            return nft_kernel.incremental_floor(self.ns, chains)
+        return incremental_floor(self.ns, chains)
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+
+
 class Changes:
     """Each change is one etcd write, then a poll of the chain that must show it."""
 
-    def __init__(self, etcd: EtcdServer, host: ComputeHost, local: int):
-        self.etcd, self.ns, self.local = etcd, host.ns, local
+    def __init__(self, etcd: EtcdServer, host: ComputeHost, local: int, kernel: Kernel):
+        self.etcd, self.ns, self.local, self.kernel = etcd, host.ns, local, kernel
         self.next_new = data.ENDPOINTS + REMOTE  # indices for added endpoints
         self.version = 0
         self.added: list[int] = []  # endpoints endpoint_add made, for endpoint_delete
 
     def _timed(self, write: Callable[[], None], done: Callable[[], bool]) -> float:
-        started = time.perf_counter()
-        write()
-        time_until(done)
-        return time.perf_counter() - started
+        return self.kernel.timed(write, done)
 
     def profile_rule(self, k: int) -> tuple[float, list[str]]:
         self.version += 1
@@ -255,7 +313,7 @@ class Changes:
         key = f"/calico/v1/policy/profile/{profile}/rules"
         took = self._timed(
             lambda: put(self.etcd, key, rules),
-            lambda: has_port(self.ns, chain, port),
+            lambda: self.kernel.has_port(chain, port),
         )
         return took, [chain]
 
@@ -272,7 +330,7 @@ class Changes:
         }
         took = self._timed(
             lambda: put(self.etcd, f"/calico/v1/policy/tier/default/policy/pol{q}", policy),
-            lambda: has_port(self.ns, chain, port),
+            lambda: self.kernel.has_port(chain, port),
         )
         return took, [chain]
 
@@ -289,7 +347,7 @@ class Changes:
             lambda: put(
                 self.etcd, data.endpoint_key(i, self.local), data.endpoint_value(i, labels)
             ),
-            lambda: any(new_policy in r for r in chain_rules(self.ns, chain)),
+            lambda: any(new_policy in r for r in self.kernel.rules(chain)),
         )
         put(
             self.etcd,
@@ -298,7 +356,7 @@ class Changes:
         )
         # Wait for the revert too, so it does not overlap (and slow) the next measured change.
         try:
-            time_until(lambda: not any(new_policy in r for r in chain_rules(self.ns, chain)))
+            time_until(lambda: not any(new_policy in r for r in self.kernel.rules(chain)))
         except ChangeTimeout:
             progress(f"the revert of label change {k} did not reach the kernel")
         return took, [chain, names.endpoint_chain("from", tap(i), PREFIXES)]
@@ -312,7 +370,7 @@ class Changes:
         self.added.append(i)  # (also if it times out: the key is written either way)
         took = self._timed(
             lambda: put(self.etcd, key, data.endpoint_value(i, data.endpoint_labels(i))),
-            lambda: bool(chain_rules(self.ns, chain)),
+            lambda: bool(self.kernel.rules(chain)),
         )
         return took, [chain, names.endpoint_chain("from", tap(i), PREFIXES)]
 
@@ -322,7 +380,7 @@ class Changes:
         key = data.endpoint_key(i, local=i + 1)
         took = self._timed(
             lambda: self.etcd.v2_delete(key),
-            lambda: not chain_rules(self.ns, chain),
+            lambda: not self.kernel.rules(chain),
         )
         return took, []
 
@@ -366,7 +424,8 @@ def measure_changes(
             "timeouts": timeouts,
         }
         if chains:
-            entry["incremental_floor_ms"] = round(incremental_floor(changes.ns, chains) * 1000, 1)
+            floor_s = changes.kernel.incremental_floor(chains)
+            entry["incremental_floor_ms"] = round(floor_s * 1000, 1)
         results[name] = entry
     return results
 
@@ -394,12 +453,15 @@ def run(
     floor_runs: int,
     felix_log: Path | None,
     interface_poll: str | None = None,
+    backend: str = "iptables",
 ) -> dict[str, object]:
+    nftables = backend == "nftables"
     with tempfile.TemporaryDirectory(prefix="calico-bench-") as tmp:
         with lab(local, Path(tmp)) as (etcd, host, info):
-            progress("starting calico-felix")
+            progress(f"starting calico-felix ({backend})")
             # Felix's default HostInterfacePollInterval unless asked (to isolate its cost).
             poll = {"FELIX_HOSTINTERFACEPOLLINTERVAL": interface_poll} if interface_poll else {}
+            poll["FELIX_NFTABLESMODE"] = "Enabled" if nftables else "Disabled"
             started = time.monotonic()
             felix: FelixProcess = host.start_felix(
                 poll,
@@ -416,29 +478,46 @@ def run(
             procs = python_processes(felix.proc.pid)
             rss = {name: round(peak_rss_mb(pid), 1) for name, pid in procs.items()}
             cpu = {name: round(cpu_seconds(pid), 2) for name, pid in procs.items()}
-            dump = dump_ruleset(host.ns)
-            sizes = count_rules(dump)
-            latency = measure_changes(
-                Changes(etcd, host, local), count, alive=lambda: felix.proc.poll() is None
-            )
+            if nftables:
+                table = nft_kernel.dump(host.ns)
+                sizes = nft_kernel.count(table)
+            else:
+                dump = dump_ruleset(host.ns)
+                sizes = count_rules(dump)
+            kernel = Kernel(host.ns, backend)
+            try:
+                latency = measure_changes(
+                    Changes(etcd, host, local, kernel),
+                    count,
+                    alive=lambda: felix.proc.poll() is None,
+                )
+            finally:
+                kernel.close()
             rss_after = {name: round(peak_rss_mb(pid), 1) for name, pid in procs.items()}
-            probe_ms = probe_cost_ms(host.ns)
+            probe_ms = probe_cost_ms(host.ns) if not nftables else None
             felix.stop()
             if felix_log is not None:
                 felix_log.write_text(felix.text())
         progress("kernel floor")
-        floors = {backend: floor(dump, backend, floor_runs) for backend in ("nft", "legacy")}
+        if nftables:
+            floors = {"nft -f": nft_kernel.floor(table, floor_runs)}
+            own_floor = floors["nft -f"]["total_s"]
+        else:
+            floors = {b: floor(dump, b, floor_runs) for b in ("nft", "legacy")}
+            own_floor = floors["nft"]["total_s"]
     return {
+        "backend": backend,
         "scale": {"local_endpoints": local, "remote_endpoints": REMOTE, **info, **sizes},
         "cold_start_s": round(cold_start, 2),
         "floor": floors,
-        "cold_start_over_nft_floor": round(cold_start / floors["nft"]["total_s"], 2),
+        "cold_start_over_nft_floor": round(cold_start / own_floor, 2),
         "peak_rss_mb_after_start": rss,
         "peak_rss_mb_after_changes": rss_after,
         "cpu_s_at_programmed": cpu,
         "change_latency": latency,
         # What one poll of a chain (`iptables -S <chain>`) costs: the resolution of the change
-        # timings above, which include the poll that sees the change.
+        # timings above, which include the poll that sees the change (iptables only; nftables
+        # changes are timed to their commit, bench/nft_kernel.py).
         "probe_ms": probe_ms,
         "host_interface_poll_interval": interface_poll or "default",
         **report.environment(),
@@ -450,13 +529,21 @@ def main() -> None:
     parser.add_argument("--local", type=int, default=1000, help="local endpoints")
     parser.add_argument("--changes", type=int, default=50, help="changes of each kind")
     parser.add_argument("--floor-runs", type=int, default=3)
+    parser.add_argument("--backend", choices=("iptables", "nftables"), default="iptables")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--felix-log", type=Path, help="keep calico-felix's output here")
     parser.add_argument(
         "--interface-poll", help="HostInterfacePollInterval for Felix (default: Felix's own)"
     )
     args = parser.parse_args()
-    result = run(args.local, args.changes, args.floor_runs, args.felix_log, args.interface_poll)
+    result = run(
+        args.local,
+        args.changes,
+        args.floor_runs,
+        args.felix_log,
+        args.interface_poll,
+        args.backend,
+    )
     report.emit(result, args.json)
 
 

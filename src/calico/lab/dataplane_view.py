@@ -15,6 +15,8 @@ from calico.lab.felix import LAB_NFTABLES_MODE
 from calico.lab.netns import NetNS
 
 TABLE = ("inet", "felix")
+# nftables: forwarded traffic meets Felix in two base chains (source, then destination policy).
+FORWARD_CHAINS = ("felix-FORWARD", "felix-FORWARD-TO")
 _HANDLE_RE = re.compile(r" # handle \d+$")
 _COMMENT_RE = re.compile(r' comment "[^"]*"$')
 
@@ -49,8 +51,11 @@ class DataplaneView:
         """Felix's forward policy is hooked in: iptables' FORWARD jumps to felix-FORWARD, or the
         nftables base chain felix-FORWARD exists on the forward hook."""
         if self.nftables:
-            text = self._run("nft", "list", "chain", *TABLE, "felix-FORWARD", check=False)
-            return "hook forward" in text
+            texts = [
+                self._run("nft", "list", "chain", *TABLE, chain, check=False)
+                for chain in FORWARD_CHAINS
+            ]
+            return all("hook forward" in text for text in texts)
         tool = "ip6tables" if v6 else "iptables"
         return "felix-FORWARD" in self._run(tool, "-w", "-S", "FORWARD")
 
@@ -165,8 +170,10 @@ class DataplaneView:
     # -- tampering (another tool at work) --------------------------------------------------------
 
     def flush_forward(self) -> None:
+        """Another tool flushes Felix's forward policy (nftables: both forward base chains)."""
         if self.nftables:
-            self._run("nft", "flush", "chain", *TABLE, "felix-FORWARD")
+            for chain in FORWARD_CHAINS:
+                self._run("nft", "flush", "chain", *TABLE, chain)
         else:
             self._run("iptables", "-w", "-F", "felix-FORWARD")
 
@@ -174,7 +181,10 @@ class DataplaneView:
         """Remove what sends forwarded packets to Felix (iptables: the jump from FORWARD;
         nftables: the base chain itself)."""
         if self.nftables:
-            chain = " ".join(TABLE) + " felix-FORWARD"
-            self._run("nft", "-f", "-", input=f"flush chain {chain}\ndelete chain {chain}\n")
+            script = "".join(
+                f"flush chain {' '.join(TABLE)} {c}\ndelete chain {' '.join(TABLE)} {c}\n"
+                for c in FORWARD_CHAINS
+            )
+            self._run("nft", "-f", "-", input=script)
         else:
             self._run("iptables", "-w", "-D", "FORWARD", "-j", "felix-FORWARD")

@@ -1,8 +1,11 @@
 """Per-endpoint chains (felix.md §5.5: tiers, then profiles, then drop) for workloads and host
 endpoints, and the verdict maps that send each interface's packets to its chains (§5.4). Pure.
 
-The rules are the iptables backend's, in one table for both families: a policy or profile chain
-sets the ACCEPT or NEXT-TIER mark bit and returns, and the endpoint's rules test it. Dispatch is
+The rules are the iptables backend's, in one table for both families, with one difference: a
+policy or profile that allows a packet accepts it (each direction has a base chain of its own,
+so this ends only that direction's evaluation), where the iptables backend sets the ACCEPT bit,
+returns and tests it; NEXT-TIER is still a mark bit (untracked policy in the raw hooks keeps
+the ACCEPT bit too, for the filter hooks to see). Dispatch is
 one map lookup (``iifname vmap @felix-from-wl``, elements ``"tapX" : goto felix-from-X``)
 instead of a tree of chains: adding an endpoint adds two elements and two chains, and rewrites
 no dispatch chain.
@@ -39,9 +42,10 @@ from calico.felix.dataplane.rendering.base import RenderConfig
 
 
 def _tier_rules(tiers: Sequence[TierInfo], inbound: bool, config: RenderConfig) -> list[str]:
-    """Each non-empty tier: clear NEXT-TIER, try its policies in order, drop at its end unless a
-    policy accepted (returned) or said next-tier."""
-    accept, next_tier = config.mark_accept, config.mark_next_tier
+    """Each non-empty tier: clear NEXT-TIER, try its policies in order (one that allows accepts
+    the packet, which ends this direction's evaluation), drop at its end unless a policy said
+    next-tier."""
+    next_tier = config.mark_next_tier
     rules: list[str] = []
     for tier in tiers:
         if not tier.policies:
@@ -50,19 +54,13 @@ def _tier_rules(tiers: Sequence[TierInfo], inbound: bool, config: RenderConfig) 
         for policy in tier.policies:
             chain = names.policy_chain(tier.name, policy, inbound)
             rules.append(join(mark_is_clear(next_tier), f"jump {chain}"))
-            rules.append(join(mark_is_set(accept), "return", comment("Return if policy accepted")))
         rules += drop_rules(config, mark_is_clear(next_tier), "Drop if no policy in tier passed")
     return rules
 
 
-def _profile_rules(profile_ids: Sequence[str], inbound: bool, config: RenderConfig) -> list[str]:
-    rules: list[str] = []
-    for profile in profile_ids:
-        rules.append(f"jump {names.profile_chain(profile, inbound)}")
-        rules.append(
-            join(mark_is_set(config.mark_accept), "return", comment("Profile accepted packet"))
-        )
-    return rules
+def _profile_rules(profile_ids: Sequence[str], inbound: bool) -> list[str]:
+    """Each profile in order (one that allows accepts the packet)."""
+    return [f"jump {names.profile_chain(profile, inbound)}" for profile in profile_ids]
 
 
 def _endpoint_body(
@@ -73,12 +71,11 @@ def _endpoint_body(
     config: RenderConfig,
     first: Sequence[str] = (),
 ) -> list[str]:
-    """Steps 2-6 of §5.5 (clear ACCEPT, `first` (MAC check), tiers, profiles, final drop)."""
+    """Steps 3-6 of §5.5 (`first` (MAC check), tiers, profiles, final drop)."""
     return [
-        clear_mark(config.mark_accept),
         *first,
         *_tier_rules(tiers, inbound, config),
-        *_profile_rules(profile_ids, inbound, config),
+        *_profile_rules(profile_ids, inbound),
         *drop_rules(
             config, comment_text=f"Packet did not match any profile (endpoint {endpoint_id})"
         ),
@@ -118,12 +115,11 @@ def workload_endpoint_chains(update: WorkloadEndpointUpdate, config: RenderConfi
 def program_chain(
     tiers: Sequence[TierInfo], profile_ids: Sequence[str], inbound: bool, config: RenderConfig
 ) -> tuple[str, Chain]:
-    """The shared chain of one direction's policy: clear ACCEPT, the tiers, the profiles, the
-    final drop. Named after a hash of its rules, so equal programs are one chain."""
+    """The shared chain of one direction's policy: the tiers, the profiles, the final drop.
+    Named after a hash of its rules, so equal programs are one chain."""
     rules = [
-        clear_mark(config.mark_accept),
         *_tier_rules(tiers, inbound, config),
-        *_profile_rules(profile_ids, inbound, config),
+        *_profile_rules(profile_ids, inbound),
         *drop_rules(config, comment_text="Packet did not match any profile"),
     ]
     digest = hashlib.blake2b("\n".join(rules).encode(), digest_size=10).hexdigest()
@@ -140,7 +136,7 @@ def _untracked_body(tiers: Sequence[TierInfo], inbound: bool, config: RenderConf
             continue
         rules.append(join(clear_mark(next_tier), comment(f"Start of tier {tier.name}")))
         for policy in tier.policies:
-            chain = names.policy_chain(tier.name, policy, inbound)
+            chain = nft_names.raw_policy_chain(names.policy_chain(tier.name, policy, inbound))
             rules.append(join(mark_is_clear(next_tier), f"jump {chain}"))
             rules.append(join(mark_is_set(accept), "notrack"))
             rules.append(join(mark_is_set(accept), "return", comment("Return if policy accepted")))

@@ -24,7 +24,8 @@ NAT_SNAT_PRIORITY: Final = 95
 
 # Base chains (each holds what the iptables backend's hooked felix-* chain holds).
 INPUT: Final = "felix-INPUT"
-FORWARD: Final = "felix-FORWARD"
+FORWARD: Final = "felix-FORWARD"  # forwarded traffic's source policy (workload egress, host in)
+FORWARD_TO: Final = "felix-FORWARD-TO"  # and its destination policy, just after
 OUTPUT: Final = "felix-OUTPUT"
 RAW_PREROUTING: Final = "felix-raw-PREROUTING"
 RAW_OUTPUT: Final = "felix-raw-OUTPUT"
@@ -35,6 +36,7 @@ NAT_POSTROUTING: Final = "felix-nat-POSTROUTING"
 BASE_CHAINS: Final[dict[str, BaseChain]] = {
     INPUT: BaseChain("filter", "input", FILTER_PRIORITY),
     FORWARD: BaseChain("filter", "forward", FILTER_PRIORITY),
+    FORWARD_TO: BaseChain("filter", "forward", FILTER_PRIORITY + 1),
     OUTPUT: BaseChain("filter", "output", FILTER_PRIORITY),
     RAW_PREROUTING: BaseChain("filter", "prerouting", RAW_PRIORITY),
     RAW_OUTPUT: BaseChain("filter", "output", RAW_PRIORITY),
@@ -76,6 +78,11 @@ def set_name(set_id: str, ip_version: int) -> str:
         name = names.PREFIX + f"v{ip_version}-" + names.uniquely_shorten("_" + set_id, 16)
         name = name.replace(":", ".")
     return name
+
+
+def raw_policy_chain(policy_chain: str) -> str:
+    """The raw hooks' copy of an untracked policy's chain: ``felix-raw-p-...``."""
+    return policy_chain.replace("felix-", "felix-raw-", 1)
 
 
 def raw_host_endpoint_chain(direction: str, interface: str) -> str:

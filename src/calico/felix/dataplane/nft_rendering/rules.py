@@ -143,13 +143,21 @@ def rule_matches(rule: ResolvedRule) -> list[str]:
     return out
 
 
-def render_rule(rule: ResolvedRule, config: RenderConfig) -> list[str]:
+def render_rule(rule: ResolvedRule, config: RenderConfig, untracked: bool = False) -> list[str]:
     """The nft rules of one policy/profile rule (§5.6); UnrenderableRule for a rule the kernel
-    could not load (`rules_chain` turns it into a drop: fail closed)."""
+    could not load (`rules_chain` turns it into a drop: fail closed).
+
+    An allow is ``accept``: each direction of policy has a base chain of its own, so accepting
+    ends only that direction's evaluation (`static`). `untracked` (the raw hooks' copies of
+    untracked policies): an allow sets the ACCEPT bit and returns, as in the iptables backend,
+    and the raw chain untracks the packet."""
     matches = rule_matches(rule)
     if not matches:
         return []
     prefix = f"{rule.log_prefix or LOG_PREFIX}: "
+    if rule.action == "allow" and not untracked:
+        logged = log(prefix) if rule.log_prefix else ""
+        return [join(m, logged, "accept") for m in matches]
     if rule.action in ("allow", "next-tier"):
         mark = config.mark_accept if rule.action == "allow" else config.mark_next_tier
         rules = [join(m, set_mark(mark)) for m in matches]
@@ -168,25 +176,32 @@ def render_rule(rule: ResolvedRule, config: RenderConfig) -> list[str]:
     raise UnrenderableRule(f"unknown action {rule.action!r}")
 
 
-def rules_chain(rules: Iterable[ResolvedRule], config: RenderConfig) -> Chain:
+def rules_chain(
+    rules: Iterable[ResolvedRule], config: RenderConfig, untracked: bool = False
+) -> Chain:
     """A profile/policy chain: each rule in order; an unrenderable rule becomes a drop."""
     out: list[str] = []
     for rule in rules:
         try:
-            out += render_rule(rule, config)
+            out += render_rule(rule, config, untracked)
         except UnrenderableRule:
             out += drop_rules(config, comment_text="ERROR failed to parse rules")
     return Chain(tuple(out))
 
 
 def policy_chains(update: ActivePolicyUpdate, config: RenderConfig) -> dict[str, Chain]:
-    """``felix-p-<tier/policy>-i`` and ``-o``, shared by both families and by the filter and
-    raw hooks (an untracked policy's chains are jumped to from the raw base chains too)."""
+    """``felix-p-<tier/policy>-i`` and ``-o``, shared by both families; an untracked policy
+    also gets its raw hooks' copies ``felix-raw-p-...`` (allow = ACCEPT bit, untracked)."""
     tier, policy = update.id.tier, update.id.policy
-    return {
+    chains = {
         names.policy_chain(tier, policy, True): rules_chain(update.inbound_rules, config),
         names.policy_chain(tier, policy, False): rules_chain(update.outbound_rules, config),
     }
+    if update.untracked:
+        for inbound, rules in ((True, update.inbound_rules), (False, update.outbound_rules)):
+            raw = nft_names.raw_policy_chain(names.policy_chain(tier, policy, inbound))
+            chains[raw] = rules_chain(rules, config, untracked=True)
+    return chains
 
 
 def profile_chains(update: ActiveProfileUpdate, config: RenderConfig) -> dict[str, Chain]:

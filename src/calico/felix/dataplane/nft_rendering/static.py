@@ -90,15 +90,27 @@ def _output(config: RenderConfig, versions: Sequence[int]) -> Chain:
     return _base(n.OUTPUT, rules, versions)
 
 
-def _forward(config: RenderConfig, versions: Sequence[int]) -> Chain:
-    rules = [join(mark_is_set(config.mark_accept), "ct state untracked accept")]
-    rules += _conntrack_rules(config)
+def _forward(config: RenderConfig, versions: Sequence[int]) -> dict[str, Chain]:
+    """Forwarded traffic, in two base chains one after the other: the source's policy
+    (workload egress, or host-endpoint ingress), then the destination's. A policy's allow
+    accepts, which ends only its own base chain. Which policies apply is the iptables
+    backend's felix-FORWARD: a workload's traffic gets its endpoints' policy and never
+    host-endpoint policy; traffic between host interfaces gets both host endpoints'."""
+    first = [join(mark_is_set(config.mark_accept), "ct state untracked accept")]
+    first += _conntrack_rules(config)
+    source, destination = list(first), list(first)
     for w in _wildcards(config):
-        rules += [f"iifname {w} jump {n.FROM_ENDPOINT}", f"oifname {w} jump {n.TO_ENDPOINT}"]
+        source += [f"iifname {w} jump {n.FROM_ENDPOINT}", f"iifname {w} accept"]
+        destination += [f"oifname {w} jump {n.TO_ENDPOINT}", f"oifname {w} accept"]
     for w in _wildcards(config):
-        rules += [f"iifname {w} accept", f"oifname {w} accept"]
-    rules += [f"jump {n.FROM_HOST_IF}", f"jump {n.TO_HOST_IF}"]
-    return _base(n.FORWARD, rules, versions)
+        source.append(f"oifname {w} accept")  # to a workload: only its own policy applies
+        destination.append(f"iifname {w} accept")  # from a workload: only its own policy
+    source.append(f"jump {n.FROM_HOST_IF}")
+    destination.append(f"jump {n.TO_HOST_IF}")
+    return {
+        n.FORWARD: _base(n.FORWARD, source, versions),
+        n.FORWARD_TO: _base(n.FORWARD_TO, destination, versions),
+    }
 
 
 def _dispatch(config: RenderConfig) -> dict[str, Chain]:
@@ -166,7 +178,7 @@ def static_chains(config: RenderConfig, versions: Sequence[int]) -> Rendered:
     chains = {
         **_input(config, versions),
         n.OUTPUT: _output(config, versions),
-        n.FORWARD: _forward(config, versions),
+        **_forward(config, versions),
         **_dispatch(config),
         **_raw(config, versions),
         **_failsafe(config),

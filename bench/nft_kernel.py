@@ -1,0 +1,150 @@
+"""The nftables side of the dataplane benchmarks (NFTablesMode=Enabled): reading what Felix
+programmed in ``table inet felix``, its kernel floor, and when a change reached the kernel.
+
+When: a helper process inside the lab namespace reads nf_tables' generation counter every
+millisecond (one netlink GETGEN on a kept socket, about 10 microseconds;
+calico.felix.kernel.nftables.GenerationReader) and reports
+each new generation with its CLOCK_MONOTONIC time, which this process shares. A change counts
+as in the kernel at the last new generation seen before a listing that shows it: the commit that
+made it visible happened no later than that (so the figure is never too small), and the listing
+itself (`nft list chain`, which costs nft 1.0.6 a whole-table cache fetch, tens to hundreds of
+milliseconds at 1,000 endpoints) is not part of it. With iptables the benchmark polls
+``iptables -S <chain>`` instead (about 6 ms per poll), which is part of its figures.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from calico.lab.netns import NetNS
+
+TABLE = ["inet", "felix"]
+_WATCH = """
+import sys, time
+from calico.felix.kernel.nftables import GenerationReader
+read = GenerationReader()
+last = None
+while True:
+    gen = read()
+    if gen != last:
+        print(time.monotonic(), gen, flush=True)
+        last = gen
+    time.sleep(0.001)
+"""
+
+
+class GenerationWatch:
+    """New nf_tables generations in a namespace, with the monotonic time each was seen."""
+
+    def __init__(self, ns: NetNS) -> None:
+        self._proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, sys.executable, "-c", _WATCH],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._times: list[float] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            when = float(line.split()[0])
+            with self._lock:
+                self._times.append(when)
+
+    def next_after(self, moment: float, timeout: float) -> float | None:
+        """The time of the first new generation seen after `moment` (waiting up to `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                i = bisect.bisect_right(self._times, moment)
+                if i < len(self._times):
+                    return self._times[i]
+            time.sleep(0.0005)
+        return None
+
+    def last_before(self, moment: float, after: float) -> float | None:
+        """The time of the last new generation seen in (after, moment], or None."""
+        time.sleep(0.003)  # let the watcher report what it saw up to `moment`
+        with self._lock:
+            i = bisect.bisect_right(self._times, moment)
+            if i and self._times[i - 1] > after:
+                return self._times[i - 1]
+        return None
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+def chain_rules(ns: NetNS, chain: str, follow_programs: bool = False) -> list[str]:
+    """The rules of one chain ([] if it does not exist); with `follow_programs`, an endpoint
+    chain's ``goto felix-pr-...`` is followed to the shared program's rules."""
+    proc = ns.run(["nft", "list", "chain", *TABLE, chain], check=False)
+    if proc.returncode != 0:
+        return []
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    rules = [line for line in lines[2:-2] if line and not line.startswith("type ")]
+    if follow_programs:
+        for rule in list(rules):
+            match = re.search(r"goto (felix-pr-\S+)", rule)
+            if match:
+                rules += chain_rules(ns, match.group(1))
+    return rules
+
+
+def dump(ns: NetNS) -> str:
+    """Felix's table exactly as the kernel lists it (nft input that recreates it)."""
+    return ns.run(["nft", "list", "table", *TABLE]).stdout
+
+
+def count(text: str) -> dict[str, int]:
+    chains = re.findall(r"^\tchain (\S+) \{", text, flags=re.MULTILINE)
+    rules = sum(1 for line in text.splitlines() if line.startswith("\t\t") and " comment " in line)
+    elements = 0
+    for block in re.findall(r"elements = \{(.*?)\}", text, flags=re.DOTALL):
+        elements += block.count(",") + 1
+    return {"rules": rules, "chains": len(chains), "set_elements": elements}
+
+
+def floor(text: str, runs: int) -> dict[str, float]:
+    """Median seconds of ``nft -f`` of exactly that table into fresh namespaces."""
+    samples = []
+    for _ in range(runs):
+        with NetNS() as ns:
+            started = time.perf_counter()
+            ns.run(["nft", "-f", "-"], input=text)
+            samples.append(time.perf_counter() - started)
+    return {
+        "nft_f_s": round(statistics.median(samples), 3),
+        "total_s": round(statistics.median(samples), 3),
+    }
+
+
+def incremental_floor(ns: NetNS, chains: list[str], runs: int = 5) -> float:
+    """Median seconds of one ``nft -f -`` rewriting just these chains (their current rules)."""
+    lines = []
+    for chain in chains:
+        lines.append(f"flush chain {' '.join(TABLE)} {chain}")
+        for rule in chain_rules(ns, chain):
+            lines.append(f"add rule {' '.join(TABLE)} {chain} {rule}")
+    text = "\n".join(lines) + "\n"
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        ns.run(["nft", "-f", "-"], input=text)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def has_set_element(ns: NetNS, set_name: str, ip: str) -> bool:
+    argv = ["nft", "get", "element", *TABLE, set_name, f"{{ {ip} }}"]
+    return ns.run(argv, check=False).returncode == 0
