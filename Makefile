@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := etcd-server etcd-client iptables ipset iproute2 iputils-ping conntrack \
-                netcat-openbsd dnsmasq-base openssl procps logrotate busybox bird2
+                netcat-openbsd dnsmasq-base openssl procps logrotate busybox bird2 nftables
 
 .PHONY: all setup deb kubectl venv demo test lint unit system clean bench bench-render bench-calc \
         bench-dataplane docs

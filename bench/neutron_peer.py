@@ -19,7 +19,11 @@ The Neutron driver runs inside a lab namespace: this script re-executes itself u
 ``ip netns exec`` (``--inner``), with Neutron's root helper empty and oslo.privsep in
 in-process mode, so every command runs directly (we are already root; no sudo).
 
-Run as root: `.venv/bin/python bench/neutron_peer.py [--ports N] [--runs R] [--json F]`.
+``--backend nftables``: calico-felix runs NFTablesMode=Enabled (chains listed with ``nft list
+chain``, the tag's set tested with ``nft get element``).
+
+Run as root: `.venv/bin/python bench/neutron_peer.py [--ports N] [--runs R] [--backend B]
+[--json F]`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+import nft_kernel
 import report
 
 import dataplane
@@ -227,24 +232,33 @@ def endpoint_value(i: int) -> str:
     )
 
 
-def programmed(ns: NetNS, i: int) -> bool:
+def rules_of(ns: NetNS, chain: str, nftables: bool) -> list[str]:
+    return nft_kernel.chain_rules(ns, chain) if nftables else dataplane.chain_rules(ns, chain)
+
+
+def programmed(ns: NetNS, i: int, nftables: bool = False) -> bool:
     chain = names.endpoint_chain("to", tap_name(i), dataplane.PREFIXES)
-    return bool(dataplane.chain_rules(ns, chain))
+    return bool(rules_of(ns, chain, nftables))
 
 
-def tag_set_name(ns: NetNS) -> str:
-    """The kernel name of the profile tag's ipset, as the profile's inbound chain uses it."""
-    for rule in dataplane.chain_rules(ns, names.profile_chain(PROFILE, inbound=True)):
+def tag_set_name(ns: NetNS, nftables: bool = False) -> str:
+    """The kernel name of the profile tag's set, as the profile's inbound chain uses it."""
+    for rule in rules_of(ns, names.profile_chain(PROFILE, inbound=True), nftables):
         if "--match-set " in rule:
             return rule.split("--match-set ", 1)[1].split()[0]
+        if "ip saddr @" in rule:
+            return rule.split("ip saddr @", 1)[1].split()[0]
     raise RuntimeError("the profile chain has no remote-group (tag) rule")
 
 
-def in_set(ns: NetNS, set_name: str, i: int) -> bool:
+def in_set(ns: NetNS, set_name: str, i: int, nftables: bool = False) -> bool:
+    if nftables:
+        return nft_kernel.has_set_element(ns, set_name, port_ip(i))
     return ns.run(["ipset", "test", set_name, port_ip(i)], check=False).returncode == 0
 
 
-def felix(ports: int, runs: int) -> dict[str, object]:
+def felix(ports: int, runs: int, backend: str = "iptables") -> dict[str, object]:
+    nft = backend == "nftables"
     with tempfile.TemporaryDirectory(prefix="calico-bench-") as tmp:
         work = Path(tmp)
         with (
@@ -254,6 +268,7 @@ def felix(ports: int, runs: int) -> dict[str, object]:
             dataplane.load_etcd(etcd, felix_keys())
             dataplane.add_taps(host.ns, map(tap_name, range(ports + 1)))
             proc = host.start_felix(
+                FELIX_NFTABLESMODE="Enabled" if nft else "Disabled",
                 FELIX_IPTABLESREFRESHINTERVAL="0",
                 FELIX_STARTUPCLEANUPDELAY=str(dataplane.CLEANUP_DELAY),
                 FELIX_LOGSEVERITYFILE="none",
@@ -267,26 +282,32 @@ def felix(ports: int, runs: int) -> dict[str, object]:
                 etcd, {endpoint_key(i): endpoint_value(i) for i in range(ports)}
             )
             dataplane.time_until(
-                lambda: all(programmed(host.ns, i) for i in (ports - 1, 0)), timeout=300
+                lambda: all(programmed(host.ns, i, nft) for i in (ports - 1, 0)), timeout=300
             )
             batch = time.perf_counter() - started
-            set_name = tag_set_name(host.ns)
+            set_name = tag_set_name(host.ns, nft)
             add: list[float] = []
             remove: list[float] = []
             for _ in range(runs):
                 started = time.perf_counter()
                 etcd.v2_put(endpoint_key(ports), endpoint_value(ports))
                 dataplane.time_until(
-                    lambda: programmed(host.ns, ports) and in_set(host.ns, set_name, ports)
+                    lambda: (
+                        programmed(host.ns, ports, nft) and in_set(host.ns, set_name, ports, nft)
+                    )
                 )
                 add.append(time.perf_counter() - started)
                 time.sleep(0.05)
                 started = time.perf_counter()
                 etcd.v2_delete(endpoint_key(ports))
-                dataplane.time_until(lambda: not programmed(host.ns, ports))
+                dataplane.time_until(lambda: not programmed(host.ns, ports, nft))
                 remove.append(time.perf_counter() - started)
                 time.sleep(0.05)
-            rules = host.ns.run(["iptables-save"]).stdout
+            if nft:
+                rules_v4 = nft_kernel.count(nft_kernel.dump(host.ns))["rules"]
+            else:
+                saved = host.ns.run(["iptables-save"]).stdout
+                rules_v4 = sum(1 for line in saved.splitlines() if line.startswith("-A "))
             proc.stop()
     return {
         "batch_s": round(batch, 4),
@@ -294,16 +315,18 @@ def felix(ports: int, runs: int) -> dict[str, object]:
         "batch_etcd_write_s": round(write_s, 4),
         "add_one_s": round(statistics.median(add), 4),
         "remove_one_s": round(statistics.median(remove), 4),
-        "iptables_rules_v4": sum(1 for line in rules.splitlines() if line.startswith("-A ")),
+        # IPv4 iptables rules (nftables: every rule of Felix's table, both families).
+        "iptables_rules_v4": rules_v4,
     }
 
 
-def run(ports: int, runs: int) -> dict[str, object]:
+def run(ports: int, runs: int, backend: str = "iptables") -> dict[str, object]:
     dataplane.progress(f"Neutron IptablesFirewallDriver, {ports} ports")
     peer = neutron(ports, runs)
-    dataplane.progress(f"calico-felix, {ports} ports")
-    ours = felix(ports, runs)
+    dataplane.progress(f"calico-felix ({backend}), {ports} ports")
+    ours = felix(ports, runs, backend)
     return {
+        "backend": backend,
         "ports": ports,
         "runs": runs,
         "neutron": peer,
@@ -319,13 +342,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ports", type=int, default=500)
     parser.add_argument("--runs", type=int, default=5, help="repetitions of add/remove one")
+    parser.add_argument("--backend", choices=("iptables", "nftables"), default="iptables")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         print(json.dumps(neutron_inner(args.ports, args.runs)))
         return
-    report.emit(run(args.ports, args.runs), args.json)
+    report.emit(run(args.ports, args.runs, args.backend), args.json)
 
 
 if __name__ == "__main__":
