@@ -34,6 +34,9 @@ from calico.felix.kernel.watcher import InterfaceWatcher
 log = logging.getLogger("calico.felix.dataplane")
 
 RETRY_MIN_SECS = 0.1
+# The rules backend warms up for the next change (DataplaneManager.prepare) once the driver has
+# had nothing to do for this long: not between the batches of a burst.
+PREPARE_AFTER_IDLE_SECS = 0.02
 RETRY_MAX_SECS = 10.0
 EXIT_FELIX_GONE = 0
 _APPLY_ERRORS = (IptablesError, IpsetError, OSError)
@@ -62,6 +65,8 @@ class DriverLoop:
         self._manager = manager
         self._watcher = watcher
         self._dirty = False
+        self._busy_at = time.monotonic()  # when the driver last had something to do
+        self._prepare_due = True
         self._in_sync_at: float | None = None
         self._reported_ready = False
         self._cleanup_at: float | None = None
@@ -98,14 +103,20 @@ class DriverLoop:
                 self._poll_at,
                 self._resolve_at,
             )
-            deadlines = [t for t in timers if t]
+            prepare_at = self._busy_at + PREPARE_AFTER_IDLE_SECS if self._prepare_due else None
+            if prepare_at is not None and now >= prepare_at and not self._dirty:
+                self._prepare_due = False
+                self._manager.prepare()  # idle for a while: get ready for the next change
+                prepare_at = None
+            deadlines = [t for t in (*timers, prepare_at) if t]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             sources: list[Any] = [self._reader]
             if self._watcher is not None:
                 sources.append(self._watcher)
-            if not self._dirty and not select.select(sources, [], [], 0)[0]:
-                self._manager.prepare()  # idle: get ready for the next change
             readable, _, _ = select.select(sources, [], [], timeout)
+            if readable:
+                self._busy_at = time.monotonic()
+                self._prepare_due = True
             if self._reader in readable and not self._read_from_felix():
                 log.info("Felix closed the pipe; the dataplane driver stops")
                 return EXIT_FELIX_GONE
