@@ -92,13 +92,19 @@ CHANGED = {
 
 
 class Datastore:
-    """What the Neutron driver (and the operator, for BGP) would write, over the v2 API."""
+    """What the Neutron driver (and the operator, for BGP) would write, over the API the
+    daemons read (v2 or v3)."""
 
-    def __init__(self, cluster: EtcdCluster):
+    def __init__(self, cluster: EtcdCluster, api: str):
         self.cluster = cluster
+        self.api = api
 
     def put(self, key: str, value: object) -> None:
-        self.cluster.v2_put(key, value if isinstance(value, str) else json.dumps(value))
+        text = value if isinstance(value, str) else json.dumps(value)
+        if self.api == "v2":
+            self.cluster.v2_put(key, text)
+        else:
+            self.cluster.v3_put(key, text)
 
     def profile(self, name: str, tags_in: Iterable[str]) -> None:
         self.put(f"/calico/v1/policy/profile/{name}/rules", profile(tags_in))
@@ -113,12 +119,15 @@ class Datastore:
 class DhcpAgent:
     """calico-dhcp-agent in a host namespace, told the cluster's members in neutron.conf."""
 
-    def __init__(self, host: FabricHost, cluster: EtcdCluster, work_dir: Path, state_dir: Path):
+    def __init__(
+        self, host: FabricHost, cluster: EtcdCluster, api: str, work_dir: Path, state_dir: Path
+    ):
         self.state_dir = state_dir
         self.log_path = work_dir / "dhcp-agent.log"
         conf = work_dir / "neutron.conf"
         conf.write_text(
-            f"[DEFAULT]\nhost = {host.hostname}\n\n[calico]\netcd_endpoints = {cluster.endpoints}\n"
+            f"[DEFAULT]\nhost = {host.hostname}\n\n"
+            f"[calico]\netcd_endpoints = {cluster.endpoints}\netcd_api_version = {api}\n"
         )
         self._log = self.log_path.open("wb")
         argv = [sys.executable, "-m", "calico.dhcp.agent", "--config-file", str(conf),
@@ -290,11 +299,18 @@ class Cloud:
         return [h.bird.config.read_text() for h in self.hosts if h.bird is not None]
 
 
+@pytest.fixture(params=["v2", "v3"])
+def api(request: pytest.FixtureRequest) -> str:
+    """The etcd API every daemon (and the test's writes) use."""
+    return str(request.param)
+
+
 @pytest.fixture
-def cloud(cluster: EtcdCluster, tmp_path: Path, state_dir: Path) -> Iterator[Cloud]:
+def cloud(cluster: EtcdCluster, api: str, tmp_path: Path, state_dir: Path) -> Iterator[Cloud]:
     """Host 1: VMs A and B, Felix, calico-bgp, BIRD, the DHCP agent; host 2: VM C, Felix,
     calico-bgp, BIRD. Every daemon is given the three members; the data is written first."""
-    store = Datastore(cluster)
+    store = Datastore(cluster, api)
+    driver = {"FELIX_DATAPLANEDRIVER": f"etcd{api}"}
     store.put("/calico/v1/Ready", "true")
     store.put(
         f"/calico/dhcp/v1/subnet/{SUBNET_ID}",
@@ -312,13 +328,13 @@ def cloud(cluster: EtcdCluster, tmp_path: Path, state_dir: Path) -> Iterator[Clo
         }
         for vm, name in (("A", "pa"), ("B", "pb"), ("C", "pc")):
             store.endpoint(vms[vm], name)
-        bgps = [h.start_calico_bgp() for h in (h1, h2)]
+        bgps = [h.start_calico_bgp(env=driver) for h in (h1, h2)]
         for bgp in bgps:
             bgp.wait_for(r"Wrote .*bird\.conf")
         for host in (h1, h2):
             host.start_bird()
-        felixes = [h.start_felix(FELIX_IPV6SUPPORT="true") for h in (h1, h2)]
-        agent = DhcpAgent(h1, cluster, tmp_path, state_dir)
+        felixes = [h.start_felix(driver, FELIX_IPV6SUPPORT="true") for h in (h1, h2)]
+        agent = DhcpAgent(h1, cluster, api, tmp_path, state_dir)
         try:
             yield Cloud(fabric, vms, felixes, bgps, agent)
         finally:
@@ -363,7 +379,7 @@ def lose_leader_then_quorum(cluster: EtcdCluster, sampler: Sampler) -> EtcdMembe
 
 
 def test_losing_the_leader_then_quorum_keeps_every_dataplane(
-    cluster: EtcdCluster, cloud: Cloud
+    cluster: EtcdCluster, api: str, cloud: Cloud
 ) -> None:
     wait_converged(cloud)
     agent, daemons = cloud.agent, cloud.daemons()
@@ -386,17 +402,19 @@ def test_losing_the_leader_then_quorum_keeps_every_dataplane(
     assert agent.dnsmasq_pids() == dnsmasq_before and agent.hosts_file() == hosts_before
     assert cloud.bird_files() == bird_files_before
 
-    # Every daemon retried its way to the one member that answered during the outage. Kill
-    # that one now: each must move on again to see what is written next.
-    for name, (ns, proc) in daemons.items():
-        on = etcd_ports_of(ns, proc.pid, cluster.ports)
-        assert survivor.port in on, f"{name} is not on {survivor!r} but on ports {on}"
+    # v2 reads need no quorum: every daemon retried its way to the one member left and its
+    # watch stayed there. (v3 reads are linearizable: that member timed out, and the v3 syncers
+    # kept moving round the members, waiting for Ready, until the quorum was back.) Kill that
+    # member now: whoever is on it must move on again to see what is written next.
+    on = {name: etcd_ports_of(ns, proc.pid, cluster.ports) for name, (ns, proc) in daemons.items()}
+    if api == "v2":
+        assert all(survivor.port in ports for ports in on.values()), (survivor, on)
     cluster.kill(survivor)
     cluster.leader(timeout=15)
     changed_at = time.monotonic()
     h1 = cloud.hosts[0]
     cloud.vms["D"] = h1.add_workload("10.65.0.5", "fd00:65::5", label="vmd")
-    store = Datastore(cluster)
+    store = Datastore(cluster, api)
     store.profile("pc", ["pa", "pb"])  # a policy change: host 2's Felix
     store.endpoint(cloud.vms["D"], "pa")  # an endpoint change: host 1's Felix, BGP, DHCP
     store.put(
@@ -413,5 +431,7 @@ def test_losing_the_leader_then_quorum_keeps_every_dataplane(
     for name, (ns, proc) in daemons.items():
         assert proc.poll() is None, f"{name} exited ({proc.returncode})"
         on = etcd_ports_of(ns, proc.pid, cluster.ports)
-        assert on and on <= alive, f"{name} is on ports {on}, live members are {alive}"
+        # (A connection to a dead member's relay can show for a moment: it is accepted, then
+        # closed once the member refuses it.)
+        assert on & alive, f"{name} is on ports {on}, the live members are {alive}"
     print(f"\nflow samples per phase: {counts}; the changes everywhere after {took:.1f} s")
