@@ -168,7 +168,9 @@ class NftBackend:
         self._own(("host-endpoints", None), rendered)
 
     def set_nat(self, floating: Floating, masquerade: bool) -> None:
-        rendered = nr.nat_chains(self._config, self._versions, floating, masquerade)
+        rendered = self._render(
+            "NAT", nr.nat_chains, self._config, self._versions, floating, masquerade
+        )
         self._own(("nat", None), rendered)
 
     # -- apply ---------------------------------------------------------------------------------

@@ -121,6 +121,9 @@ def rule_matches(rule: ResolvedRule) -> list[str]:
     has_ports = rule.src_ports or rule.dst_ports or rule.not_src_ports or rule.not_dst_ports
     if has_ports and not protocols.has_ports(rule.protocol or ""):
         raise UnrenderableRule(f"port match needs a port protocol, not {rule.protocol!r}")
+    has_icmp = rule.icmp_type is not None or rule.not_icmp_type is not None
+    if has_icmp and (rule.protocol is None or _proto(rule.protocol) not in _ICMP.values()):
+        raise UnrenderableRule(f"ICMP type match needs an ICMP protocol, not {rule.protocol!r}")
     families, specific = _families(rule)
     proto = ""
     if rule.protocol is not None:

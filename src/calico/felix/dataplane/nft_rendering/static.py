@@ -193,7 +193,11 @@ def _host_net(ip: str) -> str:
 def _snat_mappings(pairs: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     """One (int, ext) per internal IP: the first mapping wins after a stable sort by int IP."""
     seen: set[str] = set()
-    for int_ip, ext_ip in sorted(pairs, key=lambda pair: ipaddress.ip_address(pair[0])):
+    def order(pair: tuple[str, str]) -> tuple[int, int]:
+        address = ipaddress.ip_address(pair[0])
+        return address.version, int(address)
+
+    for int_ip, ext_ip in sorted(pairs, key=order):
         if int_ip not in seen:
             seen.add(int_ip)
             yield int_ip, ext_ip
