@@ -20,6 +20,7 @@ from calico.felix.kernel.iptables import IptablesTable
 from calico.felix.kernel.libnftables import NftCommand
 from calico.felix.kernel.nft import NftTable
 from calico.felix.kernel.nft_switch import (
+    auto_uses_nftables,
     probe_nftables,
     remove_iptables_state,
     remove_nft_table,
@@ -217,6 +218,8 @@ print("ok")
 def test_switching_backends_removes_the_other_ones_state_only(ns: NetNS) -> None:
     runner = NetnsRunner(ns.name)
     assert probe_nftables(runner) is None
+    # NFTablesMode=Auto here: Debian 12's iptables is iptables-nft, and the probe passes.
+    assert auto_uses_nftables(runner)[0]
     # The iptables backend's state, beside the host's own rule and set.
     filter_table = IptablesTable(4, "filter", runner)
     filter_table.set_chain("felix-INPUT", ["-j ACCEPT"])
