@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from calico.common.etcd import connect
 from calico.common.etcd.base import KVStore
+from calico.common.etcd.failover import FailoverClient
 from calico.ctl.errors import Invalid
 from calico.felix.config.loader import (
     Config,
@@ -52,7 +53,9 @@ class Local:
         """One etcd client for the whole command, made on first use."""
         if not self._client:
             settings = etcd_settings(self.config, timeout=ETCD_TIMEOUT)
-            self._client.append(connect(self.api, settings, shuffle=False))
+            # In the order given, moving on to the next member when one does not answer.
+            client = connect(self.api, settings, shuffle=False)
+            self._client.append(FailoverClient(client, len(settings.endpoints)))
         return self._client[0]
 
     def close(self) -> None:

@@ -61,7 +61,9 @@ class CalicoMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):  # type:
     # -- set-up ------------------------------------------------------------------------------
 
     def initialize(self) -> None:
-        config.register()
+        conf = config.register()
+        # A bad [calico] etcd option stops Neutron at start, not at the first port.
+        config.etcd_settings(conf.calico)
         # SG and floating-IP changes have no ML2 hook; Neutron publishes them as callbacks.
         for event in (events.AFTER_CREATE, events.AFTER_UPDATE, events.AFTER_DELETE):
             registry.subscribe(self._on_sg_rule, resources.SECURITY_GROUP_RULE, event)
