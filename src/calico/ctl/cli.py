@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn, TextIO
@@ -400,8 +399,6 @@ def main(
     stdin: TextIO | None = None,
 ) -> int:
     env = os.environ if environ is None else environ
-    # etcd3gw (the v3 client) imports eventlet, which announces its own deprecation on stderr.
-    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     local: connection.Local | None = None
     try:
         try:

@@ -16,9 +16,7 @@ def connect(api: str, settings: EtcdSettings, *, shuffle: bool = True) -> KVStor
     if api == "v2":
         return EtcdV2Client(settings, shuffle=shuffle)
     if api == "v3":
-        # Imported only when used: etcd3gw brings in futurist and eventlet (about 20 MB and a
-        # deprecation warning on stderr), which a v2 deployment need not pay for.
-        from calico.common.etcd.v3 import EtcdV3Client  # noqa: PLC0415
+        from calico.common.etcd.v3 import EtcdV3Client  # noqa: PLC0415 (only when used)
 
         return EtcdV3Client(settings, shuffle=shuffle)
     raise ValueError(f"unknown etcd API version {api!r}")

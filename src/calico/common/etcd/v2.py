@@ -8,7 +8,6 @@ snapshot revision), the X-Etcd-Cluster-Id header on every answer, and the raw er
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +27,7 @@ from calico.common.etcd.transport import (
     Endpoints,
     describe_error,
     is_read_timeout,
+    loads,
     make_session,
 )
 
@@ -73,12 +73,12 @@ class EtcdV2Client:
         timeout = (self._settings.timeout, read_timeout or self._settings.timeout)
         try:
             response = self._session.request(method, self._url(key), timeout=timeout, **kwargs)
-            body = response.json()
+            body = loads(response.content)
         except requests.RequestException as e:
             if is_read_timeout(e) and read_timeout is not None:
                 raise _WatchIdle() from None
             raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
-        except (ValueError, json.JSONDecodeError):
+        except ValueError:
             raise EtcdUnavailable(f"{self.endpoint}: answer is not JSON") from None
         self._guard.check(response.headers.get("X-Etcd-Cluster-Id"))
         if response.status_code >= 500:
@@ -101,10 +101,11 @@ class EtcdV2Client:
         _raise_for_error(body)
         items: dict[str, str] = {}
         stack = [body["node"]]
+        pop, extend = stack.pop, stack.extend
         while stack:
-            node = stack.pop()
+            node = pop()
             if node.get("dir"):
-                stack.extend(node.get("nodes", ()))
+                extend(node.get("nodes", ()))
             elif "value" in node:
                 items[node["key"]] = node["value"]
         return Snapshot(index, items)
