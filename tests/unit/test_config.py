@@ -43,6 +43,7 @@ SPEC_DEFAULTS = {
     "IptablesMarkMask": 0xFF000000,
     "IptablesRefreshInterval": 60,
     "MaxIpsetSize": 1048576,
+    "NFTablesMode": "Disabled",
     "DataplaneDriverPrometheusMetricsPort": 9092,
     "MetadataAddr": "127.0.0.1",
     "MetadataPort": 8775,
