@@ -193,6 +193,7 @@ def _host_net(ip: str) -> str:
 def _snat_mappings(pairs: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     """One (int, ext) per internal IP: the first mapping wins after a stable sort by int IP."""
     seen: set[str] = set()
+
     def order(pair: tuple[str, str]) -> tuple[int, int]:
         address = ipaddress.ip_address(pair[0])
         return address.version, int(address)
