@@ -9,6 +9,7 @@ returns.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import select
@@ -224,4 +225,7 @@ class DriverLoop:
         elapsed = now - (self._in_sync_at or now)
         log.info("Dataplane programmed: in sync with the datastore (%.2f s after in-sync)", elapsed)
         self._writer.send([DriverReady(elapsed)])
+        # The programmed state lives as long as the driver: keep the cyclic garbage collector
+        # from walking it again at every later change (reference counting still frees it).
+        gc.freeze()
         self._cleanup_at = now + self._config.startup_cleanup_delay
