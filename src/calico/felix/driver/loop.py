@@ -94,6 +94,8 @@ class DriverLoop:
         return next_interface_poll(now, self._config.interface_poll_interval)
 
     def run(self) -> int:
+        if not self._reported_ready:
+            gc.disable()  # until the first state is programmed: see _report_ready
         while True:
             now = time.monotonic()
             self._run_due_work(now)
@@ -226,6 +228,8 @@ class DriverLoop:
         log.info("Dataplane programmed: in sync with the datastore (%.2f s after in-sync)", elapsed)
         self._writer.send([DriverReady(elapsed)])
         # The programmed state lives as long as the driver: keep the cyclic garbage collector
-        # from walking it again at every later change (reference counting still frees it).
+        # from walking it again at every later change (reference counting still frees it);
+        # it was off while the first state was rendered and programmed (see run()).
         gc.freeze()
+        gc.enable()
         self._cleanup_at = now + self._config.startup_cleanup_delay
