@@ -6,8 +6,8 @@ reads only those files, so a table can be regenerated without re-running anythin
 
 * run: calc graph alone; calico-felix against the kernel floor at 100, 1,000 and 3,000 local
   endpoints (QUICK: 100); the etcd snapshot (datastore); Neutron's IptablesFirewallDriver
-  against Felix (peer); idle cost. Plus bench/results/suite.json: machine, date, versions
-  and the exact command.
+  against Felix (peer); idle cost; many hosts with BIRD (multihost). Plus
+  bench/results/suite.json: machine, date, versions and the exact command.
 * render: PNG plots into docs/img/ (matplotlib, the `bench` extra) and the generated section
   of docs/benchmarks.md, between the BEGIN/END markers (everything else there is kept).
 """
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import multihost_report
 import nft_tables
 
 BENCH = Path(__file__).resolve().parent
@@ -48,6 +49,8 @@ FULL: list[tuple[str, str, list[str]]] = [
     ("nft-dataplane-1000", "dataplane.py", [*NFT, "--local", "1000", "--changes", "50"]),
     ("nft-dataplane-3000", "dataplane.py", [*NFT, "--local", "3000", "--changes", "10"]),
     ("nft-neutron_peer", "neutron_peer.py", [*NFT, "--ports", "500", "--runs", "5"]),
+    # Many hosts (issue 14): BIRD, calico-bgp and Felix on lab hosts on a fabric.
+    ("multihost", "multihost.py", []),
 ]
 QUICK: list[tuple[str, str, list[str]]] = [
     ("calc_graph", "calc_graph.py", ["--changes", "200"]),
@@ -57,6 +60,7 @@ QUICK: list[tuple[str, str, list[str]]] = [
     ("idle", "idle.py", ["--local", "100", "--seconds", "15"]),
     ("nft-dataplane-100", "dataplane.py", [*NFT, "--local", "100", "--changes", "5"]),
     ("nft-neutron_peer", "neutron_peer.py", [*NFT, "--ports", "100", "--runs", "3"]),
+    ("multihost", "multihost.py", ["--quick"]),
 ]
 
 TARGETS = {
@@ -410,6 +414,8 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
     if "idle" in results:
         lines += idle_table(results["idle"])
     lines += nft_tables.render(results, TARGETS)
+    if "multihost" in results:
+        lines += multihost_report.tables(results["multihost"])
     lines += plot_links(plots)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -204,17 +204,22 @@ class Cloud:
         self.felixes[host.hostname] = felix
         return felix
 
-    def add_host(self, hostname: str, felix: bool = True) -> FabricHost:
-        """A new compute host joining the running cloud (calico-bgp, BIRD, Felix started; not
-        waited for)."""
+    def add_host(self, hostname: str, start: bool = True) -> FabricHost:
+        """A new compute host on the fabric; with ``start``, joining the running cloud
+        (:meth:`start_host`)."""
         host = self.fabric.add_host(hostname)
         self.hosts.append(host)
+        if start:
+            self.start_host(host)
+        return host
+
+    def start_host(self, host: FabricHost) -> None:
+        """calico-bgp, then BIRD once its file is written, then Felix (not waited for)."""
         self.start_bgp(host)
         host.bgp[-1].wait_for(r"Wrote .*bird\.conf", timeout=START_TIMEOUT)
         host.start_bird()
-        if felix and self.run_felix:
+        if self.run_felix:
             self.start_felix(host)
-        return host
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
