@@ -216,6 +216,9 @@ def main() -> None:
     parser.add_argument("--per-host", type=int, help="VMs per host at scale (1000; quick 100)")
     parser.add_argument("--cloud-hosts", type=int, help="compute hosts of the cloud (10; quick 4)")
     parser.add_argument(
+        "--cloud-reflectors", type=int, default=2, help="route reflectors of the cloud (0: mesh)"
+    )
+    parser.add_argument(
         "--tap-sysctls-first",
         action="store_true",
         help="turn on a new VM's proxy ARP before its endpoint is written (an experiment)",
@@ -243,13 +246,14 @@ def main() -> None:
             result["scale"] = multihost_scale.scale(work / "scale", per_host)
         if "cloud" in parts:
             hosts = args.cloud_hosts or (4 if quick else 10)
-            progress(f"cloud: {hosts} compute hosts behind two route reflectors")
+            progress(f"cloud: {hosts} compute hosts, {args.cloud_reflectors} route reflectors")
             result["cloud"] = multihost_scale.bigger_cloud(
                 work / "cloud",
                 hosts,
                 samples=5 if quick else 20,
                 background=20 if quick else 100,
                 sysctls_first=args.tap_sysctls_first,
+                reflectors=args.cloud_reflectors,
             )
     result["load_after"] = load()
     result["duration_s"] = round(time.monotonic() - started, 1)

@@ -114,11 +114,17 @@ def _cloud(cloud: dict[str, Any]) -> list[str]:
     added, join, fp = cloud["vm_added"], cloud["join"], cloud["footprint"]
     hosts = cloud["compute_hosts"]
     rss, cpu = fp["rss_mb_mean"], fp["idle_cpu_percent_each"]
+    rrs = cloud["reflectors"]
+    topology = (
+        f"behind {rrs} route reflectors (BIRD and calico-bgp), no mesh"
+        if rrs
+        else ("in a full mesh (no reflector)")
+    )
     lines = [
         f"A bigger cloud: {hosts} compute hosts (Felix, BIRD, calico-bgp; one probe VM and "
-        f"{cloud['background']} extra `proto 80` routes each) behind {cloud['reflectors']} "
-        f"route reflectors (BIRD and calico-bgp), no mesh; up {cloud['start_s']} s after the "
-        f"daemons started. One VM added on one host, {added['samples']} times"
+        f"{cloud['background']} extra `proto 80` routes each) {topology}; up "
+        f"{cloud['start_s']} s after the daemons started. One VM added on one host, "
+        f"{added['samples']} times"
         + (" (its proxy ARP on before the write)" if cloud.get("tap_sysctls_first") else "")
         + ":",
         "",
@@ -136,11 +142,11 @@ def _cloud(cloud: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        f"A host joining ({join['routes']:,} IPv4 routes to learn): sessions with both "
-        f"reflectors {_s(join['sessions_s'])}, every route {_s(join['every_route_s'])}, Felix "
+        f"A host joining ({join['routes']:,} IPv4 routes to learn): every BGP session up "
+        f"{_s(join['sessions_s'])}, every route {_s(join['every_route_s'])}, Felix "
         f"programmed {_s(join['felix_programmed_s'])} after its daemons started.",
         "",
-        "| per host | client | reflector |",
+        "| per host | compute host | " + ("reflector |" if rrs else "another compute host |"),
         "|---|---:|---:|",
         f"| BGP sessions (IPv4 + IPv6) | {fp['sessions']['client']} "
         f"| {fp['sessions']['reflector']} |",

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -386,7 +385,3 @@ def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: floa
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(interval)
     return time.monotonic() - started
-
-
-def run_in(host: FabricHost, *argv: str) -> subprocess.CompletedProcess[Any]:
-    return host.ns.run(list(argv), check=False)
