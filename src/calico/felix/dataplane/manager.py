@@ -119,6 +119,10 @@ class DataplaneManager:
         # What the global chains were last rendered from (None: not yet).
         self._static_programmed = False
         self._last_dispatch: tuple[str, ...] | None = None
+        # Active owned workload interfaces and their floating IPs (int, ext), kept up to date by
+        # _program_interface, so that an endpoint change costs no scan of every endpoint.
+        self._active_interfaces: set[str] = set()
+        self._floating: dict[str, frozenset[tuple[str, str]]] = {}
         self._last_host_endpoints: dict[str, m.HostEndpointUpdate] | None = None
         self._last_nat: tuple[list[tuple[str, str]], bool] | None = None
         self._last_pools: tuple[IPPool, ...] | None = None
@@ -204,7 +208,10 @@ class DataplaneManager:
         if changes is not None:
             self._dirty_interfaces |= changes.chains
             self._dirty_routes |= changes.routes
-            self._dirty_globals = True
+            # Dispatch and NAT depend on what routes depend on (interface, active, floating
+            # IPs): a change of labels, tiers or profiles leaves them alone.
+            if changes.routes:
+                self._dirty_globals = True
 
     def _dirty_interface(self, name: str) -> None:
         if self._workloads.claimed(name):
@@ -254,6 +261,16 @@ class DataplaneManager:
         """The chains (if dirty) and routes (if dirty) of one workload interface, from the
         endpoint that owns it; nothing if no endpoint names it any more."""
         update = self._workloads.owner(name)
+        if update is not None and update.endpoint.active:
+            self._active_interfaces.add(name)
+            nats = update.endpoint.ipv4_nat + update.endpoint.ipv6_nat
+            if nats:
+                self._floating[name] = frozenset((nat.int_ip, nat.ext_ip) for nat in nats)
+            else:
+                self._floating.pop(name, None)
+        else:
+            self._active_interfaces.discard(name)
+            self._floating.pop(name, None)
         if name in self._dirty_interfaces:
             self._rules.set_endpoint(name, update)
         for v in self._kernel.versions:
@@ -278,9 +295,7 @@ class DataplaneManager:
         change at 1,000 endpoints must not re-render the dispatch trees)."""
         if not self._static_programmed:
             self._program_static()
-        active = tuple(
-            sorted(u.endpoint.name for u in self._workloads.owners() if u.endpoint.active)
-        )
+        active = tuple(sorted(self._active_interfaces))
         if active != self._last_dispatch:
             self._last_dispatch = active
             self._rules.set_dispatch(active)
@@ -301,14 +316,7 @@ class DataplaneManager:
         self._rules.set_static()
 
     def _program_nat(self) -> None:
-        floating = sorted(
-            {
-                (nat.int_ip, nat.ext_ip)
-                for u in self._workloads.owners()
-                if u.endpoint.active
-                for nat in u.endpoint.ipv4_nat + u.endpoint.ipv6_nat
-            }
-        )
+        floating = sorted(set().union(*self._floating.values()))
         masquerade = any(p.pool.masquerade for p in self._pools.values() if p.id.version == 4)
         if (floating, masquerade) == self._last_nat:
             return

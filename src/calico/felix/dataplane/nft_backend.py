@@ -22,7 +22,9 @@ from calico.common.resources import IPPool
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import nft_rendering as nr
 from calico.felix.dataplane.backends import Floating, Owner, render_safely
-from calico.felix.dataplane.nft_rendering.base import ADDR_SET
+from calico.felix.dataplane.nft_rendering.base import ADDR_SET, VERDICT_MAP
+from calico.felix.dataplane.nft_rendering.names import MAP_FROM_WORKLOAD as MAP_FROM
+from calico.felix.dataplane.nft_rendering.names import MAP_TO_WORKLOAD as MAP_TO
 from calico.felix.dataplane.nft_rendering.names import set_name
 from calico.felix.dataplane.rendering import RenderConfig
 from calico.felix.kernel.ipset_text import HASH_IP, normalize
@@ -46,6 +48,7 @@ class NftBackend:
         self._owned_chains: dict[Owner, set[str]] = {}
         self._owned_sets: dict[Owner, set[str]] = {}
         self._chain_users: dict[str, set[Owner]] = {}
+        self._dispatched: set[str] | None = None  # interfaces in the workload maps
         self._set_users: dict[str, set[Owner]] = {}
 
     @property
@@ -156,7 +159,22 @@ class NftBackend:
         self._own(("static", None), nr.static_chains(self._config, self._versions))
 
     def set_dispatch(self, interfaces: Sequence[str]) -> None:
-        self._own(("dispatch", None), nr.dispatch_maps(interfaces, self._config))
+        """The workload maps; after the first time, only the elements of interfaces that came
+        or went (an endpoint add at 1,000 endpoints must not render 2,000 elements)."""
+        new = set(interfaces)
+        if self._dispatched is None:
+            self._own(("dispatch", None), nr.dispatch_maps(new, self._config))
+        else:
+            for interface, add in [(i, True) for i in new - self._dispatched] + [
+                (i, False) for i in self._dispatched - new
+            ]:
+                from_elem, to_elem = nr.dispatch_elements(interface, self._config)
+                for map_name, element in ((MAP_FROM, from_elem), (MAP_TO, to_elem)):
+                    if add:
+                        self._table.add_elements(map_name, VERDICT_MAP, [element])
+                    else:
+                        self._table.remove_elements(map_name, [element])
+        self._dispatched = new
 
     def set_host_endpoints(self, resolved: Mapping[str, m.HostEndpointUpdate]) -> None:
         rendered = nr.host_dispatch_maps(resolved)

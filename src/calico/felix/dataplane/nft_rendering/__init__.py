@@ -27,6 +27,7 @@ from calico.felix.dataplane.nft_rendering.base import (
     check_name,
 )
 from calico.felix.dataplane.nft_rendering.endpoints import (
+    dispatch_elements,
     dispatch_maps,
     host_dispatch_maps,
     host_endpoint_chains,
@@ -49,6 +50,7 @@ __all__ = [
     "Rendered",
     "SetSpec",
     "check_name",
+    "dispatch_elements",
     "dispatch_maps",
     "host_dispatch_maps",
     "host_endpoint_chains",

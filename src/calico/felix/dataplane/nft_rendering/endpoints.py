@@ -175,18 +175,21 @@ def host_endpoint_chains(
     return Rendered({check_name(name): Chain(tuple(rules)) for name, rules in chains.items()})
 
 
+def dispatch_elements(interface: str, config: RenderConfig) -> tuple[str, str]:
+    """One workload interface's elements of the from- and to-map."""
+    name = names.check_interface_name(interface)
+    prefixes = config.interface_prefixes
+    return (
+        f'"{name}" : goto {names.endpoint_chain("from", name, prefixes)}',
+        f'"{name}" : goto {names.endpoint_chain("to", name, prefixes)}',
+    )
+
+
 def dispatch_maps(interfaces: Iterable[str], config: RenderConfig) -> Rendered:
     """The workload verdict maps: each active interface to its from- and to-chain."""
-    prefixes = config.interface_prefixes
-    ifaces = sorted(set(interfaces))
-    from_elems = frozenset(
-        f'"{names.check_interface_name(i)}" : goto {names.endpoint_chain("from", i, prefixes)}'
-        for i in ifaces
-    )
-    to_elems = frozenset(
-        f'"{names.check_interface_name(i)}" : goto {names.endpoint_chain("to", i, prefixes)}'
-        for i in ifaces
-    )
+    pairs = [dispatch_elements(i, config) for i in sorted(set(interfaces))]
+    from_elems = frozenset(p[0] for p in pairs)
+    to_elems = frozenset(p[1] for p in pairs)
     return Rendered(
         sets={
             nft_names.MAP_FROM_WORKLOAD: (VERDICT_MAP, from_elems),
