@@ -30,6 +30,7 @@ from calico.felix.driver.pipe import (
 from calico.felix.driver.resolver import RESOLVE_RETRY_SECS, MetadataResolver
 from calico.felix.kernel.ipsets import IpsetError
 from calico.felix.kernel.iptables import IptablesError
+from calico.felix.kernel.nft import NftError
 from calico.felix.kernel.watcher import InterfaceWatcher
 
 log = logging.getLogger("calico.felix.dataplane")
@@ -40,7 +41,7 @@ RETRY_MIN_SECS = 0.1
 PREPARE_AFTER_IDLE_SECS = 0.02
 RETRY_MAX_SECS = 10.0
 EXIT_FELIX_GONE = 0
-_APPLY_ERRORS = (IptablesError, IpsetError, OSError)
+_APPLY_ERRORS = (IptablesError, IpsetError, NftError, OSError)
 
 
 def next_interface_poll(now: float, interval: float) -> float | None:

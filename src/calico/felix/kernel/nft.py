@@ -254,9 +254,9 @@ class NftTable(Planner):
     def prepare(self) -> None:
         """Warm up for the next change while the driver is idle: a dry run that needs what a
         real transaction needs (nft's cache of the table's sets, the kernel's validation of
-        the table's chains), so that the next transaction finds both done (at 1,000 endpoints
-        it then commits in about a millisecond instead of eight). Once per commit; errors are
-        ignored (it only ever saves time)."""
+        the table's chains), so that the next transaction finds both done (at 1,000 endpoints,
+        measured under load: about 5 ms instead of 15). Once per commit; errors are ignored (it
+        only ever saves time)."""
         if self._warm or self._model is None or not self._table_exists or not self._sets:
             return
         self._warm = True
