@@ -59,7 +59,8 @@ def progress(text: str) -> None:
 
 
 def summary(samples_s: Sequence[float]) -> dict[str, float | int]:
-    """Median, p99 (nearest rank), min and max of a list of seconds, in milliseconds."""
+    """Median, p99 (nearest rank), min and max of a list of seconds, in milliseconds, and how
+    many samples took over half a second."""
     ordered = sorted(samples_s)
     if not ordered:
         return {"count": 0}
@@ -70,6 +71,7 @@ def summary(samples_s: Sequence[float]) -> dict[str, float | int]:
         "p99_ms": round(p99 * 1000, 1),
         "min_ms": round(ordered[0] * 1000, 1),
         "max_ms": round(ordered[-1] * 1000, 1),
+        "over_500ms": sum(x > 0.5 for x in ordered),
     }
 
 

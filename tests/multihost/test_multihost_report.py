@@ -30,7 +30,7 @@ def test_every_part_has_its_table() -> None:
         assert row in text
     assert "A host joining (89 IPv4 routes to learn)" in text
     widths = {line.count("|") for line in text.splitlines() if line.startswith("| measure")}
-    assert widths == {6, 4, 5}  # convergence, scale, cloud
+    assert widths == {7, 4, 6}  # convergence, scale, cloud
 
 
 def test_parts_that_did_not_run_are_left_out() -> None:
