@@ -339,8 +339,6 @@ PARAMS: tuple[Param, ...] = (
         IPTABLES,
     ),
     Param(
-        "DataplaneDriverPrometheusMetricsPort",
-    Param(
         "NFTablesMode",
         t.Choice(("Disabled", "Enabled", "Auto")),
         "Disabled",
@@ -353,6 +351,8 @@ PARAMS: tuple[Param, ...] = (
         "are removed StartupCleanupDelay after the first in-sync. See docs/operations.md.",
         IPTABLES,
     ),
+    Param(
+        "DataplaneDriverPrometheusMetricsPort",
         t.PORT,
         "9092",
         "TCP port of the dataplane driver process's Prometheus metrics server.",
