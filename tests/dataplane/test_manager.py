@@ -153,6 +153,34 @@ def test_nothing_before_in_sync_then_everything() -> None:
     assert kernel.restores("ip6tables") == []  # IPv4 only: no IPv6 table touched
 
 
+def test_a_new_interface_answers_arp_before_it_is_routed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A packet routed to a new VM before its TAP answers ARP for the gateway makes the VM ask,
+    # fail and wait a second before asking again: its sysctls come first.
+    manager, kernel = make()
+    manager.on_message(m.InSync())
+    manager.apply()
+    events: list[str] = []
+    real_write, real_route = kernel.sysctls.write, kernel.netlink.route
+
+    def write(path: str, value: str) -> None:
+        events.append(f"sysctl {path}={value}")
+        real_write(path, value)
+
+    def route(command: str, **kwarg: Any) -> None:
+        events.append(f"route {command} {kwarg['dst']}")
+        real_route(command, **kwarg)
+
+    monkeypatch.setattr(kernel.sysctls, "write", write)
+    monkeypatch.setattr(kernel.netlink, "route", route)
+    kernel.add_link("tap1")
+    manager.on_interface_update("tap1", True)
+    manager.on_message(endpoint("tap1"))
+    manager.apply()
+    route_at = events.index("route replace 10.65.0.2/32")
+    assert "sysctl net/ipv4/conf/tap1/proxy_arp=1" in events[:route_at]
+    assert routes(kernel) == {("tap1", "10.65.0.2")}
+
+
 def test_global_chains_are_rerendered_only_when_their_inputs_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -13,8 +13,8 @@ Apply order (each step relies on the ones before it):
 
 1. the backend's rules and sets (iptables: IP sets created and updated, then iptables per IP
    version, then IP sets no rule references destroyed; nftables: one transaction);
-2. routes and static ARP, per IP version, and proxy NDP entries for IPv6 gateways, then
-   per-interface sysctls for interfaces that are up.
+2. per-interface sysctls for interfaces that are up (proxy ARP before the route: see `apply`);
+3. routes and static ARP, per IP version, and proxy NDP entries for IPv6 gateways.
 
 Nothing touches the kernel before `InSync`: until then the previous run's chains, sets and routes
 keep traffic flowing. Orphans of the previous run are swept by `cleanup()` (StartupCleanupDelay
@@ -231,13 +231,17 @@ class DataplaneManager:
         if self._dirty_globals:
             self._program_globals()
         self._rules.apply(force_refresh)
+        # The interface's sysctls before its route: a packet routed to a new VM before its
+        # TAP answers ARP for the gateway makes the VM ask, fail, and ask again only a second
+        # later (measured: a new VM first reachable from another host after ~1.07 s instead
+        # of ~50 ms; docs/multihost.md).
+        if force_refresh:
+            self._repair_interfaces()
+        self._configure_interfaces()
         for routes in self._kernel.routes.values():
             routes.apply(full=force_refresh)  # a refresh re-reads and repairs routes, too
         if self._kernel.proxy_ndp is not None:
             self._kernel.proxy_ndp.apply(full=force_refresh)  # and proxy NDP entries
-        if force_refresh:
-            self._repair_interfaces()
-        self._configure_interfaces()
         self._dirty_interfaces.clear()
         self._dirty_routes.clear()
         self._dirty_globals = False
