@@ -100,7 +100,10 @@ def test_routes_added_idempotently_and_removed(netns: MakeNS, ipr_in: MakeIPR) -
     assert felix_routes(host) == []
 
 
-def test_routes_we_did_not_make_are_untouched(netns: MakeNS, ipr_in: MakeIPR) -> None:
+@pytest.mark.parametrize("listing", ["ip -j", "pyroute2"])
+def test_routes_we_did_not_make_are_untouched(netns: MakeNS, ipr_in: MakeIPR, listing: str) -> None:
+    """The full resync reads the kernel with `ip -j` when it has a runner (the driver), with
+    pyroute2's dumps otherwise: both see the same routes as ours."""
     host, workload = host_and_workload(netns)
     host.add_veth_to(workload, "eth1", "eth1")
     host.set_up("eth1")
@@ -114,7 +117,8 @@ def test_routes_we_did_not_make_are_untouched(netns: MakeNS, ipr_in: MakeIPR) ->
     host.run(["ip", "route", "add", "10.65.3.3/32", "dev", TAP, "proto", str(RTPROT_FELIX)])
     before = [r for r in all_routes(host) if "10.65.3.3" not in r]
 
-    table = RouteTable(4, ipr_in(host), prefixes=("tap",))
+    runner = NetnsRunner(host.name) if listing == "ip -j" else None
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",), conntrack_runner=runner)
     table.apply()
     assert all_routes(host) == before
     assert "10.65.3.3" not in "".join(all_routes(host))
@@ -192,18 +196,33 @@ def test_incremental_apply_does_not_dump_and_full_apply_repairs(
     assert "10.65.0.9 dev tapdef456 scope link" in felix_routes(host)
 
 
+class CountingRunner(NetnsRunner):
+    """A NetnsRunner that counts the full resync's link listings, and can make `ip` fail."""
+
+    link_listings = 0
+    ip_fails = False
+
+    def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        if argv[:4] == ["ip", "-j", "link", "show"]:
+            self.link_listings += 1
+        if self.ip_fails and argv[0] == "ip":
+            return subprocess.CompletedProcess(argv, 1, "", "ip: failed (test)")
+        return super().run(argv, input)
+
+
 def test_refresh_checks_cheaply_and_resyncs_only_on_a_difference(
     netns: MakeNS, ipr_in: MakeIPR
 ) -> None:
     host, _ = host_and_workload(netns)
     ipr = CountingIPR(ipr_in(host))
-    table = RouteTable(4, ipr, prefixes=("tap",), conntrack_runner=NetnsRunner(host.name))
+    runner = CountingRunner(host.name)
+    table = RouteTable(4, ipr, prefixes=("tap",), conntrack_runner=runner)
     table.set_routes(TAP, ["10.65.0.2", "10.65.0.3"], mac=MAC)
-    table.apply()  # the first apply is a full resync
-    assert ipr.dumps == 3
-    # Nothing changed: the refresh lists our routes and neighbours with `ip -j`, no dumps.
+    table.apply()  # the first apply is a full resync, listed with `ip -j`: no pyroute2 dump
+    assert (ipr.dumps, runner.link_listings) == (0, 1)
+    # Nothing changed: the refresh lists only our routes and neighbours with `ip -j`.
     table.apply(full=True)
-    assert ipr.dumps == 3
+    assert (ipr.dumps, runner.link_listings) == (0, 1)
     # A deleted route, a deleted static ARP entry, a stray route of ours: each is found and
     # repaired by a full resync.
     for tamper in [
@@ -211,26 +230,50 @@ def test_refresh_checks_cheaply_and_resyncs_only_on_a_difference(
         ["ip", "neigh", "del", "10.65.0.2", "dev", TAP],
         ["ip", "route", "add", "10.65.0.9/32", "dev", TAP, "proto", str(RTPROT_FELIX)],
     ]:
-        dumps = ipr.dumps
+        listings = runner.link_listings
         host.run(tamper)
         table.apply(full=True)
-        assert ipr.dumps == dumps + 3
+        assert runner.link_listings == listings + 1
         assert felix_routes(host) == [
             f"10.65.0.2 dev {TAP} scope link",
             f"10.65.0.3 dev {TAP} scope link",
         ]
         neigh = host.run(["ip", "-4", "neigh", "show", "nud", "permanent"]).stdout
         assert f"10.65.0.2 dev {TAP} lladdr {MAC} PERMANENT" in neigh
-    table6 = RouteTable(6, ipr, prefixes=("tap",), conntrack_runner=NetnsRunner(host.name))
+    table6 = RouteTable(6, ipr, prefixes=("tap",), conntrack_runner=runner)
     table6.set_routes(TAP, ["fd00:65::2"])
     table6.apply()
-    dumps = ipr.dumps
+    listings = runner.link_listings
     table6.apply(full=True)
-    assert ipr.dumps == dumps
+    assert runner.link_listings == listings
     host.run(["ip", "-6", "route", "del", "fd00:65::2/128", "dev", TAP])
     table6.apply(full=True)
-    assert ipr.dumps == dumps + 2
+    assert runner.link_listings == listings + 1
     assert "fd00:65::2" in "".join(felix_routes(host, 6))
+    assert ipr.dumps == 0
+    # `ip` failing: the full resync falls back to pyroute2's dumps.
+    runner.ip_fails = True
+    host.run(["ip", "route", "del", "10.65.0.3/32", "dev", TAP])
+    table.apply(full=True)
+    assert ipr.dumps == 3
+    assert f"10.65.0.3 dev {TAP} scope link" in felix_routes(host)
+
+
+@pytest.mark.parametrize("listing", ["ip -j", "pyroute2"])
+def test_full_resync_sees_admin_state(netns: MakeNS, ipr_in: MakeIPR, listing: str) -> None:
+    host, workload = netns(), netns()
+    host.add_veth_to(workload, "tapdown", "eth0")  # admin-down
+    host.add_veth_to(workload, "tapup", "eth1")
+    host.set_up("tapup")
+    workload.set_up("eth1")
+    runner = NetnsRunner(host.name) if listing == "ip -j" else None
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",), conntrack_runner=runner)
+    table.set_routes("tapdown", ["10.65.0.8"])
+    table.set_routes("tapup", ["10.65.0.9"])
+    table.set_routes("tapmissing", ["10.65.0.10"])
+    table.apply()
+    assert table.pending == {"tapdown", "tapmissing"}
+    assert felix_routes(host) == ["10.65.0.9 dev tapup scope link"]
 
 
 def test_interface_that_appears_later_gets_routes(netns: MakeNS, ipr_in: MakeIPR) -> None:
