@@ -473,6 +473,37 @@ def test_watcher_reports_add_up_down_delete(netns: MakeNS) -> None:
         assert len(recorder.events) == count
 
 
+def test_snapshot_listed_with_ip_agrees_with_pyroute2s_dumps(netns: MakeNS) -> None:
+    """The snapshot reads `ip -j addr show`; pyroute2's dumps (its fallback) must say the same
+    for every shape: up and down veths, lo (oper state UNKNOWN) up and down, IPv4 and IPv6
+    addresses, a point-to-point peer address, a name with odd characters."""
+    host, workload = netns(), netns()
+    host.add_veth_to(workload, TAP, "eth0")
+    workload.set_up("eth0")
+    host.set_up(TAP)
+    host.add_addr(TAP, "10.65.0.1/32")
+    host.run(["ip", "-6", "addr", "add", "fd00:65::1/128", "dev", TAP, "nodad"])
+    host.add_veth_to(workload, "tapdown", "eth1")
+    host.run(["ip", "addr", "add", "198.18.0.1", "peer", "198.18.0.2", "dev", "tapdown"])
+    host.add_veth_to(workload, "we'ird\"1", "eth2")
+    with InterfaceWatcher(Recorder(), netns=host.name) as watcher:
+        for lo_up in (True, False):
+            host.run(["ip", "link", "set", "lo", "up" if lo_up else "down"])
+            listed, dumped = watcher._listed(), watcher._dumped()
+            assert listed is not None
+            assert listed == dumped
+            by_name = {state.name: state for state in listed.values()}
+            assert by_name["lo"].up == lo_up
+            assert by_name[TAP].up and not by_name["tapdown"].up
+            assert {"10.65.0.1/32", "fd00:65::1/128"} <= by_name[TAP].addrs
+            assert by_name["tapdown"].addrs == {"198.18.0.2/32"}
+            assert "we'ird\"1" in by_name
+        # `ip` failing (here: a namespace it cannot enter): the snapshot dumps with pyroute2.
+        watcher._netns = "calt-does-not-exist"
+        assert watcher._listed() is None
+        assert {TAP, "tapdown", "lo"} <= set(watcher.snapshot())
+
+
 # -- packets -----------------------------------------------------------------------------------
 
 
