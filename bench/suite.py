@@ -6,7 +6,8 @@ reads only those files, so a table can be regenerated without re-running anythin
 
 * run: calc graph alone; calico-felix against the kernel floor at 100, 1,000 and 3,000 local
   endpoints (QUICK: 100); the etcd snapshot (datastore); Neutron's IptablesFirewallDriver
-  against Felix (peer); idle cost; many hosts with BIRD (multihost). Plus
+  against Felix (peer); idle cost; many hosts with BIRD (multihost); one host's Felix while the
+  cloud grows to 100,000 endpoints (scale_curve). Plus
   bench/results/suite.json: machine, date, versions and the exact command.
 * render: PNG plots into docs/img/ (matplotlib, the `bench` extra) and the generated section
   of docs/benchmarks.md, between the BEGIN/END markers (everything else there is kept).
@@ -26,6 +27,7 @@ from typing import Any
 
 import multihost_report
 import nft_tables
+import scale_report
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -51,6 +53,8 @@ FULL: list[tuple[str, str, list[str]]] = [
     ("nft-neutron_peer", "neutron_peer.py", [*NFT, "--ports", "500", "--runs", "5"]),
     # Many hosts (issue 14): BIRD, calico-bgp and Felix on lab hosts on a fabric.
     ("multihost", "multihost.py", []),
+    # One host's Felix while the cloud grows to 100,000 endpoints (issue 15).
+    ("scale_curve", "scale_curve.py", []),
 ]
 QUICK: list[tuple[str, str, list[str]]] = [
     ("calc_graph", "calc_graph.py", ["--changes", "200"]),
@@ -61,6 +65,7 @@ QUICK: list[tuple[str, str, list[str]]] = [
     ("nft-dataplane-100", "dataplane.py", [*NFT, "--local", "100", "--changes", "5"]),
     ("nft-neutron_peer", "neutron_peer.py", [*NFT, "--ports", "100", "--runs", "3"]),
     ("multihost", "multihost.py", ["--quick"]),
+    ("scale_curve", "scale_curve.py", ["--sizes", "2000", "6000", "--changes", "5"]),
 ]
 
 TARGETS = {
@@ -416,6 +421,8 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
     lines += nft_tables.render(results, TARGETS)
     if "multihost" in results:
         lines += multihost_report.tables(results["multihost"])
+    if "scale_curve" in results:
+        lines += scale_report.tables(results["scale_curve"])
     lines += plot_links(plots)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -523,6 +530,10 @@ def render_plots(results: dict[str, Any], out_dir: Path) -> list[str]:
         fig.savefig(out_dir / "bench_datastore.png", dpi=100)
         plt.close(fig)
         made.append("bench_datastore")
+    if "scale_curve" in results:
+        name = scale_report.plot(results["scale_curve"], plt, out_dir)
+        if name is not None:
+            made.append(name)
     return made
 
 

@@ -72,3 +72,36 @@ def test_render_again_replaces_only_the_generated_section(results_dir: Path) -> 
 def test_stale_results_outside_the_run_plan_are_ignored(results_dir: Path) -> None:
     (results_dir / "dataplane-99999.json").write_text("{}")  # not in the sample's plan
     assert "dataplane-99999" not in suite.load_results(results_dir)
+
+
+def scale_point(endpoints: int, start_s: float, change_ms: float) -> dict[str, object]:
+    return {
+        "endpoints": endpoints,
+        "ipset_members": endpoints * 3,
+        "start_to_programmed_s": start_s,
+        "rss_mb_steady": {"felix": 50.0, "driver": 40.0},
+        "remote_change": {"median_ms": change_ms, "p99_ms": change_ms * 2, "cpu_ms_per_change": 4},
+    }
+
+
+def test_scale_curve_table_says_how_each_measure_grew(tmp_path: Path) -> None:
+    import scale_report
+
+    result = {
+        "local_endpoints": 100,
+        "hosts": 1000,
+        # Out of order on purpose: the table sorts by size.
+        "points": [scale_point(100_000, 20.0, 30.0), scale_point(10_000, 2.0, 30.0)],
+    }
+    text = "\n".join(scale_report.tables(result))
+    assert "| endpoints in the cloud | 10,000 | 100,000 | growth |" in text
+    assert "| start to programmed (s) | 2.0 | 20.0 | 1.0 |" in text  # linear
+    assert "| one remote change, median (ms) | 30.0 | 30.0 | 0.1 |" in text  # flat
+    assert "| IP set members on this host | 30,000 | 300,000 | |" in text
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert scale_report.plot(result, plt, tmp_path) == "bench_scale_curve"
+    assert (tmp_path / "bench_scale_curve.png").read_bytes().startswith(b"\x89PNG")
