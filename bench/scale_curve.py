@@ -132,6 +132,7 @@ def remote_changes(etcd: EtcdServer, ns: NetNS, total: int, count: int) -> dict[
                 lambda ip=ip: in_set(ns, set_name, ip),
             )
         )
+        time.sleep(0.05)  # let Felix settle: each change is measured alone
         leaves.append(
             timed_until(
                 lambda i=i: put(etcd, endpoint_key(i), json.loads(endpoint_value(i))),
