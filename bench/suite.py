@@ -7,7 +7,8 @@ reads only those files, so a table can be regenerated without re-running anythin
 * run: calc graph alone; calico-felix against the kernel floor at 100, 1,000 and 3,000 local
   endpoints (QUICK: 100); the etcd snapshot (datastore); Neutron's IptablesFirewallDriver
   against Felix (peer); idle cost; many hosts with BIRD (multihost); one host's Felix while the
-  cloud grows to 100,000 endpoints (scale_curve). Plus
+  cloud grows to 100,000 endpoints (scale_curve); the Neutron server's API calls with and
+  without the driver (neutron_api) and one resync of 10,000 ports (neutron_resync). Plus
   bench/results/suite.json: machine, date, versions and the exact command.
 * render: PNG plots into docs/img/ (matplotlib, the `bench` extra) and the generated section
   of docs/benchmarks.md, between the BEGIN/END markers (everything else there is kept).
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import multihost_report
+import neutron_report
 import nft_tables
 import scale_report
 
@@ -55,6 +57,9 @@ FULL: list[tuple[str, str, list[str]]] = [
     ("multihost", "multihost.py", []),
     # One host's Felix while the cloud grows to 100,000 endpoints (issue 15).
     ("scale_curve", "scale_curve.py", []),
+    # The Neutron server: the driver's cost per API call, and one resync (issue 15).
+    ("neutron_api", "neutron_api.py", ["--calls", "50"]),
+    ("neutron_resync", "neutron_resync.py", []),
 ]
 QUICK: list[tuple[str, str, list[str]]] = [
     ("calc_graph", "calc_graph.py", ["--changes", "200"]),
@@ -66,6 +71,8 @@ QUICK: list[tuple[str, str, list[str]]] = [
     ("nft-neutron_peer", "neutron_peer.py", [*NFT, "--ports", "100", "--runs", "3"]),
     ("multihost", "multihost.py", ["--quick"]),
     ("scale_curve", "scale_curve.py", ["--sizes", "2000", "6000", "--changes", "5"]),
+    ("neutron_api", "neutron_api.py", ["--calls", "10"]),
+    ("neutron_resync", "neutron_resync.py", ["--ports", "1000", "--groups", "100"]),
 ]
 
 TARGETS = {
@@ -423,6 +430,10 @@ def render_markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines += multihost_report.tables(results["multihost"])
     if "scale_curve" in results:
         lines += scale_report.tables(results["scale_curve"])
+    if "neutron_api" in results:
+        lines += neutron_report.api_table(results["neutron_api"])
+    if "neutron_resync" in results:
+        lines += neutron_report.resync_table(results["neutron_resync"])
     lines += plot_links(plots)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -105,3 +105,33 @@ def test_scale_curve_table_says_how_each_measure_grew(tmp_path: Path) -> None:
 
     assert scale_report.plot(result, plt, tmp_path) == "bench_scale_curve"
     assert (tmp_path / "bench_scale_curve.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_neutron_server_tables() -> None:
+    import neutron_report
+
+    timing = {"median_ms": 100.0, "p90_ms": 120.0}
+    api = {
+        "calls": 50,
+        "neutron_alone": {"port_create": timing, "sg_rule_create": timing},
+        "with_calico": {
+            "port_create": {"median_ms": 160.0, "p90_ms": 170.0},
+            "sg_rule_create": {"median_ms": 90.0, "p90_ms": 95.0},
+        },
+        "port_create_added_ms": 60.0,
+        "sg_rule_create_added_ms": -10.0,
+    }
+    text = "\n".join(neutron_report.api_table(api))
+    assert "| port create | 100 ms (120) | 160 ms (170) | +60 ms |" in text
+    assert "| security-group rule create | 100 ms (120) | 90 ms (95) | -10 ms |" in text
+    one = {"wall_s": 2.5, "cpu_s": 2.0, "etcd_requests": {"create": 12000}, "objects_written": 12}
+    none = {"wall_s": 0.5, "cpu_s": 0.4, "etcd_requests": {"get": 4}, "objects_written": 0}
+    resync = {
+        "ports": 10000,
+        "security_groups": 1000,
+        "v2": {"first": one, "nothing_to_change": none},
+    }
+    text = "\n".join(neutron_report.resync_table(resync))
+    assert "10,000 ports, 1,000 security groups" in text
+    assert "| v2 | first (writes all) | 2.50 s | 2.00 s | 12,000 create | 12 |" in text
+    assert "| v2 | nothing to change | 0.50 s | 0.40 s | 4 get | 0 |" in text

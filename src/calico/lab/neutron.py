@@ -77,10 +77,19 @@ DEFAULT_SG_RULE_TEMPLATES: tuple[dict[str, Any], ...] = (
 
 
 class NeutronServer:
-    def __init__(self, work_dir: Path, etcd_port: int, *, core_plugin: str = "calico"):
+    def __init__(
+        self,
+        work_dir: Path,
+        etcd_port: int,
+        *,
+        core_plugin: str = "calico",
+        extra_config: str = "",
+    ):
+        """`extra_config`: more neutron.conf sections (e.g. [ml2] for core_plugin = ml2)."""
         self.work_dir = work_dir
         self.etcd_port = etcd_port
         self.core_plugin = core_plugin
+        self.extra_config = extra_config
         self.port = free_port()
         self.bin_dir = Path(sys.executable).parent
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -124,7 +133,7 @@ quota_driver = {QUOTA_DRIVER_NULL}
 [calico]
 etcd_host = 127.0.0.1
 etcd_port = {self.etcd_port}
-"""
+{self.extra_config}"""
         )
 
     def _run(self, argv: list[str]) -> None:
