@@ -30,6 +30,7 @@ import test_policy_features as feat
 from lab_support import Lab, reset_etcd
 
 from calico.ctl.cli import main
+from calico.lab.dataplane_view import DataplaneView
 from calico.lab.etcd_server import EtcdServer
 from calico.lab.flows import Flow, settle
 from calico.lab.probes import Node
@@ -76,6 +77,7 @@ class ExplainLab(Lab):
         )
         self.vms = {}
         self.felix = None
+        self.view = DataplaneView(self.host.ns)
 
     @property
     def nodes(self) -> dict[str, Node]:

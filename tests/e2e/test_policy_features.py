@@ -22,6 +22,9 @@ V     13     open            --                        made inactive and active 
 M     14     later           --                        its profile does not exist at first
 C2    15     shop,           --                        role=client inherited from the later
              client-labels                             of its two profiles (later wins)
+Y     18     next-in-prof    tiered=yes                tiers end in next-tier, then a profile
+                                                       with a next-tier rule of its own
+Y2    19     next-in-prof    --                        the same profile without tiers
 ====  =====  ==============  ========================  ========================================
 
 Addresses 10.65.0.<octet>/32 and fd00:65::<octet>/128. Every profile allows all outbound traffic
@@ -71,6 +74,14 @@ PROFILES: dict[str, dict[str, object]] = {
     },
     "open": {"labels": {"role": "web"}, "rules": ALLOW_ALL},
     "client-labels": {"labels": {"role": "client"}, "rules": ALLOW_ALL},
+    # A next-tier rule in a profile ends that profile on its own match only, even when the
+    # tiers before left the NEXT-TIER mark set (then everything else is allowed).
+    "next-in-prof": {
+        "rules": {
+            "inbound_rules": [{"action": "next-tier", "protocol": "udp"}, {}],
+            "outbound_rules": [{}],
+        },
+    },
     "ranges": {
         "rules": {
             "inbound_rules": [
@@ -112,6 +123,8 @@ VMS: dict[str, tuple[int, str | list[str], dict[str, str]]] = {
     "V": (13, "open", {}),
     "M": (14, "later", {}),
     "C2": (15, ["shop", "client-labels"], {}),  # role=client from the later profile
+    "Y": (18, "next-in-prof", {"tiered": "yes"}),  # (16, 17: test_explain.py's own VMs)
+    "Y2": (19, "next-in-prof", {}),
 }
 UNPLUGGED = {"L"}  # created without a TAP; its endpoint is written by its test
 OUT_NEXT_TIER = [{"action": "next-tier"}]  # a matching tier drops what no policy passes
@@ -275,6 +288,18 @@ def test_tiers_deny_allow_next_tier_and_order(lab: Lab) -> None:
         (icmp("C", "P", v6=True), DENY),
     ]
     lab.expect(rows, what="tiers t1/t2 on P")
+
+
+def test_next_tier_in_a_profile_ends_that_profile_on_its_own_match_only(lab: Lab) -> None:
+    rows: list[Expectation] = [
+        (tcp("C", "Y", 86), ALLOW),  # t1 and t2 end in next-tier; the profile's allow-all
+        (tcp("C", "Y", 86, v6=True), ALLOW),
+        (tcp("C", "Y", 85), DENY),  # t1's end-of-tier drop
+        (tcp("C", "Y2", 80), ALLOW),  # no tiers: the profile's allow-all
+        (udp("C", "Y2", 53), DENY),  # the profile's next-tier ends it; no profile left: drop
+        (udp("C", "Y2", 53, v6=True), DENY),
+    ]
+    lab.expect(rows, what="next-tier in a profile")
 
 
 def test_tier_applies_only_to_endpoints_its_policies_match(lab: Lab) -> None:

@@ -18,6 +18,7 @@ from calico.common.datamodel_v1 import (
 from calico.common.resources import HostEndpoint, IPPool, WorkloadEndpoint
 from calico.felix.calc.messages import (
     ActivePolicyUpdate,
+    ActiveProfileUpdate,
     HostEndpointUpdate,
     ResolvedRule,
     TierInfo,
@@ -26,7 +27,7 @@ from calico.felix.calc.messages import (
 from calico.felix.dataplane import names
 from calico.felix.dataplane import nft_rendering as nr
 from calico.felix.dataplane.nft_rendering import names as n
-from calico.felix.dataplane.nft_rendering.rules import render_rule, rules_chain
+from calico.felix.dataplane.nft_rendering.rules import profile_chains, render_rule, rules_chain
 from calico.felix.dataplane.rendering import RenderConfig
 from calico.felix.kernel.nft_text import unsafe_rule
 
@@ -107,6 +108,17 @@ def test_actions() -> None:
         f'meta mark & {NEXT:#010x} == {NEXT:#010x} log prefix "x: " level notice',
         f"meta mark & {NEXT:#010x} == {NEXT:#010x} return",
     ]
+    # In a profile, next-tier ends the profile on its own match only: never on the NEXT-TIER
+    # mark, which a tier that ended in next-tier may have left set.
+    in_profile = render_rule(
+        rule(action="next-tier", protocol="tcp", log_prefix="x"), CONFIG, in_profile=True
+    )
+    assert in_profile == ['meta l4proto 6 log prefix "x: " level notice return']
+    chains = profile_chains(
+        ActiveProfileUpdate("prof", (rule(action="next-tier", protocol="udp"), rule()), ()),
+        CONFIG,
+    )
+    assert chains["felix-p-prof-i"].rules == ("meta l4proto 17 return", "accept")
     deny = render_rule(rule(action="deny", log_prefix="seen"), CONFIG)
     assert deny == ['log prefix "seen: " level notice', "drop"]
     assert render_rule(rule(action="log"), CONFIG) == ['log prefix "calico-packet: " level notice']

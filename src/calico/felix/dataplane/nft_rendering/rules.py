@@ -146,14 +146,19 @@ def rule_matches(rule: ResolvedRule) -> list[str]:
     return out
 
 
-def render_rule(rule: ResolvedRule, config: RenderConfig, untracked: bool = False) -> list[str]:
+def render_rule(
+    rule: ResolvedRule, config: RenderConfig, untracked: bool = False, in_profile: bool = False
+) -> list[str]:
     """The nft rules of one policy/profile rule (§5.6); UnrenderableRule for a rule the kernel
     could not load (`rules_chain` turns it into a drop: fail closed).
 
     An allow is ``accept``: each direction of policy has a base chain of its own, so accepting
     ends only that direction's evaluation (`static`). `untracked` (the raw hooks' copies of
     untracked policies): an allow sets the ACCEPT bit and returns, as in the iptables backend,
-    and the raw chain untracks the packet."""
+    and the raw chain untracks the packet. `in_profile`: a next-tier rule in a profile ends only
+    that profile, on its own match (felix.md §2.5); the NEXT-TIER mark may still be set from a
+    tier that ended in next-tier, so returning on the mark would skip the profile's later rules
+    for every packet (the iptables rendering does the same)."""
     matches = rule_matches(rule)
     if not matches:
         return []
@@ -161,6 +166,9 @@ def render_rule(rule: ResolvedRule, config: RenderConfig, untracked: bool = Fals
     if rule.action == "allow" and not untracked:
         logged = log(prefix) if rule.log_prefix else ""
         return [join(m, logged, "accept") for m in matches]
+    if rule.action == "next-tier" and in_profile:
+        logged = log(prefix) if rule.log_prefix else ""
+        return [join(m, logged, "return") for m in matches]
     if rule.action in ("allow", "next-tier"):
         mark = config.mark_accept if rule.action == "allow" else config.mark_next_tier
         rules = [join(m, set_mark(mark)) for m in matches]
@@ -180,13 +188,16 @@ def render_rule(rule: ResolvedRule, config: RenderConfig, untracked: bool = Fals
 
 
 def rules_chain(
-    rules: Iterable[ResolvedRule], config: RenderConfig, untracked: bool = False
+    rules: Iterable[ResolvedRule],
+    config: RenderConfig,
+    untracked: bool = False,
+    in_profile: bool = False,
 ) -> Chain:
     """A profile/policy chain: each rule in order; an unrenderable rule becomes a drop."""
     out: list[str] = []
     for rule in rules:
         try:
-            out += render_rule(rule, config, untracked)
+            out += render_rule(rule, config, untracked, in_profile)
         except UnrenderableRule:
             out += drop_rules(config, comment_text="ERROR failed to parse rules")
     return Chain(tuple(out))
@@ -210,6 +221,10 @@ def policy_chains(update: ActivePolicyUpdate, config: RenderConfig) -> dict[str,
 def profile_chains(update: ActiveProfileUpdate, config: RenderConfig) -> dict[str, Chain]:
     """``felix-p-<profile>-i`` and ``-o`` (a stand-in profile arrives as deny-all rules)."""
     return {
-        names.profile_chain(update.id, True): rules_chain(update.inbound_rules, config),
-        names.profile_chain(update.id, False): rules_chain(update.outbound_rules, config),
+        names.profile_chain(update.id, True): rules_chain(
+            update.inbound_rules, config, in_profile=True
+        ),
+        names.profile_chain(update.id, False): rules_chain(
+            update.outbound_rules, config, in_profile=True
+        ),
     }
