@@ -7,7 +7,9 @@ tests touches the root namespace. Addresses come from 10.65.0.0/16 and fd00:65::
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -257,6 +259,27 @@ def test_refresh_checks_cheaply_and_resyncs_only_on_a_difference(
     table.apply(full=True)
     assert ipr.dumps == 3
     assert f"10.65.0.3 dev {TAP} scope link" in felix_routes(host)
+
+
+def test_local_link_lookup_agrees_with_netlink(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    """The driver looks interfaces up with if_nametoindex and sysfs (in its own namespace):
+    the same (index, admin up) as pyroute2's RTM_GETLINK, None for a missing one."""
+    host, workload = netns(), netns()
+    host.add_veth_to(workload, "tapup", "eth0")
+    host.set_up("tapup")
+    host.add_veth_to(workload, "tapdown", "eth1")
+    script = (
+        "import json; from calico.felix.kernel.routes import local_link_lookup as f; "
+        "print(json.dumps([f(n) for n in ('tapup', 'tapdown', 'tapmissing')]))"
+    )
+    out = host.run([sys.executable, "-c", script]).stdout
+    ipr = ipr_in(host)
+    expected = []
+    for name in ("tapup", "tapdown"):
+        link = ipr.link("get", ifname=name)[0]
+        expected.append([link["index"], bool(link["flags"] & 1)])
+    assert json.loads(out) == [*expected, None]
+    assert expected[0][1] and not expected[1][1]
 
 
 @pytest.mark.parametrize("listing", ["ip -j", "pyroute2"])

@@ -45,7 +45,7 @@ from calico.felix.kernel.nft_switch import (
     remove_nft_table,
 )
 from calico.felix.kernel.nftables import GenerationReader, nft_generation
-from calico.felix.kernel.routes import RouteTable, open_netlink
+from calico.felix.kernel.routes import RouteTable, local_link_lookup, open_netlink
 from calico.felix.kernel.sysctls import LooseRPFError, ProcSysctlWriter, configure_global
 from calico.felix.kernel.watcher import InterfaceWatcher
 
@@ -109,7 +109,9 @@ def build(
             versions,
             None,
             None,
-            lambda v: RouteTable(v, ipr, prefixes, conntrack_runner=runner),
+            lambda v: RouteTable(
+                v, ipr, prefixes, conntrack_runner=runner, link_lookup=local_link_lookup
+            ),
             lambda: ProxyNdpTable(runner, prefixes),
             nft=table,
             sweep_other=lambda: remove_iptables_state(runner),
@@ -122,7 +124,9 @@ def build(
             versions,
             lambda v, t: IptablesTable(v, t, runner, generation=generations[v]),
             lambda v: IpsetTable(v, runner, max_size=config.max_ipset_size),
-            lambda v: RouteTable(v, ipr, prefixes, conntrack_runner=runner),
+            lambda v: RouteTable(
+                v, ipr, prefixes, conntrack_runner=runner, link_lookup=local_link_lookup
+            ),
             lambda: ProxyNdpTable(runner, prefixes),
             sweep_other=lambda: remove_nft_table(runner),
         )

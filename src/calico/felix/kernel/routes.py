@@ -50,8 +50,9 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -108,6 +109,22 @@ class _Programmed:
     neigh: dict[str, str]
 
 
+LinkLookup = Callable[[str], tuple[int, bool] | None]
+
+
+def local_link_lookup(name: str) -> tuple[int, bool] | None:
+    """(ifindex, admin up) of an interface of this process's own network namespace, or None if
+    it does not exist: ``if_nametoindex`` and the flags in sysfs, about 30 microseconds where
+    pyroute2 decodes a whole RTM_GETLINK reply in 0.35 ms (a burst of 500 new endpoints spent
+    a quarter of the driver's time there). `name` is one of our validated interface names."""
+    try:
+        index = socket.if_nametoindex(name)
+        flags = int(Path(f"/sys/class/net/{name}/flags").read_text(), 16)
+    except (OSError, ValueError):
+        return None  # gone (or going) now; the caller keeps it pending for its next event
+    return index, bool(flags & IFF_UP)
+
+
 def _canonical_ip(ip: str, ip_version: int) -> str:
     """Accept "10.0.0.1" or "10.0.0.1/32"; anything wider than a host route is a caller bug."""
     if "%" in ip:
@@ -127,8 +144,12 @@ class RouteTable:
         ipr: IPRouteLike,
         prefixes: Iterable[str] = ("tap",),
         conntrack_runner: CommandRunner | None = None,
+        link_lookup: LinkLookup | None = None,
     ) -> None:
         # conntrack_runner also runs the `ip -j` listings of a refresh's cheap check.
+        # link_lookup: (ifindex, admin up) of one interface, e.g. local_link_lookup when `ipr`
+        # is this process's own namespace; else one RTM_GETLINK through `ipr`.
+        self._link_lookup = link_lookup
         if ip_version not in (4, 6):
             raise ValueError(f"ip_version must be 4 or 6, not {ip_version!r}")
         self.ip_version = ip_version
@@ -314,6 +335,8 @@ class RouteTable:
 
     def _lookup_link(self, name: str) -> tuple[int, bool] | None:
         """(ifindex, admin up) of one interface with a single RTM_GETLINK; None if missing."""
+        if self._link_lookup is not None:
+            return self._link_lookup(name)
         try:
             reply = self._ipr.link("get", ifname=name)
         except NetlinkError as exc:
