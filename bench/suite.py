@@ -219,9 +219,9 @@ def header_table(meta: dict[str, Any]) -> list[str]:
     return [
         f"Command: `{meta.get('command', '?')}`" + (" (the small version)" if quick else ""),
         "",
-        f"Machine: {meta.get('machine', '?')} — the project's 2-core CI-class machine, which "
-        "other work shared during the run, so small figures are noisy (see "
-        "../shared/reference/performance.md: up to ~40 % between runs).",
+        f"Machine: {meta.get('machine', '?')} — the project's 2-core CI-class machine, whose "
+        "speed drifts, so small figures are noisy (see ../shared/reference/performance.md: up "
+        "to ~40 % between runs); docs/benchmarks.md says what else ran alongside.",
         "",
         f"Date: {meta.get('date', '?')}. Suite wall time: {meta.get('total_s', '?')} s."
         + (f" **Failed in this run: {', '.join(meta['failed'])}.**" if meta.get("failed") else ""),
