@@ -400,6 +400,20 @@ def test_tiers_and_policies_are_ordered() -> None:
     )
 
 
+def test_a_policy_rule_change_resends_the_policy_not_its_endpoints() -> None:
+    r = state_after("policies")
+    path = next(iter(policy("t1", "z", "all()", 1)))
+    r.update(path, policy("t1", "z", "all()", 1, [{"protocol": "tcp"}])[path])
+    sent = r.flush()
+    assert [type(msg) for msg in sent] == [m.ActivePolicyUpdate]  # the endpoints' lists hold
+    r.update(path, policy("t1", "z", "all()", 3, [{"protocol": "tcp"}])[path])  # z moves last
+    sent = r.flush()
+    updates = [msg for msg in sent if isinstance(msg, m.WorkloadEndpointUpdate)]
+    assert [u.tiers for u in updates if u.id == local_wep("e1")] == [
+        (m.TierInfo("t2", ("only",)), m.TierInfo("t1", ("a", "b", "z")))
+    ]
+
+
 def test_selector_sets_see_inherited_labels_and_own_labels_win() -> None:
     state = state_after("policies").dataplane.state
     db = parse_selector("role == 'db'").unique_id

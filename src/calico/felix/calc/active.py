@@ -154,7 +154,11 @@ class ActiveRulesCalculator:
         self._index_policy(key)
         if key in self._policy_users:
             self._send_policy(key)  # rules may have changed
-        self._dirty.update(self._policy_index.matches(key))  # order may have changed
+        if old is None or old.order != policy.order:
+            # The order places the policy in its endpoints' tier lists. A change of rules alone
+            # re-sends only the policy (its endpoints' lists are the same); a change of selector
+            # reaches the endpoints that start or stop matching through the index above.
+            self._dirty.update(self._policy_index.matches(key))
 
     # --- Output --------------------------------------------------------------------------------
 
