@@ -261,6 +261,71 @@ def test_refresh_checks_cheaply_and_resyncs_only_on_a_difference(
     assert f"10.65.0.3 dev {TAP} scope link" in felix_routes(host)
 
 
+class BatchRunner(NetnsRunner):
+    """A NetnsRunner that records `ip -batch` input and can make the batch fail."""
+
+    batches: list[str]
+    fail_batch = False
+
+    def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        if "-batch" in argv:
+            self.batches.append(input or "")
+            if self.fail_batch:
+                return subprocess.CompletedProcess(argv, 1, "", "Command failed -:1 (test)")
+        return super().run(argv, input)
+
+
+@pytest.mark.parametrize("batch_fails", [False, True], ids=["batch", "batch-fails"])
+def test_full_resync_programs_in_one_batch(
+    netns: MakeNS, ipr_in: MakeIPR, batch_fails: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a runner, the full resync writes its changes as one `ip -batch`; if that fails, it
+    lists the kernel again and programs through netlink: the same result either way."""
+    host, workload = host_and_workload(netns)
+    host.add_veth_to(workload, "tapdef456", "eth1")
+    host.set_up("tapdef456")
+    workload.set_up("eth1")
+    stray = ["ip", "route", "add", "10.65.0.99/32", "dev", TAP, "proto", str(RTPROT_FELIX)]
+    host.run(stray)
+    host.run(["ip", "neigh", "replace", "10.65.0.98", "lladdr", MAC, "dev", TAP, "nud",
+              "permanent"])  # fmt: skip
+    runner = BatchRunner(host.name)
+    runner.batches = []
+    runner.fail_batch = batch_fails
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",), conntrack_runner=runner)
+    table.set_routes(TAP, ["10.65.0.2", "10.65.0.3"], mac=MAC)
+    table.set_routes("tapdef456", ["10.65.0.9"])
+    table.apply()
+    assert len(runner.batches) == 1
+    assert ("programming them one by one" in caplog.text) == batch_fails
+    assert f"route del 10.65.0.99/32 dev {TAP}" in runner.batches[0]
+    assert f"neigh del 10.65.0.98 dev {TAP}" in runner.batches[0]
+    assert felix_routes(host) == [
+        f"10.65.0.2 dev {TAP} scope link",
+        f"10.65.0.3 dev {TAP} scope link",
+        "10.65.0.9 dev tapdef456 scope link",
+    ]
+    neigh = host.run(["ip", "-4", "neigh", "show", "nud", "permanent"]).stdout
+    assert f"10.65.0.2 dev {TAP} lladdr {MAC} PERMANENT" in neigh
+    assert "10.65.0.98" not in neigh
+    assert table.pending == set() and table.errors == {}
+    # The record is right too: a refresh finds nothing to repair.
+    table.apply(full=True)
+    assert len(runner.batches) == 1
+
+
+def test_an_odd_kernel_name_keeps_the_resync_on_netlink(netns: MakeNS, ipr_in: MakeIPR) -> None:
+    host, workload = host_and_workload(netns)
+    host.add_veth_to(workload, "tap'x", "eth1")  # ours by prefix, not fit for a batch line
+    runner = BatchRunner(host.name)
+    runner.batches = []
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",), conntrack_runner=runner)
+    table.set_routes(TAP, ["10.65.0.2"], mac=MAC)
+    table.apply()
+    assert runner.batches == []
+    assert felix_routes(host) == [f"10.65.0.2 dev {TAP} scope link"]
+
+
 def test_local_link_lookup_agrees_with_netlink(netns: MakeNS, ipr_in: MakeIPR) -> None:
     """The driver looks interfaces up with if_nametoindex and sysfs (in its own namespace):
     the same (index, admin up) as pyroute2's RTM_GETLINK, None for a missing one."""

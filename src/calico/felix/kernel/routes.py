@@ -49,6 +49,7 @@ import errno
 import ipaddress
 import json
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -108,6 +109,11 @@ class _Programmed:
     ips: frozenset[str]
     neigh: dict[str, str]
 
+
+# What an interface name and a MAC may look like on an `ip -batch` line (the batch is split on
+# blanks, and a kernel name may hold other characters: those go through netlink).
+_BATCH_NAME_RE = re.compile(r"[A-Za-z0-9_.@+=-]{1,15}")
+_BATCH_MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 LinkLookup = Callable[[str], tuple[int, bool] | None]
 
@@ -277,14 +283,52 @@ class RouteTable:
         return found
 
     def _apply_full(self) -> None:
-        links, routes, neighbours = self._listed_state() or self._dumped_state()
+        listed = self._listed_state()
+        if listed is not None and self._batchable(listed[0]):
+            # Every change in one `ip -batch`: 2,000 route and ARP changes in tens of
+            # milliseconds, where one pyroute2 request each took about 0.9 s at a cold start.
+            batch: list[str] = []
+            self._resync(listed, batch)
+            if self._run_batch(batch):
+                return
+            listed = self._listed_state()  # part of the batch may have been applied
+        self._resync(listed or self._dumped_state(), None)
+
+    def _resync(
+        self,
+        state: tuple[dict[str, tuple[int, bool]], dict[int, set[str]], dict[int, dict[str, str]]],
+        batch: list[str] | None,
+    ) -> None:
+        """Record the desired state as programmed for every link, and program the differences
+        through pyroute2 (batch None) or as `ip` batch lines appended to `batch`."""
+        links, routes, neighbours = state
         self._programmed = {}
         self._dirty = set()
         self.pending = set()
         self.errors = {}
         for name, (index, is_up) in links.items():
-            self._sync_and_record(name, index, is_up, routes, neighbours)
+            self._sync_and_record(name, index, is_up, routes, neighbours, batch)
         self.pending |= set(self._desired) - set(links)
+
+    def _batchable(self, links: dict[str, tuple[int, bool]]) -> bool:
+        """Whether every name and MAC can be written on an `ip -batch` line as is (names come
+        from the kernel; anything unusual goes through netlink instead)."""
+        macs = {entry.mac for entry in self._desired.values() if entry.mac}
+        return all(_BATCH_NAME_RE.fullmatch(name) for name in links) and all(
+            _BATCH_MAC_RE.fullmatch(mac) for mac in macs
+        )
+
+    def _run_batch(self, batch: list[str]) -> bool:
+        if not batch:
+            return True
+        assert self._conntrack_runner is not None
+        argv = ["ip", f"-{self.ip_version}", "-batch", "-"]
+        proc = self._conntrack_runner.run(argv, input="\n".join(batch) + "\n")
+        if proc.returncode == 0:
+            return True
+        _log.warning("ip -batch of %d route changes failed (%s); programming them one by one",
+                     len(batch), proc.stderr.strip()[:500])  # fmt: skip
+        return False
 
     def _apply_incremental(self) -> None:
         assert self._programmed is not None
@@ -315,10 +359,11 @@ class RouteTable:
         is_up: bool,
         routes: dict[int, set[str]],
         neighbours: dict[int, dict[str, str]],
+        batch: list[str] | None = None,
     ) -> None:
         assert self._programmed is not None
         try:
-            self._sync_interface(name, index, is_up, routes, neighbours)
+            self._sync_interface(name, index, is_up, routes, neighbours, batch)
         except NetlinkError as exc:
             # E.g. the interface vanished mid-apply; retried on the next apply.
             _log.warning("programming routes on %s failed: %s", name, exc)
@@ -354,25 +399,42 @@ class RouteTable:
         is_up: bool,
         routes: dict[int, set[str]],
         neighbours: dict[int, dict[str, str]],
+        batch: list[str] | None = None,
     ) -> None:
+        """Make one interface's routes and ARP entries as desired: through pyroute2, or (batch
+        given) as `ip -batch` lines in the same order."""
         desired = self._desired.get(name, _Desired(frozenset(), None))
         have_routes = routes.get(index, set())
         have_neigh = neighbours.get(index, {})
         want_neigh = desired.neighbours()
+        route = f"proto {RTPROT_FELIX} scope link table main"
         # Removals first (ARP before route, as §5.11), so a moved IP never briefly has two.
         for ip in set(have_neigh) - set(want_neigh):
-            self._ipr.neigh("del", dst=ip, ifindex=index)
+            if batch is None:
+                self._ipr.neigh("del", dst=ip, ifindex=index)
+            else:
+                batch.append(f"neigh del {ip} dev {name}")
         for ip in have_routes - desired.ips:
-            self._ipr.route("del", **self._route_spec(ip, index))
+            if batch is None:
+                self._ipr.route("del", **self._route_spec(ip, index))
+            else:
+                batch.append(f"route del {ip}/{self._max_len} dev {name} {route}")
         if desired.ips and not is_up:
             # The kernel refuses routes via an admin-down device; retried on the up event.
             self.pending.add(name)
             return
         for ip, mac in want_neigh.items():
-            if have_neigh.get(ip) != mac:
+            if have_neigh.get(ip) == mac:
+                continue
+            if batch is None:
                 self._ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
+            else:
+                batch.append(f"neigh replace {ip} lladdr {mac} dev {name} nud permanent")
         for ip in desired.ips - have_routes:
-            self._ipr.route("replace", **self._route_spec(ip, index))
+            if batch is None:
+                self._ipr.route("replace", **self._route_spec(ip, index))
+            else:
+                batch.append(f"route replace {ip}/{self._max_len} dev {name} {route}")
 
     def _route_spec(self, ip: str, index: int) -> dict[str, Any]:
         return {
