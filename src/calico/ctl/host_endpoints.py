@@ -5,7 +5,6 @@ stored value (`name` = the interface, `expected_ipv4_addrs`, `expected_ipv6_addr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from calico.common import datamodel_v1 as dm
 from calico.common import resources as res
@@ -13,12 +12,8 @@ from calico.common.etcd.base import KVStore
 from calico.ctl.kinds import (
     Column,
     Filters,
-    Kind,
     Resource,
-    SpecError,
-    check_fields,
-    decode,
-    dumps,
+    SingleKeyKind,
     meta_column,
     spec_column,
     status_column,
@@ -28,7 +23,7 @@ from calico.ctl.workload_endpoints import endpoint_ips, read_statuses
 EXPECTED = ("expected_ipv4_addrs", "expected_ipv6_addrs")
 
 
-class HostEndpointKind(Kind):
+class HostEndpointKind(SingleKeyKind):
     name = "hostEndpoint"
     aliases = ("hostendpoint", "hostendpoints", "hep", "heps")
     identity = ("host", "name")
@@ -45,8 +40,8 @@ class HostEndpointKind(Kind):
     def key(self, meta: Mapping[str, str]) -> dm.HostEndpointKey:
         return dm.HostEndpointKey(meta["host"], meta["name"])
 
-    def keys(self, meta: Mapping[str, str]) -> tuple[str, ...]:
-        return (self.key(meta).path,)
+    def parse(self, raw: str, key: dm.HostEndpointKey) -> object:
+        return res.parse_host_endpoint(raw, key)
 
     def prefixes(self, filters: Filters) -> tuple[str, ...]:
         host = filters.get("host")
@@ -57,30 +52,6 @@ class HostEndpointKind(Kind):
         if not isinstance(key, dm.HostEndpointKey):
             return None
         return {"host": key.hostname, "name": key.endpoint}
-
-    def values_for(self, meta: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str | None]:
-        problems = check_fields(spec, self.spec_fields, "spec")
-        key = self.key(meta)
-        raw = dumps(dict(spec))
-        try:
-            res.parse_host_endpoint(raw, key)
-        except res.InvalidValue as e:
-            problems += [f"spec.{p}" for p in e.problems]
-        if problems:
-            raise SpecError(problems)
-        return {key.path: raw}
-
-    def spec_of(self, resource: Resource) -> dict[str, Any]:
-        value = decode(resource.values[self.keys(resource.metadata)[0]])
-        return value if isinstance(value, dict) else {"value": value}
-
-    def problems_of(self, resource: Resource) -> list[str]:
-        key = self.key(resource.metadata)
-        try:
-            res.parse_host_endpoint(resource.values[key.path], key)
-        except res.InvalidValue as e:
-            return [str(e)]
-        return []
 
     def read_status(self, client: KVStore, resources: Sequence[Resource]) -> None:
         if not resources:

@@ -16,12 +16,8 @@ from calico.common.quoting import quoted
 from calico.ctl.kinds import (
     Column,
     Filters,
-    Kind,
-    Resource,
+    SingleKeyKind,
     SpecError,
-    check_fields,
-    decode,
-    dumps,
     meta_column,
     spec_column,
 )
@@ -29,7 +25,7 @@ from calico.ctl.kinds import (
 BOOLEAN_FIELDS = ("masquerade", "disabled", "ipam")
 
 
-class IPPoolKind(Kind):
+class IPPoolKind(SingleKeyKind):
     name = "ipPool"
     aliases = ("ippool", "ippools", "pool", "pools")
     identity = ("name",)
@@ -47,11 +43,11 @@ class IPPoolKind(Kind):
             raise SpecError([f"metadata.name: {quoted(name)} is not a CIDR"])
         return {"name": str(name)}  # not canonical: only for reading or deleting what exists
 
-    def _key(self, meta: Mapping[str, str]) -> dm.IPPoolKey:
+    def key(self, meta: Mapping[str, str]) -> dm.IPPoolKey:
         return dm.IPPoolKey.for_cidr(meta["name"])
 
-    def keys(self, meta: Mapping[str, str]) -> tuple[str, ...]:
-        return (self._key(meta).path,)
+    def parse(self, raw: str, key: dm.IPPoolKey) -> object:
+        return res.parse_ip_pool(raw, key)
 
     def prefixes(self, filters: Filters) -> tuple[str, ...]:
         return (dm.IPAM_DIR,)
@@ -60,8 +56,9 @@ class IPPoolKind(Kind):
         key = dm.parse_key(path)
         return {"name": key.cidr} if isinstance(key, dm.IPPoolKey) else None
 
-    def values_for(self, meta: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str | None]:
-        problems = check_fields(spec, self.spec_fields, "spec")
+    def checked_value(
+        self, meta: Mapping[str, str], spec: Mapping[str, Any], problems: list[str]
+    ) -> dict[str, Any]:
         canonical = str(ipaddress.ip_network(meta["name"], strict=False))
         if canonical != meta["name"]:
             problems.append(
@@ -78,27 +75,7 @@ class IPPoolKind(Kind):
             isinstance(value["ipip"], str) and res.INTERFACE_NAME_RE.fullmatch(value["ipip"])
         ):
             problems.append(f"spec.ipip: {quoted(value['ipip'])} is not an interface name")
-        key = self._key(meta)
-        raw = dumps(value)
-        try:
-            res.parse_ip_pool(raw, key)
-        except res.InvalidValue as e:
-            problems += [f"spec.{p}" for p in e.problems]
-        if problems:
-            raise SpecError(problems)
-        return {key.path: raw}
-
-    def spec_of(self, resource: Resource) -> dict[str, Any]:
-        value = decode(resource.values[self.keys(resource.metadata)[0]])
-        return value if isinstance(value, dict) else {"value": value}
-
-    def problems_of(self, resource: Resource) -> list[str]:
-        key = self._key(resource.metadata)
-        try:
-            res.parse_ip_pool(resource.values[key.path], key)
-        except res.InvalidValue as e:
-            return [str(e)]
-        return []
+        return value
 
     def columns(self, wide: bool) -> list[Column]:
         columns: list[Column] = [

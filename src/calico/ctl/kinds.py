@@ -176,6 +176,58 @@ class Kind:
         raise NotImplementedError
 
 
+class SingleKeyKind(Kind):
+    """A resource stored as one JSON value in one key, which one of Felix's parsers validates
+    (tiers, policies, IP pools, endpoints): each subclass names the key and the parser."""
+
+    def key(self, meta: Mapping[str, str]) -> Any:
+        """The resource's key (a calico.common.datamodel_v1 key object)."""
+        raise NotImplementedError
+
+    def parse(self, raw: str, key: Any) -> object:
+        """Felix's parser for the value; raises InvalidValue."""
+        raise NotImplementedError
+
+    def checked_value(
+        self, meta: Mapping[str, str], spec: Mapping[str, Any], problems: list[str]
+    ) -> dict[str, Any]:
+        """The value to write for `spec`, after checks of the kind's own (appended to
+        `problems`) that Felix's parser does not make."""
+        return dict(spec)
+
+    def check_write(self, raw: str, key: Any, spec: Mapping[str, Any]) -> None:
+        """What a write must pass: Felix's parser (raises InvalidValue)."""
+        self.parse(raw, key)
+
+    def keys(self, meta: Mapping[str, str]) -> tuple[str, ...]:
+        return (self.key(meta).path,)
+
+    def values_for(self, meta: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str | None]:
+        problems = check_fields(spec, self.spec_fields, "spec")
+        value = self.checked_value(meta, spec, problems)
+        key = self.key(meta)
+        raw = dumps(value)
+        try:
+            self.check_write(raw, key, spec)
+        except InvalidValue as e:
+            problems += [f"spec.{p}" for p in e.problems]
+        if problems:
+            raise SpecError(problems)
+        return {key.path: raw}
+
+    def spec_of(self, resource: Resource) -> dict[str, Any]:
+        value = decode(resource.values[self.keys(resource.metadata)[0]])
+        return value if isinstance(value, dict) else {"value": value}
+
+    def problems_of(self, resource: Resource) -> list[str]:
+        key = self.key(resource.metadata)
+        try:
+            self.parse(resource.values[key.path], key)
+        except InvalidValue as e:
+            return [str(e)]
+        return []
+
+
 def meta_column(name: str) -> Callable[[dict[str, Any]], object]:
     return lambda doc: doc["metadata"].get(name)
 

@@ -19,12 +19,9 @@ from calico.common.etcd.base import KVStore
 from calico.ctl.kinds import (
     Column,
     Filters,
-    Kind,
     Resource,
-    SpecError,
-    check_fields,
+    SingleKeyKind,
     decode,
-    dumps,
     meta_column,
     spec_column,
     status_column,
@@ -76,7 +73,7 @@ def endpoint_ips(spec: Mapping[str, Any], *fields: str) -> list[str]:
     return out
 
 
-class WorkloadEndpointKind(Kind):
+class WorkloadEndpointKind(SingleKeyKind):
     name = "workloadEndpoint"
     aliases = ("workloadendpoint", "workloadendpoints", "wep", "weps")
     identity = ("host", "orchestrator", "workload", "name")
@@ -88,8 +85,13 @@ class WorkloadEndpointKind(Kind):
             meta["host"], meta["orchestrator"], meta["workload"], meta["name"]
         )
 
-    def keys(self, meta: Mapping[str, str]) -> tuple[str, ...]:
-        return (self.key(meta).path,)
+    def parse(self, raw: str, key: dm.WorkloadEndpointKey) -> object:
+        return res.parse_workload_endpoint(raw, key)
+
+    def check_write(self, raw: str, key: dm.WorkloadEndpointKey, spec: Mapping[str, Any]) -> None:
+        self.parse(raw, key)
+        if any(field in spec for field in DHCP_FIELDS):
+            parse_dhcp_endpoint(raw, key)  # what the DHCP agent reads from the same value
 
     def prefixes(self, filters: Filters) -> tuple[str, ...]:
         path = dm.HOST_DIR
@@ -111,32 +113,6 @@ class WorkloadEndpointKind(Kind):
             "workload": key.workload,
             "name": key.endpoint,
         }
-
-    def values_for(self, meta: Mapping[str, str], spec: Mapping[str, Any]) -> dict[str, str | None]:
-        problems = check_fields(spec, self.spec_fields, "spec")
-        key = self.key(meta)
-        raw = dumps(dict(spec))
-        try:
-            res.parse_workload_endpoint(raw, key)
-            if any(field in spec for field in DHCP_FIELDS):
-                parse_dhcp_endpoint(raw, key)
-        except res.InvalidValue as e:
-            problems += [f"spec.{p}" for p in e.problems]
-        if problems:
-            raise SpecError(problems)
-        return {key.path: raw}
-
-    def spec_of(self, resource: Resource) -> dict[str, Any]:
-        value = decode(resource.values[self.keys(resource.metadata)[0]])
-        return value if isinstance(value, dict) else {"value": value}
-
-    def problems_of(self, resource: Resource) -> list[str]:
-        key = self.key(resource.metadata)
-        try:
-            res.parse_workload_endpoint(resource.values[key.path], key)
-        except res.InvalidValue as e:
-            return [str(e)]
-        return []
 
     def read_status(self, client: KVStore, resources: Sequence[Resource]) -> None:
         if not resources:
