@@ -67,18 +67,16 @@ def _endpoint_body(
     tiers: Sequence[TierInfo],
     profile_ids: Sequence[str],
     inbound: bool,
-    endpoint_id: str,
+    endpoint_id: str | None,
     config: RenderConfig,
-    first: Sequence[str] = (),
 ) -> list[str]:
-    """Steps 3-6 of §5.5 (`first` (MAC check), tiers, profiles, final drop)."""
+    """Steps 4-6 of §5.5 (tiers, profiles, final drop); `endpoint_id` None for a program
+    chain, which endpoints share."""
+    about = f" (endpoint {endpoint_id})" if endpoint_id is not None else ""
     return [
-        *first,
         *_tier_rules(tiers, inbound, config),
         *_profile_rules(profile_ids, inbound),
-        *drop_rules(
-            config, comment_text=f"Packet did not match any profile (endpoint {endpoint_id})"
-        ),
+        *drop_rules(config, comment_text=f"Packet did not match any profile{about}"),
     ]
 
 
@@ -117,11 +115,7 @@ def program_chain(
 ) -> tuple[str, Chain]:
     """The shared chain of one direction's policy: the tiers, the profiles, the final drop.
     Named after a hash of its rules, so equal programs are one chain."""
-    rules = [
-        *_tier_rules(tiers, inbound, config),
-        *_profile_rules(profile_ids, inbound),
-        *drop_rules(config, comment_text="Packet did not match any profile"),
-    ]
+    rules = _endpoint_body(tiers, profile_ids, inbound, None, config)
     digest = hashlib.blake2b("\n".join(rules).encode(), digest_size=10).hexdigest()
     return f"felix-pr-{digest}-{'i' if inbound else 'o'}", Chain(tuple(rules))
 
