@@ -25,7 +25,9 @@ Design
 Implementation
     The first :meth:`RouteTable.apply` is a full resync: it lists links, our routes and
     permanent neighbours (with ``ip -j`` when it has a command runner, else pyroute2's netlink
-    dumps) and computes the difference, which repairs anything another tool changed.
+    dumps) and computes the difference, which repairs anything another tool changed; with a
+    command runner the changes go to the kernel as one ``ip -batch`` (pyroute2, one request per
+    change, if a name is unfit for a batch line or the batch fails).
     ``apply(full=True)`` (the caller's periodic refresh) first checks cheaply whether a resync
     is needed at all: with a command runner it lists just our routes and the permanent
     neighbours with ``ip -j`` (iproute2 decodes and filters them in C, milliseconds) and
