@@ -108,6 +108,10 @@ def describe_error(error: Exception, endpoint: str = "") -> str:
         reason = "TLS error: " + match.group(1)
     elif len(text) >= 200:
         reason = text[:200] + "..."
+    if endpoint.startswith("https://") and "Connection reset by peer" in text:
+        # A plain-HTTP etcd answers a TLS ClientHello either with bytes that fail the handshake
+        # (SSLError) or, depending on timing, by resetting the connection.
+        reason = f"TLS error (likely: the connection was reset during the exchange): {reason}"
     hint = _scheme_hint(text, endpoint)
     return f"{reason}{hint}" if reason else f"{type(error).__name__}{hint}"
 
@@ -119,7 +123,13 @@ def _error_text(error: Exception) -> str:
 
 # What a plain-HTTP request to a TLS-only etcd, or a TLS request to a plain one, looks like.
 _PLAIN_TO_TLS = ("RemoteDisconnected", "Connection aborted", "HTTP request to an HTTPS server")
-_TLS_TO_PLAIN = ("UNEXPECTED_EOF", "WRONG_VERSION_NUMBER", "wrong version number", "SSLEOFError")
+_TLS_TO_PLAIN = (
+    "UNEXPECTED_EOF",
+    "WRONG_VERSION_NUMBER",
+    "wrong version number",
+    "SSLEOFError",
+    "Connection reset by peer",
+)
 
 
 def _scheme_hint(text: str, endpoint: str) -> str:
