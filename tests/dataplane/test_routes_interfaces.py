@@ -17,7 +17,8 @@ import pytest
 from pyroute2 import IPRoute
 
 from calico.felix.kernel.commands import NetnsRunner
-from calico.felix.kernel.routes import RTPROT_FELIX, RouteTable, flush_conntrack
+from calico.felix.kernel.conntrack import flush_conntrack
+from calico.felix.kernel.routes import RTPROT_FELIX, RouteTable
 from calico.felix.kernel.sysctls import (
     LooseRPFError,
     ProcSysctlWriter,

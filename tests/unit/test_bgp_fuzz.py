@@ -22,7 +22,8 @@ from test_hostile_inputs import HOSTILE as FELIX_HOSTILE
 from calico.bgp.model import BgpStore, encode_peer
 from calico.bgp.peers import LocalHost
 from calico.bgp.render import render
-from calico.common.datamodel_v1 import BadKey, parse_bgp_key, parse_key
+from calico.common.datamodel_bgp import parse_bgp_key
+from calico.common.datamodel_v1 import BadKey, parse_key
 
 G = "/calico/bgp/v1/global"
 H = "/calico/bgp/v1/host"

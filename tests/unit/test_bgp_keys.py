@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from calico.common import datamodel_bgp as bgp_keys
 from calico.common import datamodel_v1 as dm
-from calico.common.datamodel_v1 import (
-    BadKey,
+from calico.common.datamodel_bgp import (
     BgpGlobalASKey,
     BgpGlobalPeerKey,
     BgpHostASKey,
@@ -17,8 +17,9 @@ from calico.common.datamodel_v1 import (
     BgpNodeMeshKey,
     parse_bgp_key,
 )
+from calico.common.datamodel_v1 import BadKey
 
-KEYS_AND_PATHS: list[tuple[dm.BgpKey, str]] = [
+KEYS_AND_PATHS: list[tuple[bgp_keys.BgpKey, str]] = [
     (BgpGlobalASKey(), "/calico/bgp/v1/global/as_num"),
     (BgpNodeMeshKey(), "/calico/bgp/v1/global/node_mesh"),
     (BgpLogLevelKey(), "/calico/bgp/v1/global/loglevel"),
@@ -34,7 +35,7 @@ KEYS_AND_PATHS: list[tuple[dm.BgpKey, str]] = [
 
 
 @pytest.mark.parametrize(("key", "path"), KEYS_AND_PATHS)
-def test_format_and_parse(key: dm.BgpKey, path: str) -> None:
+def test_format_and_parse(key: bgp_keys.BgpKey, path: str) -> None:
     assert key.path == path
     assert parse_bgp_key(path) == key
 
@@ -94,7 +95,7 @@ HOSTILE_IPS = [
 ]
 
 
-def _host_keys(hostname: str) -> list[dm.BgpKey]:
+def _host_keys(hostname: str) -> list[bgp_keys.BgpKey]:
     return [
         BgpHostIPKey(hostname, 4),
         BgpHostIPKey(hostname, 6),

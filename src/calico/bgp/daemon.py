@@ -39,6 +39,7 @@ from calico.bgp.model import BgpStore
 from calico.bgp.peers import LocalHost, plan
 from calico.bgp.render import RenderOptions, UnsafeValue, render_plan
 from calico.bgp.status import Protocol, bgp_sessions, parse_protocols
+from calico.common import datamodel_bgp as bgp_keys
 from calico.common import datamodel_v1 as dm
 from calico.common.etcd.base import ClusterIdChanged, KVStore, Snapshot, WatchEvent
 from calico.common.etcd.syncer import Syncer
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 EXIT_STOPPED = 0
 EXIT_RESTART = 1
-PREFIXES = (dm.BGP_DIR, dm.IPAM_DIR)
+PREFIXES = (bgp_keys.BGP_DIR, dm.IPAM_DIR)
 
 
 class ReadyGate:

@@ -30,6 +30,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from calico.common import datamodel_bgp as bgp_keys
 from calico.common import datamodel_v1 as dm
 from calico.common.quoting import quoted
 from calico.common.resources import InvalidValue, decode_object, parse_ip_pool
@@ -128,11 +129,11 @@ def usable_address(value: object, version: int, what: str) -> str:
     return str(addr)
 
 
-def parse_host_ip(raw: str, key: dm.BgpHostIPKey) -> str | None:
+def parse_host_ip(raw: str, key: bgp_keys.BgpHostIPKey) -> str | None:
     return None if raw == "" else usable_address(raw, key.version, key.path)
 
 
-def parse_peer(raw: str, key: dm.BgpGlobalPeerKey | dm.BgpHostPeerKey) -> Peer:
+def parse_peer(raw: str, key: bgp_keys.BgpGlobalPeerKey | bgp_keys.BgpHostPeerKey) -> Peer:
     what = key.path
     data = decode_object(raw, what)
     ip = usable_address(data.get("ip"), key.version, f"{what} ip")
@@ -141,7 +142,7 @@ def parse_peer(raw: str, key: dm.BgpGlobalPeerKey | dm.BgpHostPeerKey) -> Peer:
     return Peer(ip, parse_as_num(data.get("as_num"), f"{what} as_num"), key.version)
 
 
-def parse_rr_cluster_id(raw: str, key: dm.BgpHostRRClusterKey) -> str | None:
+def parse_rr_cluster_id(raw: str, key: bgp_keys.BgpHostRRClusterKey) -> str | None:
     if raw == "":
         return None
     if not _DOTTED_V4_RE.fullmatch(raw) or raw == "0.0.0.0":
@@ -150,7 +151,7 @@ def parse_rr_cluster_id(raw: str, key: dm.BgpHostRRClusterKey) -> str | None:
 
 
 def parse_node_mesh(raw: str) -> bool:
-    data = decode_object(raw, dm.BgpNodeMeshKey().path)
+    data = decode_object(raw, bgp_keys.BgpNodeMeshKey().path)
     enabled = data.get("enabled")
     if not isinstance(enabled, bool):
         raise InvalidValue("node_mesh", [f"enabled: expected true or false, got {quoted(enabled)}"])
@@ -164,20 +165,20 @@ def parse_loglevel(raw: str) -> str:
     return level
 
 
-def parse_value(key: dm.BgpKey, raw: str) -> object:
+def parse_value(key: bgp_keys.BgpKey, raw: str) -> object:
     """The validated value of one BGP key; InvalidValue if it is not valid."""
     match key:
-        case dm.BgpGlobalASKey() | dm.BgpHostASKey():
+        case bgp_keys.BgpGlobalASKey() | bgp_keys.BgpHostASKey():
             return parse_as_num(raw, key.path)
-        case dm.BgpNodeMeshKey():
+        case bgp_keys.BgpNodeMeshKey():
             return parse_node_mesh(raw)
-        case dm.BgpLogLevelKey():
+        case bgp_keys.BgpLogLevelKey():
             return parse_loglevel(raw)
-        case dm.BgpGlobalPeerKey() | dm.BgpHostPeerKey():
+        case bgp_keys.BgpGlobalPeerKey() | bgp_keys.BgpHostPeerKey():
             return parse_peer(raw, key)
-        case dm.BgpHostIPKey():
+        case bgp_keys.BgpHostIPKey():
             return parse_host_ip(raw, key)
-        case dm.BgpHostRRClusterKey():
+        case bgp_keys.BgpHostRRClusterKey():
             return parse_rr_cluster_id(raw, key)
     raise AssertionError(f"unhandled key {key!r}")  # pragma: no cover
 
@@ -189,7 +190,7 @@ class BgpStore:
     """The valid BGP keys and IP pools, kept up to date from the syncers' updates."""
 
     def __init__(self) -> None:
-        self._values: dict[dm.BgpKey, object] = {}
+        self._values: dict[bgp_keys.BgpKey, object] = {}
         self._pools: dict[dm.IPPoolKey, str] = {}
         # path -> reason, for every key currently refused (bad key or bad value).
         self.refused: dict[str, str] = {}
@@ -197,7 +198,7 @@ class BgpStore:
 
     def update(self, path: str, raw: str | None) -> bool:
         """Apply one update (raw None: deleted). False if the key is none of ours."""
-        key = dm.parse_bgp_key(path)
+        key = bgp_keys.parse_bgp_key(path)
         if key is None:
             pool_key = dm.parse_key(path) if path.startswith(dm.IPAM_DIR + "/") else None
             if isinstance(pool_key, dm.IPPoolKey | dm.BadKey):
@@ -255,16 +256,16 @@ class BgpStore:
         global_peers: list[Peer] = []
         for key, value in self._values.items():
             match key:
-                case dm.BgpGlobalASKey():
+                case bgp_keys.BgpGlobalASKey():
                     assert isinstance(value, int)
                     result = replace(result, as_num=value)
-                case dm.BgpNodeMeshKey():
+                case bgp_keys.BgpNodeMeshKey():
                     assert isinstance(value, bool)
                     result = replace(result, node_mesh=value)
-                case dm.BgpLogLevelKey():
+                case bgp_keys.BgpLogLevelKey():
                     assert isinstance(value, str)
                     result = replace(result, loglevel=value)
-                case dm.BgpGlobalPeerKey():
+                case bgp_keys.BgpGlobalPeerKey():
                     assert isinstance(value, Peer)
                     global_peers.append(value)
                 case _:
@@ -279,17 +280,17 @@ class BgpStore:
         )
 
 
-def _host_with(host: HostData, key: dm.BgpKey, value: object) -> HostData:
+def _host_with(host: HostData, key: bgp_keys.BgpKey, value: object) -> HostData:
     match key:
-        case dm.BgpHostIPKey(version=4):
+        case bgp_keys.BgpHostIPKey(version=4):
             return replace(host, ip4=value)  # type: ignore[arg-type]
-        case dm.BgpHostIPKey():
+        case bgp_keys.BgpHostIPKey():
             return replace(host, ip6=value)  # type: ignore[arg-type]
-        case dm.BgpHostASKey():
+        case bgp_keys.BgpHostASKey():
             return replace(host, as_num=value)  # type: ignore[arg-type]
-        case dm.BgpHostRRClusterKey():
+        case bgp_keys.BgpHostRRClusterKey():
             return replace(host, rr_cluster_id=value)  # type: ignore[arg-type]
-        case dm.BgpHostPeerKey():
+        case bgp_keys.BgpHostPeerKey():
             assert isinstance(value, Peer)
             return replace(host, peers=tuple(sorted((*host.peers, value), key=_peer_order)))
     return host

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from calico.common import datamodel_bgp as bgp_keys
 from calico.common import datamodel_v1 as dm
 from calico.common.etcd.base import KVStore
 from calico.common.quoting import quoted
@@ -19,10 +20,10 @@ log = logging.getLogger(__name__)
 def claimants(client: KVStore, hostname: str, addresses: dict[int, str | None]) -> list[str]:
     """One line per other host that claims one of `addresses` (by version)."""
     problems = []
-    items = client.read_prefix(dm.BGP_HOST_DIR).items
+    items = client.read_prefix(bgp_keys.BGP_HOST_DIR).items
     for path, value in sorted(items.items()):
-        key = dm.parse_bgp_key(path)
-        if not isinstance(key, dm.BgpHostIPKey) or key.hostname == hostname:
+        key = bgp_keys.parse_bgp_key(path)
+        if not isinstance(key, bgp_keys.BgpHostIPKey) or key.hostname == hostname:
             continue
         mine = addresses.get(key.version)
         if mine is not None and value.strip() == mine:
@@ -42,7 +43,7 @@ def register(
     for problem in problems:
         log.error("%s", problem)
     for version, address in addresses.items():
-        key = dm.BgpHostIPKey(hostname, version).path
+        key = bgp_keys.BgpHostIPKey(hostname, version).path
         if address is None:
             client.delete(key)
         else:
@@ -53,7 +54,7 @@ def register(
     else:
         client.put(bird_ip, ip4)
     if as_num is not None:
-        client.put(dm.BgpHostASKey(hostname).path, str(as_num))
+        client.put(bgp_keys.BgpHostASKey(hostname).path, str(as_num))
     log.info(
         "Registered host %s: IPv4 %s, IPv6 %s%s",
         hostname,

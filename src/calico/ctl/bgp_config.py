@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from calico.bgp import model as bgp
-from calico.common import datamodel_v1 as dm
+from calico.common import datamodel_bgp as bgp_keys
 from calico.ctl.kinds import (
     Column,
     Filters,
@@ -35,19 +35,19 @@ GLOBAL_FIELDS = ("as_num", "node_mesh", "loglevel")
 HOST_FIELDS = ("ip_addr_v4", "ip_addr_v6", "as_num", "rr_cluster_id")
 
 
-def _keys(host: str) -> dict[str, dm.BgpKey]:
+def _keys(host: str) -> dict[str, bgp_keys.BgpKey]:
     """Spec field -> key, the primary key first."""
     if not host:
         return {
-            "as_num": dm.BgpGlobalASKey(),
-            "node_mesh": dm.BgpNodeMeshKey(),
-            "loglevel": dm.BgpLogLevelKey(),
+            "as_num": bgp_keys.BgpGlobalASKey(),
+            "node_mesh": bgp_keys.BgpNodeMeshKey(),
+            "loglevel": bgp_keys.BgpLogLevelKey(),
         }
     return {
-        "ip_addr_v4": dm.BgpHostIPKey(host, 4),
-        "ip_addr_v6": dm.BgpHostIPKey(host, 6),
-        "as_num": dm.BgpHostASKey(host),
-        "rr_cluster_id": dm.BgpHostRRClusterKey(host),
+        "ip_addr_v4": bgp_keys.BgpHostIPKey(host, 4),
+        "ip_addr_v6": bgp_keys.BgpHostIPKey(host, 6),
+        "as_num": bgp_keys.BgpHostASKey(host),
+        "rr_cluster_id": bgp_keys.BgpHostRRClusterKey(host),
     }
 
 
@@ -70,6 +70,10 @@ def _decode(field: str, raw: str) -> object:
     if field == "as_num" and raw.isdigit():
         return int(raw)
     return raw
+
+
+_GLOBAL_KEYS = (bgp_keys.BgpGlobalASKey, bgp_keys.BgpNodeMeshKey, bgp_keys.BgpLogLevelKey)
+_HOST_KEYS = (bgp_keys.BgpHostIPKey, bgp_keys.BgpHostASKey, bgp_keys.BgpHostRRClusterKey)
 
 
 class BgpConfigKind(Kind):
@@ -100,14 +104,18 @@ class BgpConfigKind(Kind):
     def prefixes(self, filters: Filters) -> tuple[str, ...]:
         host = filters.get("host")
         if host:
-            return (f"{dm.BGP_HOST_DIR}/{host}",)
-        return (dm.BGP_GLOBAL_DIR, dm.BGP_HOST_DIR)
+            return (f"{bgp_keys.BGP_HOST_DIR}/{host}",)
+        return (bgp_keys.BGP_GLOBAL_DIR, bgp_keys.BGP_HOST_DIR)
 
     def identify(self, path: str) -> dict[str, str] | None:
-        key = dm.parse_bgp_key(path)
-        if isinstance(key, dm.BgpGlobalASKey | dm.BgpNodeMeshKey | dm.BgpLogLevelKey):
+        key = bgp_keys.parse_bgp_key(path)
+        if isinstance(
+            key, bgp_keys.BgpGlobalASKey | bgp_keys.BgpNodeMeshKey | bgp_keys.BgpLogLevelKey
+        ):
             return {"host": ""}
-        if isinstance(key, dm.BgpHostIPKey | dm.BgpHostASKey | dm.BgpHostRRClusterKey):
+        if isinstance(
+            key, bgp_keys.BgpHostIPKey | bgp_keys.BgpHostASKey | bgp_keys.BgpHostRRClusterKey
+        ):
             return {"host": key.hostname}
         return None
 

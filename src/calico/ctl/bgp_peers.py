@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from calico.bgp import model as bgp
-from calico.common import datamodel_v1 as dm
+from calico.common import datamodel_bgp as bgp_keys
 from calico.common.quoting import quoted
 from calico.ctl.kinds import (
     Column,
@@ -28,7 +28,7 @@ from calico.ctl.kinds import (
     meta_column,
 )
 
-PeerKey = dm.BgpGlobalPeerKey | dm.BgpHostPeerKey
+PeerKey = bgp_keys.BgpGlobalPeerKey | bgp_keys.BgpHostPeerKey
 
 
 def canonical_ip(value: object) -> str | None:
@@ -75,8 +75,8 @@ class BgpPeerKind(Kind):
     def key(self, meta: Mapping[str, str]) -> PeerKey:
         version = ipaddress.ip_address(meta["name"]).version
         if meta["host"]:
-            return dm.BgpHostPeerKey(meta["host"], version, meta["name"])
-        return dm.BgpGlobalPeerKey(version, meta["name"])
+            return bgp_keys.BgpHostPeerKey(meta["host"], version, meta["name"])
+        return bgp_keys.BgpGlobalPeerKey(version, meta["name"])
 
     def keys(self, meta: Mapping[str, str]) -> tuple[str, ...]:
         return (self.key(meta).path,)
@@ -84,14 +84,14 @@ class BgpPeerKind(Kind):
     def prefixes(self, filters: Filters) -> tuple[str, ...]:
         host = filters.get("host")
         if host:
-            return (f"{dm.BGP_HOST_DIR}/{host}",)
-        return (dm.BGP_GLOBAL_DIR, dm.BGP_HOST_DIR)
+            return (f"{bgp_keys.BGP_HOST_DIR}/{host}",)
+        return (bgp_keys.BGP_GLOBAL_DIR, bgp_keys.BGP_HOST_DIR)
 
     def identify(self, path: str) -> dict[str, str] | None:
-        key = dm.parse_bgp_key(path)
-        if isinstance(key, dm.BgpGlobalPeerKey):
+        key = bgp_keys.parse_bgp_key(path)
+        if isinstance(key, bgp_keys.BgpGlobalPeerKey):
             return {"host": "", "name": key.ip}
-        if isinstance(key, dm.BgpHostPeerKey):
+        if isinstance(key, bgp_keys.BgpHostPeerKey):
             return {"host": key.hostname, "name": key.ip}
         return None
 

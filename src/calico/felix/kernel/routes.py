@@ -20,14 +20,14 @@ Design
       refuses routes) is kept; the caller calls :meth:`RouteTable.apply` again on interface
       events and the routes then appear.
     * IPs an interface loses (or all its IPs, when it is removed) have their conntrack entries
-      flushed on the next apply (§9 item 18), if a command runner was given.
+      flushed on the next apply (§9 item 18, :mod:`conntrack`), if a command runner was given.
 
 Implementation
     The first :meth:`RouteTable.apply` is a full resync: it lists links, our routes and
-    permanent neighbours (with ``ip -j`` when it has a command runner, else pyroute2's netlink
-    dumps) and computes the difference, which repairs anything another tool changed; with a
-    command runner the changes go to the kernel as one ``ip -batch`` (pyroute2, one request per
-    change, if a name is unfit for a batch line or the batch fails).
+    permanent neighbours (with ``ip -j``, :mod:`ip_listing`, when it has a command runner, else
+    pyroute2's netlink dumps) and computes the difference, which repairs anything another tool
+    changed; with a command runner the changes go to the kernel as one ``ip -batch`` (pyroute2,
+    one request per change, if a name is unfit for a batch line or the batch fails).
     ``apply(full=True)`` (the caller's periodic refresh) first checks cheaply whether a resync
     is needed at all: with a command runner it lists just our routes and the permanent
     neighbours with ``ip -j`` (iproute2 decodes and filters them in C, milliseconds) and
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import logging
 import re
 import socket
@@ -63,6 +62,8 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
 from calico.felix.kernel.commands import CommandRunner
+from calico.felix.kernel.conntrack import flush_conntrack
+from calico.felix.kernel.ip_listing import IpLister, ListedState
 
 _log = logging.getLogger(__name__)
 
@@ -70,9 +71,6 @@ _log = logging.getLogger(__name__)
 # unassigned in iproute2's rt_protos and is the number Calico's own Felix uses for its routes.
 RTPROT_FELIX: Final = 80
 RT_TABLE_MAIN: Final = 254
-
-CONNTRACK_DIRECTIONS: Final = ("--orig-src", "--orig-dst", "--reply-src", "--reply-dst")
-CONNTRACK_ATTEMPTS: Final = 3
 
 
 class IPRouteLike(Protocol):
@@ -169,6 +167,10 @@ class RouteTable:
             # An empty prefix would make every interface on the host ours.
             raise ValueError("RouteTable needs non-empty interface name prefixes")
         self._conntrack_runner = conntrack_runner
+        self._lister = (
+            IpLister(conntrack_runner, ip_version, self.owns, RTPROT_FELIX)
+            if conntrack_runner is not None else None
+        )  # fmt: skip
         self._desired: dict[str, _Desired] = {}
         # Our record of the kernel, per interface, kept by every apply (None: never synced yet).
         self._programmed: dict[str, _Programmed] | None = None
@@ -226,66 +228,29 @@ class RouteTable:
         """Whether our routes and permanent neighbours in the kernel are exactly those we
         recorded programming (so a refresh has nothing to repair); False if unsure."""
         assert self._programmed is not None
-        if self._conntrack_runner is None:
+        if self._lister is None:
             return False  # no way to list cheaply: always resync
-        version = f"-{self.ip_version}"
-        routes = self._list_json(["ip", "-j", version, "route", "show", "table", "main",
-                                  "proto", str(RTPROT_FELIX)])  # fmt: skip
+        routes = self._lister.routes()
         if routes is None:
             return False
         want_routes = {(name, ip) for name, prog in self._programmed.items() for ip in prog.ips}
-        if set(self._owned_entries(routes)) != want_routes:
+        if set(routes) != want_routes:
             _log.info("IPv%d routes differ from what was programmed; resyncing", self.ip_version)
             return False
-        if self.ip_version == 6:
-            return True  # no static neighbour entries for IPv6
-        neighbours = self._list_json(["ip", "-j", "-4", "neigh", "show", "nud", "permanent"])
+        neighbours = self._lister.neighbours()
         if neighbours is None:
             return False
         want_neigh = {
-            (name, ip, mac) for name, prog in self._programmed.items()
+            (name, ip): mac for name, prog in self._programmed.items()
             for ip, mac in prog.neigh.items()
         }  # fmt: skip
-        have_neigh = {
-            (name, ip, str(entry.get("lladdr", "")).lower())
-            for (name, ip), entry in self._owned_entries(neighbours).items()
-        }
-        if have_neigh != want_neigh:
+        if neighbours != want_neigh:
             _log.info("Static ARP entries differ from what was programmed; resyncing")
             return False
         return True
 
-    def _list_json(self, argv: list[str]) -> list[dict[str, Any]] | None:
-        """`ip -j ...` output, or None if it failed (the caller then does a full resync)."""
-        assert self._conntrack_runner is not None
-        proc = self._conntrack_runner.run(argv)
-        if proc.returncode != 0:
-            _log.warning("%s failed: %s", " ".join(argv), proc.stderr.strip())
-            return None
-        try:
-            entries = json.loads(proc.stdout)
-        except ValueError:
-            return None
-        return entries if isinstance(entries, list) else None
-
-    def _owned_entries(self, entries: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
-        """(interface, address) -> entry, for host-address entries on our interfaces: the
-        shapes the full resync looks at (a /32 or /128 prints as a bare address)."""
-        found: dict[tuple[str, str], Any] = {}
-        for entry in entries:
-            dev, dst = entry.get("dev"), entry.get("dst")
-            if not isinstance(dev, str) or not isinstance(dst, str) or not self.owns(dev):
-                continue
-            try:
-                address = ipaddress.ip_address(dst)
-            except ValueError:
-                continue  # "10.0.1.0/24", "default": not a shape we create
-            if address.version == self.ip_version:
-                found[(dev, str(address))] = entry
-        return found
-
     def _apply_full(self) -> None:
-        listed = self._listed_state()
+        listed = self._lister.state() if self._lister else None
         if listed is not None and self._batchable(listed[0]):
             # Every change in one `ip -batch`: 2,000 route and ARP changes in tens of
             # milliseconds, where one pyroute2 request each took about 0.9 s at a cold start.
@@ -293,12 +258,13 @@ class RouteTable:
             self._resync(listed, batch)
             if self._run_batch(batch):
                 return
-            listed = self._listed_state()  # part of the batch may have been applied
+            # Part of the batch may have been applied: list again.
+            listed = self._lister.state() if self._lister else None
         self._resync(listed or self._dumped_state(), None)
 
     def _resync(
         self,
-        state: tuple[dict[str, tuple[int, bool]], dict[int, set[str]], dict[int, dict[str, str]]],
+        state: ListedState,
         batch: list[str] | None,
     ) -> None:
         """Record the desired state as programmed for every link, and program the differences
@@ -450,46 +416,7 @@ class RouteTable:
 
     # -- reading the kernel -----------------------------------------------------------------
 
-    def _listed_state(
-        self,
-    ) -> tuple[dict[str, tuple[int, bool]], dict[int, set[str]], dict[int, dict[str, str]]] | None:
-        """Our links, routes and permanent neighbours from `ip -j` (iproute2 decodes the
-        dumps in C and filters routes by protocol: 35 ms for 2,000 links where pyroute2 takes
-        0.7 s, and the other hosts' BGP routes are never decoded in Python); None if no
-        runner or a listing failed (then pyroute2's dumps are used)."""
-        if self._conntrack_runner is None:
-            return None
-        listed = self._list_json(["ip", "-j", "link", "show"])
-        if listed is None:
-            return None
-        links: dict[str, tuple[int, bool]] = {}
-        for entry in listed:
-            name, index, flags = entry.get("ifname"), entry.get("ifindex"), entry.get("flags")
-            if isinstance(name, str) and isinstance(index, int) and self.owns(name):
-                links[name] = (index, isinstance(flags, list) and "UP" in flags)
-        version = f"-{self.ip_version}"
-        listed = self._list_json(["ip", "-j", version, "route", "show", "table", "main",
-                                  "proto", str(RTPROT_FELIX)])  # fmt: skip
-        if listed is None:
-            return None
-        routes: dict[int, set[str]] = {}
-        for name, ip in self._owned_entries(listed):
-            if name in links:
-                routes.setdefault(links[name][0], set()).add(ip)
-        neighbours: dict[int, dict[str, str]] = {}
-        if self.ip_version == 4:
-            listed = self._list_json(["ip", "-j", "-4", "neigh", "show", "nud", "permanent"])
-            if listed is None:
-                return None
-            for (name, ip), entry in self._owned_entries(listed).items():
-                if name in links:
-                    mac = str(entry.get("lladdr", "")).lower()
-                    neighbours.setdefault(links[name][0], {})[ip] = mac
-        return links, routes, neighbours
-
-    def _dumped_state(
-        self,
-    ) -> tuple[dict[str, tuple[int, bool]], dict[int, set[str]], dict[int, dict[str, str]]]:
+    def _dumped_state(self) -> ListedState:
         """The same from pyroute2's netlink dumps (no command runner, or `ip` failed)."""
         links = self._our_links()
         routes = self._our_routes(links)
@@ -541,30 +468,3 @@ class RouteTable:
             return
         for ip in sorted(lost):
             flush_conntrack(self._conntrack_runner, ip, self.ip_version)
-
-
-def flush_conntrack(runner: CommandRunner, ip: str, ip_version: int | None = None) -> bool:
-    """Delete every conntrack flow to or from `ip` (both directions, orig and reply).
-
-    Returns False if some deletion still failed after CONNTRACK_ATTEMPTS tries; that is only
-    logged (§5.11): stale flows are a nuisance, not a reason to stop programming.
-    """
-    version = ip_version or ipaddress.ip_address(ip).version
-    family = f"ipv{version}"
-    ok = True
-    for direction in CONNTRACK_DIRECTIONS:
-        argv = ["conntrack", "--family", family, "--delete", direction, ip]
-        ok = _run_conntrack(runner, argv) and ok
-    return ok
-
-
-def _run_conntrack(runner: CommandRunner, argv: list[str]) -> bool:
-    for attempt in range(1, CONNTRACK_ATTEMPTS + 1):
-        proc = runner.run(argv)
-        if proc.returncode == 0:
-            return True
-        # Exit 1 with "0 flow entries" just means there was nothing to delete.
-        if proc.returncode == 1 and "0 flow entries" in proc.stderr:
-            return True
-        _log.warning("%s failed (attempt %d): %s", argv, attempt, proc.stderr.strip())
-    return False
