@@ -2,8 +2,8 @@
 (but `datamodel_bgp`, for /calico/bgp/v1, with this module's segment rules).
 
 Orchestrator -> Felix data lives under /calico/v1, Felix -> orchestrator status under
-/calico/felix/v1. The string helpers below serve config loading; the typed keys (`parse_key`, `Key`, `key.path`) cover everything Felix reads
-and writes.
+/calico/felix/v1. The string helpers below serve config loading; the typed keys (`parse_key`,
+`Key`, `key.path`) cover everything Felix reads and writes.
 """
 
 from __future__ import annotations
