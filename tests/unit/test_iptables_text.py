@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 import shlex
+import socket
+from pathlib import Path
 
 import pytest
 
+from calico.common import protocols
 from calico.felix.kernel.iptables_text import (
     chain_digest,
     failed_line,
@@ -133,6 +136,39 @@ def test_respellings_are_the_same_rules(ours: list[str], printed: list[str]) -> 
 )
 def test_other_rules_are_not_a_respelling(ours: list[str], printed: list[str]) -> None:
     assert not same_rules([tokens(r) for r in ours], [tokens(r) for r in printed])
+
+
+def test_every_protocol_felix_writes_compares_with_its_listed_names() -> None:
+    """Felix writes its six names (as iptables spells them) and numbers 1-255; iptables-save
+    lists a number by its /etc/protocols name (the fixed table protocols.LISTED_NAMES)."""
+    for number, name in protocols.IPTABLES_NAMES.items():
+        ours = [tokens(f"-p {protocols.iptables_name(name)} -j X")]
+        assert same_rules(ours, [tokens(f"-p {number} -j X")])
+        assert same_rules([tokens(f"-p {number} -j X")], [tokens(f"-p {name} -j X")])
+    for listed, number in protocols.LISTED_NAMES.items():
+        assert same_rules([tokens(f"-p {number} -j X")], [tokens(f"-p {listed} -j X")])
+        other = number % 255 + 1
+        assert not same_rules([tokens(f"-p {other} -j X")], [tokens(f"-p {listed} -j X")])
+    # Neutron's "ipip" is 4, but iptables-save's "ipip" (/etc/protocols) is 94.
+    assert same_rules([tokens("-p 94 -j X")], [tokens("-p ipip -j X")])
+    assert not same_rules([tokens("-p 4 -j X")], [tokens("-p ipip -j X")])
+    # A name nobody lists stays a name: it is never another spelling of a number.
+    assert not same_rules([tokens("-p 253 -j X")], [tokens("-p experiment-1 -j X")])
+
+
+@pytest.mark.skipif(not Path("/etc/protocols").exists(), reason="no /etc/protocols")
+def test_the_listed_names_agree_with_this_hosts_etc_protocols() -> None:
+    """What the resolver says for every name in this host's /etc/protocols, the table says too
+    (and the table knows every name a Debian/Ubuntu host lists)."""
+    for line in Path("/etc/protocols").read_text().splitlines():
+        fields = line.partition("#")[0].split()
+        if len(fields) < 2 or int(fields[1]) > 255:
+            continue  # (mptcp, 262, is no IP protocol number)
+        name = fields[0]
+        if Path("/usr/share/doc/netbase").exists():
+            assert name in protocols.LISTED_NAMES, name
+        if name in protocols.LISTED_NAMES:
+            assert protocols.LISTED_NAMES[name] == socket.getprotobyname(name), name
 
 
 # -- targets and hooks -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """IP protocols: names, numbers and which have ports. The one home of these facts for the data
-model's validation (`resources`), rule rendering (`felix.dataplane.rendering`) and the Neutron
-translation (`openstack.translation`).
+model's validation (`resources`), rule rendering (`felix.dataplane.rendering`), the Neutron
+translation (`openstack.translation`) and reading back what iptables-save lists
+(`felix.kernel.iptables_text`): no module asks the host's /etc/protocols.
 """
 
 from __future__ import annotations
@@ -69,6 +70,79 @@ IPTABLES_NAMES: Final[Mapping[int, str]] = {
 }
 
 
+# The names iptables-save may list a protocol by, with their numbers. iptables-save names a
+# protocol number by the host's /etc/protocols (Debian's and Ubuntu's netbase, the IANA keywords
+# in lower case: "-p 4" is listed as "-p ipencap") or, failing that, by xtables' built-in names;
+# Felix writes the six names of IPTABLES_NAMES and numbers, and compares what it reads back by
+# number (`felix.kernel.iptables_text.same_rules`). Note "ipip" here is 94, as /etc/protocols
+# says, where Neutron's "ipip" (IP_PROTOCOL_NUMBERS) is 4.
+LISTED_NAMES: Final[Mapping[str, int]] = {
+    # netbase's /etc/protocols
+    "ip": 0,
+    "hopopt": 0,
+    "icmp": 1,
+    "igmp": 2,
+    "ggp": 3,
+    "ipencap": 4,
+    "st": 5,
+    "tcp": 6,
+    "egp": 8,
+    "igp": 9,
+    "pup": 12,
+    "udp": 17,
+    "hmp": 20,
+    "xns-idp": 22,
+    "rdp": 27,
+    "iso-tp4": 29,
+    "dccp": 33,
+    "xtp": 36,
+    "ddp": 37,
+    "idpr-cmtp": 38,
+    "ipv6": 41,
+    "ipv6-route": 43,
+    "ipv6-frag": 44,
+    "idrp": 45,
+    "rsvp": 46,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "skip": 57,
+    "ipv6-icmp": 58,
+    "ipv6-nonxt": 59,
+    "ipv6-opts": 60,
+    "rspf": 73,
+    "vmtp": 81,
+    "eigrp": 88,
+    "ospf": 89,
+    "ax.25": 93,
+    "ipip": 94,
+    "etherip": 97,
+    "encap": 98,
+    "pim": 103,
+    "ipcomp": 108,
+    "vrrp": 112,
+    "l2tp": 115,
+    "isis": 124,
+    "sctp": 132,
+    "fc": 133,
+    "mobility-header": 135,
+    "udplite": 136,
+    "mpls-in-ip": 137,
+    "manet": 138,
+    "hip": 139,
+    "shim6": 140,
+    "wesp": 141,
+    "rohc": 142,
+    "ethernet": 143,
+    # xtables' built-in names (used where /etc/protocols has none), and the IANA keyword of 4
+    # that other distributions' /etc/protocols use
+    "icmpv6": 58,
+    "ipv6-mh": 135,
+    "mh": 135,
+    "ipv4": 4,
+}
+
+
 def number(protocol: str) -> int | None:
     """The number of a protocol given by name or decimal text; None if it is neither."""
     if protocol.isascii() and protocol.isdigit():
@@ -87,3 +161,12 @@ def iptables_name(protocol: str) -> str:
     if found is None:
         return protocol
     return IPTABLES_NAMES.get(found, str(found))
+
+
+def listed_number(name: str) -> str:
+    """The number (as text) of a protocol as iptables-save lists it, by name or number; a name
+    it does not know is returned as it is."""
+    if name.isascii() and name.isdigit():
+        return name
+    found = LISTED_NAMES.get(name)
+    return name if found is None else str(found)

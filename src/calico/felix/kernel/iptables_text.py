@@ -7,17 +7,16 @@ from someone else's edit. The driver that runs the commands is `calico.felix.ker
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import re
 import shlex
-import socket
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from calico.common import protocols
 from calico.felix.dataplane import names
 
 Rule = tuple[str, ...]  # one rule as shlex tokens, without "-A <chain>"
@@ -89,23 +88,11 @@ def _canonical_tokens(rule: Rule) -> Counter[str]:
         elif word == "-m" and following in _IMPLICIT_MATCHES:
             skip = True
         elif previous in ("-p", "--protocol"):
-            out[_protocol_number(word)] += 1
+            out[protocols.listed_number(word)] += 1  # "-p 4" is listed as "-p ipencap"
         else:
             out[word.removesuffix("/32").removesuffix("/128")] += 1
         previous = word
     return out
-
-
-@functools.lru_cache(maxsize=256)
-def _protocol_number(name: str) -> str:
-    """iptables-save lists a protocol by its name in /etc/protocols when it has one ("-p 4" is
-    listed as "-p ipencap"): compare numbers."""
-    if name.isdigit():
-        return name
-    try:
-        return str(socket.getprotobyname(name))
-    except OSError:
-        return name
 
 
 def same_rules(ours: Sequence[Rule], printed: Sequence[Rule]) -> bool:
