@@ -1,8 +1,11 @@
 """The package boundaries that keep the code simple to test and safe to change (issue 13;
 docs/design/overview.md), checked by reading every module's imports with `ast`.
 
-* The calculation graph and the rule rendering are pure: neither they nor anything they import
-  (transitively, within the project) imports a module that does I/O.
+* The calculation graph and the rule rendering (iptables and nftables) are pure: neither they
+  nor anything they import (transitively, within the project) imports a module that does I/O.
+* The kernel package's text modules (parsing and formatting iptables-save, ipset and nft text,
+  and planning nft transactions) are pure too: they reach no I/O module, and no kernel module
+  but each other.
 * Only `calico.felix.kernel` touches the kernel: no other Felix module runs commands, imports
   pyroute2 or names /proc/sys.
 * The two-process plumbing (`calico.felix.driver`) never imports the daemon.
@@ -26,12 +29,21 @@ IO_MODULES = {
     "subprocess", "socket", "select", "selectors", "threading", "multiprocessing", "asyncio",
     "ctypes", "http", "urllib", "urllib3", "requests", "pyroute2", "etcd3gw", "prometheus_client",
     "signal", "tempfile", "shutil", "time", "sched", "queue",
+    "importlib",  # (which would import any of these unseen)
 }  # fmt: skip
 PURE_CORE = [
     "calico.felix.calc",
     "calico.felix.dataplane.rendering",  # the package and its modules
+    "calico.felix.dataplane.nft_rendering",
     "calico.felix.dataplane.names",
     "calico.felix.dataplane.claims",
+]
+# The kernel package's pure text modules, beside the drivers that run the commands.
+PURE_KERNEL_TEXT = [
+    "calico.felix.kernel.iptables_text",
+    "calico.felix.kernel.ipset_text",
+    "calico.felix.kernel.nft_text",
+    "calico.felix.kernel.nft_plan",
 ]
 # Where a Felix module may start a process or speak netlink: the kernel package, and the
 # plumbing that starts the driver process.
@@ -70,6 +82,8 @@ def imports(module: str) -> frozenset[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Name) and node.id == "__import__":
+            found.add("importlib")  # the builtin that importlib wraps: an import unseen here
     return frozenset(found)
 
 
@@ -102,19 +116,38 @@ def test_the_module_map_is_found() -> None:
     assert "calico.common.resources" in imports("calico.felix.calc.graph")
 
 
+def _io_problems(start: str, kernel_allowed: tuple[str, ...] = ()) -> list[str]:
+    """How `start`, or a project module it reaches, imports an I/O module, a kernel module (but
+    those allowed) or the etcd client."""
+    problems = []
+    for module in sorted(reachable(start)):
+        names = imports(module)
+        bad = {name for name in names if _top(name) in IO_MODULES}
+        bad |= {
+            name
+            for name in names
+            if _ours(name) and _within(name, KERNEL) and name not in kernel_allowed
+        }
+        bad |= {n for n in names if _within(n, "calico.common.etcd")}
+        if bad:
+            problems.append(f"{start} -> {module} imports {sorted(bad)}")
+    return problems
+
+
 @pytest.mark.parametrize("root", PURE_CORE)
 def test_the_pure_core_reaches_no_io(root: str) -> None:
     starts = [m for m in MODULES if _within(m, root)]
     assert starts, root
-    problems = []
-    for start in starts:
-        for module in sorted(reachable(start)):
-            bad = {name for name in imports(module) if _top(name) in IO_MODULES}
-            bad |= {name for name in imports(module) if _ours(name) and _within(name, KERNEL)}
-            bad |= {n for n in imports(module) if _within(n, "calico.common.etcd")}
-            if bad:
-                problems.append(f"{start} -> {module} imports {sorted(bad)}")
+    problems = [problem for start in starts for problem in _io_problems(start)]
     assert not problems, "\n".join(sorted(set(problems)))
+
+
+@pytest.mark.parametrize("module", PURE_KERNEL_TEXT)
+def test_the_kernel_text_modules_reach_no_io(module: str) -> None:
+    assert module in MODULES, module
+    allowed = (KERNEL, *PURE_KERNEL_TEXT)  # (the package's __init__ runs on any import of it)
+    problems = _io_problems(module, kernel_allowed=allowed)
+    assert not problems, "\n".join(problems)
 
 
 def test_only_the_kernel_package_touches_the_kernel() -> None:
