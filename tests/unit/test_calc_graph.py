@@ -10,13 +10,16 @@ state must equal what the brute-force oracle computes from the datastore as it s
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from calc_oracle import expected_state
 
-from calico.common.datamodel_v1 import PolicyKey, WorkloadEndpointKey
+from calico.common import resources
+from calico.common.datamodel_v1 import Key, PolicyKey, WorkloadEndpointKey
 from calico.common.etcd.syncer import SyncStatus
 from calico.common.resources import WorkloadEndpoint
 from calico.common.selectors import parse_selector, tag_id
@@ -499,6 +502,56 @@ def test_interface_rename_is_an_update_with_the_new_name() -> None:
     (message,) = r.flush()
     assert isinstance(message, m.WorkloadEndpointUpdate)
     assert message.endpoint.name == "tap1new"
+
+
+# --- One object's failure is that object's alone (issue 12) ---------------------------------------
+
+
+def test_a_failure_on_one_object_fails_closed_for_it_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A value that passes validation but breaks the graph (a bug, simulated by a parser that
+    # raises for one endpoint and one profile only): each is logged once with its key and treated
+    # as deleted; the other objects of the same batch are still handled and sent.
+    r = state_after("tags")
+    bad_endpoint, bad_profile = wep_path(HOST, "e1"), "/calico/v1/policy/profile/web/rules"
+    for name in ("parse_workload_endpoint", "parse_profile_rules"):
+        real = getattr(resources, name)
+
+        def broken(value: str, key: Key, real: Any = real) -> object:
+            if key.path in (bad_endpoint, bad_profile):
+                raise RuntimeError("a bug")
+            return real(value, key)
+
+        monkeypatch.setattr(resources, name, broken)
+    batch = [
+        (wep_path(HOST, "e5"), wep("tap5", ["10.65.0.5/32"], ["web", "other"])),
+        (bad_endpoint, wep("tap1", ["10.65.0.1/32", "10.65.0.11/32"], ["web"])),
+        (bad_profile, profile_rules("web", [{"protocol": "tcp"}], [])[bad_profile]),
+        *profile_rules("other", [{"protocol": "udp", "src_tag": "web"}], []).items(),
+    ]
+    with caplog.at_level(logging.WARNING, logger="calico.felix.calc.graph"):
+        for path, value in batch:
+            r.graph.on_update(path, value)  # must not raise
+    r.dataplane.apply_flush(r.graph.flush())
+
+    failures = [rec for rec in caplog.records if rec.getMessage().startswith("Failed to handle")]
+    assert [rec.getMessage() for rec in failures] == [
+        f"Failed to handle {bad_endpoint!r}; treating it as deleted",
+        f"Failed to handle {bad_profile!r}; treating it as deleted",
+    ]
+    assert all(rec.exc_info is not None for rec in failures)  # with the traceback
+    state = r.dataplane.state
+    # Fail closed: the endpoint is gone (chains, route), its IP left the tag's set; the profile
+    # is a deny-all stand-in again, not its old rules and not the new ones.
+    assert local_wep("e1") not in state.workload_endpoints
+    assert "10.65.0.1" not in state.ip_sets[tag_id("web")]
+    assert state.profiles["web"] == m.ActiveProfileUpdate("web", m.DENY_ALL, m.DENY_ALL, True)
+    # The rest of the batch went through.
+    assert state.workload_endpoints[local_wep("e5")].endpoint.name == "tap5"
+    assert "10.65.0.5" in state.ip_sets[tag_id("web")]
+    assert not state.profiles["other"].stand_in
+    assert [rule.protocol for rule in state.profiles["other"].inbound_rules] == ["udp"]
 
 
 # --- The checker and the sequencer fail loudly ----------------------------------------------------
