@@ -28,17 +28,20 @@ import re
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest.mock import create_autospec
 
 import pytest
 
 from calico.common.etcd.syncer import SyncStatus
 from calico.felix.calc.graph import CalcGraph
 from calico.felix.dataplane import names
+from calico.felix.dataplane.backends import TABLES
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
 from calico.felix.dataplane.rendering import RenderConfig
 from calico.felix.kernel.ipsets import IpsetTable
 from calico.felix.kernel.iptables import IptablesTable
 from calico.felix.kernel.iptables_text import BUILTIN_CHAINS, tokens, unsafe_rule
+from calico.felix.kernel.routes import RouteTable
 
 HOST = "h1"
 HOSTILE = [
@@ -211,25 +214,37 @@ SLOTS = dict([*_key_slots(), *_value_slots()])
 
 
 class KernelRecorder:
-    """Answers iptables-save / ipset list with an empty kernel; records every restore input."""
+    """The kernel as the table drivers see it, for exactly the commands they run here: answers
+    iptables-save and ipset list with an empty kernel and records every restore input (checked
+    by check_kernel_input). Any other command, or other arguments, fails the test."""
 
     def __init__(self) -> None:
         self.restores: list[tuple[str, str]] = []  # (command, input)
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
-        if argv[0].endswith("-restore") or argv[:2] == ["ipset", "restore"]:
-            self.restores.append((argv[0], input or ""))
+        command, args = argv[0], argv[1:]
+        if command in ("iptables-restore", "ip6tables-restore"):
+            assert args == ["--noflush", "--verbose", "--wait", "10"], argv
+            assert input is not None, argv
+            self.restores.append((command, input))
             return subprocess.CompletedProcess(argv, 0, "", "")
-        if argv[0].endswith("-save"):
-            table = argv[argv.index("-t") + 1]
+        if argv == ["ipset", "restore"]:
+            assert input is not None, argv
+            self.restores.append((command, input))
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        if command in ("iptables-save", "ip6tables-save"):
+            assert len(args) == 2 and args[0] == "-t" and args[1] in TABLES, argv
             builtins = "".join(f":{c} ACCEPT [0:0]\n" for c in sorted(BUILTIN_CHAINS))
-            return subprocess.CompletedProcess(argv, 0, f"*{table}\n{builtins}COMMIT\n", "")
-        return subprocess.CompletedProcess(argv, 0, "", "")
+            return subprocess.CompletedProcess(argv, 0, f"*{args[1]}\n{builtins}COMMIT\n", "")
+        if argv == ["ipset", "list", "-t"]:
+            return subprocess.CompletedProcess(argv, 0, "", "")  # no sets
+        raise AssertionError(f"a command the table drivers do not run: {argv}")
 
 
-class NoRoutes:
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
+def no_routes(version: int) -> Any:
+    """A route table with exactly RouteTable's interface (a call of any other method fails)
+    that programs nothing."""
+    return create_autospec(RouteTable, instance=True)
 
 
 def program(model: dict[str, Any], interface: str = "eth0") -> tuple[KernelRecorder, KernelTables]:
@@ -243,7 +258,7 @@ def program(model: dict[str, Any], interface: str = "eth0") -> tuple[KernelRecor
         (4, 6),
         lambda v, t: IptablesTable(v, t, runner),
         lambda v: IpsetTable(v, runner),
-        lambda v: NoRoutes(),  # type: ignore[arg-type,return-value]
+        no_routes,
     )
     manager = DataplaneManager(RenderConfig(interface_prefixes=("tap",)), kernel, None)
     for message in messages:

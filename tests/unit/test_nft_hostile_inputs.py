@@ -71,7 +71,7 @@ def program(model: dict[str, Any], interface: str = "eth0") -> tuple[Recorder, N
     graph.on_status(SyncStatus.IN_SYNC)
     recorder = Recorder()
     table = NftTable(recorder)
-    kernel = KernelTables((4, 6), None, None, lambda v: base.NoRoutes(), nft=table)  # type: ignore[arg-type,return-value]
+    kernel = KernelTables((4, 6), None, None, base.no_routes, nft=table)
     manager = DataplaneManager(RenderConfig(interface_prefixes=("tap",)), kernel, None)
     for message in graph.flush():
         manager.on_message(message)

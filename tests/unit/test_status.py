@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from unittest.mock import create_autospec
 
 import pytest
 from prometheus_client import REGISTRY
@@ -30,6 +31,9 @@ from calico.felix.dataplane.manager import DataplaneManager, KernelTables
 from calico.felix.dataplane.rendering import RenderConfig
 from calico.felix.driver import metrics as dp_metrics
 from calico.felix.driver.pipe import DriverReady, EndpointStatusReport
+from calico.felix.kernel.ipsets import IpsetTable
+from calico.felix.kernel.iptables import IptablesTable
+from calico.felix.kernel.routes import RouteTable
 from calico.felix.status import (
     RETRY_SECS,
     Delete,
@@ -323,18 +327,24 @@ def test_reporter_writes_statuses_then_cleans_stale_ones_after_driver_ready() ->
 # --- The dataplane's statuses (§5.12) ------------------------------------------------------------
 
 
-class _Null:
-    """A stand-in kernel driver: every call does nothing; no chain was refused."""
+def _iptables_table(*_: object) -> Any:
+    """A stand-in iptables table driver with exactly IptablesTable's interface (a call of any
+    other method fails): every call does nothing; no chain was refused."""
+    table = create_autospec(IptablesTable, instance=True)
+    table.failed_chains = {}
+    return table
 
-    def __init__(self) -> None:
-        self.failed_chains: dict[str, str] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
+def _ipsets(*_: object) -> Any:
+    return create_autospec(IpsetTable, instance=True)
+
+
+def _routes(*_: object) -> Any:
+    return create_autospec(RouteTable, instance=True)
 
 
 def test_manager_statuses_follow_interface_state_and_failures() -> None:
-    kernel = KernelTables((4,), lambda v, t: _Null(), lambda v: _Null(), lambda v: _Null())  # type: ignore[arg-type,return-value]
+    kernel = KernelTables((4,), _iptables_table, _ipsets, _routes)
     manager = DataplaneManager(RenderConfig(interface_prefixes=("tap",)), kernel, None)
     key = WorkloadEndpointKey("h", "openstack", "vm", "e1")
     ep = WorkloadEndpoint(state="active", name="tap1", ipv4_nets=("10.65.0.2/32",))
@@ -369,13 +379,13 @@ def test_manager_statuses_follow_interface_state_and_failures() -> None:
 
 
 def test_endpoint_whose_chain_the_kernel_refused_is_error() -> None:
-    tables: dict[tuple[int, str], _Null] = {}
+    tables: dict[tuple[int, str], Any] = {}
 
-    def table(v: int, t: str) -> _Null:
-        tables[(v, t)] = _Null()
+    def table(v: int, t: str) -> Any:
+        tables[(v, t)] = _iptables_table()
         return tables[(v, t)]
 
-    kernel = KernelTables((4,), table, lambda v: _Null(), lambda v: _Null())  # type: ignore[arg-type,return-value]
+    kernel = KernelTables((4,), table, _ipsets, _routes)
     manager = DataplaneManager(RenderConfig(interface_prefixes=("tap",)), kernel, None)
     good, bad = (WorkloadEndpointKey("h", "openstack", "vm", e) for e in ("e1", "e2"))
     manager.on_message(m.InSync())
