@@ -554,6 +554,70 @@ def test_a_failure_on_one_object_fails_closed_for_it_alone(
     assert [rule.protocol for rule in state.profiles["other"].inbound_rules] == ["udp"]
 
 
+# --- Log lines: one hostile value or key makes one short line (issue 12) --------------------------
+
+MB = 1_000_000
+HUGE = "x\n" * (MB // 2)  # 1 MB, half of it newlines
+RULES = "/calico/v1/policy/profile/web/rules"
+
+
+@pytest.mark.parametrize(
+    "path, value, limit",
+    [
+        pytest.param(
+            wep_path(HOST, "e1"), wep(HUGE, ["10.65.0.1/32"], ["web"]), 2_000, id="ifname"
+        ),
+        pytest.param(
+            wep_path(HOST, "e1"),
+            wep("tap1", [HUGE], [HUGE, HUGE], {HUGE: HUGE}),
+            2_000,
+            id="nets-profiles-labels",
+        ),
+        pytest.param(RULES, json.dumps({"inbound_rules": HUGE}), 2_000, id="rules-not-a-list"),
+        pytest.param(
+            RULES,
+            profile_rules("web", [{"protocol": "p\n" * 500}] * 1_000, [])[RULES],
+            10_000,  # 25 problems of at most 300 characters, then "... (975 more)"
+            id="1000-bad-rules",
+        ),
+        pytest.param(*policy("t1", "p", HUGE).popitem(), 2_000, id="selector"),
+        pytest.param("/calico/v1/policy/profile/web/tags", HUGE, 2_000, id="tags-not-json"),
+        pytest.param(
+            "/calico/v1/ipam/v4/pool/10.65.0.0-16", json.dumps({"cidr": HUGE}), 2_000, id="pool"
+        ),
+        # A bad key segment: the key itself is quoted and capped.
+        pytest.param(
+            wep_path(HOST, "e1", workload=HUGE), wep("tap1", [], []), 2_000, id="key-workload"
+        ),
+        pytest.param(f"/calico/v1/host/{'h' * MB}/endpoint/eth0", "{}", 2_000, id="key-host"),
+        pytest.param(f"/calico/v1/policy/profile/{HUGE}/rules", "{}", 2_000, id="key-profile"),
+    ],
+)
+def test_a_megabyte_value_or_key_is_logged_as_one_short_line(
+    path: str, value: str, limit: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    graph = CalcGraph(HOST, PREFIXES)
+    with caplog.at_level(logging.WARNING, logger="calico.felix.calc.graph"):
+        graph.on_update(path, value)
+    (record,) = caplog.records
+    line = record.getMessage()
+    assert len(line) < limit, (len(line), line[:300])
+    assert "\n" not in line and "\r" not in line and "\x00" not in line
+    assert record.exc_info is None
+    # It names the key: whole, or for a megabyte key its quoted start.
+    assert path in line if len(path) < 200 else repr(path)[:60] in line
+
+
+def test_a_megabyte_bird_ip_is_logged_as_one_short_line(caplog: pytest.LogCaptureFixture) -> None:
+    graph = CalcGraph(HOST, PREFIXES)
+    with caplog.at_level(logging.WARNING, logger="calico.felix.calc.graph"):
+        graph.on_update("/calico/v1/host/h2/bird_ip", HUGE)
+    (record,) = caplog.records
+    line = record.getMessage()
+    assert len(line) < 2_000 and "\n" not in line
+    assert line.startswith("Invalid bird_ip 'x\\nx") and " for host h2;" in line
+
+
 # --- The checker and the sequencer fail loudly ----------------------------------------------------
 
 

@@ -529,3 +529,75 @@ def test_subnet_optional_fields_are_dropped() -> None:
         subnets.subnet_values({**SUBNET4, "id": "sub\n4"})
     with pytest.raises(t.Untranslatable):
         subnets.subnet_values({**SUBNET4, "network_id": "net'1"})
+
+
+# --- Log lines: a tenant's megabyte value makes one short line (issue 12) -----------------------
+
+HUGE = "x\n-A felix-FORWARD -j ACCEPT\n" * 40_000  # about 1 MB
+
+
+def _one_short_line(message: str) -> None:
+    assert len(message) < 2_000, (len(message), message[:300])
+    assert "\n" not in message and "\r" not in message and "\x00" not in message
+
+
+def test_a_megabyte_rule_value_is_logged_as_one_short_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t.forget_warnings()
+    bad_rules = [
+        rule(id="bad-protocol", protocol=HUGE),
+        rule(id="bad-prefix", remote_ip_prefix=HUGE),
+        rule(id="bad-group", remote_group_id=HUGE),
+        rule(id="bad-ethertype", ethertype=HUGE),
+        {**rule(id="bad-field"), HUGE: "x"},
+        rule(id=HUGE, direction=HUGE),
+    ]
+    good = rule(id="good", protocol="tcp", port_range_min=80, port_range_max=80)
+    with caplog.at_level("WARNING", logger="calico.openstack.translation"):
+        data = sg.profile_rules_data([*bad_rules, good])
+    assert data == sg.profile_rules_data([good])
+    assert len(caplog.records) == len(bad_rules)
+    for record in caplog.records:
+        _one_short_line(record.getMessage())
+    for rule_id in ("bad-protocol", "bad-prefix", "bad-group", "bad-ethertype", "bad-field"):
+        assert sum(f"rule '{rule_id}'" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"device_id": HUGE},
+        {"binding:host_id": HUGE},
+        {"id": HUGE},
+        {"mac_address": HUGE},
+    ],
+    ids=["device_id", "host", "port_id", "mac"],
+)
+def test_a_megabyte_port_field_is_logged_as_one_short_line(
+    over: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # What the driver answers (HTTP 400) and logs (the hooks, the resync) for such a port.
+    t.forget_warnings()
+    port = make_port(**over)
+    problems = endpoints.port_problems(port)
+    assert problems
+    _one_short_line("; ".join(problems))
+    with pytest.raises(t.Untranslatable) as raised:
+        endpoints.endpoint_data(port, {"sub4": SUBNET4, "sub6": SUBNET6}, ["sg"])
+    with caplog.at_level("WARNING", logger="calico.openstack.translation"):
+        t.warn_left_out(f"port {over}", raised.value, "resync: ")
+    (record,) = caplog.records
+    _one_short_line(record.getMessage())
+
+
+def test_an_unexpected_failure_with_a_megabyte_message_is_one_short_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t.forget_warnings()
+    with caplog.at_level("WARNING", logger="calico.openstack.translation"):
+        t.warn_left_out("port 'p1'", RuntimeError(HUGE), "resync: ")
+    (record,) = caplog.records
+    _one_short_line(record.getMessage())
+    assert record.getMessage().startswith("resync: port 'p1' failed: RuntimeError: 'x\\n-A")
+    assert record.exc_info is not None  # the traceback is separate from the message
