@@ -618,6 +618,58 @@ def test_a_megabyte_bird_ip_is_logged_as_one_short_line(caplog: pytest.LogCaptur
     assert line.startswith("Invalid bird_ip 'x\\nx") and " for host h2;" in line
 
 
+# --- Shorthand IPv4 in rules: refused, logged once per key (issue 12) -----------------------------
+
+
+def test_a_shorthand_ipv4_rule_is_refused_and_logged_once_per_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # docs/design/security.md: "10/8" and "10.0.1/32" (Felix 1.4 expanded them) are refused; the
+    # profile is invalid, so the endpoint using it gets the deny-all stand-in (fail closed).
+    r = state_after("local_ep_missing_profile")
+    path = "/calico/v1/policy/profile/web/rules"
+    shorthand = profile_rules("web", [{"src_net": "10/8"}], [{"dst_net": "10.0.1/32"}])[path]
+    with caplog.at_level(logging.WARNING, logger="calico.felix.calc.graph"):
+        r.update(path, shorthand)
+        r.flush()
+        r.update(path, shorthand)  # the same value again (a resync delivers the snapshot again)
+        r.flush()
+    assert r.dataplane.state.profiles["web"].stand_in
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"invalid profile rules {path}: "
+        "inbound_rules[0]: src_net: shorthand IPv4 form '10/8' is not accepted (Felix 1.4 "
+        "expanded it; write all four octets, e.g. 10.0.0.0/8); "
+        "outbound_rules[0]: dst_net: shorthand IPv4 form '10.0.1/32' is not accepted (Felix 1.4 "
+        "expanded it; write all four octets, e.g. 10.0.0.0/8); treating it as deleted"
+    )
+
+    # Logged again for another key, for another bad value, and when a value that was fixed goes
+    # bad again: each refusal is news once.
+    other = "/calico/v1/policy/profile/other/rules"
+    fixed = profile_rules("web", [{"src_net": "10.0.0.0/8"}], [])[path]
+    with caplog.at_level(logging.WARNING, logger="calico.felix.calc.graph"):
+        for update in [
+            (other, shorthand),
+            (other, shorthand),
+            (path, shorthand.replace("10/8", "10.1/16")),
+            (path, fixed),
+            (path, shorthand),
+            (path, None),
+            (path, shorthand),
+        ]:
+            r.update(*update)
+            r.flush()
+    logged = [rec.getMessage() for rec in caplog.records[1:]]
+    assert [line.split(":")[0] for line in logged] == [
+        f"invalid profile rules {other}",
+        f"invalid profile rules {path}",
+        f"invalid profile rules {path}",
+        f"invalid profile rules {path}",
+    ]
+    assert "'10.1/16'" in logged[1]
+
+
 # --- The checker and the sequencer fail loudly ----------------------------------------------------
 
 

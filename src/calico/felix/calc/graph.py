@@ -53,7 +53,7 @@ from calico.felix.calc.sequencer import EventSequencer
 
 log = logging.getLogger(__name__)
 
-_K = TypeVar("_K")
+_K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
@@ -87,6 +87,8 @@ class CalcGraph:
         self._labels_dirty: set[EndpointKey] = set()
         # Hosts with a valid bird_ip: only for num_hosts() (the sequencer keeps pending changes).
         self._host_ips: set[str] = set()
+        # Keys whose value is invalid -> hash of that value: each refusal is logged once.
+        self._invalid: dict[Hashable, int] = {}
 
     # --- Inputs --------------------------------------------------------------------------------
 
@@ -135,27 +137,27 @@ class CalcGraph:
     def _dispatch(self, key: Key, value: str | None) -> None:
         match key:
             case WorkloadEndpointKey():
-                endpoint = _parsed(res.parse_workload_endpoint, value, key)
+                endpoint = self._parsed(res.parse_workload_endpoint, value, key)
                 if endpoint is not None and not self._valid_local_name(key, endpoint):
                     endpoint = None
                 self._update_endpoint(key, endpoint)
             case HostEndpointKey():
-                self._update_endpoint(key, _parsed(res.parse_host_endpoint, value, key))
+                self._update_endpoint(key, self._parsed(res.parse_host_endpoint, value, key))
             case ProfileRulesKey(profile):
-                rules = _parsed(res.parse_profile_rules, value, key)
+                rules = self._parsed(res.parse_profile_rules, value, key)
                 self.active.update_profile_rules(profile, rules)
             case ProfileTagsKey(profile):
-                tags = _parsed(res.parse_profile_tags, value, key)
+                tags = self._parsed(res.parse_profile_tags, value, key)
                 self._tag_index.update_profile_tags(profile, tags or ())
             case ProfileLabelsKey(profile):
-                labels = _parsed(res.parse_profile_labels, value, key)
+                labels = self._parsed(res.parse_profile_labels, value, key)
                 self._update_profile_labels(profile, labels)
             case TierMetadataKey(tier):
-                self.active.update_tier(tier, _parsed(res.parse_tier_metadata, value, key))
+                self.active.update_tier(tier, self._parsed(res.parse_tier_metadata, value, key))
             case PolicyKey():
-                self.active.update_policy(key, _parsed(res.parse_policy, value, key))
+                self.active.update_policy(key, self._parsed(res.parse_policy, value, key))
             case IPPoolKey():
-                pool = _parsed(res.parse_ip_pool, value, key)
+                pool = self._parsed(res.parse_ip_pool, value, key)
                 if pool is None:
                     self.sequencer.pools.remove(key)
                 else:
@@ -166,6 +168,23 @@ class CalcGraph:
                 # Config and Ready are the daemon's (a config change restarts Felix); Felix's
                 # own status keys are the status reporter's.
                 pass
+
+    def _parsed(self, parser: Callable[[str, _K], _V], value: str | None, key: _K) -> _V | None:
+        """The validated value, or None for a deleted key or an invalid value (felix.md §2.9:
+        invalid data is treated as if the key were deleted). An invalid value is logged once per
+        key and value: a resync that delivers it again does not repeat the warning."""
+        if value is None:
+            self._invalid.pop(key, None)
+            return None
+        try:
+            parsed = parser(value, key)
+        except res.InvalidValue as e:
+            if self._invalid.get(key) != hash(value):
+                self._invalid[key] = hash(value)
+                log.warning("%s; treating it as deleted", e)
+            return None
+        self._invalid.pop(key, None)
+        return parsed
 
     def _valid_local_name(self, key: WorkloadEndpointKey, endpoint: res.WorkloadEndpoint) -> bool:
         if key.hostname != self._hostname or endpoint.name.startswith(self._interface_prefixes):
@@ -281,15 +300,3 @@ class CalcGraph:
         else:
             self._tag_index.deactivate(source)
         self._members.set_deactivated(set_id)
-
-
-def _parsed(parser: Callable[[str, _K], _V], value: str | None, key: _K) -> _V | None:
-    """The validated value, or None for a deleted key or an invalid value (logged once per write;
-    felix.md §2.9: invalid data is treated as if the key were deleted)."""
-    if value is None:
-        return None
-    try:
-        return parser(value, key)
-    except res.InvalidValue as e:
-        log.warning("%s; treating it as deleted", e)
-        return None
