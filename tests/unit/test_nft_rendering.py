@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import test_boundaries as boundaries
 
 from calico.common.datamodel_v1 import (
     HostEndpointKey,
@@ -322,17 +321,3 @@ def test_names_nft_can_read() -> None:
         with pytest.raises(ValueError):
             nr.check_name(bad)
     assert ":" not in n.set_name("t:short", 4)
-
-
-def test_the_nft_rendering_is_pure() -> None:
-    starts = [
-        m
-        for m in boundaries.MODULES
-        if boundaries._within(m, "calico.felix.dataplane.nft_rendering")
-    ]
-    assert starts
-    for start in starts:
-        for module in boundaries.reachable(start):
-            imported = boundaries.imports(module)
-            assert not {x for x in imported if boundaries._top(x) in boundaries.IO_MODULES}, module
-            assert not {x for x in imported if boundaries._within(x, boundaries.KERNEL)}, module
