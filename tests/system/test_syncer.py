@@ -13,6 +13,8 @@ import pytest
 from calico.common.etcd import connect
 from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, EtcdUnavailable, KVStore
 from calico.common.etcd.syncer import Syncer, SyncStatus, Update
+from calico.common.etcd.transport import WatchStream
+from calico.common.etcd.v2 import EtcdV2Client
 from calico.lab.etcd_server import EtcdServer, free_port
 
 READY = "/calico/v1/Ready"
@@ -397,3 +399,87 @@ def test_tls_server_refuses_plaintext_and_clients_without_certificates(
     )
     with pytest.raises(EtcdUnavailable):
         wrong_ca.get(READY)
+
+
+class _CountingV2Client(EtcdV2Client):
+    """Counts the watch answers it opens (each one an HTTP request)."""
+
+    opened = 0
+
+    def _open_stream(self, prefix: str, revision: int, timeout: float) -> WatchStream:
+        self.opened += 1
+        return super()._open_stream(prefix, revision, timeout)
+
+
+def _v2_client(server: EtcdServer) -> _CountingV2Client:
+    return _CountingV2Client(EtcdSettings((server.client_url,), timeout=2.0), shuffle=False)
+
+
+def _watch_n(client: EtcdV2Client, revision: int, n: int) -> list[tuple[str, str | None, int]]:
+    seen: list[tuple[str, str | None, int]] = []
+    deadline = time.monotonic() + WAIT
+    while len(seen) < n and time.monotonic() < deadline:
+        for event in client.watch("/calico/v1", revision, 1.0):
+            seen.append((event.key, event.value, event.revision))
+            revision = event.revision + 1
+    return seen
+
+
+def test_v2_watch_streams_a_burst_over_one_answer(etcd: EtcdServer) -> None:
+    """A caught-up v2 watcher reads a burst of writes from one `stream=true` answer: no HTTP
+    request per event (the long poll's one event per request made Felix's watch the burst's
+    bottleneck), every event in order, deletions included."""
+    etcd.v2_put(READY, "true")
+    client = _v2_client(etcd)
+    start = client.read_prefix("/calico/v1").revision + 1
+    # Writes elsewhere move etcd's index past `start` (status reports do so all the time):
+    # the watch is still live, as no event under the prefix is in the history.
+    etcd.v2_put("/calico/felix/v1/elsewhere", "x")
+    results: list[list[tuple[str, str | None, int]]] = []
+    reader = threading.Thread(target=lambda: results.append(_watch_n(client, start, 201)))
+    reader.start()
+    time.sleep(0.3)  # the watch is open (and live) before the burst
+    for i in range(200):
+        etcd.v2_put(f"/calico/v1/burst/k{i}", str(i))
+    etcd.v2_delete("/calico/v1/burst/k7")
+    reader.join(WAIT + 5)
+    client.close()
+    [seen] = results
+    assert [(k, v) for k, v, _ in seen] == [
+        *((f"/calico/v1/burst/k{i}", str(i)) for i in range(200)),
+        ("/calico/v1/burst/k7", None),
+    ]
+    first = start + 1  # the write elsewhere took `start`
+    assert [r for _, _, r in seen] == list(range(first, first + 201))
+    assert client.opened <= 3  # one answer (again after an idle read timeout at most)
+
+
+def test_v2_watch_catches_up_then_streams(etcd: EtcdServer) -> None:
+    """Behind, each answer holds one event from etcd's history (etcd registers no streaming
+    watcher then): the client reads it, closes that answer and goes on, then streams live.
+    A directory created under the prefix changes no leaf and is skipped, not returned again."""
+    etcd.v2_put(READY, "true")
+    client = _v2_client(etcd)
+    start = client.read_prefix("/calico/v1").revision + 1
+    for i in range(5):
+        etcd.v2_put(f"/calico/v1/old/k{i}", str(i))
+    etcd.v2_mkdir("/calico/v1/adir")
+    etcd.v2_put("/calico/v1/old/last", "x")
+    seen = _watch_n(client, start, 6)
+    assert [k for k, _, _ in seen] == [
+        *(f"/calico/v1/old/k{i}" for i in range(5)),
+        "/calico/v1/old/last",
+    ]
+    catch_up = client.opened
+    assert catch_up >= 6  # one answer per event from history (the directory's included)
+    revision = seen[-1][2] + 1
+    results: list[list[tuple[str, str | None, int]]] = []
+    reader = threading.Thread(target=lambda: results.append(_watch_n(client, revision, 50)))
+    reader.start()
+    time.sleep(0.3)
+    for i in range(50):
+        etcd.v2_put(f"/calico/v1/live/k{i}", str(i))
+    reader.join(WAIT + 5)
+    client.close()
+    assert [k for k, _, _ in results[0]] == [f"/calico/v1/live/k{i}" for i in range(50)]
+    assert client.opened - catch_up <= 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import random
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -146,3 +147,28 @@ def _scheme_hint(text: str, endpoint: str) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return " (etcd's certificate is not signed by EtcdCaFile)"
     return ""
+
+
+class WatchStream:
+    """One open streaming watch (v2 `stream=true`, v3 the gateway's /watch), positioned at
+    next_revision: the answer's body is one JSON object per line. `live` is False for a v2
+    answer that holds one event and then stays silent; `store_index` is v2's X-Etcd-Index when
+    the watch was made, which tells (see EtcdV2Client.watch)."""
+
+    def __init__(
+        self,
+        response: requests.Response,
+        prefix: str,
+        next_revision: int,
+        store_index: int | None = None,
+    ):
+        self.response = response
+        self.prefix = prefix
+        self.next_revision = next_revision
+        self.store_index = store_index
+        self.live = True
+        self.received = 0  # messages read so far
+        self.lines: Iterator[bytes] = response.iter_lines()
+
+    def close(self) -> None:
+        self.response.close()

@@ -25,6 +25,7 @@ from calico.common.etcd.base import (
 from calico.common.etcd.transport import (
     ClusterIdGuard,
     Endpoints,
+    WatchStream,
     describe_error,
     is_read_timeout,
     loads,
@@ -47,6 +48,7 @@ class EtcdV2Client:
         self._endpoints = Endpoints(settings.endpoints, shuffle)
         self._session = make_session(settings)
         self._guard = ClusterIdGuard()
+        self._stream: WatchStream | None = None
 
     @property
     def endpoint(self) -> str:
@@ -57,9 +59,11 @@ class EtcdV2Client:
         return self._guard.cluster_id
 
     def rotate(self) -> None:
+        self._close_stream()
         self._endpoints.rotate()
 
     def close(self) -> None:
+        self._close_stream()
         self._session.close()
 
     # -- requests ------------------------------------------------------------------------
@@ -187,22 +191,108 @@ class EtcdV2Client:
         return True
 
     def watch(self, prefix: str, start_revision: int, timeout: float) -> list[WatchEvent]:
-        """One long poll: v2 returns a single event per request."""
-        params = {"recursive": "true", "wait": "true", "waitIndex": str(start_revision)}
+        """The next change at or after `start_revision` under `prefix`; [] if none came within
+        `timeout` seconds.
+
+        A watcher that has caught up keeps one `stream=true` answer open, to which etcd writes
+        each event as it happens: a burst of writes costs no HTTP round trip per event (a plain
+        long poll answers one event per request, which made Felix's watch the bottleneck of a
+        burst). etcd registers a streaming watcher only when its history holds nothing under
+        the prefix at or after waitIndex; otherwise it answers that one event and the stream
+        then stays silent. The answer's X-Etcd-Index, the store's index when the watch was made,
+        tells which: an event at or before it came from the history (a one-shot answer, read
+        and closed: the watcher is catching up), an event after it is live.
+        """
+        revision = start_revision
+        while True:
+            stream = self._stream
+            if stream is None or stream.prefix != prefix or stream.next_revision != revision:
+                self._close_stream()
+                stream = self._stream = self._open_stream(prefix, revision, timeout)
+            try:
+                body = self._next_message(stream)
+            except _WatchIdle:
+                self._close_stream()
+                return []
+            except (EtcdUnavailable, EtcdRequestError, ResyncRequired):
+                self._close_stream()
+                raise
+            node = body["node"]
+            revision = int(node["modifiedIndex"]) + 1
+            stream.next_revision = revision
+            if stream.received == 1:
+                stream.live = stream.store_index is not None and revision > stream.store_index + 1
+            if not stream.live:
+                self._close_stream()
+            if body.get("action") in _DELETE_ACTIONS:
+                return [WatchEvent(node["key"], None, revision - 1, bool(node.get("dir")))]
+            if not node.get("dir"):
+                return [WatchEvent(node["key"], node.get("value", ""), revision - 1)]
+            # A directory was created: no leaf changed. Read on from the next revision (the
+            # caller's revision only moves with the events it is given).
+
+    def _open_stream(self, prefix: str, revision: int, timeout: float) -> WatchStream:
+        params = {"recursive": "true", "wait": "true", "stream": "true", "waitIndex": str(revision)}
         try:
-            body, _ = self._request("GET", prefix, params=params, read_timeout=timeout)
-        except _WatchIdle:
-            return []
+            response = self._session.get(
+                self._url(prefix),
+                params=params,
+                stream=True,
+                timeout=(self._settings.timeout, timeout),
+            )
+        except requests.RequestException as e:
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
+        self._guard.check(response.headers.get("X-Etcd-Cluster-Id"))
+        if response.status_code != 200:  # an error answer, whole: e.g. 401 index cleared
+            try:
+                body = loads(response.content)
+            except (requests.RequestException, ValueError):
+                body = {}
+            finally:
+                response.close()
+            if body.get("errorCode") == EVENT_INDEX_CLEARED:
+                raise ResyncRequired(f"etcd v2 history no longer holds index {revision}")
+            if response.status_code < 500 and "errorCode" in body:
+                _raise_for_error(body)
+            raise EtcdUnavailable(f"{self.endpoint}: watch HTTP {response.status_code}")
+        try:
+            store_index: int | None = int(response.headers.get("X-Etcd-Index", ""))
+        except ValueError:
+            store_index = None  # unknown: read one event, then open again
+        return WatchStream(response, prefix, revision, store_index)
+
+    def _next_message(self, stream: WatchStream) -> dict[str, Any]:
+        """The next event's JSON object from an open watch answer."""
+        try:
+            line = b""
+            while not line.strip():
+                line = next(stream.lines)
+        except StopIteration:
+            # etcd ended the answer: it drops a streaming watcher that falls 100 events behind.
+            # Open again at once if this stream moved on; else something is wrong (back off).
+            if stream.received:
+                raise _WatchIdle() from None
+            raise EtcdUnavailable(f"{self.endpoint}: watch answer ended") from None
+        except requests.RequestException as e:
+            if is_read_timeout(e):
+                raise _WatchIdle() from None
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
+        stream.received += 1
+        try:
+            body = loads(line)
+        except ValueError:
+            raise EtcdUnavailable(f"{self.endpoint}: watch event is not JSON") from None
+        if not isinstance(body, dict):
+            raise EtcdUnavailable(f"{self.endpoint}: watch event is not an object")
         if body.get("errorCode") == EVENT_INDEX_CLEARED:
-            raise ResyncRequired(f"etcd v2 history no longer holds index {start_revision}")
+            raise ResyncRequired(f"etcd v2 history no longer holds index {stream.next_revision}")
         _raise_for_error(body)
-        node = body["node"]
-        revision = int(node["modifiedIndex"])
-        if body["action"] in _DELETE_ACTIONS:
-            return [WatchEvent(node["key"], None, revision, bool(node.get("dir")))]
-        if node.get("dir"):
-            return []  # a directory was created: no leaf changed
-        return [WatchEvent(node["key"], node.get("value", ""), revision)]
+        return body
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 class _WatchIdle(Exception):

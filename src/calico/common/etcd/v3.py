@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -30,6 +29,7 @@ from calico.common.etcd.base import (
 from calico.common.etcd.transport import (
     ClusterIdGuard,
     Endpoints,
+    WatchStream,
     describe_error,
     dumps,
     is_read_timeout,
@@ -64,26 +64,13 @@ def _range_end(prefix: str) -> bytes:
     return bytes(data)
 
 
-class _WatchStream:
-    """One open gateway watch stream, positioned at next_revision."""
-
-    def __init__(self, response: requests.Response, prefix: str, next_revision: int):
-        self.response = response
-        self.prefix = prefix
-        self.next_revision = next_revision
-        self.lines: Iterator[bytes] = response.iter_lines()
-
-    def close(self) -> None:
-        self.response.close()
-
-
 class EtcdV3Client:
     def __init__(self, settings: EtcdSettings, *, shuffle: bool = True):
         self._settings = settings
         self._endpoints = Endpoints(settings.endpoints, shuffle)
         self._session = make_session(settings)
         self._guard = ClusterIdGuard()
-        self._stream: _WatchStream | None = None
+        self._stream: WatchStream | None = None
 
     def _url(self, path: str) -> str:
         return f"{self._endpoints.current}/v3{path}"
@@ -240,7 +227,7 @@ class EtcdV3Client:
             self._close_stream()
             raise
 
-    def _open_stream(self, prefix: str, start_revision: int, timeout: float) -> _WatchStream:
+    def _open_stream(self, prefix: str, start_revision: int, timeout: float) -> WatchStream:
         start = prefix.rstrip("/") + "/"
         request: dict[str, Any] = {
             "create_request": {
@@ -261,9 +248,9 @@ class EtcdV3Client:
         if response.status_code != 200:
             response.close()
             raise EtcdUnavailable(f"{self.endpoint}: watch HTTP {response.status_code}")
-        return _WatchStream(response, prefix, start_revision)
+        return WatchStream(response, prefix, start_revision)
 
-    def _read_response(self, stream: _WatchStream) -> list[WatchEvent]:
+    def _read_response(self, stream: WatchStream) -> list[WatchEvent]:
         try:
             line = next(stream.lines)
         except StopIteration:
