@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 
 from calico.felix.kernel.commands import NetnsRunner
 from calico.felix.kernel.conntrack import flush_conntrack
-from calico.felix.kernel.routes import RTPROT_FELIX, RouteTable
+from calico.felix.kernel.routes import INCREMENTAL_BATCH_MIN, RTPROT_FELIX, RouteTable
 from calico.felix.kernel.sysctls import (
     LooseRPFError,
     ProcSysctlWriter,
@@ -313,6 +313,44 @@ def test_full_resync_programs_in_one_batch(
     # The record is right too: a refresh finds nothing to repair.
     table.apply(full=True)
     assert len(runner.batches) == 1
+
+
+@pytest.mark.parametrize("batch_fails", [False, True], ids=["batch", "batch-fails"])
+def test_many_interfaces_at_once_go_in_one_batch(
+    netns: MakeNS, ipr_in: MakeIPR, batch_fails: bool
+) -> None:
+    """After the first sync, an apply that changes INCREMENTAL_BATCH_MIN interfaces or more
+    (a burst of new VMs) writes them as one `ip -batch`; fewer go through netlink. If the
+    batch fails, the table lists the kernel and resyncs: the same routes either way."""
+    host, workload = host_and_workload(netns)
+    names = [f"tapb{i}" for i in range(INCREMENTAL_BATCH_MIN)]
+    for i, name in enumerate(names):
+        host.add_veth_to(workload, name, f"ethb{i}")
+        host.set_up(name)
+        workload.set_up(f"ethb{i}")
+    runner = BatchRunner(host.name)
+    runner.batches = []
+    table = RouteTable(4, ipr_in(host), prefixes=("tap",), conntrack_runner=runner)
+    table.apply()  # the first sync: nothing wanted, nothing to write
+    assert runner.batches == []
+    runner.fail_batch = batch_fails
+    for i, name in enumerate(names):
+        table.set_routes(name, [f"10.65.1.{i}"], mac=f"ee:ee:ee:00:00:{i:02x}")
+    table.apply()
+    assert runner.batches and f"route replace 10.65.1.0/32 dev {names[0]}" in runner.batches[0]
+    want = [f"10.65.1.{i} dev {name} scope link" for i, name in enumerate(names)]
+    assert felix_routes(host) == want
+    neigh = host.run(["ip", "-4", "neigh", "show", "nud", "permanent"]).stdout
+    assert f"10.65.1.3 dev {names[3]} lladdr ee:ee:ee:00:00:03 PERMANENT" in neigh
+    assert table.pending == set() and table.errors == {}
+    batches = len(runner.batches)
+    table.set_routes(names[0], ["10.65.1.100"], mac="ee:ee:ee:00:00:00")  # one: netlink
+    table.apply()
+    assert len(runner.batches) == batches
+    assert f"10.65.1.100 dev {names[0]} scope link" in felix_routes(host)
+    assert f"10.65.1.0 dev {names[0]} scope link" not in felix_routes(host)
+    table.apply(full=True)  # the record matches the kernel: nothing to repair
+    assert len(runner.batches) == batches
 
 
 def test_an_odd_kernel_name_keeps_the_resync_on_netlink(netns: MakeNS, ipr_in: MakeIPR) -> None:

@@ -117,6 +117,10 @@ _BATCH_MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 LinkLookup = Callable[[str], tuple[int, bool] | None]
 
+# From this many interfaces changed in one apply, their changes go as one `ip -batch`: netlink
+# costs about 0.5 ms per VM (a route and an ARP entry), starting `ip` about 1.6 ms.
+INCREMENTAL_BATCH_MIN: Final = 4
+
 
 def local_link_lookup(name: str) -> tuple[int, bool] | None:
     """(ifindex, admin up) of an interface of this process's own network namespace, or None if
@@ -305,20 +309,30 @@ class RouteTable:
         self.pending -= todo
         for name in todo:
             self.errors.pop(name, None)
+        links: dict[str, tuple[int, bool]] = {}
         for name in sorted(todo):
             link = self._lookup_link(name)
             if link is None:
                 self._programmed.pop(name, None)  # gone, and its routes with it
                 if name in self._desired:
                     self.pending.add(name)
-                continue
-            index, is_up = link
+            else:
+                links[name] = link
+        # Many interfaces at once (a burst of new VMs): their changes in one `ip -batch`
+        # rather than one netlink request each (two per VM, 40 % of the driver's time in a
+        # burst of 500); one or a few go through netlink, cheaper than starting `ip`.
+        batch: list[str] | None = None
+        if len(links) >= INCREMENTAL_BATCH_MIN and self._lister and self._batchable(links):
+            batch = []
+        for name, (index, is_up) in links.items():
             known = self._programmed.get(name)
             if known is None or known.index != index:
                 known = _Programmed(index, frozenset(), {})  # a new interface: none of ours
             routes = {index: set(known.ips)}
             neighbours = {index: dict(known.neigh)}
-            self._sync_and_record(name, index, is_up, routes, neighbours)
+            self._sync_and_record(name, index, is_up, routes, neighbours, batch)
+        if batch is not None and not self._run_batch(batch):
+            self._apply_full()  # part of the batch may be in: list the kernel and resync
 
     def _sync_and_record(
         self,
