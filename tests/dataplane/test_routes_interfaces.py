@@ -533,7 +533,10 @@ def test_interface_and_global_sysctls_inside_namespace(netns: MakeNS) -> None:
 def test_proc_sysctl_writer_paths(tmp_path) -> None:
     conf = tmp_path / "net/ipv4/conf/tapabc"
     conf.mkdir(parents=True)
+    (conf / "proxy_arp").write_text("00\n")  # /proc/sys has every file; the writer makes none
     writer = ProcSysctlWriter(root=tmp_path)
+    with pytest.raises(FileNotFoundError):
+        writer.write("net/ipv4/conf/tapgone/proxy_arp", "1")
     writer.write("net/ipv4/conf/tapabc/proxy_arp", "1")
     assert (conf / "proxy_arp").read_text() == "1\n"
     assert writer.read("net/ipv4/conf/tapabc/proxy_arp") == "1"
