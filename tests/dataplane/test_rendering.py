@@ -90,6 +90,13 @@ def test_config_from_values() -> None:
     )
 
 
+def test_the_default_config_is_the_parameter_tables() -> None:
+    """RenderConfig's defaults are the parameters' defaults (config/params.py), not a copy."""
+    assert RenderConfig() == RenderConfig.from_config(resolve({}, {}).values())
+    assert RenderConfig().interface_prefixes == ("cali",)
+    assert RenderConfig().mark_accept == 0x1000000  # the lowest bit of 0xff000000
+
+
 def test_driver_config_from_felix_parameters() -> None:
     """The typed configuration Felix sends its driver: a MetadataAddr host name is kept apart
     (the driver resolves it) and the rules start without metadata NAT."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -24,7 +25,6 @@ from calico.felix.config.params import (
     MARK_BITS_RECOMMENDED,
     PARAMS,
     Param,
-    computed_default,
 )
 from calico.felix.config.types import BadValue
 
@@ -109,6 +109,15 @@ class Config:
 
     def values(self) -> dict[str, Any]:
         return {name: s.value for name, s in self._settings.items()}
+
+
+def computed_default(name: str, partial: dict[str, Any]) -> str:
+    """Raw defaults that depend on the host or on other parameters (default=None in the table)."""
+    if name == "FelixHostname":
+        return socket.gethostname()
+    if name == "EtcdEndpoints":
+        return f"{partial['EtcdScheme']}://{partial['EtcdAddr']}"
+    raise KeyError(name)
 
 
 # -- Reading sources ---------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 Every parameter is declared exactly once here: its name (as the spec spells it), its value
 type, its default (as the raw string the spec gives, parsed like any other source), whether
 it is local-only (never taken from etcd), and its meaning. The loader, `--show-config`, the
-example felix.cfg and docs/config-params.md are all derived from this table.
+example felix.cfg and docs/config-params.md are all derived from this table, and so are the
+rule renderer's defaults (`default_value`). Pure: no I/O (computed defaults are worked out by the
+loader).
 """
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -381,10 +382,18 @@ BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
 BY_SPELLING: dict[str, Param] = {s: p for p in PARAMS for s in (p.name, *p.aliases)}
 
 
-def computed_default(name: str, partial: dict[str, Any]) -> str:
-    """Raw defaults that depend on the host or on other parameters."""
-    if name == "FelixHostname":
-        return socket.gethostname()
-    if name == "EtcdEndpoints":
-        return f"{partial['EtcdScheme']}://{partial['EtcdAddr']}"
-    raise KeyError(name)
+def default_value(name: str) -> Any:
+    """The parsed default of a parameter whose default is in the table (not computed): what
+    Felix uses when no source sets it. Other modules take their defaults from here."""
+    param = BY_NAME[name]
+    if param.default is None:
+        raise KeyError(f"{name}'s default is computed at load time")
+    return param.type.parse(param.default)
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The words a parameter of the Choice type accepts, in their canonical case."""
+    kind = BY_NAME[name].type
+    if not isinstance(kind, t.Choice):
+        raise TypeError(f"{name} is not a choice")
+    return kind.choices

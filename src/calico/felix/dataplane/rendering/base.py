@@ -1,5 +1,6 @@
 """Rendering's configuration and the small builders every chain uses: marks, comments (only
-safe characters), drops (honouring DropActionOverride). Pure."""
+safe characters), drops (honouring DropActionOverride). Pure. The configuration's defaults are
+the parameter table's (config/params.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from calico.felix.config.params import choices, default_value
+
 Chains = dict[str, list[str]]
 
-DROP_ACTIONS = ("DROP", "ACCEPT", "LOG-and-DROP", "LOG-and-ACCEPT")
-ENDPOINT_TO_HOST_ACTIONS = ("DROP", "RETURN", "ACCEPT")
+DROP_ACTIONS = choices("DropActionOverride")
+ENDPOINT_TO_HOST_ACTIONS = choices("DefaultEndpointToHostAction")
 SECURITY_DISABLED_COMMENT = "!SECURITY DISABLED! DROP overridden to ACCEPT"
 DROP_LOG_PREFIX = "calico-drop: "
 DEFAULT_LOG_PREFIX = "calico-packet"
@@ -44,20 +47,25 @@ def marks_from_mask(mask: int) -> tuple[int, int, int]:
     return bits[0], bits[1], bits[2]
 
 
+_DEFAULT_MARKS = marks_from_mask(default_value("IptablesMarkMask"))
+
+
 @dataclass(frozen=True)
 class RenderConfig:
-    """Everything the renderer needs from Felix's configuration, already parsed."""
+    """Everything the renderer needs from Felix's configuration, already parsed. The defaults
+    are the parameters' defaults (config/params.py), as `from_config` would take them."""
 
-    interface_prefixes: tuple[str, ...] = ("cali",)
-    mark_accept: int = 0x1000000
-    mark_next_tier: int = 0x2000000
-    mark_endpoint: int = 0x4000000
-    drop_action_override: str = "DROP"
-    default_endpoint_to_host_action: str = "DROP"
-    metadata_addr: str | None = "127.0.0.1"  # an IP address; None = no metadata rules
-    metadata_port: int = 8775
-    failsafe_inbound_ports: tuple[int, ...] = (22,)
-    failsafe_outbound_ports: tuple[int, ...] = (2379, 2380, 4001, 7001)
+    interface_prefixes: tuple[str, ...] = tuple(default_value("InterfacePrefix"))
+    mark_accept: int = _DEFAULT_MARKS[0]
+    mark_next_tier: int = _DEFAULT_MARKS[1]
+    mark_endpoint: int = _DEFAULT_MARKS[2]
+    drop_action_override: str = default_value("DropActionOverride")
+    default_endpoint_to_host_action: str = default_value("DefaultEndpointToHostAction")
+    # An IP address; None = no metadata rules.
+    metadata_addr: str | None = default_value("MetadataAddr")
+    metadata_port: int = default_value("MetadataPort")
+    failsafe_inbound_ports: tuple[int, ...] = tuple(default_value("FailsafeInboundHostPorts"))
+    failsafe_outbound_ports: tuple[int, ...] = tuple(default_value("FailsafeOutboundHostPorts"))
 
     def __post_init__(self) -> None:
         if self.drop_action_override not in DROP_ACTIONS:
