@@ -19,7 +19,7 @@ from calico.common.sync import SyncStatus
 from calico.felix.calc.checker import ContractChecker, DataplaneState
 from calico.felix.calc.graph import CalcGraph
 from calico.felix.config.loader import Config, filter_etcd
-from calico.felix.dataplane.rendering import RenderConfig, marks_from_mask
+from calico.felix.dataplane.rendering import RenderConfig
 from calico.felix.dataplane.workloads import Workloads
 from calico.felix.diags import resolve_leniently
 
@@ -169,15 +169,6 @@ def _render_config(config: Config | None) -> RenderConfig:
     configuration could not be resolved at all."""
     if config is None:
         return RenderConfig()
-    accept, next_tier, endpoint = marks_from_mask(config["IptablesMarkMask"])
-    return RenderConfig(
-        interface_prefixes=tuple(config["InterfacePrefix"]),
-        mark_accept=accept,
-        mark_next_tier=next_tier,
-        mark_endpoint=endpoint,
-        drop_action_override=config["DropActionOverride"],
-        default_endpoint_to_host_action=config["DefaultEndpointToHostAction"],
-        metadata_addr=None,  # not used by the chains explain reads
-        failsafe_inbound_ports=tuple(config["FailsafeInboundHostPorts"]),
-        failsafe_outbound_ports=tuple(config["FailsafeOutboundHostPorts"]),
-    )
+    # No metadata rules: a MetadataAddr host name would need resolving, and the chains explain
+    # reads do not use them.
+    return RenderConfig.from_config({**config.values(), "MetadataAddr": None})
