@@ -47,17 +47,6 @@ class _Wanted:
 
 
 @dataclass
-class _Plan:
-    script: Script
-    chains: dict[str, _Wanted] = field(default_factory=dict)
-    new_sets: dict[str, SetSpec] = field(default_factory=dict)
-    deltas: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
-    deleted_chains: list[str] = field(default_factory=list)
-    deleted_sets: list[str] = field(default_factory=list)
-    recreate: bool = False
-
-
-@dataclass
 class Plan:
     script: Script
     chains: dict[str, _Wanted] = field(default_factory=dict)
