@@ -7,7 +7,9 @@ started it (the parent may have died between the fork and the prctl). Done in th
 not in a ``preexec_fn``, which is unsafe in a multi-threaded parent. Two limits the callers
 handle: the signal is tied to the parent *thread* that forked the child (both daemons start
 their children from their main thread), and the kernel clears it when the child changes its
-user or group (why dnsmasq runs under a keeper: docs/dhcp.md).
+user or group (why dnsmasq runs under a keeper: docs/dhcp.md). tests/unit/test_children_rule.py
+holds every daemon to this: a process started and left running anywhere but the test lab must
+be a known child whose program asks for the signal.
 """
 
 from __future__ import annotations
