@@ -560,3 +560,60 @@ def test_sigkilled_agent_leaves_no_stale_dnsmasq(
             if agent.proc.poll() is None:
                 agent.stop()
         # Any dnsmasq still in the host (only a failed test leaves one) goes with the namespace.
+
+
+def test_a_killed_keeper_is_replaced_by_exactly_one_dnsmasq(
+    etcd: EtcdServer, host: ComputeHost, state_dir: Path, tmp_path: Path
+) -> None:
+    """The keeper alone SIGKILLed (the agent lives on): its dnsmasq goes, the agent starts
+    exactly one new one, and it serves."""
+    script = _udhcpc_script(tmp_path)
+    vm = add_vm(host, 12)
+    _ready(etcd)
+    etcd.v2_put(vm.endpoint_key(), endpoint_json(vm))
+    agent = Agent(host, etcd, tmp_path, state_dir, "agent.log")
+    try:
+        assert lease_within(vm, script, 30) is not None, agent.log()
+        (first,) = agent.dnsmasqs()
+        os.kill(_dnsmasq_parent(first), signal.SIGKILL)
+        assert wait_until(
+            lambda: first not in agent.dnsmasqs() and len(agent.dnsmasqs()) == 1, 20
+        ), agent.log()
+        time.sleep(2)  # nothing else starts meanwhile
+        assert len(agent.dnsmasqs()) == 1, agent.log()
+        assert lease_within(vm, script, 10) is not None, agent.log()
+    finally:
+        agent.stop()
+    assert agent.dnsmasqs() == {}
+
+
+def test_kills_at_any_point_of_start_up_leave_one_dnsmasq(
+    etcd: EtcdServer, host: ComputeHost, state_dir: Path, tmp_path: Path
+) -> None:
+    """Four agents SIGKILLed at different points of their start (before, while and after
+    starting dnsmasq), then a fifth: exactly one dnsmasq; none once the host's last endpoint
+    is deleted (and no lease), and none once the agent stops."""
+    script = _udhcpc_script(tmp_path)
+    vm = add_vm(host, 12)
+    _ready(etcd)
+    etcd.v2_put(vm.endpoint_key(), endpoint_json(vm))
+    agents: list[Agent] = []
+    try:
+        for i in range(4):
+            agents.append(Agent(host, etcd, tmp_path, state_dir, f"killed-{i}.log"))
+            time.sleep(0.7 + 0.4 * i)
+            agents[-1].kill()
+        last = Agent(host, etcd, tmp_path, state_dir, "last.log")
+        agents.append(last)
+        assert lease_within(vm, script, 30) is not None, last.log()
+        time.sleep(6)  # longer than a keeper's stop timeout (5 s): any leftover would show
+        assert len(last.dnsmasqs()) == 1, (last.dnsmasqs(), last.log())
+        etcd.v2_delete(vm.endpoint_key())  # the host's last endpoint: dnsmasq stops
+        assert wait_until(lambda: last.dnsmasqs() == {}, 15), last.log()
+        assert udhcpc(vm, script, tries=4) is None, last.log()
+        assert last.stop() == 0
+        assert last.dnsmasqs() == {}
+    finally:
+        for agent in agents:
+            if agent.proc.poll() is None:
+                agent.stop()
