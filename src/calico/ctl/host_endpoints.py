@@ -4,26 +4,23 @@ stored value (`name` = the interface, `expected_ipv4_addrs`, `expected_ipv6_addr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from calico.common import datamodel_v1 as dm
 from calico.common import resources as res
-from calico.common.etcd.base import KVStore
 from calico.ctl.kinds import (
     Column,
     Filters,
-    Resource,
-    SingleKeyKind,
     meta_column,
     spec_column,
     status_column,
 )
-from calico.ctl.workload_endpoints import endpoint_ips, read_statuses
+from calico.ctl.workload_endpoints import EndpointKind, endpoint_ips
 
 EXPECTED = ("expected_ipv4_addrs", "expected_ipv6_addrs")
 
 
-class HostEndpointKind(SingleKeyKind):
+class HostEndpointKind(EndpointKind):
     name = "hostEndpoint"
     aliases = ("hostendpoint", "hostendpoints", "hep", "heps")
     identity = ("host", "name")
@@ -53,15 +50,8 @@ class HostEndpointKind(SingleKeyKind):
             return None
         return {"host": key.hostname, "name": key.endpoint}
 
-    def read_status(self, client: KVStore, resources: Sequence[Resource]) -> None:
-        if not resources:
-            return
-        hosts = {r.metadata["host"] for r in resources}
-        statuses = read_statuses(client, hosts.pop() if len(hosts) == 1 else None)
-        for resource in resources:
-            key = dm.HostEndpointStatusKey.for_endpoint(self.key(resource.metadata))
-            if (status := statuses.get(key)) is not None:
-                resource.status = {"status": status}
+    def status_key(self, meta: Mapping[str, str]) -> dm.HostEndpointStatusKey:
+        return dm.HostEndpointStatusKey.for_endpoint(self.key(meta))
 
     def columns(self, wide: bool) -> list[Column]:
         columns: list[Column] = [

@@ -73,7 +73,24 @@ def endpoint_ips(spec: Mapping[str, Any], *fields: str) -> list[str]:
     return out
 
 
-class WorkloadEndpointKind(SingleKeyKind):
+class EndpointKind(SingleKeyKind):
+    """A kind of endpoint (workload or host): Felix reports each one's status."""
+
+    def status_key(self, meta: Mapping[str, str]) -> object:
+        """The key of the status Felix reports for the endpoint `meta` names."""
+        raise NotImplementedError
+
+    def read_status(self, client: KVStore, resources: Sequence[Resource]) -> None:
+        if not resources:
+            return
+        hosts = {r.metadata["host"] for r in resources}
+        statuses = read_statuses(client, hosts.pop() if len(hosts) == 1 else None)
+        for resource in resources:
+            if (status := statuses.get(self.status_key(resource.metadata))) is not None:
+                resource.status = {"status": status}
+
+
+class WorkloadEndpointKind(EndpointKind):
     name = "workloadEndpoint"
     aliases = ("workloadendpoint", "workloadendpoints", "wep", "weps")
     identity = ("host", "orchestrator", "workload", "name")
@@ -114,15 +131,8 @@ class WorkloadEndpointKind(SingleKeyKind):
             "name": key.endpoint,
         }
 
-    def read_status(self, client: KVStore, resources: Sequence[Resource]) -> None:
-        if not resources:
-            return
-        hosts = {r.metadata["host"] for r in resources}
-        statuses = read_statuses(client, hosts.pop() if len(hosts) == 1 else None)
-        for resource in resources:
-            key = dm.WorkloadEndpointStatusKey.for_endpoint(self.key(resource.metadata))
-            if (status := statuses.get(key)) is not None:
-                resource.status = {"status": status}
+    def status_key(self, meta: Mapping[str, str]) -> dm.WorkloadEndpointStatusKey:
+        return dm.WorkloadEndpointStatusKey.for_endpoint(self.key(meta))
 
     def after_delete(self, client: KVStore, meta: Mapping[str, str]) -> None:
         # v2 keeps empty directories: .../<workload>/endpoint and .../<workload> (no-op on v3).
