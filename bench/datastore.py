@@ -10,7 +10,8 @@ median of --runs, each a fresh client (new connection), as a restarting Felix pa
   the same recursive GET (fetch only, to /dev/null); ``etcdctl ls --recursive`` (API 2: keys
   only, the closest etcdctl has to a recursive read);
 * v3: ``EtcdV3Client.read_prefix`` (paged range over the JSON gateway, base64 decode); the
-  ``Syncer``; ``etcdctl get --prefix`` (Go, gRPC, output to /dev/null).
+  ``Syncer``; ``etcdctl get --prefix`` (Go, gRPC, output to /dev/null); ``curl`` of one
+  unpaged range through the same JSON gateway (fetch only: the gateway's own time).
 
 Values stay strings here; JSON decoding of each value happens later, in the calculation graph.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import socket
 import statistics
@@ -49,7 +51,8 @@ PREFIX = "/calico/v1"
 # The data set outside the endpoints: Ready, 200 profiles x 3 keys, tier metadata, policies.
 FIXED_KEYS = 1 + data.PROFILES * 3 + 1 + data.POLICIES
 LOAD_CONNECTIONS = 16
-V3_TXN_PUTS = 100  # etcd's default --max-txn-ops is 128
+V3_TXN_PUTS = 100
+CURL = ["curl", "-sf", "--noproxy", "*", "-o", "/dev/null"]  # etcd's default --max-txn-ops is 128
 
 
 def progress(text: str) -> None:
@@ -186,6 +189,13 @@ def command_read(argv: list[str], env: dict[str, str] | None = None) -> Reader:
     return read
 
 
+def gateway_range_body(prefix: str) -> str:
+    """The JSON of one unpaged range over every key under `prefix` (v3 gateway)."""
+    start = prefix.rstrip("/") + "/"
+    end = start[:-1] + chr(ord("/") + 1)
+    return json.dumps({"key": _b64(start), "range_end": _b64(end)})
+
+
 def etcdctl_env(api: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
     env["ETCDCTL_API"] = api
@@ -213,13 +223,12 @@ def run(key_count: int, runs: int) -> dict[str, object]:
             load["v2_s"] = round(load_v2(etcd, keys), 1)
             load["v3_s"] = round(load_v3(etcd, keys), 1)
             url = f"{etcd.client_url}/v2/keys{PREFIX}?recursive=true"
+            range_url = f"{etcd.client_url}/v3/kv/range"
             readers: dict[str, dict[str, Reader]] = {
                 "v2": {
                     "calico EtcdV2Client.read_prefix": client_read(etcd, "v2"),
                     "calico Syncer start -> in-sync": syncer_read(etcd, "v2"),
-                    "curl recursive GET (fetch only)": command_read(
-                        ["curl", "-sf", "--noproxy", "*", "-o", "/dev/null", url]
-                    ),
+                    "curl recursive GET (fetch only)": command_read([*CURL, url]),
                     "etcdctl ls --recursive (keys only)": command_read(
                         ["etcdctl", f"--endpoints={etcd.client_url}", "ls", "--recursive", PREFIX],
                         etcdctl_env("2"),
@@ -231,6 +240,11 @@ def run(key_count: int, runs: int) -> dict[str, object]:
                     "etcdctl get --prefix": command_read(
                         ["etcdctl", f"--endpoints={etcd.client_url}", "get", "--prefix", PREFIX],
                         etcdctl_env("3"),
+                    ),
+                    # What the JSON gateway itself takes for the same range (one request):
+                    # the part of our v3 read that is etcd's, not our client's.
+                    "curl gateway range (fetch only)": command_read(
+                        [*CURL, "-X", "POST", "-d", gateway_range_body(PREFIX), range_url]
                     ),
                 },
             }
@@ -245,6 +259,9 @@ def run(key_count: int, runs: int) -> dict[str, object]:
             v2["calico EtcdV2Client.read_prefix"] / v2["curl recursive GET (fetch only)"], 1
         ),
         "v3": round(v3["calico EtcdV3Client.read_prefix"] / v3["etcdctl get --prefix"], 1),
+        "v3_gateway": round(
+            v3["calico EtcdV3Client.read_prefix"] / v3["curl gateway range (fetch only)"], 1
+        ),
     }
     return {
         "keys": len(keys),

@@ -331,7 +331,13 @@ def datastore_table(ds: dict[str, Any]) -> list[str]:
         f"{ds['load']['v2_s']} s (v2, pipelined PUTs) and {ds['load']['v3_s']} s (v3, "
         "transactions of 100 puts). Our client's read is "
         f"{ds['ours_over_reference']['v2']}x curl's fetch (v2) and "
-        f"{ds['ours_over_reference']['v3']}x `etcdctl get --prefix` (v3).",
+        f"{ds['ours_over_reference']['v3']}x `etcdctl get --prefix` (v3)"
+        + (
+            f", {ds['ours_over_reference']['v3_gateway']}x curl of the same range through "
+            "etcd's JSON gateway."
+            if "v3_gateway" in ds["ours_over_reference"]
+            else "."
+        ),
         "",
         "| API | reader | time |",
         "|---|---|---:|",

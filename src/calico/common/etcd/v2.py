@@ -30,6 +30,7 @@ from calico.common.etcd.transport import (
     is_read_timeout,
     loads,
     make_session,
+    read_body,
 )
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,10 @@ class EtcdV2Client:
     ) -> tuple[dict[str, Any], requests.Response]:
         timeout = (self._settings.timeout, read_timeout or self._settings.timeout)
         try:
-            response = self._session.request(method, self._url(key), timeout=timeout, **kwargs)
-            body = loads(response.content)
+            response = self._session.request(
+                method, self._url(key), timeout=timeout, stream=True, **kwargs
+            )
+            body = loads(read_body(response))
         except requests.RequestException as e:
             if is_read_timeout(e) and read_timeout is not None:
                 raise _WatchIdle() from None

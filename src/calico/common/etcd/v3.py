@@ -35,6 +35,7 @@ from calico.common.etcd.transport import (
     is_read_timeout,
     loads,
     make_session,
+    read_body,
 )
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class EtcdV3Client:
                 data=dumps(payload),
                 headers=_JSON,
                 timeout=self._settings.timeout,
+                stream=True,
             )
         except requests.RequestException as e:
             raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
@@ -113,7 +115,9 @@ class EtcdV3Client:
                 f"{self.endpoint}: HTTP {response.status_code} {response.text[:200]}"
             )
         try:
-            body: dict[str, Any] = loads(response.content)
+            body: dict[str, Any] = loads(read_body(response))
+        except requests.RequestException as e:
+            raise EtcdUnavailable(f"{self.endpoint}: {describe_error(e, self.endpoint)}") from None
         except ValueError:
             raise EtcdUnavailable(f"{self.endpoint}: answer is not JSON") from None
         self._guard.check(body.get("header", {}).get("cluster_id"))
