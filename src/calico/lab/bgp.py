@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from calico.lab.netns import NetNS
+from calico.lab.process import LoggedProcess, end_process
 
 CALICO_BGP = str(Path(sys.executable).with_name("calico-bgp"))
-STOP_TIMEOUT = 10.0
 
 
 def bootstrap_config(router_id: str) -> str:
@@ -89,14 +89,8 @@ class BirdProcess:
 
     def _end(self, signum: signal.Signals) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signum)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            end_process(proc, signum)
 
     def log_text(self) -> str:
         try:
@@ -144,48 +138,13 @@ class BirdProcess:
         return int(match.group(1)) if match else None
 
 
-class BgpProcess:
+class BgpProcess(LoggedProcess):
     """A running ``calico-bgp`` in a namespace, its stdout and stderr in ``output``."""
 
     def __init__(
         self, ns: NetNS, env: Mapping[str, str], args: Sequence[str], output: Path
     ) -> None:
-        self.output = output
-        self._out = open(output, "wb")  # closed in stop()
-        self.proc = ns.popen(
-            [CALICO_BGP, *args], env=dict(env), stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 30.0, start: int = 0) -> re.Match[str]:
-        """Wait until the output (from character ``start``) matches; fail early on exit."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if match := regex.search(self.text(), start):
-                return match
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if match := regex.search(self.text(), start):
-            return match
-        raise AssertionError(
-            f"calico-bgp output never matched {pattern!r} (exit {self.proc.poll()}):\n"
-            + self.text()[-4000:]
-        )
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-        return self.proc.returncode
+        super().__init__(ns, [CALICO_BGP, *args], env, output)
 
 
 def kernel_routes(ns: NetNS, v6: bool = False, proto: str | None = None) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +26,7 @@ from urllib.parse import quote
 
 import requests
 
+from calico.lab.process import end_process
 from calico.lab.tls import TlsFiles
 
 HOST = "127.0.0.1"
@@ -252,13 +252,7 @@ class EtcdServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_process(proc, timeout=STOP_TIMEOUT)
         _live.discard(proc)
 
     def kill(self) -> None:

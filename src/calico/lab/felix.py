@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from calico.lab.netns import NetNS
+from calico.lab.process import LoggedProcess
 
 FELIX = str(Path(sys.executable).with_name("calico-felix"))
 # The NFTablesMode every lab Felix gets unless its caller says otherwise (the e2e suite runs once
@@ -48,7 +46,7 @@ def run_felix(
     return ns.run([FELIX, *args], check=False, env=dict(env), timeout=timeout)
 
 
-class FelixProcess:
+class FelixProcess(LoggedProcess):
     """A long-running calico-felix in a namespace, its output captured to a file."""
 
     def __init__(
@@ -58,42 +56,7 @@ class FelixProcess:
         output: Path,
         args: Sequence[str] = ("-c", "/nonexistent/felix.cfg"),
     ):
-        self.output = output
-        self._out = open(output, "wb")  # closed in stop()
-        self.proc = ns.popen(
-            [FELIX, *args], env=dict(env), stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        """Wait until the output matches pattern; fail early if Felix exits."""
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            if match := regex.search(self.text()):
-                return match
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if match := regex.search(self.text()):
-            return match
-        raise AssertionError(
-            f"calico-felix output never matched {pattern!r} (exit {self.proc.poll()}):\n"
-            + self.text()[-3000:]
-        )
+        super().__init__(ns, [FELIX, *args], env, output)
 
     def wait_exit(self, timeout: float = 30) -> int:
         return self.proc.wait(timeout)
-
-    def stop(self, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-        return self.proc.returncode
