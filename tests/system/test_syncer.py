@@ -406,9 +406,11 @@ class _CountingV2Client(EtcdV2Client):
 
     opened = 0
 
-    def _open_stream(self, prefix: str, revision: int, timeout: float) -> WatchStream:
+    def _open_stream(
+        self, prefix: str, revision: int, wait_index: int, timeout: float
+    ) -> WatchStream:
         self.opened += 1
-        return super()._open_stream(prefix, revision, timeout)
+        return super()._open_stream(prefix, revision, wait_index, timeout)
 
 
 def _v2_client(server: EtcdServer) -> _CountingV2Client:
@@ -483,3 +485,22 @@ def test_v2_watch_catches_up_then_streams(etcd: EtcdServer) -> None:
     client.close()
     assert [k for k, _, _ in results[0]] == [f"/calico/v1/live/k{i}" for i in range(50)]
     assert client.opened - catch_up <= 3
+
+
+def test_v2_idle_watch_survives_writes_elsewhere(etcd: EtcdServer) -> None:
+    """Upstream felix#920: writes outside the prefix (status reports) move etcd's index, and a
+    watch reopened at its old revision after 1,000 of them found the history cleared and
+    resynced. A silent answer shows nothing under the prefix changed up to its X-Etcd-Index,
+    so the next one starts there: 1,200 writes elsewhere across idle watches, then a change
+    under the prefix is seen as an event, with no resync."""
+    etcd.v2_put(READY, "true")
+    client = _v2_client(etcd)
+    revision = client.read_prefix("/calico/v1").revision + 1
+    for round_ in range(4):
+        for i in range(300):
+            etcd.v2_put("/calico/felix/v1/host/h/status", f"{round_}-{i}")
+        assert client.watch("/calico/v1", revision, 0.3) == []  # idle
+    etcd.v2_put("/calico/v1/after", "x")
+    events = client.watch("/calico/v1", revision, 2.0)  # raised ResyncRequired before
+    client.close()
+    assert [(e.key, e.value) for e in events] == [("/calico/v1/after", "x")]

@@ -50,6 +50,8 @@ class EtcdV2Client:
         self._session = make_session(settings)
         self._guard = ClusterIdGuard()
         self._stream: WatchStream | None = None
+        # (prefix, revision, index): nothing under prefix changed from revision to index - 1.
+        self._quiet: tuple[str, int, int] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -205,16 +207,26 @@ class EtcdV2Client:
         then stays silent. The answer's X-Etcd-Index, the store's index when the watch was made,
         tells which: an event at or before it came from the history (a one-shot answer, read
         and closed: the watcher is catching up), an event after it is live.
+
+        An answer that stays silent until `timeout` also tells that nothing under the prefix
+        changed up to its X-Etcd-Index: the next answer for the same revision starts after it.
+        So writes elsewhere (every host's status reports) no longer push an idle watcher out of
+        etcd's 1,000-event history (upstream felix#920), unless 1,000 of them come within
+        one `timeout`.
         """
         revision = start_revision
         while True:
             stream = self._stream
             if stream is None or stream.prefix != prefix or stream.next_revision != revision:
                 self._close_stream()
-                stream = self._stream = self._open_stream(prefix, revision, timeout)
+                wait_index = self._wait_index(prefix, revision)
+                stream = self._stream = self._open_stream(prefix, revision, wait_index, timeout)
             try:
                 body = self._next_message(stream)
             except _WatchIdle:
+                if not stream.received and stream.store_index is not None:
+                    quiet_until = max(self._wait_index(prefix, revision), stream.store_index + 1)
+                    self._quiet = (prefix, revision, quiet_until)
                 self._close_stream()
                 return []
             except (EtcdUnavailable, EtcdRequestError, ResyncRequired):
@@ -234,8 +246,16 @@ class EtcdV2Client:
             # A directory was created: no leaf changed. Read on from the next revision (the
             # caller's revision only moves with the events it is given).
 
-    def _open_stream(self, prefix: str, revision: int, timeout: float) -> WatchStream:
-        params = {"recursive": "true", "wait": "true", "stream": "true", "waitIndex": str(revision)}
+    def _wait_index(self, prefix: str, revision: int) -> int:
+        """Where a watch for `revision` may start: past what silent answers showed unchanged."""
+        quiet = self._quiet
+        return quiet[2] if quiet is not None and quiet[:2] == (prefix, revision) else revision
+
+    def _open_stream(
+        self, prefix: str, revision: int, wait_index: int, timeout: float
+    ) -> WatchStream:
+        params = {"recursive": "true", "wait": "true", "stream": "true"}
+        params["waitIndex"] = str(wait_index)
         try:
             response = self._session.get(
                 self._url(prefix),
@@ -254,7 +274,7 @@ class EtcdV2Client:
             finally:
                 response.close()
             if body.get("errorCode") == EVENT_INDEX_CLEARED:
-                raise ResyncRequired(f"etcd v2 history no longer holds index {revision}")
+                raise ResyncRequired(f"etcd v2 history no longer holds index {wait_index}")
             if response.status_code < 500 and "errorCode" in body:
                 _raise_for_error(body)
             raise EtcdUnavailable(f"{self.endpoint}: watch HTTP {response.status_code}")
