@@ -231,12 +231,7 @@ class ActiveRulesCalculator:
     def _policy_match_stopped(self, key: PolicyKey, endpoint: EndpointKey) -> None:
         if endpoint in self._local_endpoints:
             self._dirty.add(endpoint)
-        users = self._policy_users.get(key)
-        if users is None or endpoint not in users:
-            return
-        users.discard(endpoint)
-        if not users:
-            del self._policy_users[key]
+        if remove_from_index(self._policy_users, key, endpoint):
             self._sequencer.policies.remove(key)
             self._set_holder_sources(key, {})
 
