@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from calico.common import protocols
 from calico.felix.config.params import choices, default_value
 
 Chains = dict[str, list[str]]
@@ -29,7 +30,11 @@ METADATA_IP = "169.254.169.254"
 ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)
 DHCP_PORTS = {4: (68, 67), 6: (546, 547)}  # (client sport, server dport)
 
-ICMP_PROTOCOL = {4: "icmp", 6: "ipv6-icmp"}  # iptables-save's names (protocols.IPTABLES_NAMES)
+# iptables-save's names for ICMP and ICMPv6
+ICMP_PROTOCOL = {
+    4: protocols.IPTABLES_NAMES[protocols.ICMP],
+    6: protocols.IPTABLES_NAMES[protocols.ICMPV6],
+}
 
 
 class UnrenderableRule(ValueError):
