@@ -2,18 +2,22 @@
 
 The graph's nodes call the `EventSequencer` as things change; nothing leaves until `flush()`.
 Between flushes, changes to the same object collapse (an update then a removal of something never
-sent emits nothing; a member added then removed emits nothing). `flush()` emits, in this order:
+sent emits nothing; a member added then removed emits nothing). `flush()` emits the messages of
+`calc/messages.py`, in this order:
 
-1. `ConfigUpdate`, `ReadyUpdate` (these are sent even before the first in-sync);
-2. host metadata and IP pools (removals, then updates);
-3. new IP sets with their full membership, then member deltas of IP sets already sent;
-4. policy updates, then profile updates (their IP sets now exist);
-5. endpoint updates (their policies and profiles now exist), then endpoint removals;
-6. profile removals, then policy removals (no endpoint lists them any more);
-7. IP-set removals (no policy or profile uses them any more);
-8. `InSync`, after the first flush that follows the datastore's first in-sync.
+1. IP pools: removals (`IPPoolRemove`), then updates (`IPPoolUpdate`);
+2. new IP sets with their full membership (`IPSetUpdate`), then member deltas of IP sets already
+   sent (`IPSetDeltaUpdate`);
+3. policy updates, then profile updates (`ActivePolicyUpdate`, `ActiveProfileUpdate`: their IP
+   sets now exist);
+4. endpoint updates (`WorkloadEndpointUpdate`, `HostEndpointUpdate`: their policies and profiles
+   now exist), then endpoint removals (`WorkloadEndpointRemove`, `HostEndpointRemove`);
+5. profile removals, then policy removals (`ActiveProfileRemove`, `ActivePolicyRemove`: no
+   endpoint lists them any more);
+6. IP-set removals (`IPSetRemove`: no policy or profile uses them any more);
+7. `InSync`, after the first flush that follows the datastore's first in-sync.
 
-Until the datastore is first in sync, only step 1 is emitted: everything else stays pending, so
+Until the datastore is first in sync, nothing is emitted: everything stays pending, so
 the dataplane never programs partial state (felix.md §4.4). Calls that break the contract (a member
 of an unknown set, a set activated twice) raise `ContractError`: they are bugs in the graph.
 """
