@@ -673,6 +673,57 @@ def test_refresh_repairs_an_edited_rule(env: Env) -> None:
     assert env.save() == expected
 
 
+class AppendAfterRestore(RecordingRunner):
+    """Another tool racing Felix: right after Felix's next restore, before anything else, it
+    appends `rule` to `chain` (once)."""
+
+    def __init__(self, ns_name: str, cmd: str):
+        super().__init__(ns_name)
+        self.cmd = cmd
+        self.pending: tuple[str, ...] | None = None
+
+    def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = super().run(argv, input)
+        if self.pending and argv[0].endswith("-restore") and result.returncode == 0:
+            foreign, self.pending = self.pending, None
+            super().run([self.cmd, "-w", "5", "-A", *foreign]).check_returncode()
+        return result
+
+
+def test_refresh_removes_a_rule_another_tool_appends_to_our_chain(env: Env) -> None:
+    """Issue 12, item 1, in the real kernel: a rule another tool appends to one of Felix's chains
+    is never learned as the kernel's spelling of Felix's rules, whether it is there before a
+    refresh or lands between Felix's write and its read-back; the refresh removes it."""
+    runner = AppendAfterRestore(env.ns.name, env.cmd)
+    table = IptablesTable(env.ip_version, "filter", runner, backend=env.backend)
+    # "-p tcp --dport 80" is listed as "-p tcp -m tcp --dport 80": a spelling to learn.
+    wanted = [ACCEPT_MARK, "-p tcp --dport 80 -j ACCEPT", "-j felix-B"]
+    table.set_chain("felix-INPUT", wanted)
+    table.set_chain("felix-B", ["-j DROP"])
+    table.set_hook("INPUT", "felix-INPUT")
+    table.apply()
+    table.apply(force_refresh=True)  # rewrites felix-INPUT once and learns its spelling
+    assert table.apply(force_refresh=True) is False
+    expected = env.save()
+
+    # Appended while Felix is idle: the next refresh removes it.
+    env.ipt("-A", "felix-INPUT", "-j", "ACCEPT")
+    env.ipt("-A", "felix-B", "-p", "udp", "-j", "ACCEPT")
+    assert env.save()["felix-B"] == [("-j", "DROP"), rule("-p udp -j ACCEPT")]
+    assert table.apply(force_refresh=True) is True
+    assert env.save() == expected
+    assert table.apply(force_refresh=True) is False
+
+    # Appended between a refresh's write and its read-back (the read-back sees it): not learned.
+    env.ipt("-F", "felix-INPUT")  # so that the next refresh writes, then reads back
+    runner.pending = ("felix-INPUT", "-j", "ACCEPT")
+    assert table.apply(force_refresh=True) is True
+    assert env.save()["felix-INPUT"][-1] == ("-j", "ACCEPT")  # the race happened
+    assert table.apply(force_refresh=True) is True  # so the next refresh rewrites the chain
+    assert env.save() == expected
+    assert table.apply(force_refresh=True) is False
+
+
 def test_nft_generation_tells_a_refresh_whether_to_read(netns: Callable[[], NetNS]) -> None:
     ns = netns()
     script = "from calico.felix.kernel.nftables import nft_generation; print(nft_generation())"

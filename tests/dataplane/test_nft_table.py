@@ -8,6 +8,7 @@ the namespace, and switching backends (each removes the other's state, nothing o
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
@@ -129,6 +130,52 @@ def test_refresh_repairs_tampering_and_reads_only_after_a_commit(ns: NetNS) -> N
     assert "priority filter - 5; policy accept;" in nft(
         ns, "list", "chain", "inet", "felix", "felix-FORWARD"
     )
+
+
+class AppendAfterCommit(NetnsRunner):
+    """Another tool racing Felix: right after Felix's next transaction, before Felix reads
+    anything, it appends a rule (``nft add rule inet felix <chain> ...``), once."""
+
+    def __init__(self, ns_name: str):
+        super().__init__(ns_name)
+        self.pending: tuple[str, ...] | None = None
+
+    def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = super().run(argv, input)
+        if self.pending and argv[1:] == ["-f", "-"] and result.returncode == 0:
+            foreign, self.pending = self.pending, None
+            super().run(["nft", "add", "rule", "inet", "felix", *foreign]).check_returncode()
+        return result
+
+
+def test_refresh_removes_rules_another_tool_appends(ns: NetNS) -> None:
+    """Issue 12, item 1, for nftables: rules appended to Felix's chains (a regular chain, the
+    base chain, one wearing a copy of a Felix rule's hash comment) are removed by the refresh,
+    also when appended right after Felix's own transaction."""
+    runner = AppendAfterCommit(ns.name)
+    table = NftTable(NftCommand(runner), generation=generation_in(ns))
+    desired(table)
+    table.apply()
+    assert not table.apply(force_refresh=True)
+    expected = nft(ns, "list", "table", "inet", "felix")
+
+    ours = listing(ns)["chains"]["felix-b"][0]  # type: ignore[index]
+    nft(ns, "add", "rule", "inet", "felix", "felix-a", "accept")
+    nft(ns, "add", "rule", "inet", "felix", "felix-FORWARD", "accept")
+    nft(ns, "add", "rule", "inet", "felix", "felix-b", "accept", "comment", f'"{ours}"')
+    assert len(listing(ns)["chains"]["felix-b"]) == 2  # type: ignore[index]
+    assert table.apply(force_refresh=True) and not table.refresh_skipped
+    assert nft(ns, "list", "table", "inet", "felix") == expected
+    assert not table.apply(force_refresh=True)
+
+    # Right after a transaction of Felix's: the next refresh must read, and repair.
+    table.set_chain("felix-b", Chain(("accept",)))
+    runner.pending = ("felix-a", "accept")
+    assert table.apply()
+    assert len(listing(ns)["chains"]["felix-a"]) == 3  # type: ignore[index]
+    assert table.apply(force_refresh=True) and not table.refresh_skipped
+    assert len(listing(ns)["chains"]["felix-a"]) == 2  # type: ignore[index]
+    assert not table.apply(force_refresh=True)
 
 
 def test_graceful_restart_keeps_leftovers_until_the_sweep(ns: NetNS) -> None:
