@@ -1,6 +1,6 @@
-"""calico.felix.kernel.ipset_text: pure parsing of ``ipset list`` / ``ipset save`` output and the
-normalisation of members (no kernel, no root). The driver that uses it is tested in
-tests/dataplane/test_ipsets.py."""
+"""calico.felix.kernel.ipset_text: pure parsing of ``ipset list`` / ``ipset save`` output, the
+normalisation of members and the ``ipset restore`` input (no kernel, no root). The driver that
+uses it is tested in tests/dataplane/test_ipsets.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ from calico.felix.kernel.ipset_text import (
     HASH_IP,
     HASH_NET,
     KernelSet,
+    delta_op,
+    destroy_op,
+    failed_op,
     normalize,
     parse_ipset_list,
     parse_ipset_save,
+    replace_op,
+    restore_input,
 )
 
 # -- ipset list ----------------------------------------------------------------------------------
@@ -129,3 +134,80 @@ def test_normalize_refuses_what_does_not_belong_and_says_why(
     normalize.cache_clear()  # a refused member is logged once per cached normalisation
     assert normalize(member, set_type, version) is None
     assert logged in caplog.text
+
+
+# -- ipset restore input -------------------------------------------------------------------------
+
+PARAMS = (HASH_IP, "inet", 1024)
+
+
+def test_a_delta_deletes_before_it_adds_and_is_none_without_changes() -> None:
+    op = delta_op("felix-v4-a", ["10.0.0.3"], ["10.0.0.1", "10.0.0.2"])
+    assert op is not None and op.kind == "delta"
+    assert op.lines == [
+        "del felix-v4-a 10.0.0.1",
+        "del felix-v4-a 10.0.0.2",
+        "add felix-v4-a 10.0.0.3",
+    ]
+    assert (op.adds, op.dels) == (["10.0.0.3"], ["10.0.0.1", "10.0.0.2"])
+    assert delta_op("felix-v4-a", [], []) is None
+
+
+def test_a_replace_fills_the_temporary_set_and_swaps_it_in() -> None:
+    op = replace_op("felix-v4-a", "felix-tmp-v4-a", PARAMS, {"10.0.0.2", "10.0.0.1"}, None, None)
+    create = "hash:ip family inet maxelem 1024"
+    assert op.kind == "replace" and op.name == "felix-v4-a"
+    assert op.lines == [
+        f"create felix-v4-a {create} -exist",
+        f"create felix-tmp-v4-a {create} -exist",
+        "flush felix-tmp-v4-a",
+        "add felix-tmp-v4-a 10.0.0.1",
+        "add felix-tmp-v4-a 10.0.0.2",
+        "swap felix-tmp-v4-a felix-v4-a",
+        "destroy felix-tmp-v4-a",
+    ]
+
+
+def test_a_replace_recreates_what_the_swap_or_create_would_refuse() -> None:
+    same = KernelSet("felix-v4-a", HASH_IP, "inet", 1024)
+    # The main set exists as wanted (any maxelem: the swap gives it ours): not created again.
+    old_size = KernelSet("felix-v4-a", HASH_IP, "inet", 10)
+    for existing in (same, old_size):
+        lines = replace_op("felix-v4-a", "felix-tmp-v4-a", PARAMS, [], existing, None).lines
+        assert not any(
+            line.startswith(("create felix-v4-a", "destroy felix-v4-a")) for line in lines
+        )
+    # Another type or family cannot be swapped with: destroyed first, then created.
+    other = KernelSet("felix-v4-a", "hash:net", "inet", 1024)
+    lines = replace_op("felix-v4-a", "felix-tmp-v4-a", PARAMS, [], other, None).lines
+    assert lines[:2] == [
+        "destroy felix-v4-a",
+        "create felix-v4-a hash:ip family inet maxelem 1024 -exist",
+    ]
+    # A leftover temporary set with other parameters would make its "create -exist" fail.
+    temp = KernelSet("felix-tmp-v4-a", HASH_IP, "inet", 10)
+    lines = replace_op("felix-v4-a", "felix-tmp-v4-a", PARAMS, [], same, temp).lines
+    assert lines[0] == "destroy felix-tmp-v4-a"
+    good_temp = KernelSet("felix-tmp-v4-a", HASH_IP, "inet", 1024)
+    lines = replace_op("felix-v4-a", "felix-tmp-v4-a", PARAMS, [], same, good_temp).lines
+    assert "destroy felix-tmp-v4-a" == lines[-1] and lines.count("destroy felix-tmp-v4-a") == 1
+
+
+def test_restore_input_and_the_op_an_error_names() -> None:
+    ops = [
+        delta_op("felix-v4-a", ["10.0.0.1", "10.0.0.2"], []),  # lines 1-2
+        destroy_op("felix-v4-b"),  # line 3
+        delta_op("felix-v4-c", ["10.0.0.3"], ["10.0.0.4"]),  # lines 4-5
+    ]
+    assert all(op is not None for op in ops)
+    checked = [op for op in ops if op is not None]
+    text = restore_input(checked)
+    assert text.splitlines()[2] == "destroy felix-v4-b" and text.endswith("\nCOMMIT\n")
+    assert len(text.splitlines()) == 6
+    error = "ipset v7.17: Error in line {}: Set cannot be destroyed: it is in use\n"
+    found = [failed_op(error.format(n), checked) for n in range(1, 6)]
+    assert found == [0, 0, 1, 2, 2]
+    assert failed_op(error.format(6), checked) == -1  # COMMIT: no op's line
+    assert failed_op(error.format(0), checked) == -1
+    assert failed_op("ipset v7.17: Kernel error received: Operation not permitted\n", checked) == -1
+    assert restore_input([]) == "COMMIT\n"

@@ -1,18 +1,22 @@
 """Pure text handling for ipsets (no I/O): parsing ``ipset list`` and ``ipset save`` output,
-and normalising members the way the kernel lists them (refusing anything that is not one
-address or network of the set's family). The driver that runs ``ipset`` is
-`calico.felix.kernel.ipsets`.
+normalising members the way the kernel lists them (refusing anything that is not one address or
+network of the set's family), and the ``ipset restore`` input: each set's operation (a delta, a
+replace through a temporary set, a destroy), the input of several, and which of them an error
+names. The driver that runs ``ipset`` is `calico.felix.kernel.ipsets`.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import ipaddress
+import itertools
 import logging
 import re
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
 
 from calico.common.quoting import quoted
 
@@ -140,3 +144,83 @@ def normalize(member: str, set_type: str, ip_version: int) -> str | None:
         log.warning("Ignoring %s: hash:net sets cannot hold a /0", quoted(member))
         return None
     return str(net)
+
+
+# -- ipset restore input ---------------------------------------------------------------------
+
+# How ipset reports which restore line failed, e.g. "ipset v7.17: Error in line 3: ...".
+_ERROR_LINE_RE = re.compile(r"Error in line (\d+):")
+
+
+@dataclass
+class RestoreOp:
+    """One unit of an ``ipset restore`` input: a set's delta or replace, or one destroy."""
+
+    kind: Literal["delta", "replace", "destroy"]
+    name: str
+    lines: list[str]
+    adds: list[str] = field(default_factory=list)
+    dels: list[str] = field(default_factory=list)
+
+
+def delta_op(name: str, adds: list[str], dels: list[str]) -> RestoreOp | None:
+    """Set `name`'s members changed in place; None if nothing changes. Deletes go first, so a
+    set near maxelem has room for the adds."""
+    if not adds and not dels:
+        return None
+    lines = [f"del {name} {m}" for m in dels] + [f"add {name} {m}" for m in adds]
+    return RestoreOp("delta", name, lines, adds=adds, dels=dels)
+
+
+def replace_op(
+    name: str,
+    temp: str,
+    params: tuple[str, str, int],
+    members: Iterable[str],
+    existing: KernelSet | None,
+    old_temp: KernelSet | None,
+) -> RestoreOp:
+    """Set `name` rewritten whole: filled as `temp` and swapped in, so that it is never briefly
+    empty or missing. `params`: the set's (type, family, maxelem); `existing` and `old_temp`:
+    what the kernel holds under the two names (None: nothing)."""
+    set_type, family, max_size = params
+    create = f"{set_type} family {family} maxelem {max_size}"
+    want = (set_type, family)
+    lines = []
+    if existing is not None and (existing.set_type, existing.family) != want:
+        # swap needs matching type and family; if it is referenced this fails and is retried.
+        lines.append(f"destroy {name}")
+        existing = None
+    if existing is None:
+        # Never "create -exist" over an existing main set: with different parameters (e.g. an
+        # old maxelem) that fails. The swap below gives it our parameters anyway.
+        lines.append(f"create {name} {create} -exist")
+    if old_temp and (old_temp.set_type, old_temp.family, old_temp.maxelem) != params:
+        # A leftover temp with other parameters would make "create -exist" fail.
+        lines.append(f"destroy {temp}")
+    lines.append(f"create {temp} {create} -exist")
+    lines.append(f"flush {temp}")
+    lines.extend(f"add {temp} {m}" for m in sorted(members))
+    lines.append(f"swap {temp} {name}")
+    lines.append(f"destroy {temp}")
+    return RestoreOp("replace", name, lines)
+
+
+def destroy_op(name: str) -> RestoreOp:
+    return RestoreOp("destroy", name, [f"destroy {name}"])
+
+
+def restore_input(ops: Sequence[RestoreOp]) -> str:
+    """One ``ipset restore`` input running `ops` in order."""
+    return "\n".join([*(line for op in ops for line in op.lines), "COMMIT"]) + "\n"
+
+
+def failed_op(stderr: str, ops: Sequence[RestoreOp]) -> int:
+    """The index of the op whose line the ``ipset restore`` of `restore_input(ops)` failed at,
+    from its error message; -1 if the message names no op's line (none, or COMMIT)."""
+    match = _ERROR_LINE_RE.search(stderr)
+    line_no = int(match.group(1)) if match else 0
+    if not 0 < line_no <= sum(len(op.lines) for op in ops):
+        return -1
+    starts = list(itertools.accumulate((len(op.lines) for op in ops), initial=1))  # 1-based
+    return bisect.bisect_right(starts, line_no) - 1

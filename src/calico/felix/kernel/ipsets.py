@@ -38,7 +38,8 @@ Implementation
     ``ipset restore`` is not transactional: lines before a failing line have been applied, and it
     reports the failing line number, so after a failure the operations before that line are
     committed, the failing set is marked unknown (or, for a busy destroy, left pending) and the
-    rest is re-planned and run again. Each set gets at most two failures per apply.
+    rest is re-planned and run again. Each set gets at most two failures per apply. The text
+    (each set's operation, the restore input, which operation an error names) is `ipset_text`'s.
 
 Thread safety
     None: an :class:`IpsetTable` belongs to the one dataplane thread that calls it. ``apply()``
@@ -47,14 +48,12 @@ Thread safety
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 from calico.felix.dataplane import names
 from calico.felix.kernel.commands import CommandRunner
@@ -62,18 +61,21 @@ from calico.felix.kernel.ipset_text import (
     HASH_IP,
     SET_TYPES,
     KernelSet,
+    RestoreOp,
     SavedSet,
+    delta_op,
+    destroy_op,
+    failed_op,
     parse_ipset_list,
     parse_ipset_save,
+    replace_op,
+    restore_input,
 )
 from calico.felix.kernel.ipset_text import normalize as _normalize
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SIZE: Final = 1048576
-
-# How ipset reports which restore line failed, e.g. "ipset v7.17: Error in line 3: ...".
-_ERROR_LINE_RE = re.compile(r"Error in line (\d+):")
 
 
 class IpsetError(RuntimeError):
@@ -97,17 +99,6 @@ class _Set:
     # Digest of the kernel's ``ipset save`` text for this set when a refresh last found it equal
     # to `programmed`; None once we write to it (the next refresh compares members again).
     verified: bytes | None = None
-
-
-@dataclass
-class _Op:
-    """One unit of an ``ipset restore`` input: a set's delta or replace, or one destroy."""
-
-    kind: Literal["delta", "replace", "destroy"]
-    name: str
-    lines: list[str]
-    adds: list[str] = field(default_factory=list)
-    dels: list[str] = field(default_factory=list)
 
 
 class IpsetTable:
@@ -233,7 +224,7 @@ class IpsetTable:
         busy = [n for n in orphans if (kernel[n].references or 0) > 0]
         if busy:
             log.info("Leaving orphaned ipsets still referenced by the kernel: %s", busy)
-        ops = [self._destroy_op(n) for n in orphans if n not in busy]
+        ops = [destroy_op(n) for n in orphans if n not in busy]
         destroyed = []
         while ops:
             failed_at = self._restore(ops)
@@ -396,9 +387,9 @@ class IpsetTable:
         except IpsetError as exc:
             log.error("Cannot re-read ipsets after a failure: %s", exc)
 
-    def _plan(self, skip: set[str]) -> list[_Op]:
+    def _plan(self, skip: set[str]) -> list[RestoreOp]:
         assert self._kernel is not None
-        ops: list[_Op] = []
+        ops: list[RestoreOp] = []
         for name in sorted(self._dirty - skip):
             state = self._sets[name]
             if len(state.desired) > self.max_size:
@@ -417,72 +408,35 @@ class IpsetTable:
         # Destroys go last so a busy one (the usual failure) cannot hold up the updates.
         for name in sorted(self._pending_destroy - skip):
             if name in self._kernel:
-                ops.append(self._destroy_op(name))
+                ops.append(destroy_op(name))
             else:
                 self._pending_destroy.discard(name)
         return ops
 
-    def _update_op(self, state: _Set) -> _Op | None:
+    def _update_op(self, state: _Set) -> RestoreOp | None:
         if state.programmed is None or state.name not in self._kernel_or_empty():
             return self._replace_op(state)
         adds = sorted(m for m in state.touched if m in state.desired and m not in state.programmed)
         dels = sorted(m for m in state.touched if m not in state.desired and m in state.programmed)
-        if not adds and not dels:
-            return None
-        # Deletes first, so a set near maxelem has room for the adds.
-        lines = [f"del {state.name} {m}" for m in dels] + [f"add {state.name} {m}" for m in adds]
-        return _Op("delta", state.name, lines, adds=adds, dels=dels)
+        return delta_op(state.name, adds, dels)
 
-    def _replace_op(self, state: _Set) -> _Op:
+    def _replace_op(self, state: _Set) -> RestoreOp:
         kernel = self._kernel_or_empty()
-        main, temp = state.name, state.temp_name
-        create = f"{state.set_type} family {self.family} maxelem {self.max_size}"
-        want = (state.set_type, self.family)
-        lines = []
-        existing = kernel.get(main)
-        if existing is not None and (existing.set_type, existing.family) != want:
-            # swap needs matching type and family; if it is referenced this fails and is retried.
-            lines.append(f"destroy {main}")
-            existing = None
-        if existing is None:
-            # Never "create -exist" over an existing main set: with different parameters (e.g. an
-            # old maxelem) that fails. The swap below gives it our parameters anyway.
-            lines.append(f"create {main} {create} -exist")
-        old_temp = kernel.get(temp)
-        temp_params = (*want, self.max_size)
-        if old_temp and (old_temp.set_type, old_temp.family, old_temp.maxelem) != temp_params:
-            # A leftover temp with other parameters would make "create -exist" fail.
-            lines.append(f"destroy {temp}")
-        lines.append(f"create {temp} {create} -exist")
-        lines.append(f"flush {temp}")
-        lines.extend(f"add {temp} {m}" for m in sorted(state.desired))
-        lines.append(f"swap {temp} {main}")
-        lines.append(f"destroy {temp}")
-        return _Op("replace", state.name, lines)
-
-    @staticmethod
-    def _destroy_op(name: str) -> _Op:
-        return _Op("destroy", name, [f"destroy {name}"])
+        params = (state.set_type, self.family, self.max_size)
+        existing, old_temp = kernel.get(state.name), kernel.get(state.temp_name)
+        return replace_op(state.name, state.temp_name, params, state.desired, existing, old_temp)
 
     def _kernel_or_empty(self) -> dict[str, KernelSet]:
         return self._kernel if self._kernel is not None else {}
 
-    def _restore(self, ops: list[_Op]) -> int | None:
+    def _restore(self, ops: list[RestoreOp]) -> int | None:
         """Run one ``ipset restore`` of all ops. None on success, else the index of the failing
         op, or -1 if the failure cannot be pinned to one."""
-        lines: list[str] = []
-        starts: list[int] = []  # 1-based first line of each op
-        for op in ops:
-            starts.append(len(lines) + 1)
-            lines.extend(op.lines)
-        lines.append("COMMIT")
-        proc = self._runner.run(["ipset", "restore"], input="\n".join(lines) + "\n")
+        proc = self._runner.run(["ipset", "restore"], input=restore_input(ops))
         if proc.returncode == 0:
             return None
-        match = _ERROR_LINE_RE.search(proc.stderr)
-        line_no = int(match.group(1)) if match else 0
-        index = bisect.bisect_right(starts, line_no) - 1
-        if line_no == 0 or line_no > len(lines) - 1 or index < 0:
+        index = failed_op(proc.stderr, ops)
+        if index < 0:
             log.error("ipset restore failed: %s", proc.stderr.strip())
             return -1
         op = ops[index]
@@ -490,7 +444,7 @@ class IpsetTable:
         log_fn("ipset restore failed at %s of %s: %s", op.kind, op.name, proc.stderr.strip())
         return index
 
-    def _succeeded(self, op: _Op) -> None:
+    def _succeeded(self, op: RestoreOp) -> None:
         kernel = self._kernel_or_empty()
         if op.kind == "destroy":
             self._pending_destroy.discard(op.name)
@@ -509,7 +463,7 @@ class IpsetTable:
         state.touched.clear()
         self._dirty.discard(op.name)
 
-    def _failed(self, op: _Op) -> None:
+    def _failed(self, op: RestoreOp) -> None:
         if op.kind == "destroy":
             return  # stays pending: retried on the next apply
         # Part of it may have been applied: forget what the kernel holds, so it is rewritten whole.
