@@ -46,6 +46,7 @@ PURE_KERNEL_TEXT = [
     "calico.felix.kernel.ipset_text",
     "calico.felix.kernel.nft_text",
     "calico.felix.kernel.nft_plan",
+    "calico.felix.kernel.iptables_plan",
 ]
 # Where a Felix module may start a process or speak netlink: the kernel package, and the
 # plumbing that starts the driver process.

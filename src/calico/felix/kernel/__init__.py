@@ -2,7 +2,7 @@
 conntrack, ip, sysctl), opens netlink sockets or writes /proc/sys. One module per subsystem:
 
 * `commands`: the command runner (here, or in a named namespace for tests);
-* `iptables` (+ `iptables_text`, pure parsing of iptables-save): the reconciling table driver;
+* `iptables` (+ `iptables_plan` and `iptables_text`, pure): the reconciling table driver;
 * `ipsets` (+ `ipset_text`, pure parsing of ipset save/list): the set driver;
 * `nft` (+ `nft_plan` and `nft_text`, pure): the nftables table driver (NFTablesMode), through
   `libnftables` (the library, or ``nft -f``); `nft_switch`: choosing and switching backends;

@@ -1,8 +1,9 @@
 """A reconciling iptables driver for one (IP version, table) pair (felix.md §5.1, §5.10).
 
-One class, kept whole (about 520 lines of code under these notes): its model of the kernel, its
-plan and its bookkeeping of owned, learned, failed and stubbed chains change together. The pure
-text handling it needs is in `iptables_text`, the nf_tables generation in `nftables`.
+The driver: its model of the kernel, reads, writes and retries, and the bookkeeping of owned,
+learned, failed and stubbed chains. The plan (what a transaction must change) is its pure half,
+`iptables_plan.Planner`; the text handling it needs is in `iptables_text`, the nf_tables
+generation in `nftables`.
 
 API model
 ---------
@@ -83,6 +84,7 @@ from collections.abc import Callable, Iterable, Sequence
 from calico.common.quoting import quoted
 from calico.felix.dataplane import names
 from calico.felix.kernel.commands import CommandRunner
+from calico.felix.kernel.iptables_plan import FAILED_RULES, STUB_RULES, Planner
 from calico.felix.kernel.iptables_text import (
     BUILTIN_CHAINS,
     Plan,
@@ -90,7 +92,6 @@ from calico.felix.kernel.iptables_text import (
     binary,
     chain_digest,
     failed_line,
-    is_hook_rule,
     same_rules,
     split_host_line,
     split_save,
@@ -101,10 +102,17 @@ from calico.felix.kernel.iptables_text import (
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "FAILED_RULES",  # (the planner's; here too for the driver's callers)
+    "STUB_RULES",
+    "UNSAFE_RULES",
+    "IptablesError",
+    "IptablesTable",
+    "binary",  # (iptables_text's)
+    "uses_nft",
+]
 
-STUB_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Missing chain" -j DROP',)
-# What a chain the kernel refused becomes until its content changes (fail closed).
-FAILED_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Failed to program chain" -j DROP',)
+
 # What a chain whose rules are not safe restore input becomes (fail closed, never retried as is).
 UNSAFE_RULES: tuple[str, ...] = ('-m comment --comment "WARNING Unsafe rule refused" -j DROP',)
 LOCK_WAIT_SECS = 10
@@ -132,7 +140,7 @@ def uses_nft(ip_version: int, runner: CommandRunner, backend: str | None = None)
     return proc.returncode == 0 and "nf_tables" in proc.stdout
 
 
-class IptablesTable:
+class IptablesTable(Planner):
     """Keeps the ``felix-*`` chains and hooks of one (IP version, table) as desired."""
 
     def __init__(
@@ -462,142 +470,6 @@ class IptablesTable:
         self._dirty = False
         self._touched.clear()
         self._plan_all = False
-
-    # -- planning -----------------------------------------------------------------------------
-
-    def _plan(
-        self, kernel: dict[str, list[Rule]], full: bool
-    ) -> tuple[Plan, dict[str, list[Rule]]]:
-        """The transaction that turns `kernel` into the desired state, and the rules of the
-        chains the plan edits (built-ins with hooks, rewritten chains) as they will be after it.
-
-        `full`: consider every chain; else only the touched ones (kernel is then our model, so
-        every other chain is known to be as wanted)."""
-        plan = Plan()
-        candidates = set(self._chains) | set(self._ref_count) if full else self._touched
-        wanted = {}
-        for chain in sorted(candidates):
-            rules = self._wanted_rules(chain, kernel)
-            if rules is not None:
-                wanted[chain] = rules
-                if not self._up_to_date(chain, rules, kernel):
-                    plan.writes[chain] = rules
-        unwanted = {
-            chain
-            for chain in (kernel if full else self._touched & kernel.keys())
-            if names.is_felix_name(chain)
-            and chain not in wanted
-            # During grace only chains this run wrote may go; an earlier run's stay as they are.
-            and (not self._in_grace or chain in self._owned)
-        }
-        # Copy only what the plan edits: the built-in chains (hooks) and the rewritten chains.
-        after = {chain: list(rules) for chain, rules in kernel.items() if chain in BUILTIN_CHAINS}
-        after.update(
-            {chain: list(self._expected(chain, rules)) for chain, rules in plan.writes.items()}
-        )
-        self._plan_unhooks(kernel, after, unwanted, plan)
-        self._plan_hooks(after, plan)
-        if unwanted:
-            plan.deletes = sorted(self._deletable(unwanted, kernel, after))
-        return plan, after
-
-    def _wanted_rules(self, chain: str, kernel: dict[str, list[Rule]]) -> tuple[str, ...] | None:
-        """What `chain` should hold: its desired rules, the failed-chain stub, or (referenced
-        but not desired) the missing-chain stub; None if it should not exist (or, during grace,
-        be left alone)."""
-        if chain in self._chains:
-            return FAILED_RULES if chain in self._failed else self._chains[chain]
-        if chain in self._ref_count:
-            if self._in_grace and chain in kernel and chain not in self._owned:
-                return None  # the previous run's chain keeps carrying traffic for now
-            return STUB_RULES
-        return None
-
-    def _deletable(
-        self, unwanted: set[str], kernel: dict[str, list[Rule]], after: dict[str, list[Rule]]
-    ) -> set[str]:
-        """The unwanted chains nothing left behind refers to.
-
-        A fixpoint: keeping a chain keeps its rules, and so whatever they reference. A desired
-        chain's references are known (self._refs); only other chains' rules are read: host
-        chains, built-ins and leftovers, a few rules in all."""
-        refs_of: dict[str, Iterable[str]] = {}
-        for chain in kernel.keys() | after.keys():
-            if chain in self._chains and chain not in self._failed:
-                refs_of[chain] = self._refs[chain]
-            else:
-                rules = after[chain] if chain in after else kernel[chain]
-                refs_of[chain] = {t for rule in rules for t in targets(rule)}
-        doomed = set(unwanted)
-        while True:
-            refs = set().union(*(r for chain, r in refs_of.items() if chain not in doomed))
-            kept = doomed & refs
-            if not kept:
-                return doomed
-            log.info("Not deleting chains still referenced: %s", sorted(kept))
-            doomed -= kept
-
-    def _expected(self, chain: str, rules: tuple[str, ...]) -> tuple[Rule, ...]:
-        """How the kernel should list `rules` in `chain`: its learned spelling, else ours."""
-        learned = self._learned.get(chain)
-        if learned and learned[0] == rules:
-            return learned[1]
-        return self._expected_plain(chain, rules)
-
-    def _expected_plain(self, chain: str, rules: tuple[str, ...]) -> tuple[Rule, ...]:
-        """`rules` as tokens, in our own spelling."""
-        if self._chains.get(chain) == rules:
-            return self._tokens[chain]
-        return tuple(tokens(rule) for rule in rules)  # a stub
-
-    def _up_to_date(
-        self, chain: str, rules: tuple[str, ...], kernel: dict[str, list[Rule]]
-    ) -> bool:
-        if chain not in kernel:
-            return False
-        # Mostly the very tuples the model was built from, so this compares by identity.
-        expected = self._expected(chain, rules)
-        have = kernel[chain]
-        return tuple(have) == expected
-
-    def _plan_unhooks(
-        self,
-        kernel: dict[str, list[Rule]],
-        after: dict[str, list[Rule]],
-        unwanted: set[str],
-        plan: Plan,
-    ) -> None:
-        """Remove hooks we were told to remove and, after grace, an earlier run's stale hooks.
-
-        Only plain ``-j felix-*`` rules in built-in chains count as hooks; a host's own chains
-        are never edited, even if they jump to our chains.
-        """
-        for kernel_chain, rules in kernel.items():
-            if kernel_chain not in BUILTIN_CHAINS:
-                continue
-            for rule in rules:
-                if not is_hook_rule(rule):
-                    continue
-                target = rule[1]
-                if self._hooks.get(kernel_chain) == target:
-                    continue  # a wanted hook: _plan_hooks keeps exactly one, at the top
-                stale = not self._in_grace or target in unwanted
-                if stale or (kernel_chain, target) in self._unhooks:
-                    plan.unhook_lines.append(f"-D {kernel_chain} -j {target}")
-                    after[kernel_chain].remove(rule)
-
-    def _plan_hooks(self, after: dict[str, list[Rule]], plan: Plan) -> None:
-        for kernel_chain, felix_chain in sorted(self._hooks.items()):
-            rules = after.setdefault(kernel_chain, [])
-            count = sum(1 for rule in rules if is_hook_rule(rule, felix_chain))
-            if count == 1 and is_hook_rule(rules[0], felix_chain):
-                continue
-            # Delete every copy, then insert at the top: this also moves a pushed-down hook back.
-            plan.hook_lines += [f"-D {kernel_chain} -j {felix_chain}"] * count
-            plan.hook_lines.append(f"-I {kernel_chain} 1 -j {felix_chain}")
-            rules[:] = [("-j", felix_chain)] + [
-                rule for rule in rules if not is_hook_rule(rule, felix_chain)
-            ]
 
 
 def _check_chain_name(name: str) -> None:
