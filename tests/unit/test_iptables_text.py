@@ -270,3 +270,34 @@ def test_failed_line_is_none_when_no_line_is_named() -> None:
     assert (
         failed_line("Another app is currently holding the xtables lock.\n", RESTORE_INPUT) is None
     )
+
+
+def test_a_protocol_name_the_table_lacks_is_looked_up_in_the_hosts_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host whose /etc/protocols has more names than the built-in table (RHEL lists every
+    IANA keyword): iptables-save prints "-p 253" as that name, and the read-back must still
+    see the rule as ours, not rewrite it at every refresh."""
+    from calico.felix.kernel import iptables as kernel_iptables
+
+    names = {"experimental-253": 253}
+
+    def getprotobyname(name: str) -> int:
+        if name in names:
+            return names[name]
+        raise OSError("protocol not found")
+
+    monkeypatch.setattr(kernel_iptables.socket, "getprotobyname", getprotobyname)
+    kernel_iptables.host_protocol_number.cache_clear()
+    try:
+        lookup = kernel_iptables.host_protocol_number
+        assert lookup("experimental-253") == "253"
+        assert lookup("ipencap") == "4" and lookup("94") == "94"
+        assert lookup("no-such-protocol") == "no-such-protocol"
+        ours = [("-A", "c", "-p", "253", "-j", "ACCEPT")]
+        printed = [("-A", "c", "-p", "experimental-253", "-j", "ACCEPT")]
+        assert same_rules(ours, printed, lookup)
+        assert not same_rules(ours, printed)  # the built-in table alone does not know it
+        assert not same_rules(ours, [("-A", "c", "-p", "no-such-protocol", "-j", "ACCEPT")], lookup)
+    finally:
+        kernel_iptables.host_protocol_number.cache_clear()

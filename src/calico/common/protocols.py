@@ -75,7 +75,9 @@ IPTABLES_NAMES: Final[Mapping[int, str]] = {
 # in lower case: "-p 4" is listed as "-p ipencap") or, failing that, by xtables' built-in names;
 # Felix writes the six names of IPTABLES_NAMES and numbers, and compares what it reads back by
 # number (`felix.kernel.iptables_text.same_rules`). Note "ipip" here is 94, as /etc/protocols
-# says, where Neutron's "ipip" (IP_PROTOCOL_NUMBERS) is 4.
+# says, where Neutron's "ipip" (IP_PROTOCOL_NUMBERS) is 4. A name missing here (a host whose
+# /etc/protocols lists more) is looked up in that file by the kernel side
+# (`felix.kernel.iptables.host_protocol_number`).
 LISTED_NAMES: Final[Mapping[str, int]] = {
     # netbase's /etc/protocols
     "ip": 0,

@@ -76,11 +76,14 @@ None. One owner (the dataplane thread) creates, mutates and applies an instance.
 
 from __future__ import annotations
 
+import functools
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
+from calico.common import protocols
 from calico.common.quoting import quoted
 from calico.felix.dataplane import names
 from calico.felix.kernel.commands import CommandRunner
@@ -101,6 +104,21 @@ from calico.felix.kernel.iptables_text import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def host_protocol_number(name: str) -> str:
+    """A protocol's number as text, as iptables-save may name it: the built-in table
+    (`protocols.listed_number`), and for a name it lacks, this host's /etc/protocols, the
+    file iptables-save names protocols by (RHEL's lists every IANA keyword). Unknown: as is."""
+    found = protocols.listed_number(name)
+    if found != name or name.isdigit():
+        return found
+    try:
+        return str(socket.getprotobyname(name))
+    except OSError:
+        return name
+
 
 __all__ = [
     "FAILED_RULES",  # (the planner's; here too for the driver's callers)
@@ -452,7 +470,7 @@ class IptablesTable(Planner):
         ours = self._expected_plain(chain, rules)
         if printed == ours:
             self._learned.pop(chain, None)
-        elif same_rules(ours, printed):
+        elif same_rules(ours, printed, host_protocol_number):
             self._learned[chain] = (rules, printed)
         else:
             self._learned.pop(chain, None)

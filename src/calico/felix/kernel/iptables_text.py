@@ -13,7 +13,7 @@ import re
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from calico.common import protocols
@@ -76,9 +76,15 @@ def unsafe_rule(rule: str) -> str | None:
 _IMPLICIT_MATCHES = frozenset({"tcp", "udp", "udplite", "sctp", "dccp", "icmp", "icmp6"})
 
 
-def _canonical_tokens(rule: Rule) -> Counter[str]:
+ProtocolNumber = Callable[[str], str]
+
+
+def _canonical_tokens(
+    rule: Rule, protocol_number: ProtocolNumber = protocols.listed_number
+) -> Counter[str]:
     """A rule's tokens as a multiset, without the spelling differences iptables-save makes: the
-    implicit protocol match, and "/32" or "/128" on a single address."""
+    implicit protocol match, "/32" or "/128" on a single address, and a protocol's name (its
+    number, by `protocol_number`)."""
     out: Counter[str] = Counter()
     skip = False
     previous = ""
@@ -88,21 +94,30 @@ def _canonical_tokens(rule: Rule) -> Counter[str]:
         elif word == "-m" and following in _IMPLICIT_MATCHES:
             skip = True
         elif previous in ("-p", "--protocol"):
-            out[protocols.listed_number(word)] += 1  # "-p 4" is listed as "-p ipencap"
+            out[protocol_number(word)] += 1  # "-p 4" is listed as "-p ipencap"
         else:
             out[word.removesuffix("/32").removesuffix("/128")] += 1
         previous = word
     return out
 
 
-def same_rules(ours: Sequence[Rule], printed: Sequence[Rule]) -> bool:
+def same_rules(
+    ours: Sequence[Rule],
+    printed: Sequence[Rule],
+    protocol_number: ProtocolNumber = protocols.listed_number,
+) -> bool:
     """Whether `printed` (what iptables-save listed) is only another spelling of `ours`: as many
     rules, each with the same tokens up to the differences iptables-save makes and the order of
-    its matches. Never true for a rule more or less, or any other token."""
+    its matches. Never true for a rule more or less, or any other token. `protocol_number`:
+    a protocol's number as text, given its name or number (the kernel side adds the host's
+    /etc/protocols to the built-in table)."""
     if len(ours) != len(printed):
         return False
     pairs = zip(ours, printed, strict=True)
-    return all(_canonical_tokens(a) == _canonical_tokens(b) for a, b in pairs)
+    return all(
+        _canonical_tokens(a, protocol_number) == _canonical_tokens(b, protocol_number)
+        for a, b in pairs
+    )
 
 
 def targets(rule: Rule) -> Iterator[str]:
