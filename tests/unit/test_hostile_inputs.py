@@ -141,13 +141,17 @@ _IPSET_LINE_RE = re.compile(r"(create|add|del|swap|destroy|flush) (felix-[A-Za-z
 Mutation = Callable[[dict[str, Any], str], None]
 
 
-def _key_slots() -> Iterator[tuple[str, Mutation]]:
+FIXED_SEGMENTS = set(
+    "calico v1 host workload endpoint policy profile tier rules tags labels metadata ipam "
+    "v4 v6 pool bird_ip Ready config".split()
+) | {""}
+
+
+def _key_slots(
+    model: dict[str, Any] = BASE, fixed: set[str] = FIXED_SEGMENTS
+) -> Iterator[tuple[str, Mutation]]:
     """Each variable ID segment of each key."""
-    fixed = set(
-        "calico v1 host workload endpoint policy profile tier rules tags labels metadata ipam "
-        "v4 pool bird_ip Ready".split()
-    ) | {""}
-    for key in BASE:
+    for key in model:
         for position, segment in enumerate(key.split("/")):
             if segment in fixed and not (segment == HOST and position == 4):
                 continue
@@ -176,9 +180,9 @@ def _leaf_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[
             yield from _leaf_paths(v, (*path, i))
 
 
-def _value_slots() -> Iterator[tuple[str, Mutation]]:
+def _value_slots(model: dict[str, Any] = BASE) -> Iterator[tuple[str, Mutation]]:
     """Each string in each value, and each label name."""
-    for key, value in BASE.items():
+    for key, value in model.items():
         if isinstance(value, str):
 
             def set_plain(model: dict[str, Any], hostile: str, key: str = key) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -77,60 +77,7 @@ MORE = _more_model()
 
 # --- the slots: the same as the original module's, over the larger model ---------------------
 
-Mutation = Callable[[dict[str, Any], str], None]
-FIXED_SEGMENTS = set(
-    "calico v1 host workload endpoint policy profile tier rules tags labels metadata ipam "
-    "v4 v6 pool bird_ip Ready config".split()
-) | {""}
-
-
-def _key_slots(model: dict[str, Any]) -> Iterator[tuple[str, Mutation]]:
-    for key in model:
-        for position, segment in enumerate(key.split("/")):
-            if segment in FIXED_SEGMENTS:
-                continue
-
-            def mutate(
-                model: dict[str, Any], hostile: str, key: str = key, i: int = position
-            ) -> None:
-                parts = key.split("/")
-                parts[i] = hostile
-                model["/".join(parts)] = model.pop(key)
-
-            yield f"key {key} segment {position}", mutate
-
-
-def _value_slots(model: dict[str, Any]) -> Iterator[tuple[str, Mutation]]:
-    for key, value in model.items():
-        if isinstance(value, str):
-
-            def set_plain(model: dict[str, Any], hostile: str, key: str = key) -> None:
-                model[key] = hostile
-
-            yield f"value of {key}", set_plain
-            continue
-        for path, is_names in base._leaf_paths(value):
-
-            def mutate(
-                model: dict[str, Any],
-                hostile: str,
-                key: str = key,
-                path: tuple[Any, ...] = path,
-                is_names: bool = is_names,
-            ) -> None:
-                parent = model[key]
-                for step in path[:-1]:
-                    parent = parent[step]
-                if is_names:
-                    labels = parent[path[-1]]
-                    labels[hostile] = labels.pop(next(iter(labels)))
-                else:
-                    parent[path[-1]] = hostile
-
-            yield f"{key} {'/'.join(map(str, path))}{' (name)' if is_names else ''}", mutate
-
-
-ALL_SLOTS = dict([*_key_slots(MORE), *_value_slots(MORE)])
+ALL_SLOTS = dict([*base._key_slots(MORE), *base._value_slots(MORE)])
 SLOTS = {name: mutate for name, mutate in ALL_SLOTS.items() if name not in base.SLOTS}
 
 
