@@ -745,9 +745,9 @@ def test_sequencer_rejects_contract_breaking_calls() -> None:
     sets.activate("s:x")
     with pytest.raises(ContractError):
         seq.add_ip_set("s:x", set())
-    sets.add("s:x", "1.2.3.4")
+    seq.remove_ip_set("s:x")  # with its members: allowed, the set goes whole
     with pytest.raises(ContractError):
-        seq.remove_ip_set("s:x")  # still has members
+        seq.remove_ip_set("s:x")  # not active any more
 
 
 def test_sequencer_coalesces() -> None:
@@ -767,6 +767,26 @@ def test_sequencer_coalesces() -> None:
     sets.add("s:x", "3.3.3.3")
     assert seq.flush() == [
         m.IPSetDeltaUpdate("s:x", frozenset({"3.3.3.3"}), frozenset({"1.1.1.1"}))
+    ]
+    # Deactivated with its members (as the member calculator does): no deltas, one removal;
+    # and when it comes back within the flush, the deltas from what the dataplane holds.
+    sets.add("s:x", "4.4.4.4")
+    sets.deactivate("s:x")
+    assert seq.flush() == [m.IPSetRemove("s:x")]
+    sets.activate("s:x")
+    sets.add("s:x", "5.5.5.5")
+    sets.add("s:x", "6.6.6.6")
+    assert seq.flush() == [m.IPSetUpdate("s:x", frozenset({"5.5.5.5", "6.6.6.6"}))]
+    sets.remove("s:x", "5.5.5.5")
+    sets.add("s:x", "7.7.7.7")
+    sets.deactivate("s:x")  # holding 6.6.6.6 and 7.7.7.7, the dataplane 5.5.5.5 and 6.6.6.6
+    sets.activate("s:x")
+    sets.add("s:x", "7.7.7.7")
+    sets.add("s:x", "8.8.8.8")
+    sets.remove("s:x", "8.8.8.8")
+    sets.add("s:x", "5.5.5.5")
+    assert seq.flush() == [
+        m.IPSetDeltaUpdate("s:x", frozenset({"7.7.7.7"}), frozenset({"6.6.6.6"}))
     ]
     # A set activated and deactivated between flushes is never sent.
     sets.activate("s:y")

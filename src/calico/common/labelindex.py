@@ -210,7 +210,12 @@ class LabelIndex(_MatchTracker[_S, _I]):
         self._matches_by_label_set.clear()
         self._unindex_selector(sel_id)
         del self._selectors[sel_id]
-        self._set_selector_matches(sel_id, ())
+        # Every match stops at once: the selector's own entry goes whole (a policy change that
+        # drops selectors of thousands of matches did two index updates per match).
+        on_stopped = self._on_stopped
+        for item_id in self._items_by_sel.pop(sel_id, ()):
+            remove_from_index(self._sels_by_item, item_id, sel_id)
+            on_stopped(sel_id, item_id)
 
     def _cheapest_option(self, options: tuple[frozenset[Pair], ...]) -> frozenset[Pair]:
         """The option whose pairs the fewest items carry (stopping early at a small enough one)."""

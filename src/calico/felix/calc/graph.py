@@ -295,8 +295,9 @@ class CalcGraph:
             self._tag_index.activate(source)
 
     def _deactivate_set(self, set_id: str, source: IPSetSource) -> None:
+        # The set first: its matches' stops then do no per-member work (members.py).
+        self._members.set_deactivated(set_id)
         if isinstance(source, Selector):
             self._selector_index.remove_selector(set_id)
         else:
             self._tag_index.deactivate(source)
-        self._members.set_deactivated(set_id)

@@ -124,7 +124,8 @@ class MemberCalculator:
         self._sequencer.add_ip_set(set_id, counts.keys())  # the members, as a live view
 
     def set_deactivated(self, set_id: str) -> None:
-        # The indexes have already stopped every match, so the set is empty by now.
+        """Called before the index stops the set's matches: those stops then cost nothing here
+        (match_stopped ignores a set it no longer counts), and the set goes whole."""
         del self._counts[set_id]
         self._sequencer.remove_ip_set(set_id)
 
@@ -147,6 +148,8 @@ class MemberCalculator:
                     add_member(set_id, ip)
 
     def match_stopped(self, set_id: str, endpoint: Hashable) -> None:
+        if set_id not in self._counts:
+            return  # a set being deactivated (set_deactivated came first)
         for ip in self._endpoint_ips.get(endpoint, ()):
             self._decrement(set_id, ip)
 
