@@ -504,3 +504,32 @@ def test_v2_idle_watch_survives_writes_elsewhere(etcd: EtcdServer) -> None:
     events = client.watch("/calico/v1", revision, 2.0)  # raised ResyncRequired before
     client.close()
     assert [(e.key, e.value) for e in events] == [("/calico/v1/after", "x")]
+
+
+def test_v2_watch_loses_nothing_when_etcd_drops_a_slow_stream(etcd: EtcdServer) -> None:
+    """etcd drops a streaming watcher that falls 100 events behind. A live stream is left
+    unread while 900 events of 24 KB are written: the client reads what etcd sent, sees the
+    answer end, and catches up from the history, so every event arrives, in order, once."""
+    etcd.v2_put(READY, "true")
+    client = _v2_client(etcd)
+    revision = client.read_prefix("/calico/v1").revision + 1
+    first: list[list[tuple[str, str | None, int]]] = []
+    reader = threading.Thread(target=lambda: first.append(_watch_n(client, revision, 1)))
+    reader.start()
+    time.sleep(0.3)  # the watch is open, and live
+    etcd.v2_put("/calico/v1/slow/first", "0")
+    reader.join(WAIT)
+    [[(key, _, first_revision)]] = first
+    assert key == "/calico/v1/slow/first"
+    opened = client.opened
+    # Nobody reads meanwhile; large values, so that the socket's buffers fill and etcd's own
+    # buffer of 100 events overflows (fewer than its 1,000-event history).
+    values = [f"{i}:" + "x" * 24_000 for i in range(900)]
+    for i, value in enumerate(values):
+        etcd.v2_put(f"/calico/v1/slow/k{i}", value)
+    seen = _watch_n(client, first_revision + 1, 900)
+    client.close()
+    assert [(k, v) for k, v, _ in seen] == [
+        (f"/calico/v1/slow/k{i}", value) for i, value in enumerate(values)
+    ]
+    assert client.opened > opened  # the dropped stream was followed by new answers
