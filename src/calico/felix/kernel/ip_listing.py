@@ -1,4 +1,4 @@
-"""Our links, routes and static neighbours as `ip -j` lists them, for RouteTable's refresh.
+"""Our links, routes and neighbours as `ip -j` lists them (RouteTable, ProxyNdpTable).
 
 iproute2 decodes the kernel's dumps in C and filters routes by protocol: 35 ms for 2,000 links
 where pyroute2 takes 0.7 s, and the other hosts' BGP routes are never decoded in Python. Every
@@ -40,24 +40,24 @@ class IpLister:
 
     def routes(self) -> dict[tuple[str, str], Any] | None:
         """(interface, IP) -> entry for our protocol's host routes in the main table."""
-        listed = self._list_json(["ip", "-j", f"-{self.ip_version}", "route", "show",
-                                  "table", "main", "proto", str(self._route_proto)])  # fmt: skip
-        return None if listed is None else self._owned_entries(listed)
+        argv = ["ip", "-j", f"-{self.ip_version}", "route", "show", "table", "main"]
+        listed = list_json(self._runner, [*argv, "proto", str(self._route_proto)])
+        return None if listed is None else host_entries(listed, self._owns, self.ip_version)
 
     def neighbours(self) -> dict[tuple[str, str], str] | None:
         """(interface, IP) -> lower-case MAC of permanent IPv4 neighbours ({} for IPv6)."""
         if self.ip_version == 6:
             return {}  # no static neighbour entries for IPv6
-        listed = self._list_json(["ip", "-j", "-4", "neigh", "show", "nud", "permanent"])
+        listed = list_json(self._runner, ["ip", "-j", "-4", "neigh", "show", "nud", "permanent"])
         if listed is None:
             return None
         return {
             key: str(entry.get("lladdr", "")).lower()
-            for key, entry in self._owned_entries(listed).items()
+            for key, entry in host_entries(listed, self._owns, self.ip_version).items()
         }
 
     def links(self) -> Links | None:
-        listed = self._list_json(["ip", "-j", "link", "show"])
+        listed = list_json(self._runner, ["ip", "-j", "link", "show"])
         if listed is None:
             return None
         links: Links = {}
@@ -85,32 +85,37 @@ class IpLister:
                 neigh_by_index.setdefault(links[name][0], {})[ip] = mac
         return links, by_index, neigh_by_index
 
-    def _list_json(self, argv: list[str]) -> list[dict[str, Any]] | None:
-        """`ip -j ...` output, or None if it failed."""
-        proc = self._runner.run(argv)
-        if proc.returncode != 0:
-            _log.warning("%s failed: %s", " ".join(argv), proc.stderr.strip()[:500])
-            return None
-        try:
-            entries = json.loads(proc.stdout)
-        except ValueError:
-            return None
-        if not isinstance(entries, list):
-            return None
-        return [entry for entry in entries if isinstance(entry, dict)]
 
-    def _owned_entries(self, entries: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
-        """(interface, address) -> entry, for host-address entries on our interfaces (a /32 or
-        /128 prints as a bare address)."""
-        found: dict[tuple[str, str], Any] = {}
-        for entry in entries:
-            dev, dst = entry.get("dev"), entry.get("dst")
-            if not isinstance(dev, str) or not isinstance(dst, str) or not self._owns(dev):
-                continue
-            try:
-                address = ipaddress.ip_address(dst)
-            except ValueError:
-                continue  # "10.0.1.0/24", "default": not a shape we create
-            if address.version == self.ip_version:
-                found[(dev, str(address))] = entry
-        return found
+def list_json(runner: CommandRunner, argv: list[str]) -> list[dict[str, Any]] | None:
+    """The objects `ip -j ...` printed (nothing printed: none); None if it failed."""
+    proc = runner.run(argv)
+    if proc.returncode != 0:
+        _log.warning("%s failed: %s", " ".join(argv), proc.stderr.strip()[:500])
+        return None
+    try:
+        entries = json.loads(proc.stdout or "[]")
+    except ValueError:
+        _log.warning("%s printed something that is not JSON", " ".join(argv))
+        return None
+    if not isinstance(entries, list):
+        return None
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def host_entries(
+    entries: list[dict[str, Any]], owns: Callable[[str], bool], ip_version: int
+) -> dict[tuple[str, str], Any]:
+    """(interface, address) -> entry, for the host-address entries of one IP version on the
+    interfaces `owns` accepts (a /32 or /128 prints as a bare address)."""
+    found: dict[tuple[str, str], Any] = {}
+    for entry in entries:
+        dev, dst = entry.get("dev"), entry.get("dst")
+        if not isinstance(dev, str) or not isinstance(dst, str) or not owns(dev):
+            continue
+        try:
+            address = ipaddress.ip_address(dst)
+        except ValueError:
+            continue  # "10.0.1.0/24", "default": not a shape we create
+        if address.version == ip_version:
+            found[(dev, str(address))] = entry
+    return found

@@ -42,13 +42,13 @@ Thread safety
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from collections.abc import Iterable
 from typing import Final
 
 from calico.common.quoting import quoted
 from calico.felix.kernel.commands import CommandRunner
+from calico.felix.kernel.ip_listing import host_entries, list_json
 
 _log = logging.getLogger(__name__)
 
@@ -143,30 +143,12 @@ class ProxyNdpTable:
 
     def _list(self) -> dict[str, frozenset[str]] | None:
         """interface -> proxied IPv6 addresses, for our interfaces; None if listing failed."""
-        proc = self._runner.run(list(LIST_ARGV))
-        if proc.returncode != 0:
-            _log.warning("%s failed: %s", " ".join(LIST_ARGV), proc.stderr.strip())
-            return None
-        try:
-            entries = json.loads(proc.stdout or "[]")
-        except ValueError:
-            _log.warning("%s printed something that is not JSON", " ".join(LIST_ARGV))
-            return None
-        if not isinstance(entries, list):
+        entries = list_json(self._runner, list(LIST_ARGV))
+        if entries is None:
             return None
         found: dict[str, set[str]] = {}
-        for entry in entries:
-            if not isinstance(entry, dict):
-                continue
-            dev, dst = entry.get("dev"), entry.get("dst")
-            if not isinstance(dev, str) or not isinstance(dst, str) or not self.owns(dev):
-                continue
-            try:
-                address = ipaddress.ip_address(dst)
-            except ValueError:
-                continue
-            if address.version == 6:
-                found.setdefault(dev, set()).add(str(address))
+        for dev, address in host_entries(entries, self.owns, 6):
+            found.setdefault(dev, set()).add(address)
         return {dev: frozenset(addresses) for dev, addresses in found.items()}
 
     def _sync(self, name: str, have: frozenset[str] | None) -> None:
