@@ -83,8 +83,8 @@ class IptablesBackend:
     """iptables chains per (IP version, table) and ipsets per IP version.
 
     Apply order: IP sets (create/update: rules about to be written may reference new sets);
-    iptables per IP version: filter, nat, raw; IP sets again (destroy sets no rule references
-    any more)."""
+    iptables: every IP version's nat and raw tables, then the filter tables; IP sets again
+    (destroy sets no rule references any more)."""
 
     def __init__(
         self,
@@ -223,10 +223,20 @@ class IptablesBackend:
         for ipsets in self._ipsets.values():
             # destroy=False: rules may still use removed sets.
             ipsets.apply(force_refresh, destroy=False, saved=saved)
-        for driver in self._iptables.values():
+        for driver in self._in_apply_order():
             driver.apply(force_refresh)
         for ipsets in self._ipsets.values():
             ipsets.apply()  # destroys sets the rules no longer reference
+
+    def _in_apply_order(self) -> list[IptablesTable]:
+        """The small tables of every IP version first, then the filter tables.
+
+        On iptables-nft, ``iptables-save -t nat`` fetches the family's whole ruleset: 0.27 s
+        once the filter table holds 124,000 rules (1,000 endpoints), 5 ms while it is empty. A
+        cold start reads each table before its first write, so writing filter last saves
+        four such reads."""
+        order = sorted(self._iptables, key=lambda key: (key[1] == names.FILTER, key[0]))
+        return [self._iptables[key] for key in order]
 
     def _read_ipsets(self) -> dict[str, SavedSet] | None:
         """One ``ipset save`` for every IP version's refresh (it lists both families, and costs
