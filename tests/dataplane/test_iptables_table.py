@@ -206,6 +206,8 @@ def test_comparison_ignores_quoting_and_spacing() -> None:
     table = IptablesTable(4, "filter", runner)
     table.set_chain("felix-A", ['-m comment  --comment "a b"   -j X'])
     assert table.apply() is False
+    assert table.tokenised_chains == 1  # read unlike the text asked for: compared as tokens
+    assert table.apply(force_refresh=True) is False  # and it stays as wanted
 
 
 def test_commit_failure_retried_with_backoff_rereading_each_time() -> None:
@@ -333,7 +335,8 @@ def test_refresh_that_finds_nothing_wrong_tokenises_nothing_and_writes_nothing()
     table.set_chain("felix-B", ["-j RETURN"])
     table.set_hook("INPUT", "felix-A")
     table.apply()
-    # The kernel as Felix left it (the first refresh reads, and tokenises, every chain).
+    # The kernel as Felix left it: every rule reads as the text Felix wrote, so nothing needs
+    # tokenising.
     runner.save_text = save_text(
         ":felix-A - [0:0]",
         ":felix-B - [0:0]",
@@ -343,7 +346,7 @@ def test_refresh_that_finds_nothing_wrong_tokenises_nothing_and_writes_nothing()
         "-A felix-B -j RETURN",
     )
     assert table.apply(force_refresh=True) is False
-    assert table.tokenised_chains == 3
+    assert table.tokenised_chains == 0
     runner.calls.clear()
     # Nothing changed: one iptables-save, no chain tokenised, no restore, no read-back.
     assert table.apply(force_refresh=True) is False
@@ -365,7 +368,7 @@ def test_refresh_tokenises_and_repairs_only_an_edited_chain() -> None:
     runner.save_text = save_text(*kernel, "-A felix-B -j ACCEPT")
     assert table.apply(force_refresh=True) is True
     assert runner.restores == ["*filter\n:felix-B - [0:0]\n-A felix-B -j RETURN\nCOMMIT\n"]
-    assert table.tokenised_chains == 1  # the read-back: felix-B, written since the last read
+    assert table.tokenised_chains == 1  # felix-B, read unlike its text (the read-back: none)
     assert table.apply(force_refresh=True) is False
     assert table.tokenised_chains == 0
 
@@ -667,7 +670,7 @@ def test_refresh_repairs_an_edited_rule(env: Env) -> None:
     assert env.save() != expected
     env.runner.calls.clear()
     assert table.apply(force_refresh=True) is True
-    assert table.tokenised_chains == 1  # the read-back: only the chain rewritten
+    assert table.tokenised_chains == 1  # only the edited chain reads unlike its text
     (written,) = env.runner.restores()
     assert ":felix-B" not in written
     assert env.save() == expected

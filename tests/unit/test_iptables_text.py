@@ -12,11 +12,13 @@ import pytest
 
 from calico.common import protocols
 from calico.felix.kernel.iptables_text import (
-    chain_digest,
     failed_line,
     is_hook_rule,
+    is_hook_spec,
     parse_save,
     same_rules,
+    save_specs,
+    spec_targets,
     split_host_line,
     split_save,
     targets,
@@ -237,13 +239,33 @@ def test_split_host_line_falls_back_to_blanks_for_bad_quoting() -> None:
     assert split_host_line('-A X --comment "a -j Y') == ("-A", "X", "--comment", '"a', "-j", "Y")
 
 
-def test_chain_digest_tells_any_difference() -> None:
-    lines = ["-A felix-A -j DROP", "-A felix-A -j ACCEPT"]
-    assert chain_digest(lines) == chain_digest(list(lines))
-    assert len(chain_digest(lines)) == 16
-    assert chain_digest(lines) != chain_digest(lines[::-1])  # order
-    assert chain_digest(lines) != chain_digest(["-A felix-A -j DROP -j ACCEPT"])  # line breaks
-    assert chain_digest(lines) != chain_digest(["-A felix-A  -j DROP", lines[1]])  # spelling
+def test_save_specs_are_the_rules_as_printed_without_their_chain() -> None:
+    text = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:felix-A - [0:0]\n:felix-B - [0:0]\n"
+        '-A felix-A -m comment --comment "a  b" -j DROP\n-A felix-A\n-A INPUT -j felix-A\nCOMMIT\n'
+    )
+    assert save_specs(text, "filter") == {
+        "INPUT": ["-j felix-A"],
+        "felix-A": ['-m comment --comment "a  b" -j DROP', ""],  # (blanks inside quotes kept)
+        "felix-B": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("-p tcp -j felix-A", ["felix-A"]),
+        ("-g felix-B", ["felix-B"]),
+        ("--jump X --goto Y", ["X", "Y"]),
+        ('-m comment --comment "see -j felix-C" -j ACCEPT', ["ACCEPT"]),  # not inside quotes
+        ("-m comment --comment 'it -j Z' -j ACCEPT", ["ACCEPT"]),
+        ("-m set --match-set felix-v4-x src", []),
+    ],
+)
+def test_spec_targets_are_the_jumps_outside_quotes(spec: str, expected: list[str]) -> None:
+    assert list(spec_targets(spec)) == expected
+    assert is_hook_spec("-j felix-A") and is_hook_spec("-j felix-A", "felix-A")
+    assert not is_hook_spec("-j felix-A", "felix-B") and not is_hook_spec("-p tcp -j felix-A")
 
 
 # -- restore's error messages ------------------------------------------------------------------

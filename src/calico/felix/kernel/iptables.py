@@ -35,10 +35,12 @@ read the kernel, updated with every transaction it has since committed. The kern
 on the first apply, on ``apply(force_refresh=True)`` and after a failed restore (when the model
 may be wrong); every other apply trusts the model, as the original Felix trusted its own record
 of the chains it owns (felix.md §5.10), so an incremental apply costs one ``iptables-restore`` and
-no ``iptables-save`` (which takes 150 ms+ at 1,000 endpoints, and grows with the table). A read
-tokenises only the chains whose ``-A`` lines differ (by digest) from the lines it read last time,
-and reuses the rules parsed then for the rest: a refresh that finds nothing wrong costs the
-``iptables-save`` and a hash per chain, not a tokenisation of every rule. On iptables-nft a
+no ``iptables-save`` (which takes 150 ms+ at 1,000 endpoints, and grows with the table). The
+model holds each chain's rules as text, as iptables-save prints them; a chain that is as wanted
+holds the very tuple of rule specs the owner gave, so the model costs no memory of its own for
+it. A read compares text first and tokenises only a chain printed otherwise than expected (the
+renderer writes iptables-save's own spelling, so that is rare): a refresh that finds nothing wrong
+costs the ``iptables-save`` and one string comparison per rule. On iptables-nft a
 refresh first reads the nf_tables generation (:func:`nft_generation`); if no commit happened
 since a refresh last found the table as wanted, it skips even the ``iptables-save``. The plan
 is the difference between desired state and the model, written as one restore transaction:
@@ -79,6 +81,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -91,15 +94,13 @@ from calico.felix.kernel.iptables_plan import FAILED_RULES, STUB_RULES, Planner
 from calico.felix.kernel.iptables_text import (
     BUILTIN_CHAINS,
     Plan,
-    Rule,
+    Spec,
     binary,
-    chain_digest,
     failed_line,
     same_rules,
+    save_specs,
+    spec_targets,
     split_host_line,
-    split_save,
-    targets,
-    tokens,
     unsafe_rule,
 )
 
@@ -181,18 +182,14 @@ class IptablesTable(Planner):
         self._restore += ["--wait", str(LOCK_WAIT_SECS)]  # xtables lock (legacy; nft ignores)
         self._save = [binary(ip_version, "save", backend), "-t", table]
         self._chains: dict[str, tuple[str, ...]] = {}
-        # chain -> its rules as tokens and the Felix chains they jump to, computed once in
-        # set_chain so that planning never re-tokenises the whole table.
-        self._tokens: dict[str, tuple[Rule, ...]] = {}
-        self._refs: dict[str, frozenset[str]] = {}
-        # What we believe the kernel's table holds (None: unknown, read it on the next apply).
-        self._model: dict[str, list[Rule]] | None = None
-        # chain -> (digest of its lines in the last iptables-save we read, the rules parsed from
-        # them), for chains not written since. A refresh compares each chain's raw lines by
-        # digest and reuses the parsed rules when they match, so a refresh that finds nothing
-        # wrong tokenises nothing (124,000 rules at 1,000 endpoints took seconds of CPU).
-        self._last_read: dict[str, tuple[bytes, list[Rule]]] = {}
-        self.tokenised_chains = 0  # non-empty chains the last read tokenised (tests, debugging)
+        # chain -> the Felix chains its rules jump to, found once in set_chain so that planning
+        # never looks at every rule.
+        self._refs: dict[str, tuple[str, ...]] = {}
+        # What we believe the kernel's table holds, each chain's rules as iptables-save prints
+        # them (None: unknown, read it on the next apply). A chain as wanted holds the very
+        # tuple that `_expected` gives, so the model costs no memory of its own for it.
+        self._model: dict[str, Sequence[Spec]] | None = None
+        self.tokenised_chains = 0  # chains the last apply had to tokenise (tests, debugging)
         self._generation = generation
         # The nf_tables generation at which a refresh last found the kernel as wanted (None: not
         # known). Any later commit, ours included, changes the generation.
@@ -202,7 +199,7 @@ class IptablesTable(Planner):
         self._unhooks: set[tuple[str, str]] = set()  # hooks removed: re-removed on refresh
         self._owned: set[str] = set()  # chains this instance has written (safe to delete)
         # chain -> (rule specs we wrote, how iptables-save printed them back)
-        self._learned: dict[str, tuple[tuple[str, ...], tuple[Rule, ...]]] = {}
+        self._learned: dict[str, tuple[tuple[str, ...], tuple[Spec, ...]]] = {}
         self._failed: dict[str, str] = {}  # chain -> why the kernel refused it
         # chain -> (the rules asked for, why they were refused before reaching the kernel): the
         # chain holds UNSAFE_RULES until it is set to something else.
@@ -239,27 +236,26 @@ class IptablesTable(Planner):
             log.error("%r: refusing chain %s, programming a drop stub: %s", self, name, reason)
             self._unsafe[name] = (rules, reason)
             rules = UNSAFE_RULES
-        toks = tuple(tokens(rule) for rule in rules)
-        old_refs = self._refs.get(name, frozenset())
-        new_refs = frozenset(t for rule in toks for t in targets(rule) if names.is_felix_name(t))
+        old_refs = self._refs.get(name, ())
+        # (interned: 5,000 chains' references are mostly the same few thousand names)
+        refs = {t for rule in rules for t in spec_targets(rule) if names.is_felix_name(t)}
+        new_refs = tuple(sorted(map(sys.intern, refs)))
         self._count_refs(old_refs, -1)
         self._count_refs(new_refs, +1)
         self._chains[name] = rules
-        self._tokens[name] = toks
         self._refs[name] = new_refs
         # The chain itself, and chains that may gain or lose their last reference (stubs).
-        self._touched |= old_refs | new_refs
+        self._touched.update(old_refs, new_refs)
         self._touched.add(name)
         self._dirty = True
 
     def remove_chain(self, name: str) -> None:
         self._failed.pop(name, None)
         self._unsafe.pop(name, None)
-        self._tokens.pop(name, None)
         if self._chains.pop(name, None) is not None:
             old_refs = self._refs.pop(name)
             self._count_refs(old_refs, -1)
-            self._touched |= old_refs
+            self._touched.update(old_refs)
             self._touched.add(name)
             self._dirty = True
 
@@ -323,6 +319,7 @@ class IptablesTable(Planner):
         """
         if not (self._dirty or force_refresh):
             return False
+        self.tokenised_chains = 0
         generation = None
         if force_refresh:
             self.refresh_skipped = False
@@ -402,39 +399,34 @@ class IptablesTable(Planner):
         wanted = chain in plan.writes and chain in self._chains
         return chain if wanted and chain not in self._failed else None
 
-    def _read(self) -> dict[str, list[Rule]]:
-        """The kernel's table, tokenising only the chains that changed since the last read."""
+    def _read(self) -> dict[str, Sequence[Spec]]:
+        """The kernel's table. Rules compare as text: only a chain printed otherwise than we
+        expect is tokenised (124,000 rules at 1,000 endpoints took seconds of CPU to tokenise)."""
         proc = self._runner.run(self._save)
         if proc.returncode != 0:
             raise IptablesError(f"{self._save[0]} failed", proc.stderr)
-        model: dict[str, list[Rule]] = {}
-        last_read: dict[str, tuple[bytes, list[Rule]]] = {}
-        self.tokenised_chains = 0
-        for chain, lines in split_save(proc.stdout, self.table).items():
-            digest = chain_digest(lines)
-            cached = self._last_read.get(chain)
-            if cached is not None and cached[0] == digest:
-                rules = cached[1]  # printed exactly as last time: the same rules
-            else:
-                rules = self._parse_chain(chain, lines)
-                self.tokenised_chains += bool(lines)
-            model[chain] = rules
-            last_read[chain] = (digest, rules)
-        self._last_read = last_read
-        return model
+        return {
+            chain: self._as_expected(chain, specs)
+            for chain, specs in save_specs(proc.stdout, self.table).items()
+        }
 
-    def _parse_chain(self, chain: str, lines: list[str]) -> list[Rule]:
-        """One chain's ``-A`` lines as rules; when they are what we want there, our own rule
-        tuples are kept instead of the new ones, so the model and the desired state share memory
-        and compare by identity."""
-        rules = [split_host_line(line)[2:] for line in lines]
-        if chain in self._chains:
-            expected = self._expected(chain, self._chains[chain])
-            if tuple(rules) == expected:
-                return list(expected)
-        return rules
+    def _as_expected(self, chain: str, printed: list[Spec]) -> Sequence[Spec]:
+        """One chain as read: our expected tuple itself if it holds what we want there (the
+        same text, or the same tokens: quoting and blanks do not count), else as printed."""
+        rules = self._chains.get(chain)
+        if rules is None:
+            return printed
+        expected = self._expected(chain, rules)
+        if tuple(printed) == expected:
+            return expected
+        self.tokenised_chains += 1
+        if len(printed) == len(expected) and all(
+            split_host_line(a) == split_host_line(b) for a, b in zip(printed, expected, strict=True)
+        ):
+            return expected
+        return printed
 
-    def _after_success(self, plan: Plan, after: dict[str, list[Rule]], read_back: bool) -> None:
+    def _after_success(self, plan: Plan, after: dict[str, Sequence[Spec]], read_back: bool) -> None:
         """Record a committed transaction in the model (and owned/learned bookkeeping)."""
         assert self._model is not None
         self._owned |= set(plan.writes)
@@ -442,15 +434,12 @@ class IptablesTable(Planner):
         for chain in plan.deletes:
             self._learned.pop(chain, None)
             self._model.pop(chain, None)
-            self._last_read.pop(chain, None)
         for chain, rules in plan.writes.items():
-            self._model[chain] = list(self._expected(chain, rules))
-            self._last_read.pop(chain, None)  # the kernel's lines are no longer the ones we read
+            self._model[chain] = self._expected(chain, rules)
         # Built-in chains as the hook edits left them (computed by the plan).
         for chain, listed in after.items():
-            if chain in BUILTIN_CHAINS and self._model.get(chain) != listed:
+            if chain in BUILTIN_CHAINS:
                 self._model[chain] = listed
-                self._last_read.pop(chain, None)
         if read_back:
             # Learn the kernel's spelling of what we wrote, so later refreshes compare exactly.
             self._model = self._read()
@@ -459,7 +448,7 @@ class IptablesTable(Planner):
         self._done()
 
     def _learn_spelling(
-        self, chain: str, rules: tuple[str, ...], printed: tuple[Rule, ...]
+        self, chain: str, rules: tuple[str, ...], printed: tuple[Spec, ...]
     ) -> None:
         """Remember how the kernel printed `rules`, if that is only another spelling of them.
 
@@ -467,10 +456,14 @@ class IptablesTable(Planner):
         not hold what we wrote, e.g. another tool edited the chain between our write and our
         read: learning it would make us defend that edit as ours forever. Such a chain is not
         learned, so the next refresh rewrites it."""
-        ours = self._expected_plain(chain, rules)
+        ours = rules
         if printed == ours:
             self._learned.pop(chain, None)
-        elif same_rules(ours, printed, host_protocol_number):
+        elif same_rules(
+            [split_host_line(rule) for rule in ours],
+            [split_host_line(rule) for rule in printed],
+            host_protocol_number,
+        ):
             self._learned[chain] = (rules, printed)
         else:
             self._learned.pop(chain, None)

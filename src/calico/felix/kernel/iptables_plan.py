@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from calico.felix.dataplane import names
 from calico.felix.kernel.iptables_text import (
     BUILTIN_CHAINS,
     Plan,
-    Rule,
-    is_hook_rule,
-    targets,
-    tokens,
+    Spec,
+    is_hook_spec,
+    spec_targets,
 )
 
 log = logging.getLogger(__name__)
@@ -38,13 +37,12 @@ class Planner:
     """The planning half of `IptablesTable` (its state is declared here, set there)."""
 
     _chains: dict[str, tuple[str, ...]]  # chain -> the rule specs asked for
-    _tokens: dict[str, tuple[Rule, ...]]  # chain -> those rules as tokens
-    _refs: dict[str, frozenset[str]]  # chain -> the Felix chains its rules jump to
+    _refs: dict[str, tuple[str, ...]]  # chain -> the Felix chains its rules jump to
     _ref_count: Counter[str]  # Felix chain -> how many desired chains and hooks jump to it
     _hooks: dict[str, str]  # kernel chain -> felix chain
     _unhooks: set[tuple[str, str]]  # hooks removed: re-removed on refresh
     _owned: set[str]  # chains this instance has written (safe to delete)
-    _learned: dict[str, tuple[tuple[str, ...], tuple[Rule, ...]]]
+    _learned: dict[str, tuple[tuple[str, ...], tuple[Spec, ...]]]
     _failed: dict[str, str]  # chain -> why the kernel refused it
     _touched: set[str]  # chains whose wanted content may have changed since the last apply
     _in_grace: bool
@@ -52,8 +50,8 @@ class Planner:
     # -- planning -----------------------------------------------------------------------------
 
     def _plan(
-        self, kernel: dict[str, list[Rule]], full: bool
-    ) -> tuple[Plan, dict[str, list[Rule]]]:
+        self, kernel: dict[str, Sequence[Spec]], full: bool
+    ) -> tuple[Plan, dict[str, Sequence[Spec]]]:
         """The transaction that turns `kernel` into the desired state, and the rules of the
         chains the plan edits (built-ins with hooks, rewritten chains) as they will be after it.
 
@@ -76,18 +74,20 @@ class Planner:
             # During grace only chains this run wrote may go; an earlier run's stay as they are.
             and (not self._in_grace or chain in self._owned)
         }
-        # Copy only what the plan edits: the built-in chains (hooks) and the rewritten chains.
-        after = {chain: list(rules) for chain, rules in kernel.items() if chain in BUILTIN_CHAINS}
-        after.update(
-            {chain: list(self._expected(chain, rules)) for chain, rules in plan.writes.items()}
-        )
+        # What the plan edits: the built-in chains (hooks, copied) and the rewritten chains.
+        after: dict[str, Sequence[Spec]] = {
+            chain: list(rules) for chain, rules in kernel.items() if chain in BUILTIN_CHAINS
+        }
+        after.update({chain: self._expected(chain, rules) for chain, rules in plan.writes.items()})
         self._plan_unhooks(kernel, after, unwanted, plan)
         self._plan_hooks(after, plan)
         if unwanted:
             plan.deletes = sorted(self._deletable(unwanted, kernel, after))
         return plan, after
 
-    def _wanted_rules(self, chain: str, kernel: dict[str, list[Rule]]) -> tuple[str, ...] | None:
+    def _wanted_rules(
+        self, chain: str, kernel: dict[str, Sequence[Spec]]
+    ) -> tuple[str, ...] | None:
         """What `chain` should hold: its desired rules, the failed-chain stub, or (referenced
         but not desired) the missing-chain stub; None if it should not exist (or, during grace,
         be left alone)."""
@@ -100,7 +100,10 @@ class Planner:
         return None
 
     def _deletable(
-        self, unwanted: set[str], kernel: dict[str, list[Rule]], after: dict[str, list[Rule]]
+        self,
+        unwanted: set[str],
+        kernel: dict[str, Sequence[Spec]],
+        after: dict[str, Sequence[Spec]],
     ) -> set[str]:
         """The unwanted chains nothing left behind refers to.
 
@@ -113,7 +116,7 @@ class Planner:
                 refs_of[chain] = self._refs[chain]
             else:
                 rules = after[chain] if chain in after else kernel[chain]
-                refs_of[chain] = {t for rule in rules for t in targets(rule)}
+                refs_of[chain] = {t for rule in rules for t in spec_targets(rule)}
         doomed = set(unwanted)
         while True:
             refs = set().union(*(r for chain, r in refs_of.items() if chain not in doomed))
@@ -123,21 +126,16 @@ class Planner:
             log.info("Not deleting chains still referenced: %s", sorted(kept))
             doomed -= kept
 
-    def _expected(self, chain: str, rules: tuple[str, ...]) -> tuple[Rule, ...]:
-        """How the kernel should list `rules` in `chain`: its learned spelling, else ours."""
+    def _expected(self, chain: str, rules: tuple[str, ...]) -> tuple[Spec, ...]:
+        """How the kernel should list `rules` in `chain`: its learned spelling, else ours (the
+        renderer writes iptables-save's own spelling, so that is the rule)."""
         learned = self._learned.get(chain)
         if learned and learned[0] == rules:
             return learned[1]
-        return self._expected_plain(chain, rules)
-
-    def _expected_plain(self, chain: str, rules: tuple[str, ...]) -> tuple[Rule, ...]:
-        """`rules` as tokens, in our own spelling."""
-        if self._chains.get(chain) == rules:
-            return self._tokens[chain]
-        return tuple(tokens(rule) for rule in rules)  # a stub
+        return rules
 
     def _up_to_date(
-        self, chain: str, rules: tuple[str, ...], kernel: dict[str, list[Rule]]
+        self, chain: str, rules: tuple[str, ...], kernel: dict[str, Sequence[Spec]]
     ) -> bool:
         if chain not in kernel:
             return False
@@ -148,8 +146,8 @@ class Planner:
 
     def _plan_unhooks(
         self,
-        kernel: dict[str, list[Rule]],
-        after: dict[str, list[Rule]],
+        kernel: dict[str, Sequence[Spec]],
+        after: dict[str, Sequence[Spec]],
         unwanted: set[str],
         plan: Plan,
     ) -> None:
@@ -161,26 +159,27 @@ class Planner:
         for kernel_chain, rules in kernel.items():
             if kernel_chain not in BUILTIN_CHAINS:
                 continue
+            kept = []
             for rule in rules:
-                if not is_hook_rule(rule):
-                    continue
-                target = rule[1]
-                if self._hooks.get(kernel_chain) == target:
-                    continue  # a wanted hook: _plan_hooks keeps exactly one, at the top
-                stale = not self._in_grace or target in unwanted
-                if stale or (kernel_chain, target) in self._unhooks:
-                    plan.unhook_lines.append(f"-D {kernel_chain} -j {target}")
-                    after[kernel_chain].remove(rule)
+                if is_hook_spec(rule):
+                    target = rule.split()[1]
+                    wanted = self._hooks.get(kernel_chain) == target  # _plan_hooks keeps one
+                    stale = not self._in_grace or target in unwanted
+                    if not wanted and (stale or (kernel_chain, target) in self._unhooks):
+                        plan.unhook_lines.append(f"-D {kernel_chain} -j {target}")
+                        continue
+                kept.append(rule)
+            after[kernel_chain] = kept
 
-    def _plan_hooks(self, after: dict[str, list[Rule]], plan: Plan) -> None:
+    def _plan_hooks(self, after: dict[str, Sequence[Spec]], plan: Plan) -> None:
         for kernel_chain, felix_chain in sorted(self._hooks.items()):
-            rules = after.setdefault(kernel_chain, [])
-            count = sum(1 for rule in rules if is_hook_rule(rule, felix_chain))
-            if count == 1 and is_hook_rule(rules[0], felix_chain):
+            rules = after.get(kernel_chain, ())
+            count = sum(1 for rule in rules if is_hook_spec(rule, felix_chain))
+            if count == 1 and is_hook_spec(rules[0], felix_chain):
                 continue
             # Delete every copy, then insert at the top: this also moves a pushed-down hook back.
             plan.hook_lines += [f"-D {kernel_chain} -j {felix_chain}"] * count
             plan.hook_lines.append(f"-I {kernel_chain} 1 -j {felix_chain}")
-            rules[:] = [("-j", felix_chain)] + [
-                rule for rule in rules if not is_hook_rule(rule, felix_chain)
+            after[kernel_chain] = [f"-j {felix_chain}"] + [
+                rule for rule in rules if not is_hook_spec(rule, felix_chain)
             ]

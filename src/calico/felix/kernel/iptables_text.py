@@ -1,13 +1,12 @@
 """Pure text handling for iptables (no I/O): the tools' names, the restore transaction's text
 (`Plan`), tokenising rules as iptables-restore does,
-splitting and parsing ``iptables-save`` output, fingerprinting chains, the safety check every
+splitting and parsing ``iptables-save`` output, the targets of a rule spec, the safety check every
 rule passes before it is written, and the comparison that tells another spelling of our rules
 from someone else's edit. The driver that runs the commands is `calico.felix.kernel.iptables`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 import shlex
@@ -20,6 +19,7 @@ from calico.common import protocols
 from calico.felix.dataplane import names
 
 Rule = tuple[str, ...]  # one rule as shlex tokens, without "-A <chain>"
+Spec = str  # one rule as iptables-save prints it (or as asked for), without "-A <chain> "
 
 # The kernel's built-in chains (all tables): the only non-Felix chains Felix puts rules in.
 BUILTIN_CHAINS = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
@@ -120,11 +120,24 @@ def same_rules(
     )
 
 
-def targets(rule: Rule) -> Iterator[str]:
+def targets(rule: Sequence[str]) -> Iterator[str]:
     """The chains/targets a rule jumps or goes to (``-j X``, ``-g X``)."""
     for flag, value in itertools.pairwise(rule):
         if flag in JUMP_FLAGS:
             yield value
+
+
+def spec_targets(spec: Spec) -> Iterator[str]:
+    """The targets of one rule spec. Without quotes or backslashes (every rule the renderer
+    writes but the few with comments), blanks split it as tokens would, and far faster."""
+    if '"' in spec or "'" in spec or "\\" in spec:
+        return targets(split_host_line(spec))
+    return targets(spec.split())
+
+
+def is_hook_spec(spec: Spec, felix_chain: str | None = None) -> bool:
+    """`is_hook_rule` of a rule spec."""
+    return is_hook_rule(split_host_line(spec), felix_chain)
 
 
 def is_hook_rule(rule: Rule, felix_chain: str | None = None) -> bool:
@@ -140,6 +153,19 @@ def parse_save(text: str, table: str) -> dict[str, list[Rule]]:
         chain: [split_host_line(line)[2:] for line in lines]
         for chain, lines in split_save(text, table).items()
     }
+
+
+def save_specs(text: str, table: str) -> dict[str, list[Spec]]:
+    """Chains of `table` in iptables-save output, each with its rules as printed, without the
+    ``-A <chain>`` (no tokenising: a table's rules compare as text first)."""
+    return {
+        chain: list(map(_spec_of_line, lines)) for chain, lines in split_save(text, table).items()
+    }
+
+
+def _spec_of_line(line: str) -> Spec:
+    parts = line.split(None, 2)
+    return parts[2] if len(parts) > 2 else ""  # (a rule with no match and no target: "-A X")
 
 
 def split_save(text: str, table: str) -> dict[str, list[str]]:
@@ -165,12 +191,6 @@ def split_save(text: str, table: str) -> dict[str, list[str]]:
             # Chain names never contain blanks or quotes, so the second word is the chain.
             chains.setdefault(line.split(None, 2)[1], []).append(line)
     return chains
-
-
-def chain_digest(lines: Sequence[str]) -> bytes:
-    """A fingerprint of one chain's ``-A`` lines: equal digests mean the same rules, spelled the
-    same (128 bits, so an accidental collision is out of the question)."""
-    return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).digest()
 
 
 def split_host_line(line: str) -> Rule:
