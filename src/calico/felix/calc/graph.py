@@ -20,8 +20,10 @@ Wiring, in the order an update flows:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
+import sys
 from collections.abc import Callable, Hashable, Iterable
 from typing import TypeVar, cast
 
@@ -55,6 +57,22 @@ log = logging.getLogger(__name__)
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
+_T = TypeVar("_T", bound=Hashable)
+
+# Distinct label maps and profile lists kept for sharing between endpoints (a table restarts once
+# this full: only memory depends on it).
+_SHARED_VALUES_LIMIT = 4096
+
+
+def _shared(table: dict[_T, _T], value: _T) -> _T:
+    """The value equal to `value` that `table` already holds (`value` itself, kept, if none)."""
+    found = table.get(value)
+    if found is not None:
+        return found
+    if len(table) >= _SHARED_VALUES_LIMIT:
+        table.clear()
+    table[value] = value
+    return value
 
 
 def endpoint_ips(endpoint: Endpoint) -> frozenset[str]:
@@ -85,6 +103,9 @@ class CalcGraph:
         self._endpoints_by_profile: dict[str, set[EndpointKey]] = {}
         self._profile_labels: dict[str, res.Labels] = {}
         self._labels_dirty: set[EndpointKey] = set()
+        # Endpoints' equal label maps and profile lists, for _shared_parts.
+        self._shared_labels: dict[res.Labels, res.Labels] = {}
+        self._shared_profiles: dict[tuple[str, ...], tuple[str, ...]] = {}
         # Hosts with a valid bird_ip: only for num_hosts() (the sequencer keeps pending changes).
         self._host_ips: set[str] = set()
         # Keys whose value is invalid -> hash of that value: each refusal is logged once.
@@ -218,6 +239,8 @@ class CalcGraph:
     # --- Endpoints and label inheritance ---------------------------------------------------------
 
     def _update_endpoint(self, key: EndpointKey, endpoint: Endpoint | None) -> None:
+        if endpoint is not None:
+            endpoint = self._shared_parts(endpoint)
         old = self._endpoints.get(key)
         if old == endpoint:
             return
@@ -246,6 +269,25 @@ class CalcGraph:
             self._labels_dirty.add(key)  # indexed at the next flush
         if local:
             self.active.update_local_endpoint(key, endpoint)
+
+    def _shared_parts(self, endpoint: Endpoint) -> Endpoint:
+        """The endpoint (equal), holding the same label map and profile list objects as other
+        endpoints with equal ones. Endpoints of one application carry the same few labels and
+        profiles, but each value decoded from JSON came with its own copies of every string, dict
+        and tuple: at 11,000 endpoints, 8 MB of the graph's 48 were such copies."""
+        labels = self._shared_labels.get(endpoint.labels)
+        if labels is None:
+            # A new label map: its names and values (which other maps repeat) interned.
+            labels = _shared(
+                self._shared_labels,
+                res.Labels({sys.intern(k): sys.intern(v) for k, v in endpoint.labels.items()}),
+            )
+        profile_ids = _shared(self._shared_profiles, tuple(map(sys.intern, endpoint.profile_ids)))
+        if isinstance(endpoint, res.WorkloadEndpoint):
+            return dataclasses.replace(
+                endpoint, state=sys.intern(endpoint.state), labels=labels, profile_ids=profile_ids
+            )
+        return dataclasses.replace(endpoint, labels=labels, profile_ids=profile_ids)
 
     def _update_profile_labels(self, profile_id: str, labels: res.Labels | None) -> None:
         if self._profile_labels.get(profile_id) == labels:
