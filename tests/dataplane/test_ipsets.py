@@ -269,6 +269,66 @@ def test_unattributable_failure_rewrites_everything_next_time(fake: FakeIpset) -
     assert fake.sets[V4].members == {"10.0.0.1", "10.0.0.2"}
 
 
+def test_begin_writes_in_the_background_and_apply_takes_the_outcome(fake: FakeIpset) -> None:
+    table = IpsetTable(4, fake)
+    table.replace_members(SID, ["10.0.0.1"])
+    table.begin()
+    table.begin()  # one at a time: a second call while the first runs starts nothing
+    assert table.apply() is True
+    assert len(fake.restores) == 1  # the apply found everything written: no second restore
+    assert fake.sets[V4].members == {"10.0.0.1"}
+    assert table.in_sync
+    # A change made while a restore runs waits for it, and goes in the next write as a delta.
+    table.add_members(SID, ["10.0.0.2"])
+    table.begin()
+    table.add_members(SID, ["10.0.0.3"])
+    assert restore_lines(fake) == [f"add {V4} 10.0.0.2", "COMMIT"]
+    assert table.apply() is True
+    assert restore_lines(fake) == [f"add {V4} 10.0.0.3", "COMMIT"]
+    assert fake.sets[V4].members == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+
+
+def test_begin_leaves_destroys_to_apply(fake: FakeIpset) -> None:
+    table = IpsetTable(4, fake)
+    table.replace_members(SID, ["10.0.0.1"])
+    table.apply()
+    table.remove_set(SID)
+    table.begin()  # a rule may still use the set: only apply(destroy=...) may destroy it
+    assert len(fake.restores) == 1
+    assert table.apply() is True
+    assert restore_lines(fake) == [f"destroy {V4}", "COMMIT"]
+
+
+def test_a_failed_background_restore_is_rewritten_whole_by_apply(fake: FakeIpset) -> None:
+    table = IpsetTable(4, fake)
+    table.replace_members(SID, ["10.0.0.1"])
+    table.apply()
+    table.add_members(SID, ["10.0.0.2"])
+    fake.fail_next_restore = "ipset v7.17: Kernel error received: Out of memory\n"
+    table.begin()
+    assert table.apply() is True
+    assert f"swap {V4_TMP} {V4}" in restore_lines(fake)  # unknown after the failure: replaced
+    assert fake.sets[V4].members == {"10.0.0.1", "10.0.0.2"}
+
+
+def test_a_background_restore_that_cannot_run_is_retried_by_apply(fake: FakeIpset) -> None:
+    class Broken(FakeIpset):
+        def run(
+            self, argv: list[str], input: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+            if argv == ["ipset", "restore"] and not self.restores:
+                self.restores.append("(could not run)")
+                raise FileNotFoundError("ipset")
+            return super().run(argv, input)
+
+    broken = Broken()
+    table = IpsetTable(4, broken)
+    table.replace_members(SID, ["10.0.0.1"])
+    table.begin()
+    assert table.apply() is True
+    assert broken.sets[V4].members == {"10.0.0.1"}
+
+
 def test_replace_keeps_existing_main_set_parameters_alone(fake: FakeIpset) -> None:
     # A previous run made the set with another maxelem; "create -exist" would fail on it.
     fake.sets[V4] = FakeSet(HASH_IP, "inet", 65536, {"10.0.0.9"}, references=1)

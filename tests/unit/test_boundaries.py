@@ -44,6 +44,7 @@ PURE_CORE = [
 PURE_KERNEL_TEXT = [
     "calico.felix.kernel.iptables_text",
     "calico.felix.kernel.ipset_text",
+    "calico.felix.kernel.ipset_plan",
     "calico.felix.kernel.nft_text",
     "calico.felix.kernel.nft_plan",
     "calico.felix.kernel.iptables_plan",

@@ -226,6 +226,8 @@ class DataplaneManager:
         """Program everything dirty. Raises the drivers' errors; state stays dirty for a retry."""
         if not self.in_sync:
             return
+        if not force_refresh:  # (a refresh reads the kernel before it writes anything)
+            self._rules.begin_apply()  # set members, written while the rules are rendered
         for name in sorted(self._dirty_interfaces | self._dirty_routes):
             self._program_interface(name)
         if self._dirty_globals:

@@ -193,6 +193,9 @@ class NftBackend:
 
     # -- apply ---------------------------------------------------------------------------------
 
+    def begin_apply(self) -> None:
+        """Nothing to start early: sets and rules go in one nft transaction."""
+
     def apply(self, force_refresh: bool) -> None:
         self._table.apply(force_refresh)
 
