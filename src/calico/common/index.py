@@ -32,3 +32,17 @@ def remove_from_index(index: dict[_K, set[_V]], key: _K, member: _V) -> bool:
         return False
     del index[key]
     return True
+
+
+def shared(table: dict[_V, _V], value: _V, limit: int = 4096) -> _V:
+    """The value equal to `value` that `table` already holds, else `value` (now held): equal
+    immutable values (replicas' labels, tag sets) kept once instead of once per holder. The
+    table restarts once `limit` values are held, so it stays small when values rarely repeat;
+    only sharing (memory), never a result, depends on it."""
+    found = table.get(value)
+    if found is not None:
+        return found
+    if len(table) >= limit:
+        table.clear()
+    table[value] = value
+    return value

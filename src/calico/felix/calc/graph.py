@@ -24,7 +24,7 @@ import dataclasses
 import ipaddress
 import logging
 import sys
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from typing import TypeVar, cast
 
 from calico.common import resources as res
@@ -42,7 +42,7 @@ from calico.common.datamodel_v1 import (
     WorkloadEndpointKey,
     parse_key,
 )
-from calico.common.index import add_to_index, remove_from_index
+from calico.common.index import shared
 from calico.common.labelindex import LabelIndex
 from calico.common.quoting import quoted
 from calico.common.selectors import Selector
@@ -57,30 +57,17 @@ log = logging.getLogger(__name__)
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
-_T = TypeVar("_T", bound=Hashable)
-
-# Distinct label maps and profile lists kept for sharing between endpoints (a table restarts once
-# this full: only memory depends on it).
-_SHARED_VALUES_LIMIT = 4096
 
 
-def _shared(table: dict[_T, _T], value: _T) -> _T:
-    """The value equal to `value` that `table` already holds (`value` itself, kept, if none)."""
-    found = table.get(value)
-    if found is not None:
-        return found
-    if len(table) >= _SHARED_VALUES_LIMIT:
-        table.clear()
-    table[value] = value
-    return value
-
-
-def endpoint_ips(endpoint: Endpoint) -> frozenset[str]:
-    """The addresses an endpoint contributes to IP sets: a workload's nets without their prefix
-    length; a host endpoint's expected addresses (felix.md §3.6)."""
+def endpoint_ips(endpoint: Endpoint) -> tuple[str, ...]:
+    """The addresses an endpoint contributes to IP sets, each once: a workload's nets without
+    their prefix length; a host endpoint's expected addresses (felix.md §3.6). A tuple: kept for
+    every endpoint, and a frozenset of one address is 216 bytes to the tuple's 48."""
     if isinstance(endpoint, res.WorkloadEndpoint):
-        return frozenset(net.split("/")[0] for net in endpoint.ipv4_nets + endpoint.ipv6_nets)
-    return frozenset(endpoint.expected_ipv4_addrs + endpoint.expected_ipv6_addrs)
+        ips = [net.split("/")[0] for net in endpoint.ipv4_nets + endpoint.ipv6_nets]
+    else:
+        ips = [*endpoint.expected_ipv4_addrs, *endpoint.expected_ipv6_addrs]
+    return tuple(dict.fromkeys(ips))
 
 
 class CalcGraph:
@@ -100,7 +87,6 @@ class CalcGraph:
             self.sequencer, self._activate_set, self._deactivate_set
         )
         self._endpoints: dict[EndpointKey, Endpoint] = {}
-        self._endpoints_by_profile: dict[str, set[EndpointKey]] = {}
         self._profile_labels: dict[str, res.Labels] = {}
         self._labels_dirty: set[EndpointKey] = set()
         # Endpoints' equal label maps and profile lists, for _shared_parts.
@@ -244,20 +230,14 @@ class CalcGraph:
         old = self._endpoints.get(key)
         if old == endpoint:
             return
-        old_profiles = old.profile_ids if old is not None else ()
         if endpoint is None:
             del self._endpoints[key]
         else:
             self._endpoints[key] = endpoint
-        new_profiles = endpoint.profile_ids if endpoint is not None else ()
-        for profile_id in set(old_profiles) - set(new_profiles):
-            remove_from_index(self._endpoints_by_profile, profile_id, key)
-        for profile_id in new_profiles:
-            add_to_index(self._endpoints_by_profile, profile_id, key)
 
         # IPs first, so that matches started or stopped later count the endpoint's new IPs.
         self._members.update_endpoint_ips(
-            key, endpoint_ips(endpoint) if endpoint is not None else frozenset()
+            key, endpoint_ips(endpoint) if endpoint is not None else ()
         )
         local = key.hostname == self._hostname
         if endpoint is None:
@@ -278,11 +258,11 @@ class CalcGraph:
         labels = self._shared_labels.get(endpoint.labels)
         if labels is None:
             # A new label map: its names and values (which other maps repeat) interned.
-            labels = _shared(
+            labels = shared(
                 self._shared_labels,
                 res.Labels({sys.intern(k): sys.intern(v) for k, v in endpoint.labels.items()}),
             )
-        profile_ids = _shared(self._shared_profiles, tuple(map(sys.intern, endpoint.profile_ids)))
+        profile_ids = shared(self._shared_profiles, tuple(map(sys.intern, endpoint.profile_ids)))
         if isinstance(endpoint, res.WorkloadEndpoint):
             return dataclasses.replace(
                 endpoint, state=sys.intern(endpoint.state), labels=labels, profile_ids=profile_ids
@@ -296,7 +276,9 @@ class CalcGraph:
             del self._profile_labels[profile_id]
         else:
             self._profile_labels[profile_id] = labels
-        self._labels_dirty.update(self._endpoints_by_profile.get(profile_id, ()))
+        # The tag index's endpoints by profile serve here too (the same relation, kept once).
+        users = self._tag_index.endpoints_with_profile(profile_id)
+        self._labels_dirty.update(cast("Collection[EndpointKey]", users))
 
     def _index_dirty_labels(self) -> None:
         """Index the merged labels of endpoints that changed since the last flush. Deferred to

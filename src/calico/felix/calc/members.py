@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable, Iterable
 
-from calico.common.index import add_to_index, remove_from_index
+from calico.common.index import add_to_index, remove_from_index, shared
 from calico.common.selectors import tag_id
 from calico.felix.calc.sequencer import EventSequencer
 
@@ -27,7 +27,9 @@ class TagIndex:
         self._profile_tags: dict[str, frozenset[str]] = {}
         self._endpoint_profiles: dict[Hashable, tuple[str, ...]] = {}
         self._endpoints_by_profile: dict[str, set[Hashable]] = {}
+        # Endpoints listing the same profiles have the same tags: one frozenset for them all.
         self._endpoint_tags: dict[Hashable, frozenset[str]] = {}
+        self._tag_sets: dict[frozenset[str], frozenset[str]] = {}
         self._endpoints_by_tag: dict[str, set[Hashable]] = {}
         self._active: set[str] = set()
         self._dirty: set[Hashable] = set()  # endpoints whose profiles' tags changed
@@ -66,6 +68,10 @@ class TagIndex:
             self._drop_user(profile_id, endpoint)
         self._recalculate(endpoint)
 
+    def endpoints_with_profile(self, profile_id: str) -> Collection[Hashable]:
+        """The endpoints (on any host) that list the profile (a live view: do not change it)."""
+        return self._endpoints_by_profile.get(profile_id, ())
+
     def active_set_ids(self, endpoint: Hashable) -> list[str]:
         """IDs of the active tag sets the endpoint is in."""
         active = self._active
@@ -90,7 +96,7 @@ class TagIndex:
             new |= self._profile_tags.get(profile_id, frozenset())
         old = self._endpoint_tags.get(endpoint, frozenset())
         if new:
-            self._endpoint_tags[endpoint] = new
+            self._endpoint_tags[endpoint] = shared(self._tag_sets, new)
         else:
             self._endpoint_tags.pop(endpoint, None)
         for tag in old - new:
@@ -115,7 +121,7 @@ class MemberCalculator:
     ) -> None:
         self._sequencer = sequencer
         self._sets_of = sets_of
-        self._endpoint_ips: dict[Hashable, frozenset[str]] = {}
+        self._endpoint_ips: dict[Hashable, tuple[str, ...]] = {}
         self._counts: dict[str, dict[str, int]] = {}
 
     def set_activated(self, set_id: str) -> None:
@@ -153,20 +159,22 @@ class MemberCalculator:
         for ip in self._endpoint_ips.get(endpoint, ()):
             self._decrement(set_id, ip)
 
-    def update_endpoint_ips(self, endpoint: Hashable, ips: frozenset[str]) -> None:
-        """Set an endpoint's IPs; call before its labels/tags change so that matches started or
-        stopped by the label change count the new IPs."""
-        old = self._endpoint_ips.get(endpoint, frozenset())
+    def update_endpoint_ips(self, endpoint: Hashable, ips: tuple[str, ...]) -> None:
+        """Set an endpoint's IPs (distinct); call before its labels/tags change so that matches
+        started or stopped by the label change count the new IPs."""
+        old = self._endpoint_ips.get(endpoint, ())
         if old == ips:
             return
         if ips:
             self._endpoint_ips[endpoint] = ips
         else:
             self._endpoint_ips.pop(endpoint, None)
+        gone = [ip for ip in old if ip not in ips]
+        added = [ip for ip in ips if ip not in old]
         for set_id in self._sets_of(endpoint):
-            for ip in old - ips:
+            for ip in gone:
                 self._decrement(set_id, ip)
-            for ip in ips - old:
+            for ip in added:
                 self._increment(set_id, ip)
 
     def _increment(self, set_id: str, ip: str) -> None:
