@@ -24,7 +24,7 @@ import dataclasses
 import ipaddress
 import logging
 import sys
-from collections.abc import Callable, Collection, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import TypeVar, cast
 
 from calico.common import resources as res
@@ -290,7 +290,7 @@ class CalcGraph:
             self._profile_labels[profile_id] = labels
         # The tag index's endpoints by profile serve here too (the same relation, kept once).
         users = self._tag_index.endpoints_with_profile(profile_id)
-        self._labels_dirty.update(cast("Collection[EndpointKey]", users))
+        self._labels_dirty.update(cast("Iterator[EndpointKey]", users))
 
     def _index_dirty_labels(self) -> None:
         """Index the merged labels of endpoints that changed since the last flush. Deferred to
