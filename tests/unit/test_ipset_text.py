@@ -82,13 +82,17 @@ def test_saved_text_and_digest_follow_each_sets_lines() -> None:
     one = parse_ipset_save(create + "add felix-v4-a 10.0.0.1\n")["felix-v4-a"]
     again = parse_ipset_save(create + "add felix-v4-a 10.0.0.1\n\n")["felix-v4-a"]
     two = parse_ipset_save(create + "add felix-v4-a 10.0.0.1\nadd felix-v4-a 10.0.0.2\n")
-    assert one.text == create + "add felix-v4-a 10.0.0.1"
+    assert one.text == create.removeprefix("create ") + "add felix-v4-a 10.0.0.1"
+    assert one.members() == ["10.0.0.1"]
     assert one.digest() == again.digest()  # trailing blank lines are not the set's
     assert one.digest() != two["felix-v4-a"].digest()
     assert one.kset.maxelem == 65536 and one.kset.members is None
     odd = parse_ipset_save("create x hash:ip family inet maxelem lots\ncreate\n")
     assert odd["x"].kset.maxelem is None and list(odd) == ["x"]
     assert parse_ipset_save("") == {}
+    assert list(parse_ipset_save("# a header\n" + create + "add felix-v4-a 10.0.0.1\n")) == [
+        "felix-v4-a"
+    ]
 
 
 # -- normalize -----------------------------------------------------------------------------------

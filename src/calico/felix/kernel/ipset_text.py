@@ -56,7 +56,8 @@ class SavedSet:
     """One set's part of ``ipset save`` output: its create line's facts and its raw text."""
 
     kset: KernelSet
-    text: str  # the create line and the set's add lines, exactly as printed
+    # The create line (without its "create ") and the set's add lines, exactly as printed.
+    text: str
 
     def digest(self) -> bytes:
         return hashlib.blake2b(self.text.encode(), digest_size=16).digest()
@@ -72,9 +73,12 @@ def parse_ipset_save(text: str) -> dict[str, SavedSet]:
     ``ipset save`` prints each set as its ``create`` line followed by all of its ``add`` lines,
     so the text between two create lines is one set's. Splitting on them is done in C (str
     methods) rather than line by line in Python: there are 300,000 add lines at 1,000
-    endpoints."""
+    endpoints. Each set keeps its piece of the split, not a copy (13 MB at that scale)."""
     sets: dict[str, SavedSet] = {}
-    for chunk in ("\n" + text).split("\ncreate ")[1:]:
+    chunks = text.split("\ncreate ")
+    first = chunks[0]  # the first set's text, or whatever precedes the first "create"
+    chunks[0] = first.removeprefix("create ") if first.startswith("create ") else ""
+    for chunk in chunks:
         create = chunk.split("\n", 1)[0].split()
         if len(create) < 2:
             continue
@@ -86,7 +90,7 @@ def parse_ipset_save(text: str) -> dict[str, SavedSet]:
             family=options.get("family", ""),
             maxelem=int(maxelem) if maxelem and maxelem.isdigit() else None,
         )
-        sets[kset.name] = SavedSet(kset, "create " + chunk.rstrip("\n"))
+        sets[kset.name] = SavedSet(kset, chunk.rstrip("\n"))
     return sets
 
 

@@ -366,8 +366,10 @@ class IpsetTable(SetPlanner):
             actual = self._normalize_all(kset.members, state.set_type)
             if state.programmed is not None and actual != state.programmed:
                 log.warning("ipset %s was modified outside Felix; repairing", state.name)
-            state.programmed = actual
-            state.touched = actual ^ state.desired
+            # As wanted: share one member set, as after a write (`_unshare`).
+            state.programmed = state.desired if actual == state.desired else actual
+            # (`or set()`: an empty result of ^ keeps its operand's table, 11 MB over all sets)
+            state.touched = (actual ^ state.desired) or set()
             if state.touched:
                 self._dirty.add(state.name)
 

@@ -405,12 +405,9 @@ class IptablesTable(Planner):
         proc = self._runner.run(self._save)
         if proc.returncode != 0:
             raise IptablesError(f"{self._save[0]} failed", proc.stderr)
-        return {
-            chain: self._as_expected(chain, specs)
-            for chain, specs in save_specs(proc.stdout, self.table).items()
-        }
+        return save_specs(proc.stdout, self.table, self._as_expected)
 
-    def _as_expected(self, chain: str, printed: list[Spec]) -> Sequence[Spec]:
+    def _as_expected(self, chain: str, printed: list[Spec]) -> Sequence[Spec]:  # (save_specs')
         """One chain as read: our expected tuple itself if it holds what we want there (the
         same text, or the same tokens: quoting and blanks do not count), else as printed."""
         rules = self._chains.get(chain)

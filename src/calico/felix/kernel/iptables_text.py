@@ -7,6 +7,7 @@ from someone else's edit. The driver that runs the commands is `calico.felix.ker
 
 from __future__ import annotations
 
+import io
 import itertools
 import re
 import shlex
@@ -159,27 +160,62 @@ def parse_save(text: str, table: str) -> dict[str, list[Rule]]:
     }
 
 
-def save_specs(text: str, table: str) -> dict[str, list[Spec]]:
+def save_specs(
+    text: str, table: str, finish: Callable[[str, list[Spec]], Sequence[Spec]] | None = None
+) -> dict[str, Sequence[Spec]]:
     """Chains of `table` in iptables-save output, each with its rules as printed, without the
-    ``-A <chain>`` (no tokenising: a table's rules compare as text first)."""
-    return {
-        chain: list(map(_spec_of_line, lines)) for chain, lines in split_save(text, table).items()
-    }
+    ``-A <chain>`` (no tokenising: a table's rules compare as text first).
+
+    `finish` is given each chain's rules as soon as they are read (iptables-save prints a
+    chain's rules together) and what it returns is kept instead: the driver keeps its own tuple
+    for a chain that reads as expected, so a big table is never all held as new strings (50 MB
+    at 1,000 endpoints, where the driver's peak memory is a refresh)."""
+    chains: dict[str, Sequence[Spec]] = {}
+    current: str | None = None
+    specs: list[Spec] = []
+    for chain, line in _table_lines(text, table):
+        if line is None:
+            chains.setdefault(chain, [])
+            continue
+        if chain != current:
+            _finish(chains, current, specs, finish)
+            current, specs = chain, []
+        parts = line.split(None, 2)
+        specs.append(parts[2] if len(parts) > 2 else "")  # ("-A X": no match, no target)
+    _finish(chains, current, specs, finish)
+    return chains
 
 
-def _spec_of_line(line: str) -> Spec:
-    parts = line.split(None, 2)
-    return parts[2] if len(parts) > 2 else ""  # (a rule with no match and no target: "-A X")
+def _finish(
+    chains: dict[str, Sequence[Spec]],
+    chain: str | None,
+    specs: list[Spec],
+    finish: Callable[[str, list[Spec]], Sequence[Spec]] | None,
+) -> None:
+    if chain is None:
+        return
+    earlier = chains.get(chain)
+    if earlier:  # (the chain's rules were not all together: all of them, in order)
+        specs = [*earlier, *specs]
+    chains[chain] = finish(chain, specs) if finish is not None else specs
 
 
 def split_save(text: str, table: str) -> dict[str, list[str]]:
-    """Chains of `table` in iptables-save output, each with its ``-A`` lines as printed.
-
-    It finds each line's chain without tokenising the rule, so a refresh can tell which chains
-    changed before paying for tokens (:func:`parse_save` adds the tokens)."""
+    """Chains of `table` in iptables-save output, each with its ``-A`` lines as printed."""
     chains: dict[str, list[str]] = {}
+    for chain, line in _table_lines(text, table):
+        lines = chains.setdefault(chain, [])
+        if line is not None:
+            lines.append(line)
+    return chains
+
+
+def _table_lines(text: str, table: str) -> Iterator[tuple[str, str | None]]:
+    """(chain, its ``-A`` line) for each rule of `table` in iptables-save output, and (chain,
+    None) for each chain it declares; a line at a time (a big table's lines are never all held
+    at once), finding each line's chain without tokenising it."""
     in_table = False
-    for raw in text.splitlines():
+    for raw in io.StringIO(text):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -190,11 +226,10 @@ def split_save(text: str, table: str) -> dict[str, list[str]]:
         elif line == "COMMIT":
             in_table = False
         elif line.startswith(":"):
-            chains.setdefault(line[1:].split()[0], [])
+            yield line[1:].split()[0], None
         elif line.startswith("-A "):
             # Chain names never contain blanks or quotes, so the second word is the chain.
-            chains.setdefault(line.split(None, 2)[1], []).append(line)
-    return chains
+            yield line.split(None, 2)[1], line
 
 
 def split_host_line(line: str) -> Rule:
