@@ -86,9 +86,10 @@ class MeteredRunner:
         kind = _kind(argv)
         started = time.monotonic()
         result = self._runner.run(argv, input=input)
+        elapsed = time.monotonic() - started
+        log.debug("Ran %s: exit %d, %.1f ms", " ".join(argv[:4]), result.returncode, elapsed * 1e3)
         if kind is not None:
             tool, label = kind
-            elapsed = time.monotonic() - started
             runs, failures, seconds = (
                 (IPTABLES_RUNS, IPTABLES_FAILURES, IPTABLES_SECONDS)
                 if tool == "iptables"
