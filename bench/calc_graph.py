@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import random
 import statistics
@@ -45,11 +46,18 @@ def endpoint_key(i: int, local: int = LOCAL) -> str:
     return f"/calico/v1/host/{host}/workload/openstack/vm{i}/endpoint/ep{i}"
 
 
+def interface_name(i: int) -> str:
+    """Endpoint i's TAP, named as Neutron names one: "tap" and the first 11 characters of its
+    port's UUID, random hex (sequential names would share a long prefix, which no cloud has,
+    and one more would reshape the whole dispatch tree)."""
+    return "tap" + hashlib.blake2b(f"port-{i}".encode()).hexdigest()[:11]
+
+
 def endpoint_value(i: int, labels: dict[str, str]) -> str:
     return json.dumps(
         {
             "state": "active",
-            "name": f"tap{i:011d}",
+            "name": interface_name(i),
             "mac": f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}",
             "profile_ids": [f"prof{i % PROFILES}", f"prof{(i * 7) % PROFILES}"],
             "ipv4_nets": [f"10.65.{i // 250}.{i % 250 + 1}/32"],

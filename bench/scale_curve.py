@@ -75,7 +75,7 @@ def address(i: int) -> tuple[list[str], list[str]]:
 
 def endpoint_value(i: int, extra_profile: str | None = None) -> str:
     value = json.loads(data.endpoint_value(i % V4_ENDPOINTS, data.endpoint_labels(i)))
-    value["name"] = f"tap{i:011d}"
+    value["name"] = data.interface_name(i)
     value["mac"] = f"02:00:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
     value["ipv4_nets"], value["ipv6_nets"] = address(i)
     value["profile_ids"] = [f"prof{i % data.PROFILES}", f"prof{(i * 7) % data.PROFILES}"]
