@@ -71,7 +71,6 @@ class _MatchTracker(Generic[_S, _I]):
         self._on_stopped = on_match_stopped
         self._on_item_started = on_item_matches_started
         self._selectors: dict[_S, Selector] = {}
-        self._labels: dict[_I, dict[str, str]] = {}
         # The match relation: each item with a match -> its group; the groups by their
         # selectors; each selector -> the groups whose items it matches.
         self._group_of: dict[_I, _Group[_S, _I]] = {}
@@ -176,6 +175,15 @@ class _MatchTracker(Generic[_S, _I]):
 class LinearScanIndex(_MatchTracker[_S, _I]):
     """Reference implementation: every change re-evaluates against everything."""
 
+    def __init__(
+        self,
+        on_match_started: MatchCallback[_S, _I],
+        on_match_stopped: MatchCallback[_S, _I],
+        on_item_matches_started: ItemMatchesCallback[_I, _S] | None = None,
+    ) -> None:
+        super().__init__(on_match_started, on_match_stopped, on_item_matches_started)
+        self._labels: dict[_I, dict[str, str]] = {}
+
     def update_selector(self, sel_id: _S, selector: Selector) -> None:
         self._selectors[sel_id] = selector
         self._set_selector_matches(
@@ -198,6 +206,18 @@ class LinearScanIndex(_MatchTracker[_S, _I]):
             self._set_item_matches(item_id, ())
 
 
+class _LabelGroup(Generic[_I]):
+    """The items with one set of labels (replicas, members of the same security groups): the
+    labels kept once for them all, and a selector evaluated once for them all."""
+
+    __slots__ = ("items", "label_set", "labels")
+
+    def __init__(self, label_set: frozenset[Pair]) -> None:
+        self.label_set = label_set
+        self.labels = dict(label_set)
+        self.items: set[_I] = set()
+
+
 class LabelIndex(_MatchTracker[_S, _I]):
     """Label-value index (the [1.4] ``LabelValueIndex`` algorithm)."""
 
@@ -208,8 +228,12 @@ class LabelIndex(_MatchTracker[_S, _I]):
         on_item_matches_started: ItemMatchesCallback[_I, _S] | None = None,
     ) -> None:
         super().__init__(on_match_started, on_match_stopped, on_item_matches_started)
-        # (label, value) -> items carrying that pair.
-        self._items_by_pair: dict[Pair, set[_I]] = {}
+        # Items grouped by their labels; (label, value) -> the groups carrying that pair. Not
+        # (label, value) -> items: at 11,000 endpoints with a few hundred distinct label sets,
+        # those sets (and a copy of the labels per item) were 5 MB.
+        self._label_group_of: dict[_I, _LabelGroup[_I]] = {}
+        self._label_groups: dict[frozenset[Pair], _LabelGroup[_I]] = {}
+        self._groups_by_pair: dict[Pair, set[_LabelGroup[_I]]] = {}
         # Simple selectors: their pairs, and (label, value) -> simple selectors listing it.
         self._simple_pairs: dict[_S, frozenset[Pair]] = {}
         self._simple_by_pair: dict[Pair, set[_S]] = {}
@@ -221,10 +245,6 @@ class LabelIndex(_MatchTracker[_S, _I]):
         # Items with identical labels match identical selectors (replicas, members of the same
         # security groups): the answer per distinct label set, until any selector changes.
         self._matches_by_label_set: dict[frozenset[Pair], frozenset[_S]] = {}
-        # Those items share one copy of their labels, too: the index keeps every item's labels,
-        # and at 11,000 endpoints with a few hundred distinct label sets, a copy each was 3 MB.
-        # Kept until the table is full (then restarted), as only memory depends on it.
-        self._shared_labels: dict[frozenset[Pair], dict[str, str]] = {}
 
     # Selectors
 
@@ -239,27 +259,28 @@ class LabelIndex(_MatchTracker[_S, _I]):
             self._simple_pairs[sel_id] = simple
             for pair in simple:
                 add_to_index(self._simple_by_pair, pair, sel_id)
-            new: set[_I] = set()
-            for pair in simple:
-                new |= self._items_by_pair.get(pair, set())
-            self._set_selector_matches(sel_id, new)
+            self._set_selector_matches(sel_id, _items_of(self._groups_with(simple)))
             return
         options = selector.pair_options()
-        candidates: Iterable[_I]
+        candidates: Iterable[_LabelGroup[_I]]
         if options:
             pairs = self._cheapest_option(options)
             self._complex_key[sel_id] = pairs
             for pair in pairs:
                 add_to_index(self._complex_by_pair, pair, sel_id)
-            found: set[_I] = set()
-            for pair in pairs:
-                found |= self._items_by_pair.get(pair, set())
-            candidates = found
+            candidates = self._groups_with(pairs)
         else:
             self._complex_unkeyed.add(sel_id)
-            candidates = self._labels
-        labels = self._labels
-        self._set_selector_matches(sel_id, [i for i in candidates if selector.evaluate(labels[i])])
+            candidates = self._label_groups.values()
+        matched = [group for group in candidates if selector.evaluate(group.labels)]
+        self._set_selector_matches(sel_id, _items_of(matched))
+
+    def _groups_with(self, pairs: Iterable[Pair]) -> set[_LabelGroup[_I]]:
+        """The label groups that carry any of `pairs`."""
+        found: set[_LabelGroup[_I]] = set()
+        for pair in pairs:
+            found |= self._groups_by_pair.get(pair, set())
+        return found
 
     def remove_selector(self, sel_id: _S) -> None:
         if sel_id not in self._selectors:
@@ -279,7 +300,7 @@ class LabelIndex(_MatchTracker[_S, _I]):
         best: frozenset[Pair] | None = None
         best_size = 0
         for option in options:
-            size = sum(len(self._items_by_pair.get(pair, ())) for pair in option)
+            size = sum(len(g.items) for g in self._groups_with(option))
             if best is None or size < best_size:
                 best, best_size = option, size
                 if size < _SMALL_ENOUGH:
@@ -299,39 +320,35 @@ class LabelIndex(_MatchTracker[_S, _I]):
     # Items
 
     def update_labels(self, item_id: _I, labels: Mapping[str, str]) -> None:
-        new_labels = dict(labels.items())
-        old_labels = self._labels.get(item_id)
-        if old_labels == new_labels:
-            return
-        if old_labels is not None:
-            for pair in old_labels.items():
-                remove_from_index(self._items_by_pair, pair, item_id)
-        pairs = list(new_labels.items())
-        label_set = frozenset(pairs)
-        shared = self._shared_labels.get(label_set)
-        if shared is None:
-            if len(self._shared_labels) >= _LABEL_SET_CACHE_SIZE:
-                self._shared_labels.clear()
-            self._shared_labels[label_set] = new_labels
-        else:
-            new_labels = shared  # never changed in place: safe to share
-        self._labels[item_id] = new_labels
-        items_by_pair = self._items_by_pair
-        for pair in pairs:  # add_to_index, inlined: once per label of every item
-            items = items_by_pair.get(pair)
-            if items is None:
-                items_by_pair[pair] = {item_id}
-            else:
-                items.add(item_id)
+        label_set = frozenset(labels.items())
+        old = self._label_group_of.get(item_id)
+        if old is not None:
+            if old.label_set == label_set:
+                return
+            self._leave(item_id, old)
+        group = self._label_groups.get(label_set)
+        if group is None:
+            group = self._label_groups[label_set] = _LabelGroup(label_set)
+            for pair in label_set:
+                add_to_index(self._groups_by_pair, pair, group)
+        group.items.add(item_id)
+        self._label_group_of[item_id] = group
         matched = self._matches_by_label_set.get(label_set)
         if matched is None:
-            matched = self._matching_selectors(pairs, new_labels)
+            matched = self._matching_selectors(label_set, group.labels)
             if len(self._matches_by_label_set) >= _LABEL_SET_CACHE_SIZE:
                 self._matches_by_label_set.clear()
             self._matches_by_label_set[label_set] = matched
         self._set_item_matches(item_id, matched)
 
-    def _matching_selectors(self, pairs: list[Pair], labels: dict[str, str]) -> frozenset[_S]:
+    def _leave(self, item_id: _I, group: _LabelGroup[_I]) -> None:
+        group.items.discard(item_id)
+        if not group.items:
+            del self._label_groups[group.label_set]
+            for pair in group.label_set:
+                remove_from_index(self._groups_by_pair, pair, group)
+
+    def _matching_selectors(self, pairs: frozenset[Pair], labels: dict[str, str]) -> frozenset[_S]:
         matched: set[_S] = set()
         # Simple selectors under the item's pairs match by construction.
         for pair in pairs:
@@ -348,9 +365,15 @@ class LabelIndex(_MatchTracker[_S, _I]):
         return frozenset(matched)
 
     def remove_labels(self, item_id: _I) -> None:
-        old_labels = self._labels.pop(item_id, None)
-        if old_labels is None:
+        group = self._label_group_of.pop(item_id, None)
+        if group is None:
             return
-        for pair in old_labels.items():
-            remove_from_index(self._items_by_pair, pair, item_id)
+        self._leave(item_id, group)
         self._set_item_matches(item_id, ())
+
+
+def _items_of(groups: Iterable[_LabelGroup[_I]]) -> set[_I]:
+    found: set[_I] = set()
+    for group in groups:
+        found |= group.items
+    return found
