@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from calico.common import logs
+from calico.common import heap, logs
 from calico.common.etcd import connect
 from calico.common.etcd.base import EtcdError, EtcdUnavailable, KVStore
 from calico.common.etcd.syncer import Backoff, wait_for_ready
@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     started_at = time.monotonic()  # the origin of the uptime in status reports
+    heap.fix_mmap_threshold()
     args = _parser().parse_args(argv)
     env = os.environ if environ is None else environ
     # With --show-config, stdout carries the JSON: log to stderr.

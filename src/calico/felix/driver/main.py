@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 
-from calico.common import logs
+from calico.common import heap, logs
 from calico.common.children import die_with_parent
 from calico.felix.dataplane.manager import DataplaneManager, KernelTables
 from calico.felix.driver import metrics
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.felix_pid is not None and not die_with_parent(signal.SIGKILL, args.felix_pid):
         return EXIT_FELIX_GONE
     logs.configure_early(os.environ, "FELIX_LOGSEVERITYSCREEN", sys.stderr)
+    heap.fix_mmap_threshold()
     reader, writer = FrameReader(args.from_felix), FrameWriter(args.to_felix)
     first = reader.read()
     while first == []:

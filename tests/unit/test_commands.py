@@ -1,0 +1,57 @@
+"""The command runner's pipes-free path (kernel/commands.py, run_through_files): the same
+answers as ``subprocess.run(..., capture_output=True, text=True)``, for big inputs and outputs
+too; and the heap setting both daemons make at start (common/heap.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from calico.common.heap import fix_mmap_threshold
+from calico.felix.kernel.commands import LocalRunner, run_through_files
+
+
+def _piped(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, input=input, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "input"),
+    [
+        (["cat"], "add a 10.65.0.1\nadd a 10.65.0.2\n"),
+        (["cat"], ""),
+        (["cat"], None),
+        (["sh", "-c", "echo out; echo err >&2; exit 3"], None),
+        (["sh", "-c", "printf 'a\\r\\nb\\rc'"], None),  # newlines translated as text=True does
+        (["sh", "-c", "printf 'caf\\303\\251 \\342\\234\\223'"], None),  # UTF-8 both ways
+    ],
+)
+def test_same_answer_as_pipes(argv: list[str], input: str | None) -> None:
+    ours, piped = run_through_files(argv, input), _piped(argv, input)
+    assert (ours.args, ours.returncode, ours.stdout, ours.stderr) == (
+        piped.args,
+        piped.returncode,
+        piped.stdout,
+        piped.stderr,
+    )
+
+
+def test_input_bigger_than_a_slice_arrives_whole_and_in_order() -> None:
+    # Several 1 MB slices, with multi-byte characters throughout (slices are cut in characters).
+    text = "".join(f"add s 10.65.{i // 256}.{i % 256} é\n" for i in range(200_000))
+    assert len(text) > 3 * (1 << 20)
+    proc = run_through_files(["wc", "-c"], text)
+    assert proc.returncode == 0
+    assert int(proc.stdout) == len(text.encode())
+    assert LocalRunner().run(["cat"], text).stdout == text
+
+
+def test_a_missing_command_raises_as_subprocess_does() -> None:
+    with pytest.raises(FileNotFoundError):
+        run_through_files(["/nonexistent/calico-no-such-tool"], "x")
+
+
+def test_the_heap_setting_is_accepted_by_glibc() -> None:
+    # Debian's C library is glibc: mallopt must accept it (False would mean no effect).
+    assert fix_mmap_threshold() is True
