@@ -7,6 +7,7 @@ the host's, and Felix only ever inserts single jump rules into the kernel's buil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Final
@@ -105,6 +106,7 @@ def endpoint_suffix(interface: str, prefixes: tuple[str, ...]) -> str:
     return uniquely_shorten(interface, 16)
 
 
+@functools.lru_cache(maxsize=65536)  # the dispatch trees name every endpoint's chains at every add
 def endpoint_chain(direction: str, interface: str, prefixes: tuple[str, ...]) -> str:
     """``felix-to-<suffix>`` or ``felix-from-<suffix>``; `direction` is "to" or "from"."""
     assert direction in ("to", "from")
