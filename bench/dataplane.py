@@ -212,6 +212,24 @@ def chain_rules(ns: NetNS, chain: str) -> list[str]:
     return proc.stdout.splitlines() if proc.returncode == 0 else []
 
 
+def dispatch_chains_holding(ns: NetNS, interface: str) -> list[str]:
+    """The dispatch chains whose rules send `interface` to its endpoint chains: the root, or the
+    leaf for its group of names. An endpoint add rewrites them along with the endpoint's own
+    chains, so the incremental floor of an add restores them too."""
+    holding = []
+    for root, flag in ((names.CHAIN_FROM_ENDPOINT, "-i"), (names.CHAIN_TO_ENDPOINT, "-o")):
+        for rule in chain_rules(ns, root):
+            parts = rule.split()  # -A <root> -i <name or prefix+> -g <chain>
+            if len(parts) < 6 or parts[2] != flag:
+                continue
+            name = parts[3]
+            if name == interface:
+                holding.append(root)
+            elif name.endswith("+") and interface.startswith(name[:-1]):
+                holding.append(parts[5])
+    return holding
+
+
 def probe_cost_ms(ns: NetNS, runs: int = 10) -> float:
     """Median milliseconds of one `iptables -S <chain>` poll at this scale."""
     chain = names.profile_chain("prof0", inbound=True)
@@ -387,7 +405,10 @@ class Changes:
             lambda: put(self.etcd, key, data.endpoint_value(i, data.endpoint_labels(i))),
             lambda: bool(self.kernel.rules(chain)),
         )
-        return took, [chain, names.endpoint_chain("from", tap(i), PREFIXES)]
+        touched = [chain, names.endpoint_chain("from", tap(i), PREFIXES)]
+        if not self.kernel.nftables:  # (nftables: the dispatch is a map, changed by element)
+            touched += dispatch_chains_holding(self.ns, tap(i))
+        return took, touched
 
     def endpoint_delete(self, _k: int) -> tuple[float, list[str]]:
         i = self.added.pop()
