@@ -11,10 +11,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import pytest
 
-from calico.felix.kernel.commands import CommandRunner, LocalRunner, NetnsRunner
+from calico.felix.kernel.commands import CommandRunner, LocalRunner, NetnsRunner, Streamed
 from calico.felix.kernel.iptables import (
     FAILED_RULES,
     IptablesError,
@@ -500,6 +501,10 @@ class RecordingRunner(NetnsRunner):
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         self.calls.append((argv, input))
         return super().run(argv, input)
+
+    def stream(self, argv: list[str]) -> AbstractContextManager[Streamed]:
+        self.calls.append((argv, None))  # (a save: read a line at a time)
+        return super().stream(argv)
 
     def restores(self) -> list[str]:
         return [inp or "" for argv, inp in self.calls if argv[0].endswith("-restore")]

@@ -9,7 +9,12 @@ import subprocess
 import pytest
 
 from calico.common.heap import fix_mmap_threshold
-from calico.felix.kernel.commands import LocalRunner, run_through_files
+from calico.felix.kernel.commands import (
+    LocalRunner,
+    StreamingRunner,
+    output_lines,
+    run_through_files,
+)
 
 
 def _piped(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,3 +60,41 @@ def test_a_missing_command_raises_as_subprocess_does() -> None:
 def test_the_heap_setting_is_accepted_by_glibc() -> None:
     # Debian's C library is glibc: mallopt must accept it (False would mean no effect).
     assert fix_mmap_threshold() is True
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "echo one; echo two",
+        "printf 'no newline at the end'",
+        "printf 'a\\r\\nb\\rc\\n'",
+        "echo out; echo err >&2; exit 4",
+        "true",
+    ],
+)
+def test_streamed_lines_are_the_text_runs_lines(script: str) -> None:
+    argv = ["sh", "-c", script]
+    whole = LocalRunner().run(argv)
+    with LocalRunner().stream(argv) as streamed:
+        lines = list(streamed.lines)
+    assert (streamed.returncode, "".join(lines), streamed.stderr) == (
+        whole.returncode,
+        whole.stdout,
+        whole.stderr,
+    )
+    assert lines == whole.stdout.splitlines(keepends=True)
+
+
+def test_output_lines_streams_from_real_runners_and_splits_a_fakes_text() -> None:
+    class Fake:  # a test double with run() only
+        def run(
+            self, argv: list[str], input: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+            return subprocess.CompletedProcess(argv, 0, "x\ny\n", "")
+
+    assert isinstance(LocalRunner(), StreamingRunner)
+    assert not isinstance(Fake(), StreamingRunner)
+    with output_lines(Fake(), ["anything"]) as streamed:
+        assert list(streamed.lines) == ["x\n", "y\n"]
+    with output_lines(LocalRunner(), ["seq", "3"]) as streamed:
+        assert list(streamed.lines) == ["1\n", "2\n", "3\n"]

@@ -12,14 +12,16 @@ system-wide, so the two processes' readings compare directly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-from calico.felix.kernel.commands import CommandRunner
+from calico.felix.kernel.commands import CommandRunner, Streamed, output_lines
 
 if TYPE_CHECKING:
     import subprocess
@@ -100,6 +102,14 @@ class MeteredRunner:
             if result.returncode != 0:
                 failures.labels(label).inc()
         return result
+
+    @contextlib.contextmanager
+    def stream(self, argv: list[str]) -> Iterator[Streamed]:
+        started = time.monotonic()
+        with output_lines(self._runner, argv) as streamed:
+            elapsed = (time.monotonic() - started) * 1e3
+            log.debug("Ran %s: exit %d, %.1f ms", " ".join(argv[:4]), streamed.returncode, elapsed)
+            yield streamed
 
     def __repr__(self) -> str:
         return f"MeteredRunner({self._runner!r})"

@@ -16,10 +16,12 @@ Runners never raise on a non-zero exit status: the caller inspects ``returncode`
 from __future__ import annotations
 
 import contextlib
+import io
 import locale
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Protocol, runtime_checkable
 
 _SLICE = 1 << 20  # characters of input encoded at a time
@@ -32,6 +34,38 @@ class CommandRunner(Protocol):
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run argv; never raises for a non-zero exit status (check ``returncode``)."""
         ...
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A finished command whose output is read a line at a time (inside the ``with`` block
+    that produced it): the whole of a big output is never held as one text."""
+
+    args: list[str]
+    returncode: int
+    lines: Iterable[str]  # stdout's lines, each with its newline, as text=True decodes them
+    stderr: str
+
+
+@runtime_checkable
+class StreamingRunner(CommandRunner, Protocol):
+    """A runner that can also hand over a command's output a line at a time."""
+
+    def stream(self, argv: list[str]) -> contextlib.AbstractContextManager[Streamed]:
+        """Run argv to completion; its stdout is readable until the context ends."""
+        ...
+
+
+@contextlib.contextmanager
+def output_lines(runner: CommandRunner, argv: list[str]) -> Iterator[Streamed]:
+    """`argv`'s output a line at a time: streamed where the runner can (the real runners),
+    else split from run()'s text (the tests' fakes)."""
+    if isinstance(runner, StreamingRunner):
+        with runner.stream(argv) as streamed:
+            yield streamed
+        return
+    proc = runner.run(argv)
+    yield Streamed(argv, proc.returncode, io.StringIO(proc.stdout), proc.stderr)
 
 
 def run_through_files(argv: list[str], input: str | None) -> subprocess.CompletedProcess[str]:
@@ -60,6 +94,20 @@ def run_through_files(argv: list[str], input: str | None) -> subprocess.Complete
         )
 
 
+@contextlib.contextmanager
+def stream_through_files(argv: list[str]) -> Iterator[Streamed]:
+    """Like :func:`run_through_files` without input, with stdout read a line at a time from its
+    memory file: a refresh's ``iptables-save`` of the filter table is 12 MB at 1,000 endpoints,
+    and was the driver's memory peak held whole (twice, while it was decoded)."""
+    encoding = locale.getpreferredencoding(False)
+    with _memory_file("stdout") as out, _memory_file("stderr") as err:
+        proc = subprocess.run(argv, stdout=out, stderr=err, check=False)
+        out.seek(0)
+        # newline=None: \r\n and \r read as \n, as text=True does. Closing it closes `out`.
+        with io.TextIOWrapper(out, encoding=encoding, newline=None) as lines:
+            yield Streamed(argv, proc.returncode, lines, _read_text(err, encoding))
+
+
 def _memory_file(name: str) -> IO[bytes]:
     return open(os.memfd_create(f"calico-{name}"), "w+b")  # (the caller closes it)
 
@@ -75,6 +123,9 @@ class LocalRunner:
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         return run_through_files(argv, input)
+
+    def stream(self, argv: list[str]) -> contextlib.AbstractContextManager[Streamed]:
+        return stream_through_files(argv)
 
     def __repr__(self) -> str:
         return "LocalRunner()"
@@ -117,8 +168,22 @@ class NetnsRunner:
         # Report the argv the caller asked for, not the wrapper, so errors read naturally.
         return subprocess.CompletedProcess(argv, proc.returncode, proc.stdout, proc.stderr)
 
+    @contextlib.contextmanager
+    def stream(self, argv: list[str]) -> Iterator[Streamed]:
+        with stream_through_files(["ip", "netns", "exec", self.ns_name, *argv]) as streamed:
+            yield Streamed(argv, streamed.returncode, streamed.lines, streamed.stderr)
+
     def __repr__(self) -> str:
         return f"NetnsRunner({self.ns_name!r})"
 
 
-__all__ = ["CommandFailed", "CommandRunner", "LocalRunner", "NetnsRunner", "run_for_output"]
+__all__ = [
+    "CommandFailed",
+    "CommandRunner",
+    "LocalRunner",
+    "NetnsRunner",
+    "Streamed",
+    "StreamingRunner",
+    "output_lines",
+    "run_for_output",
+]

@@ -89,7 +89,7 @@ from collections.abc import Callable, Iterable, Sequence
 from calico.common import protocols
 from calico.common.quoting import quoted
 from calico.felix.dataplane import names
-from calico.felix.kernel.commands import CommandRunner
+from calico.felix.kernel.commands import CommandRunner, output_lines
 from calico.felix.kernel.iptables_plan import FAILED_RULES, STUB_RULES, Planner
 from calico.felix.kernel.iptables_text import (
     BUILTIN_CHAINS,
@@ -402,10 +402,10 @@ class IptablesTable(Planner):
     def _read(self) -> dict[str, Sequence[Spec]]:
         """The kernel's table. Rules compare as text: only a chain printed otherwise than we
         expect is tokenised (124,000 rules at 1,000 endpoints took seconds of CPU to tokenise)."""
-        proc = self._runner.run(self._save)
-        if proc.returncode != 0:
-            raise IptablesError(f"{self._save[0]} failed", proc.stderr)
-        return save_specs(proc.stdout, self.table, self._as_expected)
+        with output_lines(self._runner, self._save) as saved:  # (never held whole: 12 MB)
+            if saved.returncode != 0:
+                raise IptablesError(f"{self._save[0]} failed", saved.stderr)
+            return save_specs(saved.lines, self.table, self._as_expected)
 
     def _as_expected(self, chain: str, printed: list[Spec]) -> Sequence[Spec]:  # (save_specs')
         """One chain as read: our expected tuple itself if it holds what we want there (the
