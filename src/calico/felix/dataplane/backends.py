@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from calico.common.datamodel_v1 import PolicyKey
@@ -80,12 +81,52 @@ def render_safely(
         return default
 
 
+# The IPv6 filter table's writer, while the caller's thread writes IPv4's (apply_together).
+_OTHER_FAMILY = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iptables-filter")
+
+
+def apply_together(tables: Sequence[IptablesTable], force_refresh: bool) -> None:
+    """Apply `tables` (the filter table of each IP version) at the same time.
+
+    Each is its own ``iptables-restore`` of one family, so neither waits for the other: on two
+    cores a cold start's two filter restores at 1,000 endpoints take 2.25 s together instead of
+    2.85 s in turn. On iptables-nft a commit that lands while the other tool builds its batch
+    makes that tool refresh its cache and send the batch again (the kernel checks the ruleset
+    generation), so each table still ends as one whole transaction; iptables-legacy's tools
+    take turns through the xtables lock (``--wait``). Every table is applied even if another
+    fails; the first error is raised after all have ended, and the others are logged.
+
+    Only for the first write of a run (the cold start). After it a table holds 62,000 rules,
+    and the tool's cache refresh after a collision costs more than a small change gains: a
+    profile rule change took 41.5 ms instead of 20.8 ms at 1,000 endpoints."""
+    if len(tables) < 2:
+        for table in tables:
+            table.apply(force_refresh)
+        return
+    others = [_OTHER_FAMILY.submit(table.apply, force_refresh) for table in tables[1:]]
+    errors: list[Exception] = []
+    try:
+        tables[0].apply(force_refresh)
+    except Exception as e:
+        errors.append(e)
+    for other in others:
+        try:
+            other.result()
+        except Exception as e:
+            errors.append(e)
+    for error in errors[1:]:
+        log.error("Another table failed too: %s", error)
+    if errors:
+        raise errors[0]
+
+
 class IptablesBackend:
     """iptables chains per (IP version, table) and ipsets per IP version.
 
     Apply order: IP sets (create/update: rules about to be written may reference new sets);
-    iptables: every IP version's nat and raw tables, then the filter tables; IP sets again
-    (destroy sets no rule references any more)."""
+    iptables: every IP version's nat and raw tables, then the filter tables (at the first
+    apply, both IP versions' at once: apply_together); IP sets again (destroy sets no rule
+    references any more)."""
 
     def __init__(
         self,
@@ -101,6 +142,7 @@ class IptablesBackend:
         self._ipsets = ipsets
         self._sweep_other = sweep_other
         self._owned: dict[tuple[int, str], dict[Owner, set[str]]] = {key: {} for key in iptables}
+        self._filters_written = False  # (the filter tables' first apply succeeded)
 
     def set_config(self, config: r.RenderConfig) -> None:
         self._config = config
@@ -234,20 +276,28 @@ class IptablesBackend:
             # destroy=False: rules may still use removed sets.
             ipsets.apply(force_refresh, destroy=False, saved=saved)
         del saved  # (13 MB of text at 1,000 endpoints, not to be held while the tables are read)
-        for driver in self._in_apply_order():
+        small, filters = self._in_apply_order()
+        for driver in small:
             driver.apply(force_refresh)
+        if self._filters_written:
+            for driver in filters:
+                driver.apply(force_refresh)
+        else:  # the first write: see apply_together
+            apply_together(filters, force_refresh)
+            self._filters_written = True
         for ipsets in self._ipsets.values():
             ipsets.apply()  # destroys sets the rules no longer reference
 
-    def _in_apply_order(self) -> list[IptablesTable]:
-        """The small tables of every IP version first, then the filter tables.
+    def _in_apply_order(self) -> tuple[list[IptablesTable], list[IptablesTable]]:
+        """The small tables of every IP version, to write first; then the filter tables.
 
         On iptables-nft, ``iptables-save -t nat`` fetches the family's whole ruleset: 0.27 s
         once the filter table holds 124,000 rules (1,000 endpoints), 5 ms while it is empty. A
         cold start reads each table before its first write, so writing filter last saves
         four such reads."""
         order = sorted(self._iptables, key=lambda key: (key[1] == names.FILTER, key[0]))
-        return [self._iptables[key] for key in order]
+        small = [self._iptables[key] for key in order if key[1] != names.FILTER]
+        return small, [self._iptables[key] for key in order if key[1] == names.FILTER]
 
     def _read_ipsets(self) -> dict[str, SavedSet] | None:
         """One ``ipset save`` for every IP version's refresh (it lists both families, and costs
