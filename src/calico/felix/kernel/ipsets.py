@@ -219,7 +219,11 @@ class IpsetTable(SetPlanner):
             return  # apply() reads again and says why
         ops = self._plan(set(self._pending_destroy), quiet=True)
         if ops:
-            future = _BACKGROUND.submit(self._runner.run, ["ipset", "restore"], restore_input(ops))
+            text = restore_input(ops)
+            for op in ops:  # (its lines are in `text` now; _settle needs only its facts)
+                op.text = ""  # a cold start's 307,000 member lines are held once, not twice
+            future = _BACKGROUND.submit(self._runner.run, ["ipset", "restore"], text)
+            del text
             self._in_flight = (ops, future)
 
     def _settle(self) -> None:
