@@ -70,11 +70,24 @@ def test_two_failures_raise_the_first_and_log_the_other(caplog: pytest.LogCaptur
 
 def test_only_the_first_apply_writes_the_filter_tables_together() -> None:
     tables = {(v, t): Table(f"{t}{v}") for v in (4, 6) for t in ("filter", "nat", "raw")}
-    backend = IptablesBackend(RenderConfig(), (4, 6), cast(Any, tables), {})
+    backend = IptablesBackend(RenderConfig(), (4, 6), cast(Any, tables), {}, filters_together=True)
+    tables[(4, "filter")].error = IptablesError("iptables-restore failed", "refused")
+    with pytest.raises(IptablesError):
+        backend.apply(False)  # a failed first apply: the retry writes them together again
+    tables[(4, "filter")].error = None
     backend.apply(False)
     backend.apply(False)
     main = threading.current_thread().name
     v6_threads = [thread for _, thread in tables[(6, "filter")].applied]
-    assert v6_threads[0].startswith("iptables-filter") and v6_threads[1] == main
+    assert [t.startswith("iptables-filter") for t in v6_threads] == [True, True, False]
+    assert v6_threads[2] == main
     for key in [(4, "nat"), (6, "nat"), (4, "raw"), (6, "raw"), (4, "filter")]:
-        assert [thread for _, thread in tables[key].applied] == [main, main]
+        assert [thread for _, thread in tables[key].applied] == [main] * 3
+
+
+def test_filter_tables_are_written_in_turn_unless_asked() -> None:
+    # (iptables-legacy: ip6tables-restore would wait for the lock iptables-restore holds)
+    tables = {(v, t): Table(f"{t}{v}") for v in (4, 6) for t in ("filter", "nat", "raw")}
+    IptablesBackend(RenderConfig(), (4, 6), cast(Any, tables), {}).apply(False)
+    main = threading.current_thread().name
+    assert all(table.applied == [(False, main)] for table in tables.values())

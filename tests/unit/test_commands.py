@@ -26,7 +26,7 @@ def _piped(argv: list[str], input: str | None = None) -> subprocess.CompletedPro
     [
         (["cat"], "add a 10.65.0.1\nadd a 10.65.0.2\n"),
         (["cat"], ""),
-        (["cat"], None),
+        (["true"], None),  # (no input: stdin is inherited, as with pipes)
         (["sh", "-c", "echo out; echo err >&2; exit 3"], None),
         (["sh", "-c", "printf 'a\\r\\nb\\rc'"], None),  # newlines translated as text=True does
         (["sh", "-c", "printf 'caf\\303\\251 \\342\\234\\223'"], None),  # UTF-8 both ways
@@ -74,7 +74,7 @@ def test_the_heap_setting_is_accepted_by_glibc() -> None:
 )
 def test_streamed_lines_are_the_text_runs_lines(script: str) -> None:
     argv = ["sh", "-c", script]
-    whole = LocalRunner().run(argv)
+    whole = _piped(argv)
     with LocalRunner().stream(argv) as streamed:
         lines = list(streamed.lines)
     assert (streamed.returncode, "".join(lines), streamed.stderr) == (

@@ -476,6 +476,19 @@ def test_metered_runner_counts_runs_failures_and_durations() -> None:
     assert _sample("felix_dataplane_ipset_failures_total", restore) == ipset_fails + 1
 
 
+def test_metered_runner_counts_a_streamed_ipset_save_too() -> None:
+    save = {"command": "save"}
+    runs = _sample("felix_dataplane_ipset_runs_total", save)
+    fails = _sample("felix_dataplane_ipset_failures_total", save)
+    observed = _sample("felix_dataplane_ipset_seconds_count", save)
+    for code in (0, 1):
+        with dp_metrics.MeteredRunner(_Scripted(code)).stream(["ipset", "save"]) as saved:
+            assert saved.returncode == code and list(saved.lines) == []
+    assert _sample("felix_dataplane_ipset_runs_total", save) == runs + 2
+    assert _sample("felix_dataplane_ipset_failures_total", save) == fails + 1
+    assert _sample("felix_dataplane_ipset_seconds_count", save) == observed + 2
+
+
 def test_convergence_timer_observes_each_pending_batch_once() -> None:
     timer = dp_metrics.ConvergenceTimer()
     count = _sample("felix_dataplane_convergence_seconds_count")

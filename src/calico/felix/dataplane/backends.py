@@ -92,9 +92,11 @@ def apply_together(tables: Sequence[IptablesTable], force_refresh: bool) -> None
     cores a cold start's two filter restores at 1,000 endpoints take 2.25 s together instead of
     2.85 s in turn. On iptables-nft a commit that lands while the other tool builds its batch
     makes that tool refresh its cache and send the batch again (the kernel checks the ruleset
-    generation), so each table still ends as one whole transaction; iptables-legacy's tools
-    take turns through the xtables lock (``--wait``). Every table is applied even if another
-    fails; the first error is raised after all have ended, and the others are logged.
+    generation), so each table still ends as one whole transaction. Every table is applied even
+    if another fails; the first error is raised after all have ended, and the others are logged.
+
+    Used on iptables-nft only: iptables-legacy's restore holds the lock it shares with ip6tables
+    for its whole run, so there the second would only wait, and give up after ``--wait``'s 10 s.
 
     Only for the first write of a run (the cold start). After it a table holds 62,000 rules,
     and the tool's cache refresh after a collision costs more than a small change gains: a
@@ -135,14 +137,19 @@ class IptablesBackend:
         iptables: Mapping[tuple[int, str], IptablesTable],
         ipsets: Mapping[int, IpsetTable],
         sweep_other: Callable[[], None] | None = None,
+        *,
+        filters_together: bool = False,
     ) -> None:
+        """`filters_together`: write both versions' filter tables at once at the first apply
+        (apply_together); only for iptables-nft, whose tools do not share a lock."""
         self._config = config
         self._versions = tuple(versions)
         self._iptables = iptables
         self._ipsets = ipsets
         self._sweep_other = sweep_other
         self._owned: dict[tuple[int, str], dict[Owner, set[str]]] = {key: {} for key in iptables}
-        self._filters_written = False  # (the filter tables' first apply succeeded)
+        # Once the filter tables' first apply succeeded, they are written in turn.
+        self._filters_written = not filters_together
 
     def set_config(self, config: r.RenderConfig) -> None:
         self._config = config

@@ -54,7 +54,9 @@ class KernelTables:
     """The kernel drivers: the rules backend's (iptables tables and ipsets per IP version, or
     with `nft` one nftables table for both), routes per version and, with IPv6, the proxy NDP
     table (None without IPv6 or without `make_proxy_ndp`: no proxy entries are programmed).
-    `sweep_other`: removes the other backend's leftovers at the start-of-day cleanup."""
+    `sweep_other`: removes the other backend's leftovers at the start-of-day cleanup.
+    `filters_together`: the iptables backend writes both versions' filter tables at once at its
+    first apply (only where they are nf_tables; see backends.apply_together)."""
 
     def __init__(
         self,
@@ -66,10 +68,12 @@ class KernelTables:
         *,
         nft: NftTable | None = None,
         sweep_other: Callable[[], None] | None = None,
+        filters_together: bool = False,
     ) -> None:
         self.versions = tuple(ip_versions)
         self.nft = nft
         self.sweep_other = sweep_other
+        self.filters_together = filters_together
         self.iptables = (
             {(v, t): make_table(v, t) for v in self.versions for t in TABLES}
             if nft is None and make_table is not None
@@ -86,7 +90,14 @@ class KernelTables:
     def backend(self, config: r.RenderConfig) -> RulesBackend:
         if self.nft is not None:
             return NftBackend(config, self.versions, self.nft, self.sweep_other)
-        return IptablesBackend(config, self.versions, self.iptables, self.ipsets, self.sweep_other)
+        return IptablesBackend(
+            config,
+            self.versions,
+            self.iptables,
+            self.ipsets,
+            self.sweep_other,
+            filters_together=self.filters_together,
+        )
 
 
 class DataplaneManager:

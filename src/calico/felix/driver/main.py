@@ -119,7 +119,8 @@ def build(
     else:
         # On iptables-nft (the tables are in this process's namespace) a refresh can tell from
         # the nf_tables generation that nothing changed, and skip reading the tables.
-        generations = {v: nft_generation if uses_nft(v, LocalRunner()) else None for v in versions}
+        on_nft = {v: uses_nft(v, LocalRunner()) for v in versions}
+        generations = {v: nft_generation if on_nft[v] else None for v in versions}
         kernel = KernelTables(
             versions,
             lambda v, t: IptablesTable(v, t, runner, generation=generations[v]),
@@ -129,6 +130,7 @@ def build(
             ),
             lambda: ProxyNdpTable(runner, prefixes),
             sweep_other=lambda: remove_nft_table(runner),
+            filters_together=all(on_nft.values()),
         )
     sysctls = ProcSysctlWriter()
     for v in versions:

@@ -78,6 +78,24 @@ def _kind(argv: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def _observe(argv: list[str], returncode: int, elapsed: float) -> None:
+    """Log a command run at DEBUG; count and time it if it is an iptables-restore or ipset run."""
+    log.debug("Ran %s: exit %d, %.1f ms", " ".join(argv[:4]), returncode, elapsed * 1e3)
+    kind = _kind(argv)
+    if kind is None:
+        return
+    tool, label = kind
+    runs, failures, seconds = (
+        (IPTABLES_RUNS, IPTABLES_FAILURES, IPTABLES_SECONDS)
+        if tool == "iptables"
+        else (IPSET_RUNS, IPSET_FAILURES, IPSET_SECONDS)
+    )
+    runs.labels(label).inc()
+    seconds.labels(label).observe(elapsed)
+    if returncode != 0:
+        failures.labels(label).inc()
+
+
 class MeteredRunner:
     """A CommandRunner that times iptables-restore and ipset runs and counts their failures."""
 
@@ -85,30 +103,16 @@ class MeteredRunner:
         self._runner = runner
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
-        kind = _kind(argv)
         started = time.monotonic()
         result = self._runner.run(argv, input=input)
-        elapsed = time.monotonic() - started
-        log.debug("Ran %s: exit %d, %.1f ms", " ".join(argv[:4]), result.returncode, elapsed * 1e3)
-        if kind is not None:
-            tool, label = kind
-            runs, failures, seconds = (
-                (IPTABLES_RUNS, IPTABLES_FAILURES, IPTABLES_SECONDS)
-                if tool == "iptables"
-                else (IPSET_RUNS, IPSET_FAILURES, IPSET_SECONDS)
-            )
-            runs.labels(label).inc()
-            seconds.labels(label).observe(elapsed)
-            if result.returncode != 0:
-                failures.labels(label).inc()
+        _observe(argv, result.returncode, time.monotonic() - started)
         return result
 
     @contextlib.contextmanager
     def stream(self, argv: list[str]) -> Iterator[Streamed]:
         started = time.monotonic()
         with output_lines(self._runner, argv) as streamed:
-            elapsed = (time.monotonic() - started) * 1e3
-            log.debug("Ran %s: exit %d, %.1f ms", " ".join(argv[:4]), streamed.returncode, elapsed)
+            _observe(argv, streamed.returncode, time.monotonic() - started)
             yield streamed
 
     def __repr__(self) -> str:

@@ -109,7 +109,12 @@ def stream_through_files(argv: list[str]) -> Iterator[Streamed]:
 
 
 def _memory_file(name: str) -> IO[bytes]:
-    return open(os.memfd_create(f"calico-{name}"), "w+b")  # (the caller closes it)
+    fd = os.memfd_create(f"calico-{name}")
+    try:
+        return open(fd, "w+b")  # (the caller closes it, and so the fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _read_text(file: IO[bytes], encoding: str) -> str:
