@@ -169,14 +169,17 @@ class NetnsRunner:
         self.ns_name = ns_name
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = run_through_files(["ip", "netns", "exec", self.ns_name, *argv], input)
+        proc = run_through_files(self._inside(argv), input)
         # Report the argv the caller asked for, not the wrapper, so errors read naturally.
         return subprocess.CompletedProcess(argv, proc.returncode, proc.stdout, proc.stderr)
 
     @contextlib.contextmanager
     def stream(self, argv: list[str]) -> Iterator[Streamed]:
-        with stream_through_files(["ip", "netns", "exec", self.ns_name, *argv]) as streamed:
+        with stream_through_files(self._inside(argv)) as streamed:
             yield Streamed(argv, streamed.returncode, streamed.lines, streamed.stderr)
+
+    def _inside(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns_name, *argv]
 
     def __repr__(self) -> str:
         return f"NetnsRunner({self.ns_name!r})"

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 from calico.felix.dataplane import names
 from calico.felix.kernel.iptables_text import (
-    BUILTIN_CHAINS,
+    BUILTIN_ORDER,
     Plan,
     Spec,
     is_hook_spec,
@@ -183,12 +183,7 @@ class Planner:
             ]
 
 
-# The built-in chains in iptables-save's order. Looked up rather than found by a scan of the
-# table's chains: a plan runs at every change, and the table has 5,000 chains at 1,000 endpoints.
-_BUILTIN_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
-assert frozenset(_BUILTIN_ORDER) == BUILTIN_CHAINS
-
-
 def _builtins(kernel: dict[str, Sequence[Spec]]) -> list[str]:
-    """The built-in chains `kernel` has."""
-    return [chain for chain in _BUILTIN_ORDER if chain in kernel]
+    """The built-in chains `kernel` has, looked up rather than found by a scan of the table's
+    chains: a plan runs at every change, and the table has 5,000 chains at 1,000 endpoints."""
+    return [chain for chain in BUILTIN_ORDER if chain in kernel]
