@@ -15,7 +15,7 @@ import pytest
 from calico.felix.dataplane import names
 from calico.felix.kernel.commands import NetnsRunner
 from calico.felix.kernel.ipset_text import HASH_IP, HASH_NET, parse_ipset_list
-from calico.felix.kernel.ipsets import IpsetTable
+from calico.felix.kernel.ipsets import IpsetError, IpsetTable, refresh_tables
 from calico.lab.netns import NetNS
 
 SID = "s:" + "a" * 36  # selector IDs are long: the kernel name is shortened with a hash
@@ -538,13 +538,47 @@ def test_real_v4_v6_sets_and_deltas(netns: MakeNS) -> None:
 
 
 class _CountingRunner:
-    def __init__(self, inner: NetnsRunner) -> None:
+    def __init__(self, inner: NetnsRunner, save_fails: bool = False) -> None:
         self.inner = inner
         self.restores = 0
+        self.saves = 0
+        self.save_fails = save_fails
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         self.restores += argv == ["ipset", "restore"]
+        self.saves += argv == ["ipset", "save"]
+        if self.save_fails and argv == ["ipset", "save"]:
+            return subprocess.CompletedProcess(argv, 1, "", "ipset v7.17: Kernel error\n")
         return self.inner.run(argv, input)
+
+
+def test_real_one_save_refreshes_both_families_set_by_set(netns: MakeNS) -> None:
+    ns = netns()
+    runner = _CountingRunner(NetnsRunner(ns.name))
+    v4, v6 = IpsetTable(4, runner), IpsetTable(6, runner)
+    for table in (v4, v6):
+        table.replace_members(SID, ["10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2"])
+        assert table.apply()
+    v6_name = names.ipset_name(SID, 6)
+    ns.run(["ipset", "add", V4, "10.9.9.9"])
+    ns.run(["ipset", "flush", v6_name])
+    refresh_tables([v4, v6])
+    assert runner.saves == 1
+    assert (v4.compared_sets, v6.compared_sets) == (1, 1)
+    for table in (v4, v6):  # (already compared: no second read)
+        assert table.apply(force_refresh=True, refreshed=True)
+    assert runner.saves == 1
+    assert kernel_sets(ns) == {V4: {"10.0.0.1", "10.0.0.2"}, v6_name: {"fd00::1", "fd00::2"}}
+
+    # A save that fails changes nothing: each table stays as it was, and says so.
+    ns.run(["ipset", "del", V4, "10.0.0.1"])
+    runner.save_fails = True
+    with pytest.raises(IpsetError, match="Kernel error"):
+        refresh_tables([v4, v6])
+    assert not v4.apply(force_refresh=True)  # (reads again itself, and fails again)
+    runner.save_fails = False
+    assert v4.apply(force_refresh=True)
+    assert kernel_sets(ns)[V4] == {"10.0.0.1", "10.0.0.2"}
 
 
 def test_real_swap_replace_while_referenced_and_removal(netns: MakeNS) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
 import pytest
@@ -501,6 +501,11 @@ class RecordingRunner(NetnsRunner):
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         self.calls.append((argv, input))
         return super().run(argv, input)
+
+    def run_pieces(
+        self, argv: list[str], pieces: Iterable[str]
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(argv, "".join(pieces))  # (a restore's input, recorded as by run)
 
     def stream(self, argv: list[str]) -> AbstractContextManager[Streamed]:
         self.calls.append((argv, None))  # (a save: read a line at a time)

@@ -20,6 +20,9 @@ KNOWN_CHILDREN = {
     "felix/driver/connection.py": "the dataplane driver (felix/driver/main.py: die_with_parent)",
     "dhcp/dnsmasq_process.py": "the dnsmasq keeper (dhcp/keeper.py: set_parent_death_signal)",
     "dhcp/keeper.py": "dnsmasq, which the keeper stops when its parent-death signal comes",
+    # Not left running: a restore fed its input a piece at a time through a pipe, waited for
+    # within the same call (in a `finally`, as subprocess.run does; killed first on an error).
+    "felix/kernel/commands.py": "none outlives its call (run_writing_pieces waits for it)",
 }
 # The programs of those children (and of helpers run with `-m`) that must ask for the signal.
 CHILD_PROGRAMS = ("felix/driver/main.py", "dhcp/keeper.py")

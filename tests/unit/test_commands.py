@@ -1,19 +1,26 @@
 """The command runner's pipes-free path (kernel/commands.py, run_through_files): the same
 answers as ``subprocess.run(..., capture_output=True, text=True)``, for big inputs and outputs
-too; and the heap setting both daemons make at start (common/heap.py)."""
+too; input written a piece at a time as it is made (run_writing_pieces); and the heap setting
+both daemons make at start (common/heap.py)."""
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from calico.common.heap import fix_mmap_threshold
 from calico.felix.kernel.commands import (
     LocalRunner,
+    NetnsRunner,
+    PiecewiseRunner,
     StreamingRunner,
     output_lines,
     run_through_files,
+    run_with_pieces,
+    run_writing_pieces,
 )
 
 
@@ -98,3 +105,74 @@ def test_output_lines_streams_from_real_runners_and_splits_a_fakes_text() -> Non
         assert list(streamed.lines) == ["x\n", "y\n"]
     with output_lines(LocalRunner(), ["seq", "3"]) as streamed:
         assert list(streamed.lines) == ["1\n", "2\n", "3\n"]
+
+
+# -- input written a piece at a time ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "pieces"),
+    [
+        (["cat"], ["add a 10.65.0.1\n", "add a 10.65.0.2\n", "COMMIT\n"]),
+        (["cat"], []),
+        (["sh", "-c", "cat >/dev/null; echo out; echo err >&2; exit 3"], ["x\n"]),
+        (["cat"], ["caf\u00e9 ", "\u2713\r\n"]),  # UTF-8, and newlines as text=True reads them
+    ],
+)
+def test_pieces_give_the_same_answer_as_the_joined_text(argv: list[str], pieces: list[str]) -> None:
+    ours, piped = run_writing_pieces(argv, iter(pieces)), _piped(argv, "".join(pieces))
+    assert (ours.args, ours.returncode, ours.stdout, ours.stderr) == (
+        piped.args,
+        piped.returncode,
+        piped.stdout,
+        piped.stderr,
+    )
+
+
+def test_pieces_are_made_while_the_tool_reads() -> None:
+    # Far more than a pipe holds (64 KB): the writer must not wait for the tool to finish.
+    pieces = (f"add s 10.65.{i // 256}.{i % 256}\n" * 100 for i in range(2_000))
+    proc = run_writing_pieces(["wc", "-l"], pieces)
+    assert (proc.returncode, int(proc.stdout)) == (0, 200_000)
+
+
+def test_a_tool_that_stops_reading_reports_its_own_failure() -> None:
+    # The tool exits at once: the rest of the input meets a closed pipe, which is not an error
+    # of ours; the tool's status and message are what the caller sees.
+    pieces = ("x" * 65_536 for _ in range(100))
+    proc = run_writing_pieces(["sh", "-c", "echo refused >&2; exit 2"], pieces)
+    assert (proc.returncode, proc.stderr) == (2, "refused\n")
+
+
+def test_a_failure_making_the_input_stops_the_tool_before_it_sees_the_end(tmp_path: Path) -> None:
+    # A tool that acts at the end of its input (as ipset and iptables restores do) must never
+    # act on an input cut short: it is killed before its stdin closes.
+    acted = tmp_path / "acted"
+
+    def pieces() -> Iterator[str]:
+        yield "add s 10.65.0.1\n"
+        raise RuntimeError("bug while rendering")
+
+    with pytest.raises(RuntimeError, match="bug while rendering"):
+        run_writing_pieces(["sh", "-c", f"cat >/dev/null; touch {acted}"], pieces())
+    assert not acted.exists()
+
+
+def test_run_with_pieces_writes_through_real_runners_and_joins_for_fakes() -> None:
+    class Fake:  # a test double with run() only
+        def __init__(self) -> None:
+            self.inputs: list[str | None] = []
+
+        def run(
+            self, argv: list[str], input: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+            self.inputs.append(input)
+            return subprocess.CompletedProcess(argv, 0, "", "")
+
+    fake = Fake()
+    assert not isinstance(fake, PiecewiseRunner)
+    assert run_with_pieces(fake, ["ipset", "restore"], iter(["a\n", "b\n"])).returncode == 0
+    assert fake.inputs == ["a\nb\n"]
+    for runner in (LocalRunner(), NetnsRunner("calico-unused")):
+        assert isinstance(runner, PiecewiseRunner)
+    assert run_with_pieces(LocalRunner(), ["cat"], iter(["a\n", "b\n"])).stdout == "a\nb\n"

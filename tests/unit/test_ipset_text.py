@@ -18,6 +18,7 @@ from calico.felix.kernel.ipset_text import (
     parse_ipset_save,
     replace_op,
     restore_input,
+    restore_pieces,
 )
 
 # -- ipset list ----------------------------------------------------------------------------------
@@ -215,3 +216,18 @@ def test_restore_input_and_the_op_an_error_names() -> None:
     assert failed_op(error.format(0), checked) == -1
     assert failed_op("ipset v7.17: Kernel error received: Operation not permitted\n", checked) == -1
     assert restore_input([]) == "COMMIT\n"
+
+
+def test_a_big_replace_is_made_a_few_thousand_lines_at_a_time() -> None:
+    members = [f"10.65.{i // 256}.{i % 256}" for i in range(10_000)]
+    op = replace_op("felix-v4-a", "felix-tmp-v4-a", PARAMS, members, None, None)
+    pieces = list(op.pieces())
+    # Its head, its members in pieces of 4,096 lines, its tail; each piece ends a line.
+    assert [piece.count("\n") for piece in pieces] == [3, 4096, 4096, 1808, 2]
+    assert op.line_count == 10_005 == len(op.lines)
+    assert op.lines[3:5] == ["add felix-tmp-v4-a 10.65.0.0", "add felix-tmp-v4-a 10.65.0.1"]
+    delta = delta_op("felix-v4-a", ["10.0.0.3"], ["10.0.0.1"])
+    assert delta is not None
+    ops = [op, delta, destroy_op("felix-v4-b")]
+    assert "".join(restore_pieces(ops)) == restore_input(ops)
+    assert restore_input(ops).endswith("add felix-v4-a 10.0.0.3\ndestroy felix-v4-b\nCOMMIT\n")

@@ -12,6 +12,7 @@ import pytest
 
 from calico.common import protocols
 from calico.felix.kernel.iptables_text import (
+    Plan,
     failed_line,
     is_hook_rule,
     is_hook_spec,
@@ -323,3 +324,31 @@ def test_a_protocol_name_the_table_lacks_is_looked_up_in_the_hosts_file(
         assert not same_rules(ours, [("-A", "c", "-p", "no-such-protocol", "-j", "ACCEPT")], lookup)
     finally:
         kernel_iptables.host_protocol_number.cache_clear()
+
+
+def test_a_plans_restore_input_is_made_a_chain_at_a_time() -> None:
+    plan = Plan(
+        writes={"felix-A": ("-j ACCEPT", "-j DROP"), "felix-B": (), "felix-C": ("-j felix-A",)},
+        deletes=["felix-old"],
+        hook_lines=["-I INPUT 1 -j felix-C"],
+        unhook_lines=["-D FORWARD -j felix-old"],
+    )
+    pieces = list(plan.pieces("filter"))
+    assert "".join(pieces) == plan.render("filter")
+    assert plan.render("filter").splitlines() == [
+        "*filter",
+        ":felix-A - [0:0]",
+        ":felix-B - [0:0]",
+        ":felix-C - [0:0]",
+        ":felix-old - [0:0]",
+        "-D FORWARD -j felix-old",
+        "-A felix-A -j ACCEPT",
+        "-A felix-A -j DROP",
+        "-A felix-C -j felix-A",
+        "-I INPUT 1 -j felix-C",
+        "-X felix-old",
+        "COMMIT",
+    ]
+    # The declarations, each chain with rules, then the hooks, deletes and COMMIT; every piece
+    # ends a line, so no line is ever split between two writes.
+    assert len(pieces) == 4 and all(piece.endswith("\n") for piece in pieces)

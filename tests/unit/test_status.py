@@ -489,6 +489,17 @@ def test_metered_runner_counts_a_streamed_ipset_save_too() -> None:
     assert _sample("felix_dataplane_ipset_seconds_count", save) == observed + 2
 
 
+def test_metered_runner_counts_a_restore_written_a_piece_at_a_time_too() -> None:
+    restore = {"command": "restore"}
+    runs = _sample("felix_dataplane_ipset_runs_total", restore)
+    fails = _sample("felix_dataplane_ipset_failures_total", restore)
+    for code in (0, 1):
+        runner = dp_metrics.MeteredRunner(_Scripted(code))
+        assert runner.run_pieces(["ipset", "restore"], iter(["a\n", "COMMIT\n"])).returncode == code
+    assert _sample("felix_dataplane_ipset_runs_total", restore) == runs + 2
+    assert _sample("felix_dataplane_ipset_failures_total", restore) == fails + 1
+
+
 def test_convergence_timer_observes_each_pending_batch_once() -> None:
     timer = dp_metrics.ConvergenceTimer()
     count = _sample("felix_dataplane_convergence_seconds_count")

@@ -26,8 +26,8 @@ from calico.common.resources import IPPool
 from calico.felix.calc import messages as m
 from calico.felix.dataplane import names
 from calico.felix.dataplane import rendering as r
-from calico.felix.kernel.ipset_text import HASH_NET, SavedSet
-from calico.felix.kernel.ipsets import IpsetError, IpsetTable
+from calico.felix.kernel.ipset_text import HASH_NET
+from calico.felix.kernel.ipsets import IpsetError, IpsetTable, refresh_tables
 from calico.felix.kernel.iptables import IptablesTable
 
 log = logging.getLogger(__name__)
@@ -278,11 +278,10 @@ class IptablesBackend:
             ipsets.begin()
 
     def apply(self, force_refresh: bool) -> None:
-        saved = self._read_ipsets() if force_refresh else None
+        refreshed = force_refresh and self._refresh_ipsets()
         for ipsets in self._ipsets.values():
             # destroy=False: rules may still use removed sets.
-            ipsets.apply(force_refresh, destroy=False, saved=saved)
-        del saved  # (13 MB of text at 1,000 endpoints, not to be held while the tables are read)
+            ipsets.apply(force_refresh, destroy=False, refreshed=refreshed)
         small, filters = self._in_apply_order()
         for driver in small:
             driver.apply(force_refresh)
@@ -306,17 +305,18 @@ class IptablesBackend:
         small = [self._iptables[key] for key in order if key[1] != names.FILTER]
         return small, [self._iptables[key] for key in order if key[1] == names.FILTER]
 
-    def _read_ipsets(self) -> dict[str, SavedSet] | None:
+    def _refresh_ipsets(self) -> bool:
         """One ``ipset save`` for every IP version's refresh (it lists both families, and costs
-        0.3 s of CPU at 300,000 members). None if it failed: each table then tries itself."""
+        0.3 s of CPU at 300,000 members). False if it failed: each table then tries itself."""
         tables = list(self._ipsets.values())
         if not tables:
-            return None
+            return False
         try:
-            return tables[0].read_saved()
+            refresh_tables(tables)
         except IpsetError as e:
             log.warning("Cannot read ipsets for the refresh: %s", e)
-            return None
+            return False
+        return True
 
     def end_grace_period(self) -> None:
         """From the next apply on, the previous run's orphan chains go."""

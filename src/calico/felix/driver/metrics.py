@@ -16,12 +16,12 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-from calico.felix.kernel.commands import CommandRunner, Streamed, output_lines
+from calico.felix.kernel.commands import CommandRunner, Streamed, output_lines, run_with_pieces
 
 if TYPE_CHECKING:
     import subprocess
@@ -105,6 +105,14 @@ class MeteredRunner:
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         started = time.monotonic()
         result = self._runner.run(argv, input=input)
+        _observe(argv, result.returncode, time.monotonic() - started)
+        return result
+
+    def run_pieces(
+        self, argv: list[str], pieces: Iterable[str]
+    ) -> subprocess.CompletedProcess[str]:
+        started = time.monotonic()
+        result = run_with_pieces(self._runner, argv, pieces)
         _observe(argv, result.returncode, time.monotonic() - started)
         return result
 

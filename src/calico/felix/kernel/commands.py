@@ -56,6 +56,28 @@ class StreamingRunner(CommandRunner, Protocol):
         ...
 
 
+@runtime_checkable
+class PiecewiseRunner(CommandRunner, Protocol):
+    """A runner that can also take a command's input as pieces of text, each made only as it
+    is written (so a big input is never held whole)."""
+
+    def run_pieces(
+        self, argv: list[str], pieces: Iterable[str]
+    ) -> subprocess.CompletedProcess[str]:
+        """Like run(argv, "".join(pieces)), without the joined text."""
+        ...
+
+
+def run_with_pieces(
+    runner: CommandRunner, argv: list[str], pieces: Iterable[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` with `pieces` as its input: written a piece at a time where the runner can
+    (the real runners), else joined for run() (the tests' fakes)."""
+    if isinstance(runner, PiecewiseRunner):
+        return runner.run_pieces(argv, pieces)
+    return runner.run(argv, "".join(pieces))
+
+
 @contextlib.contextmanager
 def output_lines(runner: CommandRunner, argv: list[str]) -> Iterator[Streamed]:
     """`argv`'s output a line at a time: streamed where the runner can (the real runners),
@@ -94,6 +116,38 @@ def run_through_files(argv: list[str], input: str | None) -> subprocess.Complete
         )
 
 
+def run_writing_pieces(argv: list[str], pieces: Iterable[str]) -> subprocess.CompletedProcess[str]:
+    """Like :func:`run_through_files`, with the input written to the tool's stdin pipe a piece
+    at a time, as the pieces are made: the tool reads and works while the rest is still being
+    made, and no text is held longer than it takes to write it. (The output still goes to
+    memory files: the tool never waits for us to read it, so a full pipe cannot deadlock.)"""
+    encoding = locale.getpreferredencoding(False)
+    with _memory_file("stdout") as out, _memory_file("stderr") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
+        try:
+            _write_pieces(proc, pieces, encoding)
+        finally:
+            returncode = proc.wait()
+        return subprocess.CompletedProcess(
+            argv, returncode, _read_text(out, encoding), _read_text(err, encoding)
+        )
+
+
+def _write_pieces(proc: subprocess.Popen[bytes], pieces: Iterable[str], encoding: str) -> None:
+    assert proc.stdin is not None
+    try:
+        for piece in pieces:
+            proc.stdin.write(piece.encode(encoding))
+    except BrokenPipeError:
+        pass  # the tool stopped reading (it failed): its status and stderr say why
+    except BaseException:
+        proc.kill()  # before its stdin closes: a tool must never act on an input cut short
+        raise
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+
+
 @contextlib.contextmanager
 def stream_through_files(argv: list[str]) -> Iterator[Streamed]:
     """Like :func:`run_through_files` without input, with stdout read a line at a time from its
@@ -128,6 +182,11 @@ class LocalRunner:
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
         return run_through_files(argv, input)
+
+    def run_pieces(
+        self, argv: list[str], pieces: Iterable[str]
+    ) -> subprocess.CompletedProcess[str]:
+        return run_writing_pieces(argv, pieces)
 
     def stream(self, argv: list[str]) -> contextlib.AbstractContextManager[Streamed]:
         return stream_through_files(argv)
@@ -169,7 +228,17 @@ class NetnsRunner:
         self.ns_name = ns_name
 
     def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = run_through_files(self._inside(argv), input)
+        return self._as_asked(argv, run_through_files(self._inside(argv), input))
+
+    def run_pieces(
+        self, argv: list[str], pieces: Iterable[str]
+    ) -> subprocess.CompletedProcess[str]:
+        return self._as_asked(argv, run_writing_pieces(self._inside(argv), pieces))
+
+    @staticmethod
+    def _as_asked(
+        argv: list[str], proc: subprocess.CompletedProcess[str]
+    ) -> subprocess.CompletedProcess[str]:
         # Report the argv the caller asked for, not the wrapper, so errors read naturally.
         return subprocess.CompletedProcess(argv, proc.returncode, proc.stdout, proc.stderr)
 
@@ -190,8 +259,10 @@ __all__ = [
     "CommandRunner",
     "LocalRunner",
     "NetnsRunner",
+    "PiecewiseRunner",
     "Streamed",
     "StreamingRunner",
     "output_lines",
     "run_for_output",
+    "run_with_pieces",
 ]

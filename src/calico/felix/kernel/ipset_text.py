@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -69,31 +69,36 @@ class SavedSet:
 
 
 def parse_ipset_save(text: str | Iterable[str]) -> dict[str, SavedSet]:
-    """Split ``ipset save`` output (a text, or its lines) into sets by name, without looking at
-    the members.
+    """:func:`iter_ipset_save`'s sets by name."""
+    return {saved.kset.name: saved for saved in iter_ipset_save(text)}
+
+
+def iter_ipset_save(text: str | Iterable[str]) -> Iterator[SavedSet]:
+    """Split ``ipset save`` output (a text, or its lines) into sets, one at a time, without
+    looking at the members.
 
     ``ipset save`` prints each set as its ``create`` line followed by all of its ``add`` lines,
     so the lines from one create line to the next are one set's. Each set keeps its lines as
-    one text (its create line without the word ``create``): the driver reads the output a line
-    at a time from the command's memory file, so the whole output (13 MB at 1,000 endpoints) is
-    never held as well, let alone twice as a split did."""
+    one text (its create line without the word ``create``). The driver reads the output a line
+    at a time from the command's memory file and compares each set before it reads the next:
+    the whole output, or all of its sets' texts (13 MB at 1,000 endpoints), is never held."""
     lines = io.StringIO(text) if isinstance(text, str) else text
-    sets: dict[str, SavedSet] = {}
     current: list[str] = []  # the set being read: its create line's rest, then its lines
     for line in lines:
         if line.startswith("create "):
-            _add_saved(sets, current)
+            if saved := _saved(current):
+                yield saved
             current = [line[len("create ") :]]
         elif current:  # (whatever precedes the first create line is not a set's)
             current.append(line)
-    _add_saved(sets, current)
-    return sets
+    if saved := _saved(current):
+        yield saved
 
 
-def _add_saved(sets: dict[str, SavedSet], lines: list[str]) -> None:
+def _saved(lines: list[str]) -> SavedSet | None:
     create = lines[0].split() if lines else []
     if len(create) < 2:
-        return
+        return None
     options = dict(zip(create[2::2], create[3::2], strict=False))
     maxelem = options.get("maxelem")
     kset = KernelSet(
@@ -102,7 +107,7 @@ def _add_saved(sets: dict[str, SavedSet], lines: list[str]) -> None:
         family=options.get("family", ""),
         maxelem=int(maxelem) if maxelem and maxelem.isdigit() else None,
     )
-    sets[kset.name] = SavedSet(kset, "".join(lines).rstrip("\n"))
+    return SavedSet(kset, "".join(lines).rstrip("\n"))
 
 
 def _parse_block(lines: list[str]) -> KernelSet:
@@ -171,28 +176,40 @@ _ERROR_LINE_RE = re.compile(r"Error in line (\d+):")
 class RestoreOp:
     """One unit of an ``ipset restore`` input: a set's delta or replace, or one destroy.
 
-    Its lines are kept as one text (each line ending in a newline), not a list: a cold start's
-    replaces hold 307,000 member lines (1,000 endpoints), and one string per line more than
-    doubled the driver's peak memory while they were written."""
+    Its lines are `head`, then ``<member_verb><member>`` for each of `members`, then `tail`.
+    The member lines are made only as the input is written (:meth:`pieces`): a cold start's
+    replaces hold 307,000 members at 1,000 endpoints, and their text (15 MB) was the driver's
+    memory peak while it waited for the restore."""
 
     kind: Literal["delta", "replace", "destroy"]
     name: str
-    text: str
-    line_count: int
+    head: tuple[str, ...]
+    members: Sequence[str] = ()
+    member_verb: str = ""
+    tail: tuple[str, ...] = ()
     adds: list[str] = field(default_factory=list)
     dels: list[str] = field(default_factory=list)
 
     @property
+    def line_count(self) -> int:
+        return len(self.head) + len(self.members) + len(self.tail)
+
+    def pieces(self) -> Iterator[str]:
+        """The op's text, a few thousand lines at a time, each line ending in a newline."""
+        if self.head:
+            yield "".join(line + "\n" for line in self.head)
+        verb = self.member_verb
+        for start in range(0, len(self.members), _PIECE_LINES):
+            yield "".join([f"{verb}{m}\n" for m in self.members[start : start + _PIECE_LINES]])
+        if self.tail:
+            yield "".join(line + "\n" for line in self.tail)
+
+    @property
     def lines(self) -> list[str]:
-        return self.text.splitlines()
+        return "".join(self.pieces()).splitlines()
 
 
-def _op(kind: Literal["delta", "replace", "destroy"], name: str, head: list[str],
-        members: Iterable[str] = (), member_verb: str = "", tail: Sequence[str] = (),
-        **kw: list[str]) -> RestoreOp:  # fmt: skip
-    """An op of `head` lines, then ``<member_verb> <member>`` per member, then `tail` lines."""
-    body = [*head, *(f"{member_verb}{m}" for m in members), *tail]
-    return RestoreOp(kind, name, "".join(line + "\n" for line in body), len(body), **kw)
+_PIECE_LINES = 4096  # member lines made at a time (about 150 KB of text)
 
 
 def delta_op(name: str, adds: list[str], dels: list[str]) -> RestoreOp | None:
@@ -200,8 +217,8 @@ def delta_op(name: str, adds: list[str], dels: list[str]) -> RestoreOp | None:
     set near maxelem has room for the adds."""
     if not adds and not dels:
         return None
-    head = [f"del {name} {m}" for m in dels]
-    return _op("delta", name, head, adds, f"add {name} ", adds=adds, dels=dels)
+    head = tuple(f"del {name} {m}" for m in dels)
+    return RestoreOp("delta", name, head, adds, f"add {name} ", adds=adds, dels=dels)
 
 
 def replace_op(
@@ -233,16 +250,23 @@ def replace_op(
     lines.append(f"create {temp} {create} -exist")
     lines.append(f"flush {temp}")
     tail = (f"swap {temp} {name}", f"destroy {temp}")
-    return _op("replace", name, lines, sorted(members), f"add {temp} ", tail)
+    return RestoreOp("replace", name, tuple(lines), sorted(members), f"add {temp} ", tail)
 
 
 def destroy_op(name: str) -> RestoreOp:
-    return _op("destroy", name, [f"destroy {name}"])
+    return RestoreOp("destroy", name, (f"destroy {name}",))
+
+
+def restore_pieces(ops: Sequence[RestoreOp]) -> Iterator[str]:
+    """One ``ipset restore`` input running `ops` in order, a piece at a time."""
+    for op in ops:
+        yield from op.pieces()
+    yield "COMMIT\n"
 
 
 def restore_input(ops: Sequence[RestoreOp]) -> str:
-    """One ``ipset restore`` input running `ops` in order."""
-    return "".join([*(op.text for op in ops), "COMMIT\n"])
+    """The same as one text."""
+    return "".join(restore_pieces(ops))
 
 
 def failed_op(stderr: str, ops: Sequence[RestoreOp]) -> int:

@@ -89,7 +89,7 @@ from collections.abc import Callable, Iterable, Sequence
 from calico.common import protocols
 from calico.common.quoting import quoted
 from calico.felix.dataplane import names
-from calico.felix.kernel.commands import CommandRunner, output_lines
+from calico.felix.kernel.commands import CommandRunner, output_lines, run_with_pieces
 from calico.felix.kernel.iptables_plan import FAILED_RULES, STUB_RULES, Planner
 from calico.felix.kernel.iptables_text import (
     BUILTIN_CHAINS,
@@ -349,15 +349,15 @@ class IptablesTable(Planner):
                     # Read after `generation` was taken, and found as wanted.
                     self._verified_generation = generation
                 return False
-            text = plan.render(self.table)
             self._verified_generation = None  # this commit changes the generation
-            proc = self._runner.run(self._restore, input=text)
+            proc = run_with_pieces(self._runner, self._restore, plan.pieces(self.table))
             if proc.returncode == 0:
                 self._after_success(plan, after, read_back)
                 return True
             # Part of the table may not be what we think (a concurrent change, a refused
             # chain): plan the retry from a fresh read.
             self._model = None
+            text = plan.render(self.table)  # (made again only now, for the line it names)
             line = failed_line(proc.stderr, text)
             bad_chain = self._refused_chain(line, plan)
             if bad_chain is not None:
