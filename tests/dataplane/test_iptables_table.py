@@ -131,6 +131,11 @@ def test_unsafe_rules_never_reach_restore_and_fail_closed(rule: str) -> None:
     table.set_chain("felix-A", ["-j RETURN"])
     assert table.apply() is True
     assert "felix-A" not in table.failed_chains
+    # Added to a chain whose other rules were checked before: refused all the same.
+    table.set_chain("felix-A", ["-j RETURN", rule, "-j DROP"])
+    assert table.apply() is True
+    assert "unsafe rule" in table.failed_chains["felix-A"]
+    assert "-A felix-A -j RETURN" not in runner.restores[-1]
 
 
 def test_read_back_never_learns_an_extra_rule_as_our_spelling() -> None:

@@ -346,6 +346,35 @@ def test_sets_exist_before_the_rules_that_use_them_and_go_after() -> None:
     assert V4_SET not in kernel.sets and V6_SET not in kernel.sets
 
 
+def test_a_change_configures_only_the_interfaces_it_concerns() -> None:
+    manager, kernel = make((4,))
+    manager.on_message(m.InSync())
+    for name, ip in (("tap1", "10.65.0.2"), ("tap2", "10.65.0.3")):
+        kernel.add_link(name)
+        manager.on_interface_update(name, True)
+        manager.on_message(endpoint(name, ip=ip))
+        manager.apply()
+    # Another tool turns tap1's proxy ARP off: a change elsewhere leaves tap1 alone (it is not
+    # looked at), the next refresh puts it back.
+    del kernel.sysctls.values["net/ipv4/conf/tap1/proxy_arp"]
+    written: list[str] = []
+    real_write = kernel.sysctls.write
+
+    def write(path: str, value: str) -> None:
+        written.append(path)
+        real_write(path, value)
+
+    kernel.sysctls.write = write  # type: ignore[method-assign]
+    kernel.add_link("tap3")
+    manager.on_interface_update("tap3", True)
+    manager.on_message(endpoint("tap3", ip="10.65.0.4"))
+    manager.apply()
+    assert written and all("/tap3/" in path for path in written)
+    assert "net/ipv4/conf/tap1/proxy_arp" not in kernel.sysctls.values
+    manager.apply(force_refresh=True)
+    assert kernel.sysctls.values["net/ipv4/conf/tap1/proxy_arp"] == "1"
+
+
 def test_endpoint_status_is_error_while_its_configuration_fails() -> None:
     manager, kernel = make((4, 6))
     key = endpoint("tap1").id

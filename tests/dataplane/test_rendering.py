@@ -448,6 +448,19 @@ def test_dispatch_tree_many_interfaces() -> None:
     }
 
 
+def test_dispatch_groups_are_remembered_but_never_stale_and_names_still_checked() -> None:
+    ifaces = ["calia1", "calia2", "calib1", "calic1", "calic2"]
+    before = dispatch_chains(ifaces, 4, CFG)
+    after = dispatch_chains([*ifaces, "calic3"], 4, CFG)  # groups a and b from memory
+    assert after["felix-FROM-EP-PFX-a"] == before["felix-FROM-EP-PFX-a"]
+    assert after["felix-FROM-EP-PFX-c"][-2:] == ["-i calic3 -g felix-from-c3", UNKNOWN_FROM]
+    assert dispatch_chains(ifaces, 4, CFG) == before  # (as rendered the first time)
+    after["felix-FROM-EP-PFX-a"].append("-j DROP")  # a caller's edit stays its own
+    assert dispatch_chains(ifaces, 4, CFG) == before
+    with pytest.raises(ValueError, match="unusable interface name"):
+        dispatch_chains([*ifaces, "calic 4"], 4, CFG)
+
+
 def test_dispatch_host_interfaces_return() -> None:
     chains = dispatch_chains(["eth0", "eth1", "bond0"], 4, CFG, host=True)
     assert chains["felix-FROM-HOST-IF"] == [

@@ -229,7 +229,14 @@ class IptablesTable(Planner):
             return
         self._failed.pop(name, None)  # new content deserves a new try
         self._unsafe.pop(name, None)
-        problems = [(rule, why) for rule in rules if (why := unsafe_rule(rule)) is not None]
+        # Only rules the chain did not have are checked (its others were, when they came): an
+        # endpoint add changes one rule of a dispatch leaf of dozens.
+        checked = set(self._chains.get(name, ()))
+        problems = [
+            (rule, why)
+            for rule in rules
+            if rule not in checked and (why := unsafe_rule(rule)) is not None
+        ]
         if problems:
             rule, why = problems[0]
             reason = f"unsafe rule ({why}): {quoted(rule)}"
