@@ -324,7 +324,7 @@ def test_sets_exist_before_the_rules_that_use_them_and_go_after() -> None:
     policy = PolicyKey("t1", "p1")
     rule = m.ResolvedRule(src_ip_set_ids=("s:abc",))
     manager.on_message(m.InSync())
-    manager.on_message(m.IPSetUpdate("s:abc", frozenset({"10.65.0.2", "fd00:65::2"})))
+    manager.on_message(m.IPSetUpdate("s:abc", ("10.65.0.2", "fd00:65::2")))
     manager.on_message(m.ActivePolicyUpdate(policy, (rule,), ()))
     manager.apply()
     assert kernel.members(V4_SET) == {"10.65.0.2"} and kernel.members(V6_SET) == {"fd00:65::2"}
@@ -417,7 +417,7 @@ def test_the_refresh_repairs_what_another_tool_changed() -> None:
     kernel.add_link("tap1")
     manager.on_message(m.InSync())
     manager.on_interface_update("tap1", True)
-    manager.on_message(m.IPSetUpdate("s:abc", frozenset({"10.65.0.2"})))
+    manager.on_message(m.IPSetUpdate("s:abc", ("10.65.0.2",)))
     manager.on_message(
         m.ActivePolicyUpdate(
             PolicyKey("t1", "p1"), (m.ResolvedRule(src_ip_set_ids=("s:abc",)),), ()
@@ -483,8 +483,8 @@ def test_a_set_destroyed_by_another_tool_costs_no_other_sets_update() -> None:
     manager, kernel = make()
     x, y = names.ipset_name("s:x", 4), names.ipset_name("s:y", 4)
     manager.on_message(m.InSync())
-    manager.on_message(m.IPSetUpdate("s:x", frozenset({"10.65.0.1"})))
-    manager.on_message(m.IPSetUpdate("s:y", frozenset({"10.65.0.1"})))
+    manager.on_message(m.IPSetUpdate("s:x", ("10.65.0.1",)))
+    manager.on_message(m.IPSetUpdate("s:y", ("10.65.0.1",)))
     manager.apply()
     assert kernel.run(["ipset", "restore"], input=f"destroy {y}\n").returncode == 0
     manager.on_message(m.IPSetDeltaUpdate("s:x", frozenset({"10.65.0.2"}), frozenset()))

@@ -413,8 +413,8 @@ def test_dataplane_stats_count_what_felix_sent() -> None:
     policy = PolicyKey("default", "p")
     stats.observe(
         [
-            m.IPSetUpdate("s1", frozenset({"10.65.0.1", "10.65.0.2"})),
-            m.IPSetUpdate("s2", frozenset({"10.65.0.3"})),
+            m.IPSetUpdate("s1", ("10.65.0.1", "10.65.0.2")),
+            m.IPSetUpdate("s2", ("10.65.0.3",)),
             m.ActivePolicyUpdate(policy, (), ()),
             m.ActiveProfileUpdate("web", (), ()),
             m.WorkloadEndpointUpdate(key, ep, ()),

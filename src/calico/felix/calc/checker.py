@@ -58,7 +58,10 @@ class ContractChecker:
                 self.in_sync = True
             case m.IPSetUpdate(set_id, members):
                 _check(set_id not in state.ip_sets, f"IPSetUpdate for known set {set_id}")
-                state.ip_sets[set_id] = members
+                _check(
+                    len(set(members)) == len(members), f"IPSetUpdate repeats a member of {set_id}"
+                )
+                state.ip_sets[set_id] = frozenset(members)
             case m.IPSetDeltaUpdate(set_id, added, removed):
                 self._apply_delta(set_id, added, removed)
             case m.IPSetRemove(set_id):

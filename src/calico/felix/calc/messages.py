@@ -113,10 +113,14 @@ class InSync:
 
 @dataclass(frozen=True, slots=True)
 class IPSetUpdate:
-    """An IP set became active, with its full membership (or is to be replaced wholesale)."""
+    """An IP set became active, with its full membership (or is to be replaced wholesale).
+
+    `members`: each member once, in no particular order. A tuple, not a frozenset: the first
+    in-sync batch carries every member of every set (307,000 at 1,000 endpoints), and their
+    frozensets (42 bytes a member, against 8) were Felix's memory peak."""
 
     id: str
-    members: frozenset[str]
+    members: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

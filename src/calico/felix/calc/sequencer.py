@@ -193,7 +193,7 @@ class EventSequencer:
 
     def _flush_ip_set_additions(self, out: list[m.Message]) -> None:
         for set_id in sorted(self._new_sets):
-            out.append(m.IPSetUpdate(set_id, frozenset(self._members[set_id])))
+            out.append(m.IPSetUpdate(set_id, tuple(self._members[set_id])))
         self._sent_sets.update(self._new_sets)
         self._new_sets.clear()
         for set_id, held in self._rebased.items():

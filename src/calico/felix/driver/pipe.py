@@ -75,21 +75,23 @@ class EndpointStatusReport:
     statuses: Mapping[Any, str | None]
 
 
-def encode(batch: list[Any]) -> bytes:
-    payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(payload)) + payload
-
-
 class FrameWriter:
     def __init__(self, fd: int) -> None:
         self._fd = fd
 
     def send(self, batch: list[Any]) -> None:
-        """Write one frame (blocking until the pipe takes it all)."""
-        data = memoryview(encode(batch))
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
+        """Write one frame (blocking until the pipe takes it all). Its header and its payload
+        are written one after the other: joining them copied the payload, and the first
+        in-sync batch's is megabytes (Felix's memory peak at 1,000 endpoints)."""
+        payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+        self._write_all(HEADER.pack(len(payload)))
+        self._write_all(payload)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
 
     def close(self) -> None:
         if self._fd >= 0:
