@@ -4,16 +4,18 @@ tests/unit/test_ipset_text.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from calico.felix.dataplane import names
-from calico.felix.kernel.commands import NetnsRunner
+from calico.felix.kernel.commands import NetnsRunner, Streamed
 from calico.felix.kernel.ipset_text import HASH_IP, HASH_NET, parse_ipset_list
 from calico.felix.kernel.ipsets import IpsetError, IpsetTable, refresh_tables
 from calico.lab.netns import NetNS
@@ -327,6 +329,71 @@ def test_a_background_restore_that_cannot_run_is_retried_by_apply(fake: FakeIpse
     table.begin()
     assert table.apply() is True
     assert broken.sets[V4].members == {"10.0.0.1"}
+
+
+def test_a_restore_that_breaks_off_leaves_its_sets_to_be_rewritten_whole() -> None:
+    class BreaksOff(FakeIpset):
+        breaks = False
+
+        def run(
+            self, argv: list[str], input: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+            if argv == ["ipset", "restore"] and self.breaks:
+                self.breaks = False
+                assert input is not None
+                self._restore(input.splitlines()[:1])  # ipset took a line, then was stopped
+                raise RuntimeError("the rest of the input could not be made")
+            return super().run(argv, input)
+
+    runner = BreaksOff()
+    table = IpsetTable(4, runner)
+    table.replace_members(SID, ["10.0.0.1"])
+    assert table.apply()
+    table.add_members(SID, ["10.0.0.2", "10.0.0.3"])
+    runner.breaks = True
+    with pytest.raises(RuntimeError, match="could not be made"):
+        table.apply()
+    restores = len(runner.restores)
+    assert table.apply() is True
+    # Unknown after the break: rewritten whole at once (a delta would trip on the line ipset
+    # already took, and only then fall back).
+    assert len(runner.restores) == restores + 1
+    assert f"swap {V4_TMP} {V4}" in restore_lines(runner)
+    assert runner.sets[V4].members == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+
+
+def test_a_save_that_breaks_off_leaves_no_table_half_read(fake: FakeIpset) -> None:
+    class BreaksOff:
+        breaks = False
+
+        def run(
+            self, argv: list[str], input: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+            return fake.run(argv, input)
+
+        @contextlib.contextmanager
+        def stream(self, argv: list[str]) -> Iterator[Streamed]:
+            text = fake.run(argv).stdout
+
+            def lines() -> Iterator[str]:
+                yield from io.StringIO(text).readlines()[:2]  # a set, then a line not UTF-8
+                if self.breaks:
+                    raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+            yield Streamed(argv, 0, lines(), "")
+
+    runner = BreaksOff()
+    v4 = IpsetTable(4, runner)
+    v4.replace_members(SID, ["10.0.0.1"])
+    v4.replace_members("s:other", ["10.0.0.2"])
+    assert v4.apply()
+    runner.breaks = True
+    with pytest.raises(UnicodeDecodeError):
+        refresh_tables([v4])
+    listed, written = fake.commands.count(["ipset", "list", "-t"]), len(fake.restores)
+    assert v4.apply() is True  # what was half read is not trusted: the kernel is read again
+    assert fake.commands.count(["ipset", "list", "-t"]) == listed + 1
+    assert len(fake.restores) == written  # and it holds what we wrote: nothing to write
 
 
 def test_replace_keeps_existing_main_set_parameters_alone(fake: FakeIpset) -> None:

@@ -9,6 +9,7 @@ the whole path with packets by tests/e2e.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -373,6 +374,31 @@ def test_a_change_configures_only_the_interfaces_it_concerns() -> None:
     assert "net/ipv4/conf/tap1/proxy_arp" not in kernel.sysctls.values
     manager.apply(force_refresh=True)
     assert kernel.sysctls.values["net/ipv4/conf/tap1/proxy_arp"] == "1"
+
+
+def test_a_version_whose_settings_failed_is_retried_though_the_other_worked() -> None:
+    manager, kernel = make((4, 6))
+    kernel.add_link("tap1")
+    manager.on_message(m.InSync())
+    manager.on_interface_update("tap1", True)
+    manager.on_message(endpoint("tap1", gateway=GW))
+    real_write = kernel.sysctls.write
+    refuse_v4 = True
+
+    def write(path: str, value: str) -> None:
+        if refuse_v4 and path.startswith("net/ipv4/conf/tap1/"):
+            raise OSError(errno.EIO, "Input/output error", path)
+        real_write(path, value)
+
+    kernel.sysctls.write = write  # type: ignore[method-assign]
+    manager.apply()
+    assert "net/ipv6/conf/tap1/proxy_ndp" in kernel.sysctls.values
+    assert "net/ipv4/conf/tap1/proxy_arp" not in kernel.sysctls.values
+    assert manager.endpoint_statuses(apply_failed=False) == {endpoint("tap1").id: "error"}
+    refuse_v4 = False
+    manager.apply()  # nothing else changed: the failed version alone is tried again
+    assert kernel.sysctls.values["net/ipv4/conf/tap1/proxy_arp"] == "1"
+    assert manager.endpoint_statuses(apply_failed=False) == {endpoint("tap1").id: "up"}
 
 
 def test_endpoint_status_is_error_while_its_configuration_fails() -> None:

@@ -158,6 +158,40 @@ def test_a_failure_making_the_input_stops_the_tool_before_it_sees_the_end(tmp_pa
     assert not acted.exists()
 
 
+def test_the_tool_is_killed_before_its_input_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_popen = subprocess.Popen
+
+    class Watched(real_popen):  # type: ignore[valid-type,misc]
+        def kill(self) -> None:
+            events.append("kill")
+            super().kill()
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            close = self.stdin.close
+
+            def closed() -> None:
+                events.append("close")
+                close()
+
+            self.stdin.close = closed  # type: ignore[method-assign]
+
+    monkeypatch.setattr(subprocess, "Popen", Watched)
+
+    def pieces() -> Iterator[str]:
+        yield "x\n"
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        run_writing_pieces(["cat"], pieces())
+    assert events == ["kill", "close"]
+    # A pipe the tool closed is its own failure, reported as such, not a kill.
+    events.clear()
+    proc = run_writing_pieces(["true"], ("y" * 65_536 for _ in range(100)))
+    assert (proc.returncode, events) == (0, ["close"])
+
+
 def test_run_with_pieces_writes_through_real_runners_and_joins_for_fakes() -> None:
     class Fake:  # a test double with run() only
         def __init__(self) -> None:

@@ -157,17 +157,17 @@ class IptablesBackend:
     # -- IP sets -------------------------------------------------------------------------------
 
     def replace_members(self, set_id: str, members: Iterable[str]) -> None:
-        members = list(members)
+        members = tuple(members)  # (read once per IP version; a tuple's is not copied)
         for ipsets in self._ipsets.values():
             ipsets.replace_members(set_id, members)
 
     def add_members(self, set_id: str, members: Iterable[str]) -> None:
-        members = list(members)
+        members = tuple(members)  # (read once per IP version; a tuple's is not copied)
         for ipsets in self._ipsets.values():
             ipsets.add_members(set_id, members)
 
     def remove_members(self, set_id: str, members: Iterable[str]) -> None:
-        members = list(members)
+        members = tuple(members)  # (read once per IP version; a tuple's is not copied)
         for ipsets in self._ipsets.values():
             ipsets.remove_members(set_id, members)
 

@@ -410,6 +410,7 @@ class DataplaneManager:
             endpoint = update.endpoint
             if not endpoint.active or not self._interfaces_up.get(endpoint.name):
                 continue
+            failed = False
             for v in self._kernel.versions:
                 if (endpoint.name, v) in self._configured:
                     continue
@@ -417,9 +418,13 @@ class DataplaneManager:
                     configure_interface(endpoint.name, v, self._sysctls)
                 except OSError as e:
                     log.warning("Could not configure interface %s: %s", endpoint.name, e)
-                    self._config_failed.add(endpoint.name)
+                    failed = True
                     continue
                 self._configured.add((endpoint.name, v))
+            # (one version failing keeps it here, whatever the other did: retried next apply)
+            if failed:
+                self._config_failed.add(endpoint.name)
+            else:
                 self._config_failed.discard(endpoint.name)
 
     def _repair_interfaces(self) -> None:

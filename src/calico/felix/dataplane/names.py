@@ -106,8 +106,9 @@ def endpoint_suffix(interface: str, prefixes: tuple[str, ...]) -> str:
     return uniquely_shorten(interface, 16)
 
 
-# The dispatch trees name every endpoint's chains at every add. Bounded: TAP names are unique
-# per port, so a host with churn would otherwise keep every name it ever saw.
+# Every endpoint's chains are named by the dispatch trees and the endpoint's own rendering.
+# Bounded: TAP names are unique per port, so a host with churn would otherwise keep every name
+# it ever saw.
 @functools.lru_cache(maxsize=8192)
 def endpoint_chain(direction: str, interface: str, prefixes: tuple[str, ...]) -> str:
     """``felix-to-<suffix>`` or ``felix-from-<suffix>``; `direction` is "to" or "from"."""

@@ -94,12 +94,12 @@ def run_through_files(argv: list[str], input: str | None) -> subprocess.Complete
     """``subprocess.run(argv, input=input, capture_output=True, text=True)``, with the input and
     the output passed through anonymous in-memory files instead of pipes.
 
-    Why: with pipes, ``communicate`` encodes the whole input at once (a second copy of a cold
-    start's ``ipset restore`` text, 15 MB at 1,000 endpoints) and feeds it through a select
-    loop, and gathers the output in chunks before joining and decoding them. Here the input is
-    encoded a slice at a time into the file, the tool reads it at its own pace, and the output
-    is read in one piece. At 1,000 endpoints the driver's cold-start peak fell from 130 to
-    113 MB. Same text decoding and newlines as text=True.
+    Why: with pipes, ``communicate`` encodes the whole input at once (a second copy of it) and
+    feeds it through a select loop, and gathers the output in chunks before joining and
+    decoding them. Here the input is encoded a slice at a time into the file, the tool reads it
+    at its own pace, and the output is read in one piece. (The big inputs, the restores', go
+    a piece at a time through :func:`run_writing_pieces` instead.) Same text decoding and
+    newlines as text=True.
     """
     encoding = locale.getpreferredencoding(False)
     with contextlib.ExitStack() as files:
@@ -137,11 +137,15 @@ def _write_pieces(proc: subprocess.Popen[bytes], pieces: Iterable[str], encoding
     assert proc.stdin is not None
     try:
         for piece in pieces:
-            proc.stdin.write(piece.encode(encoding))
-    except BrokenPipeError:
-        pass  # the tool stopped reading (it failed): its status and stderr say why
+            data = piece.encode(encoding)
+            try:
+                proc.stdin.write(data)
+            except BrokenPipeError:
+                break  # the tool stopped reading (it failed): its status and stderr say why
     except BaseException:
-        proc.kill()  # before its stdin closes: a tool must never act on an input cut short
+        # Before its stdin closes: iptables-restore must never commit an input cut short
+        # (ipset applies lines as it reads them: its caller treats all of them as unknown).
+        proc.kill()
         raise
     finally:
         with contextlib.suppress(BrokenPipeError):

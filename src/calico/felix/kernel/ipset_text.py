@@ -16,7 +16,7 @@ import itertools
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from calico.common.quoting import quoted
@@ -172,7 +172,7 @@ def normalize(member: str, set_type: str, ip_version: int) -> str | None:
 _ERROR_LINE_RE = re.compile(r"Error in line (\d+):")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RestoreOp:
     """One unit of an ``ipset restore`` input: a set's delta or replace, or one destroy.
 
@@ -187,8 +187,6 @@ class RestoreOp:
     members: Sequence[str] = ()
     member_verb: str = ""
     tail: tuple[str, ...] = ()
-    adds: list[str] = field(default_factory=list)
-    dels: list[str] = field(default_factory=list)
 
     @property
     def line_count(self) -> int:
@@ -218,7 +216,7 @@ def delta_op(name: str, adds: list[str], dels: list[str]) -> RestoreOp | None:
     if not adds and not dels:
         return None
     head = tuple(f"del {name} {m}" for m in dels)
-    return RestoreOp("delta", name, head, adds, f"add {name} ", adds=adds, dels=dels)
+    return RestoreOp("delta", name, head, adds, f"add {name} ")
 
 
 def replace_op(

@@ -48,7 +48,8 @@ Implementation
 Thread safety
     None: an :class:`IpsetTable` belongs to the one dataplane thread that calls it. ``apply()``
     and ``cleanup_orphans()`` block while the ipset tool runs; the worker thread of ``begin()``
-    only runs the tool, and its outcome is recorded by the owner's thread.
+    makes the tool's input from its operations (lists no one changes once planned) and runs
+    the tool, and its outcome is recorded by the owner's thread.
 """
 
 from __future__ import annotations
@@ -423,7 +424,15 @@ class IpsetTable(SetPlanner):
     def _restore(self, ops: list[RestoreOp]) -> int | None:
         """Run one ``ipset restore`` of all ops. None on success, else the index of the failing
         op, or -1 if the failure cannot be pinned to one."""
-        proc = run_with_pieces(self._runner, ["ipset", "restore"], restore_pieces(ops))
+        try:
+            proc = run_with_pieces(self._runner, ["ipset", "restore"], restore_pieces(ops))
+        except Exception:
+            # ipset applies lines as it reads them: whatever it took before the tool was
+            # stopped is unknown, so every set of this restore is rewritten whole next time.
+            for op in ops:
+                self._failed(op)
+            self._reload_names()
+            raise
         if proc.returncode == 0:
             return None
         index = failed_op(proc.stderr, ops)
@@ -440,7 +449,8 @@ def refresh_tables(tables: Sequence[IpsetTable]) -> None:
     """Compare `tables` with one ``ipset save`` (it lists both families) and plan the repair of
     any drift. Each set is compared as soon as it is read, so only one set's text is held at a
     time (all of them, 13 MB at 1,000 endpoints, were the driver's peak at each refresh).
-    Raises IpsetError if the kernel's sets cannot be read (then no table has changed)."""
+    Raises IpsetError if the kernel's sets cannot be read (then no table has changed); if the
+    output cannot be read to its end, the tables forget the kernel and read it again."""
     for table in tables:
         table._settle()  # (its own restore first: the save must show what it wrote)
     argv = ["ipset", "save"]
@@ -449,8 +459,13 @@ def refresh_tables(tables: Sequence[IpsetTable]) -> None:
             raise IpsetError(f"{' '.join(argv)}: {saved.stderr.strip()}")
         for table in tables:
             table._start_refresh()
-        for one in iter_ipset_save(saved.lines):
+        try:
+            for one in iter_ipset_save(saved.lines):
+                for table in tables:
+                    table._refresh_one(one)
+        except BaseException:
             for table in tables:
-                table._refresh_one(one)
+                table._kernel = None  # (half read: the next apply reads the kernel again)
+            raise
     for table in tables:
         table._end_refresh()

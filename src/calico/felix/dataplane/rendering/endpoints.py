@@ -169,8 +169,9 @@ def _dispatch_tree(
     prefixes: tuple[str, ...],
     end: list[str],
 ) -> Chains:
-    """One tree: `interfaces` (sorted and distinct) grouped by their first character after
-    the common prefix, a leaf chain per group of several."""
+    """One tree: `interfaces` grouped by their first character after the common prefix, a
+    leaf chain per group of several. `interfaces` must be sorted and distinct (groupby finds
+    each group in one run only then)."""
     chains: Chains = {root: []}
     common = _common_prefix(interfaces) if interfaces else ""
     at = len(common)
@@ -188,13 +189,16 @@ def _dispatch_tree(
     return chains
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=128)
 def _jumps(
     flag: str, members: tuple[str, ...], direction: str, prefixes: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """One group's jumps to its endpoints' chains. Remembered for the groups in use (a tree at
-    1,000 endpoints has 16 leaves per direction; 64 leaves room for the ones an add replaced):
-    an endpoint add changes one group, and rendering all the others again was 2 ms of it."""
+    """One group's jumps to its endpoints' chains. Remembered for the groups in use: an endpoint
+    add changes one group, and rendering all the others again was 2 ms of it at 1,000
+    endpoints. OpenStack's TAP names give 16 groups per direction (a hex digit follows the
+    common prefix); 128 leaves room for the groups adds replaced, whose rules are then held
+    until they age out (with more than 64 groups per direction, nothing is found again: each
+    tree is then rendered whole, as it was without this)."""
     return tuple(
         f"{flag} {names.check_interface_name(iface)} -g "  # it is written into a rule
         f"{names.endpoint_chain(direction, iface, prefixes)}"
