@@ -567,13 +567,19 @@ def test_ipsets_are_per_namespace(netns: MakeNS) -> None:
     assert "felix-probe" not in b.run(["ipset", "list", "-n"]).stdout
 
 
-def test_real_v4_v6_sets_and_deltas(netns: MakeNS) -> None:
-    ns = netns()
+def _both_families(ns: NetNS) -> tuple[_CountingRunner, IpsetTable, IpsetTable]:
+    """A v4 and a v6 table in `ns`, each holding its half of one set of four members."""
     runner = _CountingRunner(NetnsRunner(ns.name))
     v4, v6 = IpsetTable(4, runner), IpsetTable(6, runner)
     for table in (v4, v6):
         table.replace_members(SID, ["10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2"])
         assert table.apply()
+    return runner, v4, v6
+
+
+def test_real_v4_v6_sets_and_deltas(netns: MakeNS) -> None:
+    ns = netns()
+    runner, v4, v6 = _both_families(ns)
     v6_name = names.ipset_name(SID, 6)
     assert kernel_sets(ns) == {
         V4: {"10.0.0.1", "10.0.0.2"},
@@ -621,11 +627,7 @@ class _CountingRunner:
 
 def test_real_one_save_refreshes_both_families_set_by_set(netns: MakeNS) -> None:
     ns = netns()
-    runner = _CountingRunner(NetnsRunner(ns.name))
-    v4, v6 = IpsetTable(4, runner), IpsetTable(6, runner)
-    for table in (v4, v6):
-        table.replace_members(SID, ["10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2"])
-        assert table.apply()
+    runner, v4, v6 = _both_families(ns)
     v6_name = names.ipset_name(SID, 6)
     ns.run(["ipset", "add", V4, "10.9.9.9"])
     ns.run(["ipset", "flush", v6_name])
