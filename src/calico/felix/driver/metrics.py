@@ -111,6 +111,7 @@ class MeteredRunner:
     def run_pieces(
         self, argv: list[str], pieces: Iterable[str]
     ) -> subprocess.CompletedProcess[str]:
+        # (timed whole: the input is made while the tool reads it, so the two overlap)
         started = time.monotonic()
         result = run_with_pieces(self._runner, argv, pieces)
         _observe(argv, result.returncode, time.monotonic() - started)

@@ -239,9 +239,7 @@ class IpsetTable(SetPlanner):
                 self._succeeded(op)
             return
         log.warning("ipset restore started early failed (%s); rewriting", proc.stderr.strip())
-        for op in ops:
-            self._failed(op)
-        self._reload_names()
+        self._all_unknown(ops)
 
     def cleanup_orphans(self) -> list[str]:
         """Destroy this family's ``felix-v<N>-``/``felix-tmp-v<N>-`` sets we do not want.
@@ -391,9 +389,7 @@ class IpsetTable(SetPlanner):
                     self._succeeded(op)
                 break
             if failed_at < 0:  # cannot tell which line failed: assume the worst about all
-                for op in ops:
-                    self._failed(op)
-                self._reload_names()
+                self._all_unknown(ops)
                 break
             # libipset sends one set's consecutive add/del lines as one batch, only when a later
             # line goes through: the refused line may have taken the op before it down too, so
@@ -415,6 +411,13 @@ class IpsetTable(SetPlanner):
                 self._reload_names()
         return not (self._dirty or self._pending_destroy)
 
+    def _all_unknown(self, ops: list[RestoreOp]) -> None:
+        """After a restore that failed somewhere unknown: each of its sets is rewritten whole
+        (destroys stay pending), against a fresh read of the kernel's set names."""
+        for op in ops:
+            self._failed(op)
+        self._reload_names()
+
     def _reload_names(self) -> None:
         try:
             self._load_kernel()
@@ -429,9 +432,7 @@ class IpsetTable(SetPlanner):
         except Exception:
             # ipset applies lines as it reads them: whatever it took before the tool was
             # stopped is unknown, so every set of this restore is rewritten whole next time.
-            for op in ops:
-                self._failed(op)
-            self._reload_names()
+            self._all_unknown(ops)
             raise
         if proc.returncode == 0:
             return None

@@ -22,8 +22,8 @@ from calico.felix.dataplane import names
 Rule = tuple[str, ...]  # one rule as shlex tokens, without "-A <chain>"
 Spec = str  # one rule as iptables-save prints it (or as asked for), without "-A <chain> "
 
-# The kernel's built-in chains (all tables): the only non-Felix chains Felix puts rules in.
-# The kernel's built-in chains, in the order iptables-save prints them.
+# The kernel's built-in chains (all tables), in the order iptables-save prints them: the only
+# non-Felix chains Felix puts rules in.
 BUILTIN_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 BUILTIN_CHAINS = frozenset(BUILTIN_ORDER)
 JUMP_FLAGS = frozenset({"-j", "--jump", "-g", "--goto"})
