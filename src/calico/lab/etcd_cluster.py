@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from calico.lab.etcd_server import EtcdServer
+from calico.lab.etcd_server import EtcdServer, free_ports
 from calico.lab.tls import TlsFiles
 
 T = TypeVar("T")
@@ -47,8 +47,15 @@ ELECTION_MS = 1000
 class EtcdMember(EtcdServer):
     """One member: an :class:`EtcdServer` whose initial cluster lists every member."""
 
-    def __init__(self, cluster: EtcdCluster, work_dir: Path, name: str, tls: TlsFiles | None):
-        super().__init__(work_dir, tls=tls, name=name)
+    def __init__(
+        self,
+        cluster: EtcdCluster,
+        work_dir: Path,
+        name: str,
+        tls: TlsFiles | None,
+        ports: tuple[int, int],
+    ):
+        super().__init__(work_dir, tls=tls, name=name, ports=ports)
         self.cluster = cluster
 
     def __repr__(self) -> str:
@@ -132,8 +139,17 @@ class EtcdCluster:
             work_dir = Path(self._own_tmp.name)
         self.work_dir = Path(work_dir)
         self.tls = tls
+        # Every member's two ports at once: chosen member by member, two members were once
+        # handed the same free port (etcd: "initial cluster ... has duplicate url").
+        ports = free_ports(2 * size)
         self.members: tuple[EtcdMember, ...] = tuple(
-            EtcdMember(self, self.work_dir / f"{name}{i}", f"{name}{i}", tls)
+            EtcdMember(
+                self,
+                self.work_dir / f"{name}{i}",
+                f"{name}{i}",
+                tls,
+                (ports[2 * i - 2], ports[2 * i - 1]),
+            )
             for i in range(1, size + 1)
         )
         # Unique to this cluster: two lab clusters (or runs) never mistake each other.

@@ -51,7 +51,7 @@ def _kill_forgotten() -> None:
         _live.discard(proc)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Return ``count`` distinct free loopback TCP ports.
 
     All sockets stay open until every port is chosen, so the kernel cannot hand out the
@@ -72,7 +72,7 @@ def _free_ports(count: int) -> list[int]:
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    return _free_ports(1)[0]
+    return free_ports(1)[0]
 
 
 def _tail(path: Path, start: int = 0, lines: int = 30) -> str:
@@ -100,11 +100,20 @@ class EtcdServer:
     brings the server back on the same URL, as a real etcd restart would.
     """
 
-    def __init__(self, work_dir: Path, *, tls: TlsFiles | None = None, name: str = "lab"):
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        tls: TlsFiles | None = None,
+        name: str = "lab",
+        ports: tuple[int, int] | None = None,
+    ):
+        """`ports`: (client, peer), when the caller chose them (a cluster picks all of its
+        members' ports at once, so that no two members are handed the same free port)."""
         self.work_dir = Path(work_dir)
         self.tls = tls
         self.name = name
-        self.port, self.peer_port = _free_ports(2)
+        self.port, self.peer_port = ports if ports is not None else free_ports(2)
         self.data_dir = self.work_dir / "data"
         # etcd's own (zap) log, and stdout/stderr, which catch flag errors and Go panics
         # that happen before or outside the logger.
