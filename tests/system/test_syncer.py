@@ -533,3 +533,41 @@ def test_v2_watch_loses_nothing_when_etcd_drops_a_slow_stream(etcd: EtcdServer) 
         (f"/calico/v1/slow/k{i}", value) for i, value in enumerate(values)
     ]
     assert client.opened > opened  # the dropped stream was followed by new answers
+
+
+def test_v2_a_key_nested_too_deep_is_skipped_and_every_other_key_read(
+    etcd: EtcdServer, running: list[Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key thousands of directories deep (etcd takes it) made a recursive read's answer too
+    deep to decode, and so stopped every snapshot. The read then goes a level at a time: the
+    deep subtree is skipped and logged once by its key, every other key is read, and a write
+    made between two of those reads still reaches the syncer, through the watch."""
+    w = Writer(etcd, "v2")
+    expected = {f"/calico/v1/host/h{i}/workload/o/w/endpoint/e": f'{{"n": {i}}}' for i in range(4)}
+    for key, value in expected.items():
+        w.put(key, value)
+    w.put("/calico/v1/host/h0/workload/o/deep" + "/d" * 3000 + "/e", "{}")
+    r = start_syncer(etcd, "v2")
+    running.append(r)
+    client = r.gate.inner
+    read_tree = client._read_tree  # type: ignore[attr-defined]
+    written: list[str] = []
+
+    def read_then_write_behind(prefix: str, *, recursive: bool = True) -> Any:
+        answer = read_tree(prefix, recursive=recursive)
+        if recursive and prefix in ("/calico/v1/host/h1", "/calico/v1/host/h2") and not written:
+            written.append(prefix + "/workload/o/w/endpoint/e")
+            w.put(written[0], '{"changed": true}')  # after its read: only the watch has it
+        return answer
+
+    client._read_tree = read_then_write_behind  # type: ignore[attr-defined]
+    w.put(READY, "true")
+    expected[READY] = "true"
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync")
+    assert written, "no directory was read a level at a time"
+    expected[written[0]] = '{"changed": true}'
+    r.recorder.wait_for(lambda: r.recorder.state == expected, "every key but the deep one")
+    assert r.syncer.resyncs == 1 and not r.error
+    skipped = [m for m in caplog.messages if "nested too deep to read" in m]
+    assert len(skipped) == 1, skipped
+    assert "'/calico/v1/host/h0/workload/o/deep/d/d/" in skipped[0]

@@ -6,32 +6,59 @@ from __future__ import annotations
 import gc
 import random
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
-import orjson
+import msgspec
 import requests
 import urllib3.exceptions
 
 from calico.common.etcd.base import ClusterIdChanged, EtcdSettings
 
+T = TypeVar("T")
+
 
 def loads(body: bytes) -> Any:
-    """etcd's answer decoded. orjson rather than the json module: a snapshot of 100,000 keys is
-    a 30 MB answer, and decoding it was the largest part of reading one (docs/benchmarks.md).
-    Python's cyclic garbage collector is paused meanwhile: the decoded tree has no cycles, but
-    the hundreds of thousands of dicts it allocates set off collection after collection of a
-    growing heap (4x the decoding time, measured). Raises ValueError for what is not JSON."""
-    if len(body) < _PAUSE_GC_ABOVE or not gc.isenabled():
-        return orjson.loads(body)
-    gc.disable()
+    """etcd's answer decoded into dicts and lists. Raises ValueError for what is not JSON
+    or is nested too deep."""
     try:
-        return orjson.loads(body)
-    finally:
-        gc.enable()
+        return _paused_gc(msgspec.json.decode, body)
+    except NestedTooDeep as e:
+        raise ValueError(str(e)) from None  # only a recursive read (decode) handles depth
+
+
+def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """etcd's answer decoded into the decoder's types, which skips the fields they do not
+    name without building them (a recursive v2 read: see v2.py). Raises ValueError for what is
+    not JSON or not of those types (msgspec's errors are ValueErrors), and NestedTooDeep (a
+    ValueError) for what is nested deeper than Python's recursion limit."""
+    return _paused_gc(decoder.decode, body)
+
+
+def _paused_gc(decode_json: Callable[[bytes], T], body: bytes) -> T:
+    """msgspec rather than the json module: a snapshot of 100,000 keys is a 64 MB answer, and
+    decoding it was the largest part of reading one (docs/benchmarks.md). Python's cyclic
+    garbage collector is paused meanwhile: the decoded tree has no cycles, but the hundreds of
+    thousands of objects it allocates set off collection after collection of a growing heap
+    (4x the decoding time, measured)."""
+    try:
+        if len(body) < _PAUSE_GC_ABOVE or not gc.isenabled():
+            return decode_json(body)
+        gc.disable()
+        try:
+            return decode_json(body)
+        finally:
+            gc.enable()
+    except RecursionError:
+        # Nesting deeper than Python's recursion limit: a v2 key hundreds of directories deep.
+        raise NestedTooDeep("the answer is nested too deep to decode") from None
 
 
 _PAUSE_GC_ABOVE = 1 << 16  # bytes; a small answer allocates too little to matter
+
+
+class NestedTooDeep(ValueError):
+    """JSON nested deeper than Python's recursion limit lets a decoder go."""
 
 
 def read_body(response: requests.Response) -> bytes:
@@ -50,7 +77,7 @@ def read_body(response: requests.Response) -> bytes:
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
+    return msgspec.json.encode(value)
 
 
 def make_session(settings: EtcdSettings) -> requests.Session:

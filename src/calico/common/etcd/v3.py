@@ -2,7 +2,7 @@
 
 The gateway's protocol is four POSTs of JSON with base64 keys and values (range, put, delete,
 txn, plus lease grants and the watch stream), so this client speaks it through the same
-requests session it uses for TLS and the watch, and decodes answers with orjson. It used to go
+requests session it uses for TLS and the watch, and decodes answers with msgspec. It used to go
 through etcd3gw, which added nothing else: its watcher drops what a resyncing watcher must see
 (the compaction cancel `compact_revision`, the response headers with the cluster ID and
 revision), its requests decode with the json module (most of the time of reading a 100,000-key

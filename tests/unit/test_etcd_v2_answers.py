@@ -1,0 +1,158 @@
+"""The v2 client's typed decoding of a recursive read: what etcd sends, and what it must not."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import msgspec
+import pytest
+
+from calico.common.etcd.base import EtcdRequestError, EtcdSettings, EtcdUnavailable
+from calico.common.etcd.transport import NestedTooDeep, dumps, loads
+from calico.common.etcd.v2 import EtcdV2Client, _decode_tree, _leaves
+
+
+def _key(key: str, value: str, index: int) -> dict[str, Any]:
+    return {"key": key, "value": value, "modifiedIndex": index, "createdIndex": 2}
+
+
+ANSWER = {
+    "action": "get",
+    "node": {
+        "key": "/calico/v1",
+        "dir": True,
+        "nodes": [
+            _key("/calico/v1/Ready", "true", 3),
+            {
+                "key": "/calico/v1/host",
+                "dir": True,
+                "modifiedIndex": 4,
+                "nodes": [
+                    {"key": "/calico/v1/host/empty", "dir": True, "modifiedIndex": 5},
+                    _key("/calico/v1/host/blank", "", 6)
+                    | {"ttl": 30, "expiration": "2026-12-05T12:00:00Z"},
+                ],
+            },
+        ],
+    },
+}
+
+
+def _read(answer: object) -> dict[str, tuple[str, int]]:
+    decoded = _decode_tree(dumps(answer))
+    return {key.key: (key.value, key.modifiedIndex) for key in _leaves(decoded)}
+
+
+def test_every_key_under_the_tree_with_its_index_and_nothing_else() -> None:
+    assert _read(ANSWER) == {"/calico/v1/Ready": ("true", 3), "/calico/v1/host/blank": ("", 6)}
+
+
+def test_a_read_of_one_key_is_that_key() -> None:
+    assert _read({"action": "get", "node": _key("/calico/v1/Ready", "true", 3)}) == {
+        "/calico/v1/Ready": ("true", 3)
+    }
+
+
+def test_an_error_answer_is_an_etcd_error() -> None:
+    with pytest.raises(EtcdRequestError, match="etcd error 100: Key not found"):
+        _read({"errorCode": 100, "message": "Key not found", "cause": "/x", "index": 7})
+    with pytest.raises(EtcdRequestError, match="no node"):
+        _read({"action": "get"})
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        {"key": "/calico/v1", "dir": True, "nodes": None},
+        {"key": "/calico/v1", "dir": True, "nodes": [{"key": 5, "value": "x"}]},
+        {"key": "/calico/v1", "dir": True, "nodes": [{"key": "/calico/v1/a", "value": 5}]},
+        {"key": "/calico/v1", "dir": "yes", "nodes": []},
+        {"key": "/calico/v1/a", "value": "x", "modifiedIndex": "7"},
+        [],
+    ],
+)
+def test_an_answer_of_the_wrong_shape_is_refused(node: object) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        _decode_tree(dumps({"action": "get", "node": node}))
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"node":' + b'{"dir":true,"nodes":[' * depth + b"]}" * depth + b"}"
+
+
+def test_nesting_past_the_recursion_limit_is_nested_too_deep_for_a_tree_and_bad_json_else() -> None:
+    assert list(_leaves(_decode_tree(_nested(100)))) == []
+    with pytest.raises(NestedTooDeep):
+        _decode_tree(_nested(100_000))
+    with pytest.raises(ValueError) as raised:
+        loads(_nested(100_000))
+    assert not isinstance(raised.value, NestedTooDeep)  # only a recursive read falls back
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers every GET with the test's body, as a 200 from an etcd would."""
+
+    protocol_version = "HTTP/1.1"
+    body = b""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Etcd-Index", "9")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_client_reads_a_tree_over_http(server: tuple[str, type[_Handler]]) -> None:
+    url, handler = server
+    handler.body = dumps(ANSWER)
+    client = EtcdV2Client(EtcdSettings((url,)), shuffle=False)
+    snapshot = client.read_prefix("/calico/v1")
+    assert (snapshot.revision, snapshot.items) == (
+        9,
+        {"/calico/v1/Ready": "true", "/calico/v1/host/blank": ""},
+    )
+    assert client.read_prefix_versioned("/calico/v1") == _read(ANSWER)
+    handler.body = dumps({"errorCode": 100, "message": "Key not found", "index": 9})
+    assert client.read_prefix("/calico/v1").items == {}
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"action": "get", "node": {"key": "/calico/v1", "dir": true, "nodes": null}}',
+        # A listing (what the level-at-a-time read asks for) nested too deep: not etcd.
+        _nested(100_000),
+    ],
+)
+def test_what_is_not_an_etcd_answer_is_etcd_unavailable(
+    server: tuple[str, type[_Handler]], body: bytes
+) -> None:
+    url, handler = server
+    handler.body = body
+    client = EtcdV2Client(EtcdSettings((url,)), shuffle=False)
+    with pytest.raises(EtcdUnavailable, match=url):
+        client.read_prefix("/calico/v1")
+    client.close()
