@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import requests
 
 from calico.common.etcd import connect
 from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, EtcdUnavailable, KVStore
@@ -571,3 +573,37 @@ def test_v2_a_key_nested_too_deep_is_skipped_and_every_other_key_read(
     skipped = [m for m in caplog.messages if "nested too deep to read" in m]
     assert len(skipped) == 1, skipped
     assert "'/calico/v1/host/h0/workload/o/deep/d/d/" in skipped[0]
+
+
+def test_v3_keys_and_values_that_are_not_utf8_are_read_with_replacement_characters(
+    etcd: EtcdServer, running: list[Running]
+) -> None:
+    """v3 keys and values are any bytes. One that is not UTF-8 stopped the snapshot (and the
+    watch) with a UnicodeDecodeError; it is now read with U+FFFD in place of what is not
+    UTF-8, as etcd's v2 API does, which no key or value check accepts, and every other key is
+    read as before."""
+
+    def put_bytes(key: bytes, value: bytes) -> None:
+        b64 = base64.b64encode
+        payload = {"key": b64(key).decode(), "value": b64(value).decode()}
+        requests.post(f"{etcd.client_url}/v3/kv/put", json=payload, timeout=10).raise_for_status()
+
+    w = Writer(etcd, "v3")
+    w.put(READY, "true")
+    w.put("/calico/v1/host/h0/workload/o/w/endpoint/e", '{"n": 0}')
+    put_bytes(b"/calico/v1/host/h\xff/workload/o/w/endpoint/e", b'{"n": 1}')
+    put_bytes(b"/calico/v1/host/h1/workload/o/w/endpoint/e", b'{"name": "\xfe"}')
+    r = start_syncer(etcd, "v3")
+    running.append(r)
+    r.recorder.wait_for(r.recorder.in_sync, "in-sync")
+    assert r.recorder.state == {
+        READY: "true",
+        "/calico/v1/host/h0/workload/o/w/endpoint/e": '{"n": 0}',
+        "/calico/v1/host/h\ufffd/workload/o/w/endpoint/e": '{"n": 1}',
+        "/calico/v1/host/h1/workload/o/w/endpoint/e": '{"name": "\ufffd"}',
+    }
+    put_bytes(b"/calico/v1/host/h2\xc3/workload/o/w/endpoint/e", b"\xc3")
+    w.put("/calico/v1/last", "x")
+    r.recorder.wait_for(lambda: "/calico/v1/last" in r.recorder.state, "the write after")
+    assert r.recorder.state["/calico/v1/host/h2\ufffd/workload/o/w/endpoint/e"] == "\ufffd"
+    assert r.syncer.resyncs == 1 and not r.error

@@ -13,18 +13,15 @@ import msgspec
 import requests
 import urllib3.exceptions
 
-from calico.common.etcd.base import ClusterIdChanged, EtcdSettings
+from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, EtcdUnavailable
 
 T = TypeVar("T")
 
 
 def loads(body: bytes) -> Any:
-    """etcd's answer decoded into dicts and lists. Raises ValueError for what is not JSON
-    or is nested too deep."""
-    try:
-        return _paused_gc(msgspec.json.decode, body)
-    except NestedTooDeep as e:
-        raise ValueError(str(e)) from None  # only a recursive read (decode) handles depth
+    """etcd's answer decoded into dicts and lists. Raises ValueError for what is not JSON,
+    NestedTooDeep (a ValueError) for what is nested too deep."""
+    return _paused_gc(msgspec.json.decode, body)
 
 
 def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
@@ -59,6 +56,22 @@ _PAUSE_GC_ABOVE = 1 << 16  # bytes; a small answer allocates too little to matte
 
 class NestedTooDeep(ValueError):
     """JSON nested deeper than Python's recursion limit lets a decoder go."""
+
+
+def answer_of(
+    endpoint: str, raw: bytes, decode_json: Callable[[bytes], T], *, deep_passes: bool = False
+) -> T:
+    """raw decoded by decode_json (loads, or decode with a typed decoder); EtcdUnavailable for
+    what is not etcd's JSON. With deep_passes, NestedTooDeep is raised as it is, for a caller
+    that reads a level at a time then (the v2 snapshot)."""
+    try:
+        return decode_json(raw)
+    except NestedTooDeep:
+        if deep_passes:
+            raise
+        raise EtcdUnavailable(f"{endpoint}: answer is nested too deep") from None
+    except ValueError as e:
+        raise EtcdUnavailable(f"{endpoint}: answer is not etcd's JSON: {e}") from None
 
 
 def read_body(response: requests.Response) -> bytes:

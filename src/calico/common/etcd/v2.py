@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import msgspec
@@ -30,6 +30,7 @@ from calico.common.etcd.transport import (
     Endpoints,
     NestedTooDeep,
     WatchStream,
+    answer_of,
     decode,
     describe_error,
     is_read_timeout,
@@ -48,7 +49,6 @@ _DELETE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
 _COMPARE_FAILURES = frozenset({100, 101, 105})
 # Directory levels a snapshot descends one at a time when a tree is too deep to decode whole.
 _MAX_LEVELS = 32
-T = TypeVar("T")
 
 
 class EtcdV2Client:
@@ -86,13 +86,14 @@ class EtcdV2Client:
         self, method: str, key: str, *, read_timeout: float | None = None, **kwargs: Any
     ) -> tuple[dict[str, Any], requests.Response]:
         raw, response = self._exchange(method, key, read_timeout, kwargs)
-        return self._decoded(raw, loads), response
+        return answer_of(self.endpoint, raw, loads), response
 
     def _read_tree(self, prefix: str, *, recursive: bool = True) -> tuple[_Answer, int]:
         """A GET of prefix decoded into _Answer (see _Node), and its X-Etcd-Index."""
         params = {"recursive": "true"} if recursive else {}
         raw, response = self._exchange("GET", prefix, None, {"params": params})
-        answer = self._decoded(raw, _decode_tree)
+        # A listing is three levels deep: only a recursive read may be too deep for etcd's JSON.
+        answer = answer_of(self.endpoint, raw, _decode_tree, deep_passes=recursive)
         return answer, int(response.headers.get("X-Etcd-Index", answer.index))
 
     def _read_keys(self, prefix: str, levels_left: int = _MAX_LEVELS) -> tuple[int, list[_Node]]:
@@ -110,10 +111,7 @@ class EtcdV2Client:
             if levels_left == 0:
                 log.error("Skipping %r: its keys are nested too deep to read", prefix)
                 return sys.maxsize, []
-        try:
-            answer, index = self._read_tree(prefix, recursive=False)
-        except NestedTooDeep:  # a listing is three levels deep in JSON: this is not etcd
-            raise EtcdUnavailable(f"{self.endpoint}: a listing nested too deep") from None
+        answer, index = self._read_tree(prefix, recursive=False)
         if answer.errorCode == KEY_NOT_FOUND:
             return index, []
         keys: list[_Node] = []
@@ -143,14 +141,6 @@ class EtcdV2Client:
         if response.status_code >= 500:
             raise EtcdUnavailable(f"{self.endpoint}: HTTP {response.status_code}")
         return raw, response
-
-    def _decoded(self, raw: bytes, decode_json: Callable[[bytes], T]) -> T:
-        try:
-            return decode_json(raw)
-        except NestedTooDeep:
-            raise  # a recursive read then reads a level at a time (_read_keys)
-        except ValueError as e:
-            raise EtcdUnavailable(f"{self.endpoint}: answer is not etcd's JSON: {e}") from None
 
     def get(self, key: str) -> str | None:
         body, _ = self._request("GET", key)

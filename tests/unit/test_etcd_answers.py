@@ -1,4 +1,5 @@
-"""The v2 client's typed decoding of a recursive read: what etcd sends, and what it must not."""
+"""The clients' typed decoding of a v2 recursive read and a v3 range: what etcd sends, and
+what it must not."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from calico.common.etcd.base import EtcdRequestError, EtcdSettings, EtcdUnavailable
 from calico.common.etcd.transport import NestedTooDeep, dumps, loads
 from calico.common.etcd.v2 import EtcdV2Client, _decode_tree, _leaves
+from calico.common.etcd.v3 import _decode_range
 
 
 def _key(key: str, value: str, index: int) -> dict[str, Any]:
@@ -83,13 +85,13 @@ def _nested(depth: int) -> bytes:
     return b'{"node":' + b'{"dir":true,"nodes":[' * depth + b"]}" * depth + b"}"
 
 
-def test_nesting_past_the_recursion_limit_is_nested_too_deep_for_a_tree_and_bad_json_else() -> None:
+def test_nesting_past_the_recursion_limit_is_nested_too_deep() -> None:
     assert list(_leaves(_decode_tree(_nested(100)))) == []
     with pytest.raises(NestedTooDeep):
         _decode_tree(_nested(100_000))
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(NestedTooDeep):
         loads(_nested(100_000))
-    assert not isinstance(raised.value, NestedTooDeep)  # only a recursive read falls back
+    assert issubclass(NestedTooDeep, ValueError)  # not JSON, for whoever cannot read deeper
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -156,3 +158,38 @@ def test_what_is_not_an_etcd_answer_is_etcd_unavailable(
     with pytest.raises(EtcdUnavailable, match=url):
         client.read_prefix("/calico/v1")
     client.close()
+
+
+def test_a_v3_range_page_as_the_gateway_writes_it() -> None:
+    """64-bit integers as strings, base64 keys and values, empty fields left out."""
+    page = _decode_range(
+        b'{"header": {"cluster_id": "11235911382892205977", "revision": "1001", "raft_term": "2"},'
+        b' "kvs": [{"key": "L2E=", "create_revision": "3", "mod_revision": "7", "version": "1",'
+        b' "value": "eA=="}, {"key": "L2I=", "mod_revision": "8"}], "more": true, "count": "5"}'
+    )
+    assert (page.header.revision, page.header.cluster_id, page.more) == (
+        1001,
+        "11235911382892205977",
+        True,
+    )
+    assert [(kv.key, kv.value, kv.mod_revision) for kv in page.kvs] == [
+        (b"/a", b"x", 7),
+        (b"/b", b"", 8),
+    ]
+    empty = _decode_range(b'{"header": {"revision": "4"}}')
+    assert (empty.kvs, empty.more) == ([], False)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"kvs": []}',  # no header: no revision to pin the pages to
+        b'{"header": {"revision": "x"}}',
+        b'{"header": {"revision": "4"}, "kvs": [{"value": "eA=="}]}',
+        b'{"header": {"revision": "4"}, "kvs": [{"key": "not base64!"}]}',
+        b'{"header": {"revision": "4"}, "kvs": {}}',
+    ],
+)
+def test_a_v3_range_page_of_the_wrong_shape_is_refused(body: bytes) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        _decode_range(body)
