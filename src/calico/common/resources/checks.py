@@ -5,10 +5,11 @@ and returns the canonical value or None. Pure."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
 from typing import Any
+
+import msgspec
 
 from calico.common.datamodel_v1 import (
     ID_SEGMENT_RULE,
@@ -64,13 +65,16 @@ def is_int(value: object) -> bool:
 
 
 def decode_json(raw_json: str, what: str) -> Any:
+    """msgspec rather than the json module: a third of the time per value (100,000 of them in a
+    big cloud's snapshot), and stricter where strictness is safer: NaN, Infinity, numbers out
+    of a float's range and lone surrogates (which no UTF-8 encoder takes) are refused."""
     try:
-        return json.loads(raw_json)
+        return msgspec.json.decode(raw_json)
     except (ValueError, TypeError) as exc:
         raise InvalidValue(what, [f"undecodable JSON: {exc}"]) from None
     except RecursionError:
-        # json's C scanner recurses per nesting level: a value of thousands of "[" would
-        # otherwise escape as RecursionError and stop whoever is reading the datastore.
+        # The decoder recurses per nesting level: a value of thousands of "[" would otherwise
+        # escape as RecursionError and stop whoever is reading the datastore.
         raise InvalidValue(what, ["undecodable JSON: nested too deeply"]) from None
 
 
