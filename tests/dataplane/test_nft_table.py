@@ -241,7 +241,7 @@ from calico.felix.kernel.libnftables import LibNftables, NftCommand
 from calico.felix.kernel.nft import NftTable
 from calico.felix.kernel.nftables import GenerationReader
 from calico.felix.dataplane.nft_rendering.base import Chain, BaseChain
-lib = LibNftables(diagnose=NftCommand(LocalRunner()))
+lib = LibNftables(command=NftCommand(LocalRunner()))
 table = NftTable(lib, generation=GenerationReader())
 hook = BaseChain("filter", "input", -5)
 table.set_chain("felix-IN", Chain(("meta l4proto 6 th dport 22 accept",), hook))

@@ -9,6 +9,12 @@ docs/benchmarks.md). It programs the network namespace of the calling process, w
 Felix's driver runs. The command is for a namespace the caller is not in (tests aim a driver at
 a lab namespace through ``ip netns exec``), and the fallback where the library cannot be loaded.
 
+Listings and large scripts go to the command even where the library loads: what libnftables
+parses and caches for them (every rule and element of the table for a listing, 224 MB at 1,000
+endpoints; 175 MB for a cold start's 6.8 MB script) lands in this process's heap, which glibc
+keeps once grown, so a driver that had listed its table once held 365 MB from then on. A child
+``nft`` gives its memory back when it exits, and costs the same time for work of that size.
+
 libnftables keeps process-wide state and is not documented as thread safe: one `LibNftables` is
 used by the driver's one thread.
 """
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 NFT = "nft"
 LIBRARY = "libnftables.so.1"
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON (nftables/libnftables.h)
+# Scripts longer than this run in the command (see above); a change's script is a few KB.
+_IN_PROCESS_UP_TO = 1 << 19
 
 
 class NftExecutor(Protocol):
@@ -71,10 +79,11 @@ class NftCommand:
 class LibNftables:
     """One libnftables context in this process's network namespace."""
 
-    def __init__(self, path: str = LIBRARY, diagnose: NftCommand | None = None) -> None:
-        """OSError if the library cannot be loaded or a context made. `diagnose`: the ``nft``
-        command, to name the failing lines of a refused script (libnftables 1.0.6 prints the
-        first line of a buffer with each error instead of the failing one)."""
+    def __init__(self, path: str = LIBRARY, command: NftCommand | None = None) -> None:
+        """OSError if the library cannot be loaded or a context made. `command`: the ``nft``
+        command, for listings and large scripts (see above), and to name the failing lines of
+        a refused script (libnftables 1.0.6 prints the first line of a buffer with each error
+        instead of the failing one)."""
         lib = ctypes.CDLL(path, use_errno=True)
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
@@ -98,7 +107,7 @@ class LibNftables:
             raise OSError("cannot buffer libnftables output")
         self._lib = lib
         self._ctx = ctx
-        self._diagnose = diagnose
+        self._command = command
         self._flags = int(lib.nft_ctx_output_get_flags(ctx))
 
     def _call(self, text: str, json_output: bool) -> tuple[int, str, str]:
@@ -110,15 +119,19 @@ class LibNftables:
         return status, out.decode(errors="replace"), err.decode(errors="replace")
 
     def run(self, script: str) -> tuple[int, str]:
+        if self._command is not None and len(script) > _IN_PROCESS_UP_TO:
+            return self._command.run(script)
         status, _, err = self._call(script, json_output=False)
-        if status != 0 and self._diagnose is not None:
+        if status != 0 and self._command is not None:
             # Nothing was committed: the command's check reports the same errors with lines.
-            checked, detail = self._diagnose.check(script)
+            checked, detail = self._command.check(script)
             if checked != 0 and detail.strip():
                 return status, detail
         return status, err
 
     def list_json(self, family: str, table: str) -> tuple[int, str, str]:
+        if self._command is not None:
+            return self._command.list_json(family, table)
         return self._call(f"list table {family} {table}", json_output=True)
 
     def check(self, script: str) -> tuple[int, str]:
@@ -149,7 +162,7 @@ def library_available() -> bool:
 def local_executor(runner: CommandRunner) -> NftExecutor:
     """libnftables in this process if it loads, else the ``nft`` command through `runner`."""
     try:
-        return LibNftables(diagnose=NftCommand(runner))
+        return LibNftables(command=NftCommand(runner))
     except OSError as e:
         log.warning("libnftables not usable (%s); using the nft command", e)
         return NftCommand(runner)
