@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ import pytest
 from calico.common.etcd.base import EtcdRequestError, EtcdSettings, EtcdUnavailable
 from calico.common.etcd.transport import NestedTooDeep, dumps, loads
 from calico.common.etcd.v2 import EtcdV2Client, _decode_tree, _leaves
-from calico.common.etcd.v3 import _decode_range
+from calico.common.etcd.v3 import EtcdV3Client, _decode_range
 
 
 def _key(key: str, value: str, index: int) -> dict[str, Any]:
@@ -99,6 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     body = b""
+    index = "9"
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -106,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("X-Etcd-Index", "9")
+        self.send_header("X-Etcd-Index", self.index)
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
         self.wfile.write(self.body)
@@ -193,3 +195,90 @@ def test_a_v3_range_page_as_the_gateway_writes_it() -> None:
 def test_a_v3_range_page_of_the_wrong_shape_is_refused(body: bytes) -> None:
     with pytest.raises(msgspec.ValidationError):
         _decode_range(body)
+
+
+class _TreeHandler(BaseHTTPRequestHandler):
+    """A v2 member whose recursive read of /calico/v1 is too deep to decode, and whose listing
+    of it names keys that are not its children (what no etcd sends)."""
+
+    protocol_version = "HTTP/1.1"
+    asked: list[str] = []
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        type(self).asked.append(self.path)
+        host = {"key": "/calico/v1/host", "dir": True, "nodes": [_key("/calico/v1/host/k", "v", 5)]}
+        answers = {
+            "/v2/keys/calico/v1?recursive=true": _nested(100_000),
+            "/v2/keys/calico/v1": dumps(
+                {
+                    "action": "get",
+                    "node": {
+                        "key": "/calico/v1",
+                        "dir": True,
+                        "nodes": [
+                            _key("/calico/v1/Ready", "true", 3),
+                            {"key": "/calico/v1/host", "dir": True},
+                            {"key": "/calico/v1/../../version", "dir": True},
+                            {"key": "/elsewhere", "dir": True},
+                            {"key": "/calico/v1/host/nested", "dir": True},
+                        ],
+                    },
+                }
+            ),
+            "/v2/keys/calico/v1/host?recursive=true": dumps({"action": "get", "node": host}),
+        }
+        body = answers.get(self.path)
+        self.send_response(200 if body is not None else 500)
+        self.send_header("X-Etcd-Index", "9")
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+
+def test_a_level_at_a_time_read_follows_only_children_of_the_prefix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _TreeHandler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = EtcdV2Client(EtcdSettings((f"http://127.0.0.1:{httpd.server_address[1]}",)))
+        assert client.read_prefix("/calico/v1").items == {
+            "/calico/v1/Ready": "true",
+            "/calico/v1/host/k": "v",
+        }
+        client.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert sorted(_TreeHandler.asked) == [
+        "/v2/keys/calico/v1",
+        "/v2/keys/calico/v1/host?recursive=true",
+        "/v2/keys/calico/v1?recursive=true",
+    ]
+    skipped = [m for m in caplog.messages if "not a key under" in m]
+    assert len(skipped) == 3 and "'/calico/v1/../../version'" in skipped[0]
+
+
+def test_an_index_that_is_not_a_number_is_etcd_unavailable(
+    server: tuple[str, type[_Handler]],
+) -> None:
+    url, handler = server
+    handler.body = dumps(ANSWER)
+    handler.index = "9; drop"
+    client = EtcdV2Client(EtcdSettings((url,)), shuffle=False)
+    with pytest.raises(EtcdUnavailable, match="is not an index"):
+        client.read_prefix("/calico/v1")
+    client.close()
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]", b'{"result": [1]}', b'"text"'])
+def test_a_v3_watch_message_that_is_not_an_object_is_etcd_unavailable(line: bytes) -> None:
+    client = EtcdV3Client(EtcdSettings(("http://127.0.0.1:9",)), shuffle=False)
+    stream = SimpleNamespace(lines=iter([line]), next_revision=5)
+    with pytest.raises(EtcdUnavailable, match="bad watch message"):
+        client._read_response(stream)  # type: ignore[arg-type]
+    client.close()

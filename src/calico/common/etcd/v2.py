@@ -94,7 +94,10 @@ class EtcdV2Client:
         raw, response = self._exchange("GET", prefix, None, {"params": params})
         # A listing is three levels deep: only a recursive read may be too deep for etcd's JSON.
         answer = answer_of(self.endpoint, raw, _decode_tree, deep_passes=recursive)
-        return answer, int(response.headers.get("X-Etcd-Index", answer.index))
+        index = response.headers.get("X-Etcd-Index", str(answer.index))
+        if not index.isdigit():
+            raise EtcdUnavailable(f"{self.endpoint}: X-Etcd-Index {index[:40]!r} is not an index")
+        return answer, int(index)
 
     def _read_keys(self, prefix: str, levels_left: int = _MAX_LEVELS) -> tuple[int, list[_Node]]:
         """Every key under prefix (none when it does not exist), and the X-Etcd-Index to watch
@@ -116,7 +119,10 @@ class EtcdV2Client:
             return index, []
         keys: list[_Node] = []
         for child in _children(answer):
-            if child.dir:
+            if not _is_child(child.key, prefix):
+                # etcd lists only children; anything else would aim the next GET elsewhere.
+                log.error("Skipping %r: not a key under %r", child.key, prefix)
+            elif child.dir:
                 child_index, child_keys = self._read_keys(child.key, levels_left - 1)
                 index = min(index, child_index)
                 keys.extend(child_keys)
@@ -379,6 +385,11 @@ def _children(answer: _Answer) -> list[_Node]:
     if answer.node is None:
         raise EtcdRequestError("etcd's answer has no node")
     return answer.node.nodes if answer.node.dir else [answer.node]
+
+
+def _is_child(key: str, prefix: str) -> bool:
+    rest = key.removeprefix(prefix.rstrip("/") + "/")
+    return rest != key and rest not in ("", ".", "..") and "/" not in rest
 
 
 def _leaves(answer: _Answer) -> Iterator[_Node]:

@@ -308,9 +308,13 @@ class EtcdV3Client:
             message = loads(line)
         except ValueError:
             raise EtcdUnavailable(f"{self.endpoint}: bad watch message") from None
+        if not isinstance(message, dict):
+            raise EtcdUnavailable(f"{self.endpoint}: bad watch message")
         if "error" in message:
             raise EtcdUnavailable(f"{self.endpoint}: watch error {message['error']}")
         result = message.get("result", {})
+        if not isinstance(result, dict):
+            raise EtcdUnavailable(f"{self.endpoint}: bad watch message")
         self._guard.check(result.get("header", {}).get("cluster_id"))
         if int(result.get("compact_revision", 0) or 0) > 0:
             raise ResyncRequired(

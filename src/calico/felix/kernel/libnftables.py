@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import shutil
 from typing import Protocol
 
 from calico.felix.kernel.commands import CommandRunner
@@ -161,8 +162,10 @@ def library_available() -> bool:
 
 def local_executor(runner: CommandRunner) -> NftExecutor:
     """libnftables in this process if it loads, else the ``nft`` command through `runner`."""
+    # Without the command (libnftables1 installed, nftables not), everything runs in-process.
+    command = NftCommand(runner) if shutil.which(NFT) else None
     try:
-        return LibNftables(command=NftCommand(runner))
+        return LibNftables(command=command)
     except OSError as e:
         log.warning("libnftables not usable (%s); using the nft command", e)
         return NftCommand(runner)
