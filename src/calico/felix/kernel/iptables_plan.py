@@ -107,20 +107,21 @@ class Planner:
     ) -> set[str]:
         """The unwanted chains nothing left behind refers to.
 
-        A fixpoint: keeping a chain keeps its rules, and so whatever they reference. A desired
-        chain's references are known (self._refs); only other chains' rules are read: host
+        A fixpoint: keeping a chain keeps its rules, and so whatever they reference. What the
+        desired chains reference is counted in self._ref_count (with the hooks), so a chain
+        counted there is kept without going through all of their references (a delete at 1,000
+        endpoints went through 62,000 of them, 3 ms); only other chains' rules are read: host
         chains, built-ins and leftovers, a few rules in all."""
         refs_of: dict[str, Iterable[str]] = {}
         for chain in kernel.keys() | after.keys():
-            if chain in self._chains and chain not in self._failed:
-                refs_of[chain] = self._refs[chain]
-            else:
+            if chain not in self._chains or chain in self._failed:
                 rules = after[chain] if chain in after else kernel[chain]
                 refs_of[chain] = {t for rule in rules for t in spec_targets(rule)}
+        counted = {chain for chain in unwanted if self._ref_count[chain] > 0}
         doomed = set(unwanted)
         while True:
             refs = set().union(*(r for chain, r in refs_of.items() if chain not in doomed))
-            kept = doomed & refs
+            kept = doomed & (refs | counted)
             if not kept:
                 return doomed
             log.info("Not deleting chains still referenced: %s", sorted(kept))
