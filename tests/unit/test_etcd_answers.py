@@ -22,26 +22,26 @@ def _key(key: str, value: str, index: int) -> dict[str, Any]:
     return {"key": key, "value": value, "modifiedIndex": index, "createdIndex": 2}
 
 
-ANSWER = {
-    "action": "get",
-    "node": {
-        "key": "/calico/v1",
-        "dir": True,
-        "nodes": [
-            _key("/calico/v1/Ready", "true", 3),
-            {
-                "key": "/calico/v1/host",
-                "dir": True,
-                "modifiedIndex": 4,
-                "nodes": [
-                    {"key": "/calico/v1/host/empty", "dir": True, "modifiedIndex": 5},
-                    _key("/calico/v1/host/blank", "", 6)
-                    | {"ttl": 30, "expiration": "2026-12-05T12:00:00Z"},
-                ],
-            },
-        ],
-    },
-}
+def _listing(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """etcd's answer to a GET of the directory /calico/v1 holding `nodes`."""
+    return {"action": "get", "node": {"key": "/calico/v1", "dir": True, "nodes": nodes}}
+
+
+ANSWER = _listing(
+    [
+        _key("/calico/v1/Ready", "true", 3),
+        {
+            "key": "/calico/v1/host",
+            "dir": True,
+            "modifiedIndex": 4,
+            "nodes": [
+                {"key": "/calico/v1/host/empty", "dir": True, "modifiedIndex": 5},
+                _key("/calico/v1/host/blank", "", 6)
+                | {"ttl": 30, "expiration": "2026-12-05T12:00:00Z"},
+            ],
+        },
+    ]
+)
 
 
 def _read(answer: object) -> dict[str, tuple[str, int]]:
@@ -213,20 +213,15 @@ class _TreeHandler(BaseHTTPRequestHandler):
         answers = {
             "/v2/keys/calico/v1?recursive=true": _nested(100_000),
             "/v2/keys/calico/v1": dumps(
-                {
-                    "action": "get",
-                    "node": {
-                        "key": "/calico/v1",
-                        "dir": True,
-                        "nodes": [
-                            _key("/calico/v1/Ready", "true", 3),
-                            {"key": "/calico/v1/host", "dir": True},
-                            {"key": "/calico/v1/../../version", "dir": True},
-                            {"key": "/elsewhere", "dir": True},
-                            {"key": "/calico/v1/host/nested", "dir": True},
-                        ],
-                    },
-                }
+                _listing(
+                    [
+                        _key("/calico/v1/Ready", "true", 3),
+                        {"key": "/calico/v1/host", "dir": True},
+                        {"key": "/calico/v1/../../version", "dir": True},
+                        {"key": "/elsewhere", "dir": True},
+                        {"key": "/calico/v1/host/nested", "dir": True},
+                    ]
+                )
             ),
             "/v2/keys/calico/v1/host?recursive=true": dumps({"action": "get", "node": host}),
         }
