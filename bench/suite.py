@@ -345,8 +345,8 @@ def datastore_table(ds: dict[str, Any]) -> list[str]:
         f"{ds['ours_over_reference']['v2']}x curl's fetch (v2) and "
         f"{ds['ours_over_reference']['v3']}x `etcdctl get --prefix` (v3)"
         + (
-            f", {ds['ours_over_reference']['v3_gateway']}x curl of the same range through "
-            "etcd's JSON gateway."
+            f" over gRPC; where gRPC cannot be used, it reads through etcd's JSON gateway in "
+            f"{ds['ours_over_reference']['v3_gateway']}x curl's fetch of the same range there."
             if "v3_gateway" in ds["ours_over_reference"]
             else "."
         ),
