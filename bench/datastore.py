@@ -137,10 +137,12 @@ Reader = Callable[[], tuple[float, int]]
 def client_read(etcd: EtcdServer, api: str, gateway_only: bool = False) -> Reader:
     def read() -> tuple[float, int]:
         started = time.perf_counter()
-        client = connect(api, EtcdSettings((etcd.client_url,), timeout=120), shuffle=False)
-        if gateway_only:
-            assert isinstance(client, EtcdV3Client)
-            client._grpc = None  # as where gRPC cannot be used (https with no CA file)
+        settings = EtcdSettings((etcd.client_url,), timeout=120)
+        client = (
+            EtcdV3Client(settings, shuffle=False, use_grpc=False)  # as where gRPC cannot be used
+            if gateway_only
+            else connect(api, settings, shuffle=False)
+        )
         try:
             count = len(client.read_prefix(PREFIX).items)
             return time.perf_counter() - started, count

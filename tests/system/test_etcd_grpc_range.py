@@ -8,13 +8,15 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import grpc
 import pytest
 import requests
 
 from calico.common.etcd import v3
 from calico.common.etcd.base import ClusterIdChanged, EtcdSettings, EtcdUnavailable
-from calico.common.etcd.grpc_range import RangePage
+from calico.common.etcd.grpc_range import GrpcFailed, GrpcRanges, RangePage
 from calico.lab.etcd_server import EtcdServer, free_port
 
 PREFIX = "/calico/v1"
@@ -35,10 +37,11 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
     grpc_page = v3.EtcdV3Client._grpc_page
     gateway_page = v3.EtcdV3Client._gateway_page
 
-    def counted_grpc(client: v3.EtcdV3Client, key: bytes, end: bytes, rev: int) -> RangePage:
+    def counted_grpc(client: v3.EtcdV3Client, key: bytes, end: bytes, rev: int) -> RangePage | None:
         page = grpc_page(client, key, end, rev)
-        counts.grpc += 1
-        counts.after_page(counts.grpc)
+        if page is not None:
+            counts.grpc += 1
+            counts.after_page(counts.grpc)
         return page
 
     def counted_gateway(client: v3.EtcdV3Client, key: bytes, end: bytes, rev: int) -> RangePage:
@@ -51,9 +54,11 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
     return counts
 
 
-def _client(server: EtcdServer, *endpoints: str, **tls: str) -> v3.EtcdV3Client:
+def _client(
+    server: EtcdServer, *endpoints: str, use_grpc: bool = True, **tls: str
+) -> v3.EtcdV3Client:
     settings = EtcdSettings(endpoints or (server.client_url,), timeout=3, **tls)
-    return v3.EtcdV3Client(settings, shuffle=False)
+    return v3.EtcdV3Client(settings, shuffle=False, use_grpc=use_grpc)
 
 
 def _fill(server: EtcdServer, count: int) -> dict[str, str]:
@@ -65,9 +70,12 @@ def _fill(server: EtcdServer, count: int) -> dict[str, str]:
 
 def test_a_paged_read_over_grpc_is_the_gateways_read(etcd: EtcdServer, spy: Spy) -> None:
     keys = _fill(etcd, 30)
+    etcd.v3_put(f"{PREFIX}/host/h07/k", "written twice")  # a mod_revision of its own
+    keys[f"{PREFIX}/host/h07/k"] = "written twice"
     etcd.v3_put("/calico/v10", "next to the prefix")
     etcd.v3_put(PREFIX, "the prefix itself")
     client = _client(etcd)
+    gateway = _client(etcd, use_grpc=False)
     try:
         snapshot = client.read_prefix(PREFIX)
         assert (spy.grpc, spy.gateway) == (5, 0)  # 30 keys, 7 a page
@@ -75,11 +83,39 @@ def test_a_paged_read_over_grpc_is_the_gateways_read(etcd: EtcdServer, spy: Spy)
         assert snapshot.revision == etcd.v3_revision()
         versioned = client.read_prefix_versioned(PREFIX)
         assert {k: v for k, (v, _) in versioned.items()} == keys
-        client._grpc = None  # the gateway alone, as with https and no CA file
-        assert client.read_prefix(PREFIX) == snapshot
-        assert spy.gateway == 5
+        assert versioned[f"{PREFIX}/host/h07/k"] == client.get_versioned(f"{PREFIX}/host/h07/k")
+        assert spy.gateway == 0
+        assert gateway.read_prefix(PREFIX) == snapshot
+        assert gateway.read_prefix_versioned(PREFIX) == versioned
+        assert spy.gateway == 10
     finally:
         client.close()
+        gateway.close()
+
+
+def test_a_read_that_falls_back_midway_keeps_its_revision(
+    etcd: EtcdServer, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = _fill(etcd, 20)
+    first_revision = etcd.v3_revision()
+    attempts: list[int] = []
+
+    def unreachable(self: GrpcRanges, endpoint: str, *request: object) -> RangePage:
+        attempts.append(1)
+        raise GrpcFailed(f"{endpoint}: gone", grpc.StatusCode.UNAVAILABLE)
+
+    def after(pages: int) -> None:
+        etcd.v3_put(f"{PREFIX}/host/h99/k", "new")
+        monkeypatch.setattr(GrpcRanges, "page", unreachable)
+
+    spy.after_page = after
+    client = _client(etcd)
+    try:
+        snapshot = client.read_prefix(PREFIX)
+    finally:
+        client.close()
+    assert (snapshot.revision, snapshot.items) == (first_revision, keys)
+    assert (spy.grpc, len(attempts), spy.gateway) == (1, 1, 2)  # then the gateway, pinned
 
 
 def test_every_page_is_read_at_the_first_pages_revision(etcd: EtcdServer, spy: Spy) -> None:
@@ -208,17 +244,29 @@ def http1_proxy(etcd: EtcdServer) -> Iterator[str]:
 
 
 def test_an_endpoint_without_grpc_is_read_through_the_gateway(
-    etcd: EtcdServer, http1_proxy: str, spy: Spy, caplog: pytest.LogCaptureFixture
+    etcd: EtcdServer,
+    http1_proxy: str,
+    spy: Spy,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     keys = _fill(etcd, 10)
     client = _client(etcd, http1_proxy)
     caplog.set_level(logging.WARNING, logger=v3.__name__)
+    attempts: list[int] = []
+    page = GrpcRanges.page
+
+    def counted(self: GrpcRanges, *args: Any) -> RangePage:
+        attempts.append(1)
+        return page(self, *args)
+
+    monkeypatch.setattr(GrpcRanges, "page", counted)
     try:
         assert client.read_prefix(PREFIX).items == keys
         assert client.read_prefix(PREFIX).items == keys
     finally:
         client.close()
-    assert spy.grpc == 0
+    assert (len(attempts), spy.grpc) == (2, 0)  # each read tries gRPC again
     assert spy.gateway == 4  # two reads of two pages
     warnings = [r for r in caplog.records if "over gRPC failed" in r.getMessage()]
     assert len(warnings) == 1  # logged once for the endpoint

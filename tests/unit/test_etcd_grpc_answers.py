@@ -5,9 +5,12 @@ and deadlines."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +19,7 @@ import pytest
 from calico.common.etcd import v3
 from calico.common.etcd.base import EtcdRequestError, EtcdSettings, EtcdUnavailable
 from calico.common.etcd.grpc_range import RangeRequest, RangeResponse
+from calico.lab.tls import make_tls
 
 Answer = Callable[[Any, grpc.ServicerContext], bytes]
 
@@ -48,8 +52,11 @@ def fake() -> Iterator[tuple[str, FakeEtcd]]:
         server.stop(None)
 
 
-def _page(*kvs: tuple[bytes, bytes], more: bool = False, revision: int = 7) -> bytes:
-    answer = RangeResponse(more=more)
+def _page(
+    *kvs: tuple[bytes, bytes], more: bool = False, revision: int = 7, in_range: int = -1
+) -> bytes:
+    """A RangeResponse; in_range: etcd's count (by default, the keys given)."""
+    answer = RangeResponse(more=more, count=len(kvs) if in_range < 0 else in_range)
     answer.header.revision = revision
     answer.header.cluster_id = 2**64 - 1
     for key, value in kvs:
@@ -58,35 +65,58 @@ def _page(*kvs: tuple[bytes, bytes], more: bool = False, revision: int = 7) -> b
     return data
 
 
-def _client(url: str, timeout: float = 2) -> v3.EtcdV3Client:
-    return v3.EtcdV3Client(EtcdSettings((url,), timeout=timeout), shuffle=False)
+@pytest.fixture
+def client(fake: tuple[str, FakeEtcd]) -> Iterator[Callable[..., v3.EtcdV3Client]]:
+    made: list[v3.EtcdV3Client] = []
+
+    def make(timeout: float = 2) -> v3.EtcdV3Client:
+        made.append(v3.EtcdV3Client(EtcdSettings((fake[0],), timeout=timeout), shuffle=False))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for one in made:
+            one.close()
+
+
+@pytest.fixture
+def one_key_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(v3, "PAGE_SIZE", 1)
+
+
+Client = Callable[..., v3.EtcdV3Client]
 
 
 def test_keys_and_values_that_are_not_utf8_are_read_with_a_replacement(
-    fake: tuple[str, FakeEtcd],
+    fake: tuple[str, FakeEtcd], client: Client
 ) -> None:
-    url, etcd = fake
-    etcd.answer = lambda request, context: _page((b"/calico/v1/k\xff", b"v\xfe"), (b"/x", b""))
-    client = _client(url)
-    snapshot = client.read_prefix("/calico/v1")
+    etcd = fake[1]
+    etcd.answer = lambda request, context: _page(
+        (b"/calico/v1/k\xff", b"v\xfe"), (b"/calico/v1/z", b"")
+    )
+    reader = client()
+    snapshot = reader.read_prefix("/calico/v1")
     assert snapshot.revision == 7
-    assert snapshot.items == {"/calico/v1/k\ufffd": "v\ufffd", "/x": ""}
-    assert client.cluster_id == str(2**64 - 1)  # as etcd's gateway writes it
+    assert snapshot.items == {"/calico/v1/k\ufffd": "v\ufffd", "/calico/v1/z": ""}
+    assert reader.cluster_id == str(2**64 - 1)  # as etcd's gateway writes it
     (request,) = etcd.requests
     assert (request.key, request.range_end) == (b"/calico/v1/", b"/calico/v10")
     assert (request.limit, request.revision) == (v3.PAGE_SIZE, 0)
 
 
-def test_pages_follow_the_last_key_at_the_first_revision(fake: tuple[str, FakeEtcd]) -> None:
-    url, etcd = fake
+def test_pages_follow_the_last_key_at_the_first_revision(
+    fake: tuple[str, FakeEtcd], client: Client, one_key_pages: None
+) -> None:
+    etcd = fake[1]
 
     def answer(request: Any, context: grpc.ServicerContext) -> bytes:
         if request.revision == 0:
-            return _page((b"/calico/v1/a", b"1"), more=True, revision=9)
+            return _page((b"/calico/v1/a", b"1"), more=True, revision=9, in_range=2)
         return _page((b"/calico/v1/b", b"2"), revision=12)
 
     etcd.answer = answer
-    snapshot = _client(url).read_prefix("/calico/v1")
+    snapshot = client().read_prefix("/calico/v1")
     assert (snapshot.revision, snapshot.items) == (9, {"/calico/v1/a": "1", "/calico/v1/b": "2"})
     assert [(r.key, r.revision) for r in etcd.requests] == [
         (b"/calico/v1/", 0),
@@ -94,75 +124,135 @@ def test_pages_follow_the_last_key_at_the_first_revision(fake: tuple[str, FakeEt
     ]
 
 
-def test_an_empty_page_that_says_more_ends_the_read(fake: tuple[str, FakeEtcd]) -> None:
-    url, etcd = fake
-    etcd.answer = lambda request, context: _page(more=True)
-    assert _client(url).read_prefix("/calico/v1").items == {}
-    assert len(etcd.requests) == 1
+@pytest.mark.parametrize(
+    ("kvs", "more", "in_range", "revision", "problem"),
+    [
+        ([(b"/calico/v2/a", b"")], False, 1, 7, "outside the range"),
+        ([(b"/calico/v1/", b""), (b"/calico/v0", b"")], False, 2, 7, "outside the range"),
+        ([(b"/calico/v1/b", b""), (b"/calico/v1/a", b"")], False, 2, 7, "outside the range"),
+        ([(b"/calico/v1/a", b"")], True, 5, 7, "says there is more, but is not full"),
+        ([], True, 0, 7, "says there is more, but is not full"),
+        ([(b"/calico/v1/a", b""), (b"/calico/v1/b", b"")], False, 1, 7, "more keys than etcd"),
+        ([(b"/calico/v1/a", b"")], False, 1, 0, "has no revision"),
+    ],
+)
+def test_a_page_etcd_would_not_send_is_refused(
+    fake: tuple[str, FakeEtcd],
+    client: Client,
+    kvs: list[tuple[bytes, bytes]],
+    more: bool,
+    in_range: int,
+    revision: int,
+    problem: str,
+) -> None:
+    fake[1].answer = lambda request, context: _page(
+        *kvs, more=more, in_range=in_range, revision=revision
+    )
+    with pytest.raises(EtcdUnavailable, match=problem):
+        client().read_prefix("/calico/v1")
 
 
-def test_a_page_that_goes_backwards_is_refused(fake: tuple[str, FakeEtcd]) -> None:
-    url, etcd = fake
-    etcd.answer = lambda request, context: _page((b"/calico/v1/", b"again"), more=True)
-    with pytest.raises(EtcdUnavailable, match="went backwards"):
-        _client(url).read_prefix("/calico/v1")
-    assert len(etcd.requests) == 2
+def test_keys_that_grow_a_byte_a_page_stop_at_etcds_count(
+    fake: tuple[str, FakeEtcd], client: Client, one_key_pages: None
+) -> None:
+    """Each page moves forwards and stays in the range; only the count ends it."""
+    etcd = fake[1]
+    etcd.answer = lambda request, context: _page((request.key, b""), more=True, in_range=10)
+    with pytest.raises(EtcdUnavailable, match="more keys than etcd counted"):
+        client().read_prefix("/calico/v1")
+    assert len(etcd.requests) == 11
 
 
 def test_an_answer_that_is_not_a_range_response_is_unavailable(
-    fake: tuple[str, FakeEtcd],
+    fake: tuple[str, FakeEtcd], client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url, etcd = fake
-    etcd.answer = lambda request, context: b"\xff\xff\xff\xff"
+    fake[1].answer = lambda request, context: b"\xff\xff\xff\xff"
     # Then the gateway is tried, at the same address: this fake speaks gRPC only.
     with pytest.raises(EtcdUnavailable):
-        _client(url).read_prefix("/calico/v1")
+        client().read_prefix("/calico/v1")
+    assert "gRPC INTERNAL" in caplog.text  # the gRPC failure, logged before the gateway's
 
 
-def test_a_refusal_is_a_request_error_and_not_asked_again(fake: tuple[str, FakeEtcd]) -> None:
-    url, etcd = fake
+def test_a_refusal_is_a_request_error_and_not_asked_again(
+    fake: tuple[str, FakeEtcd], client: Client
+) -> None:
+    etcd = fake[1]
 
     def refuse(request: Any, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: bad range")
 
     etcd.answer = refuse
     with pytest.raises(EtcdRequestError, match="INVALID_ARGUMENT: etcdserver: bad range"):
-        _client(url).read_prefix("/calico/v1")
+        client().read_prefix("/calico/v1")
     assert len(etcd.requests) == 1
 
 
 def test_a_revision_compacted_on_every_attempt_is_unavailable(
-    fake: tuple[str, FakeEtcd],
+    fake: tuple[str, FakeEtcd], client: Client, one_key_pages: None
 ) -> None:
-    url, etcd = fake
+    etcd = fake[1]
 
     def compacting(request: Any, context: grpc.ServicerContext) -> bytes:
         if request.revision == 0:
-            return _page((b"/calico/v1/a", b"1"), more=True)
+            return _page((b"/calico/v1/a", b"1"), more=True, in_range=2)
         context.abort(
             grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"
         )
 
     etcd.answer = compacting
     with pytest.raises(EtcdUnavailable, match="compacted revision 7"):
-        _client(url).read_prefix_versioned("/calico/v1")
-    assert [r.revision for r in etcd.requests] == [0, 7] * 3
+        client().read_prefix_versioned("/calico/v1")
+    assert [r.revision for r in etcd.requests] == [0, 7] * 3  # three attempts
 
 
 def test_a_page_past_its_deadline_is_unavailable_without_the_gateway(
-    fake: tuple[str, FakeEtcd], monkeypatch: pytest.MonkeyPatch
+    fake: tuple[str, FakeEtcd], client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url, etcd = fake
-
     def slow(request: Any, context: grpc.ServicerContext) -> bytes:
         time.sleep(1.0)
         return _page()
 
-    etcd.answer = slow
+    fake[1].answer = slow
     gateway: list[bytes] = []
     monkeypatch.setattr(
         v3.EtcdV3Client, "_gateway_page", lambda client, key, *rest: gateway.append(key)
     )
     with pytest.raises(EtcdUnavailable, match="DEADLINE_EXCEEDED"):
-        _client(url, timeout=0.1).read_prefix("/calico/v1")
+        client(timeout=0.1).read_prefix("/calico/v1")
     assert gateway == []
+
+
+_HALF_PAIRS = """
+import sys
+from calico.common.etcd.base import EtcdSettings, EtcdUnavailable
+from calico.common.etcd.v3 import EtcdV3Client
+ca, cert, key, empty = sys.argv[1:]
+for files in ({"cert_file": cert}, {"key_file": key}, {"cert_file": cert, "key_file": empty},
+              {"cert_file": empty, "key_file": key}, {"ca_file": empty}):
+    files = {"ca_file": ca} | files
+    client = EtcdV3Client(EtcdSettings(("https://127.0.0.1:1",), timeout=1, **files))
+    try:
+        client.read_prefix("/calico/v1")
+    except EtcdUnavailable:
+        print("unavailable")
+    finally:
+        client.close()
+"""
+
+
+def test_half_a_client_certificate_or_an_empty_tls_file_is_not_fatal(tmp_path: Path) -> None:
+    """gRPC aborts the process for a certificate without its key (or an empty one): a child
+    process shows it, where this one would die."""
+    tls = make_tls(tmp_path / "tls")
+    empty = tmp_path / "empty.pem"
+    empty.write_bytes(b"")
+    files = [tls.ca_file, tls.client_cert, tls.client_key, empty]
+    child = subprocess.run(
+        [sys.executable, "-c", _HALF_PAIRS, *map(str, files)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["unavailable"] * 5

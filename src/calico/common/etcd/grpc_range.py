@@ -19,6 +19,9 @@ gateway instead (see v3.py).
 from __future__ import annotations
 
 import os
+import queue
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
@@ -78,6 +81,7 @@ def _message_classes() -> tuple[Any, Any]:
         ("header", 1, nested, "ResponseHeader"),
         ("kvs", 2, nested, "KeyValue[]"),
         ("more", 3, flag, ""),
+        ("count", 4, int64, ""),
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
@@ -101,37 +105,45 @@ class KeyValue(Protocol):
 
 class RangePage(NamedTuple):
     """One page of a range, whichever way it was read: cluster_id as etcd's gateway writes it
-    (decimal text), so that one ClusterIdGuard checks both."""
+    (decimal text), so that one ClusterIdGuard checks both; in_range, etcd's count of the keys
+    in the range asked for at that revision (this page's and those after it)."""
 
     revision: int
     cluster_id: str
     kvs: Sequence[KeyValue]
     more: bool
+    in_range: int
 
 
 class GrpcFailed(Exception):
-    """A range over gRPC failed. `answered`: etcd itself refused the request (a compacted
-    revision, a bad argument), so another way of asking would fail the same way; otherwise
-    the endpoint could not be reached over gRPC, or timed out (`timed_out`)."""
+    """A range over gRPC failed with `code`: etcd's own refusal, or the connection's."""
 
-    def __init__(self, message: str, *, answered: bool, timed_out: bool):
+    def __init__(self, message: str, code: grpc.StatusCode):
         super().__init__(message)
-        self.answered = answered
-        self.timed_out = timed_out
+        self.code = code
+
+    @property
+    def answered(self) -> bool:
+        """etcd itself refused the request (a compacted revision, a bad argument): another way
+        of asking would be refused the same way."""
+        return self.code in _ANSWERED
+
+    @property
+    def timed_out(self) -> bool:
+        return self.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-# Codes that etcd sends itself for a request it refuses; every other code (UNAVAILABLE,
-# INTERNAL, UNKNOWN, CANCELLED...) can also come from the connection or the HTTP/2 layer.
+# Codes that only etcd sends, for a request it refuses. Every other code can also come from the
+# connection, or from an HTTP/2 front end that is not etcd (UNAUTHENTICATED, PERMISSION_DENIED
+# and NOT_FOUND for its 401, 403 and 404): the gateway is asked then (see v3.py).
 _ANSWERED = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.OUT_OF_RANGE,
         grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.NOT_FOUND,
     }
 )
+_NOT_CONNECTED = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 
 
 def usable(settings: EtcdSettings) -> bool:
@@ -142,71 +154,130 @@ def usable(settings: EtcdSettings) -> bool:
 
 class GrpcRanges:
     """Range reads over one channel to the endpoint last asked for (opened when first
-    needed, reopened when the endpoint changes)."""
+    needed, reopened when the endpoint changes). One read at a time (a lock): a channel
+    closed by another thread mid-call would raise what callers do not expect."""
 
     def __init__(self, settings: EtcdSettings):
         self._settings = settings
         self._endpoint = ""
         self._channel: grpc.Channel | None = None
         self._call: Any = None
+        self._lock = threading.Lock()
 
     def page(self, endpoint: str, key: bytes, end: bytes, limit: int, revision: int) -> RangePage:
         """Up to limit keys in [key, end) at revision (0: the newest). Raises GrpcFailed."""
         request = RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
-        try:
-            answer = self._range_call(endpoint)(
-                request, timeout=self._settings.timeout * PAGE_DEADLINE_FACTOR
-            )
-        except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
-            details = e.details() if isinstance(e, grpc.Call) else str(e)
-            raise GrpcFailed(
-                f"{endpoint}: gRPC {code.name}: {str(details)[:200]}",
-                answered=code in _ANSWERED,
-                timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED,
-            ) from None
+        with self._lock:
+            call = self._range_call(endpoint)
+            try:
+                answer = call(request, timeout=self._settings.timeout * PAGE_DEADLINE_FACTOR)
+            except grpc.RpcError as e:
+                code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+                details = e.details() if isinstance(e, grpc.Call) else str(e)
+                if code not in _ANSWERED:
+                    # A fresh channel next time: gRPC's own reconnection backs off for up to
+                    # minutes (after an etcd restart, say).
+                    self._close()
+                raise GrpcFailed(
+                    f"{endpoint}: gRPC {code.name}: {str(details)[:200]}", code
+                ) from None
         header = answer.header
         cluster_id = str(header.cluster_id) if header.cluster_id else ""
-        return RangePage(header.revision, cluster_id, answer.kvs, answer.more)
+        return RangePage(header.revision, cluster_id, answer.kvs, answer.more, answer.count)
 
     def _range_call(self, endpoint: str) -> Any:
         if self._channel is None or endpoint != self._endpoint:
-            self.close()
-            self._channel = self._open(endpoint)
-            self._endpoint = endpoint
-            self._call = self._channel.unary_unary(
+            self._close()
+            channel = self._open(endpoint)
+            try:
+                self._connect(channel, endpoint)
+            except GrpcFailed:
+                channel.close()
+                raise
+            self._channel, self._endpoint = channel, endpoint
+            self._call = channel.unary_unary(
                 _RANGE_METHOD,
                 request_serializer=RangeRequest.SerializeToString,
                 response_deserializer=RangeResponse.FromString,
             )
         return self._call
 
+    def _connect(self, channel: grpc.Channel, endpoint: str) -> None:
+        """Wait until the channel is connected, within the client's timeout. A refused
+        connection, a failed TLS handshake or a server that is not HTTP/2 fail at once (the
+        gateway is asked then); no answer at all fails at the timeout, as the gateway's
+        connection would. gRPC's own wait would be its 20 s minimum connect timeout, then the
+        page's deadline."""
+        states: queue.SimpleQueue[grpc.ChannelConnectivity] = queue.SimpleQueue()
+        note = states.put
+        channel.subscribe(note, try_to_connect=True)
+        deadline = time.monotonic() + self._settings.timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    state = states.get(timeout=left)
+                except queue.Empty:
+                    break
+                if state == grpc.ChannelConnectivity.READY:
+                    return
+                if state in _NOT_CONNECTED:
+                    raise GrpcFailed(
+                        f"{endpoint}: gRPC could not connect", grpc.StatusCode.UNAVAILABLE
+                    )
+        finally:
+            channel.unsubscribe(note)
+        raise GrpcFailed(
+            f"{endpoint}: gRPC connection timed out", grpc.StatusCode.DEADLINE_EXCEEDED
+        )
+
     def _open(self, endpoint: str) -> grpc.Channel:
-        target = urlsplit(endpoint).netloc
+        target = _target(endpoint)
         settings = self._settings
         if not settings.is_https:
             return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         try:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(settings.ca_file),
-                private_key=_read(settings.key_file),
-                certificate_chain=_read(settings.cert_file),
-            )
+            root = _read(settings.ca_file)
+            # A client certificate only with its key, as the gateway's session (make_session):
+            # gRPC aborts the process when given one without the other.
+            pair = settings.cert_file and settings.key_file
+            key = _read(settings.key_file) if pair else None
+            chain = _read(settings.cert_file) if pair else None
         except OSError as e:
             raise GrpcFailed(
-                f"{endpoint}: cannot read a TLS file: {e}", answered=False, timed_out=False
+                f"{endpoint}: cannot read a TLS file: {e}", grpc.StatusCode.UNAVAILABLE
             ) from None
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root, private_key=key, certificate_chain=chain
+        )
         return grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
             self._call = None
 
 
+def _target(endpoint: str) -> str:
+    """host:port for gRPC, with the port requests would use when the URL has none (gRPC's own
+    default is 443 whatever the scheme)."""
+    url = urlsplit(endpoint)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _read(path: str | None) -> bytes | None:
+    """A TLS file's bytes. An empty file is an error: gRPC takes no bytes for none at all (no
+    CA file: trust the system's roots; no key: abort the process)."""
     if not path:
         return None
     with open(path, "rb") as file:
-        return file.read()
+        data = file.read()
+    if not data:
+        raise OSError(f"{path} is empty")
+    return data

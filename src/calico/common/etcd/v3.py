@@ -94,6 +94,7 @@ class _Range(msgspec.Struct, gc=False):
     header: _Header
     kvs: list[_Kv] = []
     more: bool = False
+    count: int = 0
 
 
 # strict=False: the gateway writes 64-bit integers as strings ("revision": "1001").
@@ -111,14 +112,39 @@ def _range_end(prefix: bytes) -> bytes:
     return bytes(data)
 
 
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """[start, end) of the keys under prefix (a directory, in v2's terms)."""
+    start = (prefix.rstrip("/") + "/").encode()
+    return start, _range_end(start)
+
+
+def _page_problem(page: RangePage, key: bytes, end: bytes, left: int) -> str:
+    """What makes page one that etcd would not send for [key, end), with `left` keys still in
+    that range (by the first page's count); "" for none. A hostile answer that passed would loop
+    for ever: keys that grow by a byte a page never reach end. etcd answers a range sorted by key,
+    and says `more` only for a full page."""
+    kvs = page.kvs
+    if page.revision <= 0:
+        return "has no revision"
+    if kvs and not key <= kvs[0].key <= kvs[-1].key < end:
+        return "holds keys outside the range asked for"
+    if page.more and len(kvs) != PAGE_SIZE:
+        return "says there is more, but is not full"
+    if len(kvs) > left:
+        return "holds more keys than etcd counted"
+    return ""
+
+
 class EtcdV3Client:
-    def __init__(self, settings: EtcdSettings, *, shuffle: bool = True):
+    def __init__(self, settings: EtcdSettings, *, shuffle: bool = True, use_grpc: bool = True):
+        """use_grpc=False: read prefixes through the JSON gateway only (as where gRPC cannot
+        be used: see grpc_range.py); for comparisons."""
         self._settings = settings
         self._endpoints = Endpoints(settings.endpoints, shuffle)
         self._session = make_session(settings)
         self._guard = ClusterIdGuard()
         self._stream: WatchStream | None = None
-        self._grpc = GrpcRanges(settings) if usable(settings) else None
+        self._grpc = GrpcRanges(settings) if use_grpc and usable(settings) else None
         self._gateway_warned: set[str] = set()  # endpoints whose gRPC failure was logged
 
     def _url(self, path: str) -> str:
@@ -213,41 +239,37 @@ class EtcdV3Client:
     def _pages(self, prefix: str) -> Iterator[tuple[int, Sequence[KeyValue]]]:
         """The keys under prefix, a page at a time, every page pinned to the revision of the
         first: (that revision, the page's keys). At least one page, even when empty."""
-        key = (prefix.rstrip("/") + "/").encode()
-        end = _range_end(key)
+        key, end = _prefix_range(prefix)
         revision = 0
+        left = -1  # keys still to come at that revision, as etcd counted them
         through_gateway = self._grpc is None
         while True:
             try:
-                if through_gateway:
+                page = None if through_gateway else self._grpc_page(key, end, revision)
+                if page is None:
+                    through_gateway = True  # for the rest of this read
                     page = self._gateway_page(key, end, revision)
-                else:
-                    try:
-                        page = self._grpc_page(key, end, revision)
-                    except _UseGateway:
-                        through_gateway = True  # for the rest of this read
-                        page = self._gateway_page(key, end, revision)
             except EtcdRequestError as e:
                 if revision and _COMPACTED in str(e):
                     raise _Compacted(f"etcd compacted revision {revision} during a read") from e
                 raise
             revision = revision or page.revision
+            left = page.in_range if left < 0 else left
+            if problem := _page_problem(page, key, end, left):
+                raise EtcdUnavailable(f"{self.endpoint}: a range page {problem}")
+            left -= len(page.kvs)
             yield revision, page.kvs
-            if not page.more or not page.kvs:
+            if not page.more:
                 return
-            if page.kvs[-1].key < key:
-                # Not etcd: a page must move forwards, or this loop would never end.
-                raise EtcdUnavailable(f"{self.endpoint}: a range page went backwards")
             key = page.kvs[-1].key + b"\0"
 
-    def _grpc_page(self, key: bytes, end: bytes, revision: int) -> RangePage:
+    def _grpc_page(self, key: bytes, end: bytes, revision: int) -> RangePage | None:
+        """A page over gRPC; None when it should be read through the gateway instead."""
         assert self._grpc is not None
         endpoint = self.endpoint
         try:
             page = self._grpc.page(endpoint, key, end, PAGE_SIZE, revision)
         except GrpcFailed as e:
-            # A fresh channel next time: gRPC's own reconnection backs off for up to minutes.
-            self._grpc.close()
             if e.answered:
                 raise EtcdRequestError(str(e)) from None
             if e.timed_out:
@@ -255,7 +277,7 @@ class EtcdV3Client:
             if endpoint not in self._gateway_warned:
                 self._gateway_warned.add(endpoint)
                 log.warning("etcd range over gRPC failed (%s); reading through the gateway", e)
-            raise _UseGateway() from None
+            return None
         self._guard.check(page.cluster_id)
         return page
 
@@ -264,7 +286,8 @@ class EtcdV3Client:
         if revision:
             payload["revision"] = revision
         page = self._range(payload)
-        return RangePage(page.header.revision, page.header.cluster_id, page.kvs, page.more)
+        header = page.header
+        return RangePage(header.revision, header.cluster_id, page.kvs, page.more, page.count)
 
     def put(self, key: str, value: str, ttl: int | None = None) -> None:
         payload: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
@@ -278,8 +301,8 @@ class EtcdV3Client:
         return int(body.get("deleted", 0)) > 0
 
     def delete_prefix(self, prefix: str) -> None:
-        start = (prefix.rstrip("/") + "/").encode()
-        self._post("/kv/deleterange", {"key": _b64(start), "range_end": _b64(_range_end(start))})
+        start, end = _prefix_range(prefix)
+        self._post("/kv/deleterange", {"key": _b64(start), "range_end": _b64(end)})
         self.delete(prefix.rstrip("/"))
 
     def delete_empty_dir(self, path: str) -> bool:
@@ -346,11 +369,11 @@ class EtcdV3Client:
             raise
 
     def _open_stream(self, prefix: str, start_revision: int, timeout: float) -> WatchStream:
-        start = (prefix.rstrip("/") + "/").encode()
+        start, end = _prefix_range(prefix)
         request: dict[str, Any] = {
             "create_request": {
                 "key": _b64(start),
-                "range_end": _b64(_range_end(start)),
+                "range_end": _b64(end),
                 "start_revision": start_revision,
             }
         }
@@ -419,10 +442,6 @@ class EtcdV3Client:
 
 class _Compacted(EtcdUnavailable):
     """The revision a paged read is pinned to was compacted before its last page."""
-
-
-class _UseGateway(Exception):
-    """This page could not be read over gRPC: read it, and the rest, through the gateway."""
 
 
 class _StreamIdle(Exception):
