@@ -18,7 +18,7 @@ import pytest
 
 from calico.common.etcd import v3
 from calico.common.etcd.base import EtcdRequestError, EtcdSettings, EtcdUnavailable
-from calico.common.etcd.grpc_range import RangeRequest, RangeResponse
+from calico.common.etcd.grpc_range import RangePage, RangeRequest, RangeResponse
 from calico.lab.tls import make_tls
 
 Answer = Callable[[Any, grpc.ServicerContext], bytes]
@@ -187,6 +187,82 @@ def test_a_refusal_is_a_request_error_and_not_asked_again(
     assert len(etcd.requests) == 1
 
 
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The first key of each page asked of the gateway, which answers none."""
+    asked: list[bytes] = []
+
+    def unanswered(client: v3.EtcdV3Client, key: bytes, *rest: object) -> RangePage:
+        asked.append(key)
+        raise EtcdUnavailable("the gateway is not there")
+
+    monkeypatch.setattr(v3.EtcdV3Client, "_gateway_page", unanswered)
+    return asked
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "error", "gateway_asked"),
+    [
+        # etcd's own "cannot serve now": the gateway would wait as long for the same answer.
+        (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader", EtcdUnavailable, False),
+        (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out", EtcdUnavailable, False),
+        # etcd's refusals.
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "etcdserver: permission denied",
+            EtcdRequestError,
+            False,
+        ),
+        # Not etcd's: an HTTP/2 front end's 403, a server without etcd's service.
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "Received http2 header with status: 403",
+            EtcdUnavailable,
+            True,
+        ),
+        (grpc.StatusCode.UNIMPLEMENTED, "Method not found!", EtcdUnavailable, True),
+    ],
+)
+def test_who_said_no_decides_whether_the_gateway_is_asked(
+    fake: tuple[str, FakeEtcd],
+    client: Client,
+    gateway: list[bytes],
+    code: grpc.StatusCode,
+    details: str,
+    error: type[Exception],
+    gateway_asked: bool,
+) -> None:
+    def refuse(request: Any, context: grpc.ServicerContext) -> bytes:
+        context.abort(code, details)
+
+    fake[1].answer = refuse
+    said = "the gateway is not there" if gateway_asked else details
+    with pytest.raises(error, match=said):
+        client().read_prefix("/calico/v1")
+    assert gateway == ([b"/calico/v1/"] if gateway_asked else [])
+    assert len(fake[1].requests) == 1
+
+
+def test_a_broken_connection_is_asked_again_on_a_new_one(
+    fake: tuple[str, FakeEtcd], client: Client, gateway: list[bytes]
+) -> None:
+    """Not etcd's "unavailable" on the channel of an earlier read: once more on a new
+    channel, then the gateway."""
+    etcd = fake[1]
+    etcd.answer = lambda request, context: _page()
+    reader = client()
+    assert reader.read_prefix("/calico/v1").items == {}
+
+    def broken(request: Any, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "upstream connect error")
+
+    etcd.answer = broken
+    with pytest.raises(EtcdUnavailable, match="the gateway is not there"):
+        reader.read_prefix("/calico/v1")
+    assert len(etcd.requests) == 1 + 2
+    assert gateway == [b"/calico/v1/"]
+
+
 def test_a_revision_compacted_on_every_attempt_is_unavailable(
     fake: tuple[str, FakeEtcd], client: Client, one_key_pages: None
 ) -> None:
@@ -206,17 +282,13 @@ def test_a_revision_compacted_on_every_attempt_is_unavailable(
 
 
 def test_a_page_past_its_deadline_is_unavailable_without_the_gateway(
-    fake: tuple[str, FakeEtcd], client: Client, monkeypatch: pytest.MonkeyPatch
+    fake: tuple[str, FakeEtcd], client: Client, gateway: list[bytes]
 ) -> None:
     def slow(request: Any, context: grpc.ServicerContext) -> bytes:
         time.sleep(1.0)
         return _page()
 
     fake[1].answer = slow
-    gateway: list[bytes] = []
-    monkeypatch.setattr(
-        v3.EtcdV3Client, "_gateway_page", lambda client, key, *rest: gateway.append(key)
-    )
     with pytest.raises(EtcdUnavailable, match="DEADLINE_EXCEEDED"):
         client(timeout=0.1).read_prefix("/calico/v1")
     assert gateway == []

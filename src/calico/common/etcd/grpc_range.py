@@ -116,33 +116,40 @@ class RangePage(NamedTuple):
 
 
 class GrpcFailed(Exception):
-    """A range over gRPC failed with `code`: etcd's own refusal, or the connection's."""
+    """A range over gRPC failed with `code`; `from_etcd`: the status is etcd's own answer
+    (its errors all read "etcdserver: ..."), not the connection's or another server's."""
 
-    def __init__(self, message: str, code: grpc.StatusCode):
+    def __init__(self, message: str, code: grpc.StatusCode, *, from_etcd: bool = False):
         super().__init__(message)
         self.code = code
+        self.from_etcd = from_etcd
 
     @property
-    def answered(self) -> bool:
-        """etcd itself refused the request (a compacted revision, a bad argument): another way
-        of asking would be refused the same way."""
-        return self.code in _ANSWERED
+    def refused(self) -> bool:
+        """etcd refused the request (a compacted revision, a bad argument): another way of
+        asking would be refused the same way."""
+        return self.from_etcd and self.code in _REFUSALS
 
     @property
-    def timed_out(self) -> bool:
-        return self.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    def gateway_may_answer(self) -> bool:
+        """The failure is gRPC's, not etcd's: no connection (refused, a TLS handshake, a server
+        that is not HTTP/2), an answer that is not a RangeResponse, an HTTP/2 front end's
+        401/403/404. Not etcd's own "unavailable" (no leader, a request timed out), nor a
+        timeout: the gateway would wait as long again for the same."""
+        return not self.from_etcd and self.code != grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-# Codes that only etcd sends, for a request it refuses. Every other code can also come from the
-# connection, or from an HTTP/2 front end that is not etcd (UNAUTHENTICATED, PERMISSION_DENIED
-# and NOT_FOUND for its 401, 403 and 404): the gateway is asked then (see v3.py).
-_ANSWERED = frozenset(
+# etcd's codes for a request it refuses (rather than cannot serve now).
+_REFUSALS = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.OUT_OF_RANGE,
         grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
     }
 )
+_ETCD_ERROR = "etcdserver: "
 _NOT_CONNECTED = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 
 
@@ -168,22 +175,32 @@ class GrpcRanges:
         """Up to limit keys in [key, end) at revision (0: the newest). Raises GrpcFailed."""
         request = RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
         with self._lock:
-            call = self._range_call(endpoint)
+            reused = self._channel is not None and endpoint == self._endpoint
             try:
-                answer = call(request, timeout=self._settings.timeout * PAGE_DEADLINE_FACTOR)
-            except grpc.RpcError as e:
-                code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
-                details = e.details() if isinstance(e, grpc.Call) else str(e)
-                if code not in _ANSWERED:
-                    # A fresh channel next time: gRPC's own reconnection backs off for up to
-                    # minutes (after an etcd restart, say).
-                    self._close()
-                raise GrpcFailed(
-                    f"{endpoint}: gRPC {code.name}: {str(details)[:200]}", code
-                ) from None
+                answer = self._ask(endpoint, request)
+            except GrpcFailed as e:
+                if not (reused and e.code == grpc.StatusCode.UNAVAILABLE and not e.from_etcd):
+                    raise
+                # The connection of an earlier read broke (etcd restarted, say): once more on
+                # a new one, rather than waiting out gRPC's reconnection backoff.
+                answer = self._ask(endpoint, request)
         header = answer.header
         cluster_id = str(header.cluster_id) if header.cluster_id else ""
         return RangePage(header.revision, cluster_id, answer.kvs, answer.more, answer.count)
+
+    def _ask(self, endpoint: str, request: Any) -> Any:
+        call = self._range_call(endpoint)
+        try:
+            return call(request, timeout=self._settings.timeout * PAGE_DEADLINE_FACTOR)
+        except grpc.RpcError as e:
+            code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = str(e.details() if isinstance(e, grpc.Call) else e)
+            from_etcd = details.startswith(_ETCD_ERROR)
+            if not from_etcd:
+                self._close()  # a new channel next time (see page)
+            raise GrpcFailed(
+                f"{endpoint}: gRPC {code.name}: {details[:200]}", code, from_etcd=from_etcd
+            ) from None
 
     def _range_call(self, endpoint: str) -> Any:
         if self._channel is None or endpoint != self._endpoint:

@@ -270,9 +270,9 @@ class EtcdV3Client:
         try:
             page = self._grpc.page(endpoint, key, end, PAGE_SIZE, revision)
         except GrpcFailed as e:
-            if e.answered:
+            if e.refused:
                 raise EtcdRequestError(str(e)) from None
-            if e.timed_out:
+            if not e.gateway_may_answer:
                 raise EtcdUnavailable(str(e)) from None
             if endpoint not in self._gateway_warned:
                 self._gateway_warned.add(endpoint)
