@@ -5,8 +5,10 @@ and deadlines."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ import pytest
 
 from calico.common.etcd import v3
 from calico.common.etcd.base import EtcdRequestError, EtcdSettings, EtcdUnavailable
-from calico.common.etcd.grpc_range import RangePage, RangeRequest, RangeResponse
+from calico.common.etcd.grpc_range import RangePage, RangeRequest, RangeResponse, _target
 from calico.lab.tls import make_tls
 
 Answer = Callable[[Any, grpc.ServicerContext], bytes]
@@ -235,23 +237,25 @@ def test_who_said_no_decides_whether_the_gateway_is_asked(
     def refuse(request: Any, context: grpc.ServicerContext) -> bytes:
         context.abort(code, details)
 
+    fake[1].answer = lambda request, context: _page()
+    reader = client()
+    reader.read_prefix("/calico/v1")  # the channel is open: no second try on a new one
     fake[1].answer = refuse
     said = "the gateway is not there" if gateway_asked else details
     with pytest.raises(error, match=said):
-        client().read_prefix("/calico/v1")
+        reader.read_prefix("/calico/v1")
     assert gateway == ([b"/calico/v1/"] if gateway_asked else [])
-    assert len(fake[1].requests) == 1
+    assert len(fake[1].requests) == 2
 
 
-def test_a_broken_connection_is_asked_again_on_a_new_one(
+def test_a_failure_that_is_not_etcds_goes_to_the_gateway_and_drops_the_channel(
     fake: tuple[str, FakeEtcd], client: Client, gateway: list[bytes]
 ) -> None:
-    """Not etcd's "unavailable" on the channel of an earlier read: once more on a new
-    channel, then the gateway."""
     etcd = fake[1]
     etcd.answer = lambda request, context: _page()
     reader = client()
     assert reader.read_prefix("/calico/v1").items == {}
+    assert reader._grpc is not None and reader._grpc._channel is not None
 
     def broken(request: Any, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.UNAVAILABLE, "upstream connect error")
@@ -259,8 +263,72 @@ def test_a_broken_connection_is_asked_again_on_a_new_one(
     etcd.answer = broken
     with pytest.raises(EtcdUnavailable, match="the gateway is not there"):
         reader.read_prefix("/calico/v1")
-    assert len(etcd.requests) == 1 + 2
+    assert len(etcd.requests) == 2
     assert gateway == [b"/calico/v1/"]
+    assert reader._grpc._channel is None  # the next read opens a new one
+
+
+def test_a_member_that_never_answers_times_out_without_the_gateway(
+    client: Client, gateway: list[bytes]
+) -> None:
+    """A port that takes connections and never speaks (the kernel completes the handshake
+    for the listen backlog): the connection attempt ends at the client's timeout (gRPC's own
+    would be 20 s), and the gateway is not asked to wait as long again."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        reader = v3.EtcdV3Client(EtcdSettings((url,), timeout=0.5), shuffle=False)
+        try:
+            with pytest.raises(EtcdUnavailable, match="timed out before receiving SETTINGS"):
+                reader.read_prefix("/calico/v1")
+        finally:
+            reader.close()
+    assert gateway == []
+
+
+def test_closing_the_client_cancels_a_read_in_progress(
+    fake: tuple[str, FakeEtcd], client: Client, gateway: list[bytes]
+) -> None:
+    answering = threading.Event()
+
+    def slow(request: Any, context: grpc.ServicerContext) -> bytes:
+        answering.set()
+        time.sleep(3.0)
+        return _page((b"/calico/v1/a", b"1"))
+
+    fake[1].answer = slow
+    reader = client()
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(reader.read_prefix("/calico/v1"))
+        except EtcdUnavailable as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    assert answering.wait(10)
+    reader.close()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], EtcdUnavailable)
+    assert "CANCELLED" in str(outcome[0]) or "closed" in str(outcome[0])
+    assert gateway == []
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "target"),
+    [
+        ("http://etcd.example", "etcd.example:80"),
+        ("https://etcd.example", "etcd.example:443"),
+        ("http://127.0.0.1:2379", "127.0.0.1:2379"),
+        ("https://[fd00:65::1]:2379", "[fd00:65::1]:2379"),
+        ("http://[fd00:65::1]", "[fd00:65::1]:80"),
+    ],
+)
+def test_the_grpc_target_has_the_port_requests_would_use(endpoint: str, target: str) -> None:
+    assert _target(endpoint) == target
 
 
 def test_a_revision_compacted_on_every_attempt_is_unavailable(
@@ -285,12 +353,13 @@ def test_a_page_past_its_deadline_is_unavailable_without_the_gateway(
     fake: tuple[str, FakeEtcd], client: Client, gateway: list[bytes]
 ) -> None:
     def slow(request: Any, context: grpc.ServicerContext) -> bytes:
-        time.sleep(1.0)
+        time.sleep(3.0)
         return _page()
 
     fake[1].answer = slow
-    with pytest.raises(EtcdUnavailable, match="DEADLINE_EXCEEDED"):
-        client(timeout=0.1).read_prefix("/calico/v1")
+    with pytest.raises(EtcdUnavailable, match="gRPC DEADLINE_EXCEEDED: Deadline Exceeded"):
+        client(timeout=0.5).read_prefix("/calico/v1")  # 1.5 s for the page
+    assert len(fake[1].requests) == 1
     assert gateway == []
 
 

@@ -19,7 +19,6 @@ gateway instead (see v3.py).
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -119,10 +118,13 @@ class GrpcFailed(Exception):
     """A range over gRPC failed with `code`; `from_etcd`: the status is etcd's own answer
     (its errors all read "etcdserver: ..."), not the connection's or another server's."""
 
-    def __init__(self, message: str, code: grpc.StatusCode, *, from_etcd: bool = False):
+    def __init__(
+        self, message: str, code: grpc.StatusCode, *, from_etcd: bool = False, slow: bool = False
+    ):
         super().__init__(message)
         self.code = code
         self.from_etcd = from_etcd
+        self.slow = slow  # it took the client's whole timeout (a member that does not answer)
 
     @property
     def refused(self) -> bool:
@@ -135,10 +137,12 @@ class GrpcFailed(Exception):
         """The failure is gRPC's, not etcd's: no connection (refused, a TLS handshake, a server
         that is not HTTP/2), an answer that is not a RangeResponse, an HTTP/2 front end's
         401/403/404. Not etcd's own "unavailable" (no leader, a request timed out), nor a
-        timeout: the gateway would wait as long again for the same."""
-        return not self.from_etcd and self.code != grpc.StatusCode.DEADLINE_EXCEEDED
+        timeout (the gateway would wait as long again for the same), nor a read that close()
+        cancelled."""
+        return not (self.from_etcd or self.slow or self.code in _NOT_RETRIED)
 
 
+_NOT_RETRIED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 # etcd's codes for a request it refuses (rather than cannot serve now).
 _REFUSALS = frozenset(
     {
@@ -150,7 +154,6 @@ _REFUSALS = frozenset(
     }
 )
 _ETCD_ERROR = "etcdserver: "
-_NOT_CONNECTED = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 
 
 def usable(settings: EtcdSettings) -> bool:
@@ -161,8 +164,8 @@ def usable(settings: EtcdSettings) -> bool:
 
 class GrpcRanges:
     """Range reads over one channel to the endpoint last asked for (opened when first
-    needed, reopened when the endpoint changes). One read at a time (a lock): a channel
-    closed by another thread mid-call would raise what callers do not expect."""
+    needed, reopened when the endpoint changes). One read at a time (a lock); `close` does not
+    wait for it: it closes the channel, which cancels a read in progress."""
 
     def __init__(self, settings: EtcdSettings):
         self._settings = settings
@@ -175,83 +178,54 @@ class GrpcRanges:
         """Up to limit keys in [key, end) at revision (0: the newest). Raises GrpcFailed."""
         request = RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
         with self._lock:
-            reused = self._channel is not None and endpoint == self._endpoint
+            started = time.monotonic()
             try:
-                answer = self._ask(endpoint, request)
-            except GrpcFailed as e:
-                if not (reused and e.code == grpc.StatusCode.UNAVAILABLE and not e.from_etcd):
-                    raise
-                # The connection of an earlier read broke (etcd restarted, say): once more on
-                # a new one, rather than waiting out gRPC's reconnection backoff.
-                answer = self._ask(endpoint, request)
+                call = self._range_call(endpoint)
+                answer = call(request, timeout=self._settings.timeout * PAGE_DEADLINE_FACTOR)
+            except grpc.RpcError as e:
+                code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+                details = str(e.details() if isinstance(e, grpc.Call) else e)
+                from_etcd = details.startswith(_ETCD_ERROR)
+                if not from_etcd:
+                    # A new channel next time: gRPC's own reconnection backs off for up to
+                    # minutes (after an etcd restart, say).
+                    self._drop()
+                raise GrpcFailed(
+                    f"{endpoint}: gRPC {code.name}: {details[:200]}",
+                    code,
+                    from_etcd=from_etcd,
+                    slow=time.monotonic() - started >= self._settings.timeout,
+                ) from None
+            except ValueError:  # the channel was closed meanwhile (close)
+                raise GrpcFailed(f"{endpoint}: closed", grpc.StatusCode.CANCELLED) from None
         header = answer.header
         cluster_id = str(header.cluster_id) if header.cluster_id else ""
         return RangePage(header.revision, cluster_id, answer.kvs, answer.more, answer.count)
 
-    def _ask(self, endpoint: str, request: Any) -> Any:
-        call = self._range_call(endpoint)
-        try:
-            return call(request, timeout=self._settings.timeout * PAGE_DEADLINE_FACTOR)
-        except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
-            details = str(e.details() if isinstance(e, grpc.Call) else e)
-            from_etcd = details.startswith(_ETCD_ERROR)
-            if not from_etcd:
-                self._close()  # a new channel next time (see page)
-            raise GrpcFailed(
-                f"{endpoint}: gRPC {code.name}: {details[:200]}", code, from_etcd=from_etcd
-            ) from None
-
     def _range_call(self, endpoint: str) -> Any:
         if self._channel is None or endpoint != self._endpoint:
-            self._close()
-            channel = self._open(endpoint)
-            try:
-                self._connect(channel, endpoint)
-            except GrpcFailed:
-                channel.close()
-                raise
-            self._channel, self._endpoint = channel, endpoint
-            self._call = channel.unary_unary(
+            self._drop()
+            self._channel = self._open(endpoint)
+            self._endpoint = endpoint
+            self._call = self._channel.unary_unary(
                 _RANGE_METHOD,
                 request_serializer=RangeRequest.SerializeToString,
                 response_deserializer=RangeResponse.FromString,
             )
         return self._call
 
-    def _connect(self, channel: grpc.Channel, endpoint: str) -> None:
-        """Wait until the channel is connected, within the client's timeout. A refused
-        connection, a failed TLS handshake or a server that is not HTTP/2 fail at once (the
-        gateway is asked then); no answer at all fails at the timeout, as the gateway's
-        connection would. gRPC's own wait would be its 20 s minimum connect timeout, then the
-        page's deadline."""
-        states: queue.SimpleQueue[grpc.ChannelConnectivity] = queue.SimpleQueue()
-        note = states.put
-        channel.subscribe(note, try_to_connect=True)
-        deadline = time.monotonic() + self._settings.timeout
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    state = states.get(timeout=left)
-                except queue.Empty:
-                    break
-                if state == grpc.ChannelConnectivity.READY:
-                    return
-                if state in _NOT_CONNECTED:
-                    raise GrpcFailed(
-                        f"{endpoint}: gRPC could not connect", grpc.StatusCode.UNAVAILABLE
-                    )
-        finally:
-            channel.unsubscribe(note)
-        raise GrpcFailed(
-            f"{endpoint}: gRPC connection timed out", grpc.StatusCode.DEADLINE_EXCEEDED
-        )
-
     def _open(self, endpoint: str) -> grpc.Channel:
         target = _target(endpoint)
         settings = self._settings
+        options = [
+            *_CHANNEL_OPTIONS,
+            # Despite its name, how long one connection attempt may take (gRPC's own default
+            # is 20 s): a member that does not answer fails a call at the client's timeout, as
+            # the gateway's connection would. A refused connection fails it at once.
+            ("grpc.min_reconnect_backoff_ms", max(1, int(settings.timeout * 1000))),
+        ]
         if not settings.is_https:
-            return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            return grpc.insecure_channel(target, options=options)
         try:
             root = _read(settings.ca_file)
             # A client certificate only with its key, as the gateway's session (make_session):
@@ -266,17 +240,15 @@ class GrpcRanges:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=root, private_key=key, certificate_chain=chain
         )
-        return grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
+        return grpc.secure_channel(target, credentials, options=options)
 
     def close(self) -> None:
-        with self._lock:
-            self._close()
+        self._drop()
 
-    def _close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-            self._call = None
+    def _drop(self) -> None:
+        channel, self._channel, self._call = self._channel, None, None
+        if channel is not None:
+            channel.close()
 
 
 def _target(endpoint: str) -> str:
