@@ -261,6 +261,89 @@ def test_refused_chain_fails_closed_and_the_rest_is_applied() -> None:
     assert "-A felix-B -j RETURN" in runner.restores[-1]
 
 
+def leaf(indices: Iterable[int]) -> list[str]:
+    """A dispatch leaf: a goto per interface, then the drop of unknown ones."""
+    return [f"-o tap{i:05d} -g felix-to-{i:05d}" for i in sorted(indices)] + ["-j DROP"]
+
+
+def leaf_table(runner: CommandRunner, indices: Iterable[int], **kw: object) -> IptablesTable:
+    table = IptablesTable(4, "filter", runner, **kw)  # type: ignore[arg-type]
+    for i in range(40):
+        table.set_chain(f"felix-to-{i:05d}", ["-j RETURN"])
+    table.set_chain("felix-LEAF", leaf(indices))
+    return table
+
+
+def test_a_big_chain_is_changed_in_place_and_the_model_follows() -> None:
+    runner = FakeRunner(save_text())
+    table = leaf_table(runner, range(0, 40, 2))
+    table.apply()
+    runner.calls.clear()
+    table.set_chain("felix-LEAF", leaf([*range(0, 40, 2), 7]))
+    assert table.apply() is True
+    # No declaration (it would flush the chain): one insert at the new goto's place.
+    assert runner.restores == ["*filter\n-I felix-LEAF 5 -o tap00007 -g felix-to-00007\nCOMMIT\n"]
+    table.set_chain("felix-LEAF", leaf(range(0, 40, 2)))
+    assert table.apply() is True
+    assert runner.restores[-1] == "*filter\n-D felix-LEAF 5\nCOMMIT\n"
+    assert [argv[0] for argv, _ in runner.calls] == ["iptables-restore"] * 2  # from the model
+    table.set_chain("felix-LEAF", ["-j DROP"])  # most of it goes: a rewrite is less work
+    table.apply()
+    assert runner.restores[-1] == "*filter\n:felix-LEAF - [0:0]\n-A felix-LEAF -j DROP\nCOMMIT\n"
+
+
+def test_a_failed_edit_is_replaced_by_rewrites_planned_from_a_fresh_read() -> None:
+    """An edit names rules by position: if the chain is not what the model says (another tool
+    changed it) or the kernel refuses an inserted rule, the chains are rewritten instead."""
+    sleeps: list[float] = []
+    runner = FakeRunner(save_text())
+    table = leaf_table(runner, range(0, 40, 2), sleep=sleeps.append)
+    table.apply()
+    runner.calls.clear()
+    runner.restore_results = [(1, "iptables-restore: line 2 failed: Index of insertion too big.\n")]
+    table.set_chain("felix-LEAF", leaf([*range(0, 40, 2), 7]))
+    assert table.apply() is True
+    first, second = runner.restores
+    assert first.startswith("*filter\n-I felix-LEAF 5 ")
+    assert [argv[0] for argv, _ in runner.calls][1] == "iptables-save"  # read again
+    assert ":felix-LEAF - [0:0]" in second and "-I felix-LEAF" not in second
+    assert "-A felix-LEAF -o tap00007 -g felix-to-00007" in second
+    assert sleeps == []  # not a concurrent change: no backoff
+    assert table.failed_chains == {}
+
+
+class RefusingRunner(FakeRunner):
+    """A kernel that refuses every rule holding `word`, naming its line as iptables does."""
+
+    def __init__(self, word: str):
+        super().__init__(save_text())
+        self.word = word
+
+    def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        lines = (input or "").splitlines()
+        bad = [n for n, line in enumerate(lines, 1) if self.word in line]
+        if argv[0].endswith("-restore") and bad:
+            self.restore_results = [
+                (2, f"Bad argument `{self.word}'\nError occurred at line: {bad[0]}\n")
+            ]
+        return super().run(argv, input)
+
+
+def test_a_rule_refused_in_an_edit_fails_its_chain_closed() -> None:
+    runner = RefusingRunner("--bogus")
+    table = leaf_table(runner, range(0, 40, 2))
+    table.apply()
+    runner.calls.clear()
+    bad = "-o tap00007 --bogus -g felix-to-00007"
+    table.set_chain("felix-LEAF", [*leaf(range(0, 40, 2))[:4], bad, *leaf(range(8, 40, 2))])
+    assert table.apply() is True
+    edit, rewrite, stub = runner.restores
+    assert f"-I felix-LEAF 5 {bad}" in edit
+    assert f"-A felix-LEAF {bad}" in rewrite
+    assert set(table.failed_chains) == {"felix-LEAF"}
+    assert f"-A felix-LEAF {FAILED_RULES[0]}" in stub and "--bogus" not in stub
+
+
 def test_normal_applies_trust_the_model_and_do_not_read_the_kernel() -> None:
     runner = FakeRunner(save_text())
     table = IptablesTable(4, "filter", runner)
@@ -689,6 +772,36 @@ def test_refresh_repairs_an_edited_rule(env: Env) -> None:
     (written,) = env.runner.restores()
     assert ":felix-B" not in written
     assert env.save() == expected
+
+
+def test_a_big_chain_edited_in_place_reads_as_wanted_and_meddling_is_repaired(env: Env) -> None:
+    table = env.table()
+    for i in range(40):
+        table.set_chain(f"felix-to-{i:05d}", ["-j RETURN"])
+    table.set_chain("felix-LEAF", leaf(range(0, 40, 2)))
+    table.apply()
+    env.runner.calls.clear()
+    wanted = leaf([i for i in range(0, 40, 2) if i != 10] + [3, 39])
+    table.set_chain("felix-LEAF", wanted)
+    table.apply()
+    (written,) = env.runner.restores()
+    assert ":felix-LEAF" not in written
+    assert "-D felix-LEAF 6" in written and "-I felix-LEAF 3 -o tap00003" in written
+    assert env.save()["felix-LEAF"] == [rule(r) for r in wanted]
+    # Another tool puts a rule at the top of the chain: the model no longer says where our
+    # rules are. The next edit lands one place off; the refresh rewrites the chain as wanted.
+    env.ipt("-I", "felix-LEAF", "1", "-j", "RETURN")
+    wanted = leaf([i for i in range(0, 40, 2) if i != 10] + [3, 5, 39])
+    table.set_chain("felix-LEAF", wanted)
+    table.apply()
+    assert env.save()["felix-LEAF"] != [rule(r) for r in wanted]
+    table.apply(force_refresh=True)
+    assert env.save()["felix-LEAF"] == [rule(r) for r in wanted]
+    # An edit whose positions are out of range fails; the chain is rewritten in the same apply.
+    env.ipt("-F", "felix-LEAF")
+    table.set_chain("felix-LEAF", leaf(range(0, 40, 2)))
+    table.apply()
+    assert env.save()["felix-LEAF"] == [rule(r) for r in leaf(range(0, 40, 2))]
 
 
 class AppendAfterRestore(RecordingRunner):

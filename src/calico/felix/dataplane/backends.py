@@ -219,12 +219,17 @@ class IptablesBackend:
             self._own(v, names.FILTER, ("profile", profile_id), chains)
 
     def set_endpoint(self, interface: str, update: m.WorkloadEndpointUpdate | None) -> None:
-        for v in self._versions:
-            chains = (
-                self._render(f"endpoint {update.id}", r.workload_endpoint_chains, update, v)
-                if update is not None
-                else {}
+        # A workload's chains name no address (anti-spoofing is the routes' and RPFILTER's), so
+        # both IP versions get the same chains: rendered once, and the rules' checks in the
+        # second table find the first's answers (iptables_text.rule_facts).
+        chains = (
+            self._render(
+                f"endpoint {update.id}", r.workload_endpoint_chains, update, self._versions[0]
             )
+            if update is not None
+            else {}
+        )
+        for v in self._versions:
             self._own(v, names.FILTER, ("interface", interface), chains)
 
     def set_static(self) -> None:

@@ -121,6 +121,20 @@ def host_protocol_number(name: str) -> str:
         return name
 
 
+@functools.lru_cache(maxsize=4096)
+def rule_facts(rule: Spec) -> tuple[str | None, tuple[str, ...]]:
+    """Why a rule spec is not safe restore input (None if it is), and the Felix chains it
+    jumps or goes to. Cached: endpoint chains repeat the same rules hundreds of times, and each
+    IP version's table checks its own copy (a burst of 500 new endpoints spent a sixth of the
+    driver's own time here). Small, so that it never holds much the tables no longer do."""
+    why = unsafe_rule(rule)
+    if why is not None:
+        return why, ()  # (never written as it is)
+    refs = {t for t in spec_targets(rule) if names.is_felix_name(t)}
+    # (interned: 5,000 chains' references are mostly the same few thousand names)
+    return None, tuple(sorted(map(sys.intern, refs)))
+
+
 __all__ = [
     "FAILED_RULES",  # (the planner's; here too for the driver's callers)
     "STUB_RULES",
@@ -235,7 +249,7 @@ class IptablesTable(Planner):
         problems = [
             (rule, why)
             for rule in rules
-            if rule not in checked and (why := unsafe_rule(rule)) is not None
+            if rule not in checked and (why := rule_facts(rule)[0]) is not None
         ]
         if problems:
             rule, why = problems[0]
@@ -244,9 +258,7 @@ class IptablesTable(Planner):
             self._unsafe[name] = (rules, reason)
             rules = UNSAFE_RULES
         old_refs = self._refs.get(name, ())
-        # (interned: 5,000 chains' references are mostly the same few thousand names)
-        refs = {t for rule in rules for t in spec_targets(rule) if names.is_felix_name(t)}
-        new_refs = tuple(sorted(map(sys.intern, refs)))
+        new_refs = tuple(sorted({t for rule in rules for t in rule_facts(rule)[1]}))
         self._count_refs(old_refs, -1)
         self._count_refs(new_refs, +1)
         self._chains[name] = rules
@@ -343,13 +355,14 @@ class IptablesTable(Planner):
         read_back = force_refresh
         backoff = FIRST_BACKOFF
         attempt = 0
+        edits = True  # (off for the rest of this apply once an in-place edit fails)
         while True:
             # A plan from a fresh read looks at every chain; one from the model only at the
             # chains touched since the last successful apply (the rest are as we left them).
             full = self._plan_all or self._model is None
             if self._model is None:
                 self._model = self._read()
-            plan, after = self._plan(self._model, full)
+            plan, after = self._plan(self._model, full, edits)
             if plan.empty():
                 self._done()
                 if force_refresh:
@@ -366,6 +379,19 @@ class IptablesTable(Planner):
             self._model = None
             text = plan.render(self.table)  # (made again only now, for the line it names)
             line = failed_line(proc.stderr, text)
+            edited = _edited_chain(line, plan) if line is not None else None
+            if edited is not None:
+                # An edit names rules by their position, so the chain may not be what the
+                # model says (another tool's change), or the kernel refused an inserted rule:
+                # rewrite the chains instead, planned from a fresh read.
+                log.warning(
+                    "%r: an in-place edit of chain %s failed (%s); rewriting the chains instead",
+                    self,
+                    edited,
+                    proc.stderr.strip(),
+                )
+                edits = False
+                continue
             bad_chain = self._refused_chain(line, plan)
             if bad_chain is not None:
                 # Each round fails closed one more chain, so this ends.
@@ -485,6 +511,14 @@ class IptablesTable(Planner):
         self._dirty = False
         self._touched.clear()
         self._plan_all = False
+
+
+def _edited_chain(line: str, plan: Plan) -> str | None:
+    """The chain a restore input line edits in place (``-D``/``-I`` of `plan.edits`), if any."""
+    words = line.split(maxsplit=2)
+    if len(words) > 1 and words[0] in ("-D", "-I") and words[1] in plan.edits:
+        return words[1]
+    return None
 
 
 def _check_chain_name(name: str) -> None:

@@ -267,6 +267,8 @@ class Plan:
     """One restore transaction and what it does."""
 
     writes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # chain -> rule specs
+    # Chains of `writes` changed in place, not rewritten: their -D and -I lines (edit_lines).
+    edits: dict[str, list[str]] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
     hook_lines: list[str] = field(default_factory=list)  # -D/-I lines on kernel chains
     unhook_lines: list[str] = field(default_factory=list)  # -D lines that must precede -X
@@ -287,10 +289,14 @@ class Plan:
         start's is 12 MB per IP version at 1,000 endpoints, and both were the driver's memory
         peak while the two filter tables were written together.
         """
-        declares = [f":{chain} - [0:0]" for chain in [*self.writes, *self.deletes]]
+        declared = [chain for chain in self.writes if chain not in self.edits]
+        declares = [f":{chain} - [0:0]" for chain in [*declared, *self.deletes]]
         yield "".join(f"{line}\n" for line in [f"*{table}", *declares, *self.unhook_lines])
         for chain, rules in self.writes.items():
-            if rules:
+            edit = self.edits.get(chain)
+            if edit is not None:
+                yield "".join(f"{line}\n" for line in edit)
+            elif rules:
                 yield "".join([f"-A {chain} {rule}\n" for rule in rules])
         deletes = [f"-X {chain}" for chain in self.deletes]
         yield "".join(f"{line}\n" for line in [*self.hook_lines, *deletes, "COMMIT"])
