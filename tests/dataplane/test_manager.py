@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -518,3 +519,63 @@ def test_a_set_destroyed_by_another_tool_costs_no_other_sets_update() -> None:
     manager.apply()
     assert kernel.members(y) == {"10.65.0.1", "10.65.0.2"}  # rewritten whole
     assert kernel.members(x) == {"10.65.0.1", "10.65.0.2"}
+
+
+def burst(manager: DataplaneManager, kernel: FakeKernel, indices: Iterable[int]) -> None:
+    for i in indices:
+        name = f"tap{i:04d}"
+        kernel.add_link(name)
+        manager.on_interface_update(name, True)
+        manager.on_message(endpoint(name, ip=f"10.65.{i // 200}.{i % 200 + 1}", mac=MAC))
+
+
+def test_a_burst_applied_in_steps_leaves_what_one_apply_of_it_does() -> None:
+    """New endpoints that arrive while the driver applies the ones before them go in with later
+    applies: the dispatch leaves then change in place (-I lines, no rewrite) and the kernel ends
+    exactly as when the whole burst is one apply."""
+    whole, whole_kernel = make(versions=(4, 6))
+    whole.on_message(m.InSync())
+    burst(whole, whole_kernel, range(120))
+    whole.apply()
+    stepped, kernel = make(versions=(4, 6))
+    stepped.on_message(m.InSync())
+    for part in (range(0, 120, 3), range(1, 120, 3), range(2, 120, 3)):
+        burst(stepped, kernel, part)
+        stepped.apply()
+    for part in ("chains", "sets"):
+        assert kernel.snapshot()[part] == whole_kernel.snapshot()[part]
+    assert routes(kernel) == routes(whole_kernel) and len(routes(kernel)) == 120
+    last = kernel.restores("iptables")[-1]
+    leaf = names.dispatch_leaf_chain(names.CHAIN_TO_EP_LEAF_PREFIX, "0")
+    assert f"-I {leaf} " in last and f":{leaf} " not in last
+    assert kernel.restores("ip6tables")[-1].count("-I ") == last.count("-I ")
+
+
+@pytest.mark.parametrize("count", [1, manager_module.BACKGROUND_INTERFACES_MIN])
+def test_a_failure_programming_the_interfaces_fails_the_apply_for_a_retry(
+    monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """Many new interfaces are programmed by another thread while the rules are applied, a few
+    after them: what fails there reaches apply()'s caller (which retries), either way, and the
+    rules are in all the same. (The routes of many go in one `ip -batch`, which a fake kernel
+    without a runner cannot take: here they go through netlink.)"""
+    manager, kernel = make()
+    manager.on_message(m.InSync())
+    manager.apply()
+    real_route = kernel.netlink.route
+    threads: set[str] = set()
+
+    def route(command: str, **kwarg: Any) -> None:
+        threads.add(threading.current_thread().name)
+        raise OSError(errno.ENOBUFS, "no buffer space")
+
+    monkeypatch.setattr(kernel.netlink, "route", route)
+    burst(manager, kernel, range(count))
+    with pytest.raises(OSError):
+        manager.apply()
+    assert {f"felix-to-{i:04d}" for i in range(count)} <= kernel.chains(names.FILTER).keys()
+    assert routes(kernel) == set()
+    assert (threads == {"MainThread"}) == (count == 1)
+    monkeypatch.setattr(kernel.netlink, "route", real_route)
+    manager.apply()
+    assert len(routes(kernel)) == count

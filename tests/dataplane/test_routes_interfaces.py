@@ -353,6 +353,37 @@ def test_many_interfaces_at_once_go_in_one_batch(
     assert len(runner.batches) == batches
 
 
+def test_an_interface_without_routes_of_this_version_is_not_looked_up(
+    netns: MakeNS, ipr_in: MakeIPR
+) -> None:
+    """A VM with IPv4 addresses only: the IPv6 table has nothing to add or remove on its TAP,
+    so it does not look the link up (a burst of 500 new VMs did, for both IP versions)."""
+    host, _ = host_and_workload(netns)
+    looked_up: list[str] = []
+
+    def lookup(name: str) -> tuple[int, bool] | None:
+        looked_up.append(name)
+        link = ipr_in(host).link("get", ifname=name)[0]
+        return link["index"], True
+
+    table = RouteTable(6, ipr_in(host), prefixes=("tap",), link_lookup=lookup)
+    table.apply()
+    table.set_routes(TAP, [])
+    table.apply()
+    assert looked_up == []
+    table.set_routes(TAP, ["fd00:65::5"])  # an address of this version: looked up, routed
+    table.apply()
+    assert looked_up == [TAP]
+    assert felix_routes(host, 6) == [f"fd00:65::5 dev {TAP} metric 1024 pref medium"]
+    table.set_routes(TAP, [])  # and removed again, which needs the link too
+    table.apply()
+    assert looked_up == [TAP, TAP]
+    assert felix_routes(host, 6) == []
+    table.remove_interface(TAP)
+    table.apply()
+    assert looked_up == [TAP, TAP]
+
+
 def test_an_odd_kernel_name_keeps_the_resync_on_netlink(netns: MakeNS, ipr_in: MakeIPR) -> None:
     host, workload = host_and_workload(netns)
     host.add_veth_to(workload, "tap'x", "eth1")  # ours by prefix, not fit for a batch line

@@ -29,6 +29,7 @@ import dataclasses
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import assert_never
 
 from calico.common.datamodel_v1 import HostEndpointKey, IPPoolKey, WorkloadEndpointKey
@@ -98,6 +99,12 @@ class KernelTables:
             self.sweep_other,
             filters_together=self.filters_together,
         )
+
+
+# Programs the interfaces while the caller applies the rules (DataplaneManager.apply), when
+# an apply changes at least this many.
+_INTERFACES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interfaces")
+BACKGROUND_INTERFACES_MIN = 16
 
 
 class DataplaneManager:
@@ -243,22 +250,23 @@ class DataplaneManager:
             self._program_interface(name)
         if self._dirty_globals:
             self._program_globals()
-        self._rules.apply(force_refresh)
-        # The interface's sysctls before its route: a packet routed to a new VM before its
-        # TAP answers ARP for the gateway makes the VM ask, fail, and ask again only a second
-        # later (measured: a new VM first reachable from another host after ~1.07 s instead
-        # of ~50 ms; docs/multihost.md).
-        if force_refresh:
-            self._repair_interfaces()
-            self._configure_interfaces(None)
+        changed = None if force_refresh else self._dirty_interfaces | self._dirty_routes
+        if changed is not None and len(changed) >= BACKGROUND_INTERFACES_MIN:
+            # Many interfaces (a burst of new VMs): their sysctls, routes and proxy NDP entries
+            # are programmed by another thread while this one applies the rules. It is all the
+            # kernel's time, in different locks: 40 ms less of a burst of 500 (docs/
+            # benchmarks.md). A new VM's route may so come before its rules; until they are
+            # in, the dispatch chains drop the packets of an interface they do not know (fail
+            # closed). Not for a few interfaces: the two threads then wait for each other's
+            # turn on the interpreter (an endpoint add at 1,000 endpoints took 47 ms, not 28).
+            interfaces = _INTERFACES.submit(self._program_interfaces, changed, force_refresh)
+            try:
+                self._rules.apply(force_refresh)
+            finally:
+                interfaces.result()  # (nothing below, nor the next apply, runs while it does)
         else:
-            self._configure_interfaces(
-                self._dirty_interfaces | self._dirty_routes | self._config_failed
-            )
-        for routes in self._kernel.routes.values():
-            routes.apply(full=force_refresh)  # a refresh re-reads and repairs routes, too
-        if self._kernel.proxy_ndp is not None:
-            self._kernel.proxy_ndp.apply(full=force_refresh)  # and proxy NDP entries
+            self._rules.apply(force_refresh)
+            self._program_interfaces(changed, force_refresh)
         self._dirty_interfaces.clear()
         self._dirty_routes.clear()
         self._dirty_globals = False
@@ -393,18 +401,33 @@ class DataplaneManager:
             )
         return False
 
+    def _program_interfaces(self, changed: set[str] | None, full: bool) -> None:
+        """The sysctls, routes and proxy NDP entries of the interfaces `changed` (None: all,
+        for a refresh, which also re-reads and repairs what another tool changed).
+
+        The sysctls before the routes: a packet routed to a new VM before its TAP answers ARP
+        for the gateway makes the VM ask, fail, and ask again only a second later (measured: a
+        new VM first reachable from another host after ~1.07 s instead of ~50 ms;
+        docs/multihost.md)."""
+        self._configure_interfaces(changed)
+        for routes in self._kernel.routes.values():
+            routes.apply(full=full)
+        if self._kernel.proxy_ndp is not None:
+            self._kernel.proxy_ndp.apply(full=full)
+
     def _configure_interfaces(self, changed: set[str] | None) -> None:
         """Per-interface sysctls for active workload interfaces that are up: among the
-        interfaces this apply changed (and those whose configuration failed), or all of them
-        (None: a refresh). Looking at every endpoint after every change took milliseconds at
-        1,000 endpoints, and the routes wait for it."""
+        interfaces this apply changed and those whose configuration failed, or all of them
+        after checking those already configured (None: a refresh). Looking at every endpoint
+        after every change took milliseconds at 1,000 endpoints, and the routes wait for it."""
         if self._sysctls is None:
             return
         updates: Iterable[m.WorkloadEndpointUpdate]
         if changed is None:
+            self._repair_interfaces()
             updates = self._workloads.owners()
         else:
-            owners = (self._workloads.owner(name) for name in sorted(changed))
+            owners = (self._workloads.owner(name) for name in sorted(changed | self._config_failed))
             updates = [update for update in owners if update is not None]
         for update in updates:
             endpoint = update.endpoint

@@ -27,6 +27,7 @@ from calico.felix.driver.pipe import (
     DriverReady,
     FrameReader,
     FrameWriter,
+    widen_pipe,
 )
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class DriverProcess:
         self._on_report = on_report
         self._stopping = threading.Event()
         to_driver_r, to_driver_w = os.pipe()
+        widen_pipe(to_driver_w)
         from_driver_r, from_driver_w = os.pipe()
         command = argv or [sys.executable, "-m", "calico.felix.driver"]
         command += ["--from-felix", str(to_driver_r), "--to-felix", str(from_driver_w)]

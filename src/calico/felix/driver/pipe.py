@@ -15,6 +15,8 @@ restarts Felix, which restarts the driver.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import pickle
 import struct
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from calico.felix.driver.config import DriverConfig
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<Q")
 TO_DRIVER_FD = 3
@@ -97,6 +101,27 @@ class FrameWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+# What the pipe to the driver holds (F_SETPIPE_SZ; Linux's default is 64 KiB). While the driver
+# applies one batch, Felix queues the next ones there; with 64 KiB it blocked after ~130 new
+# endpoints of a burst, and the driver then took the rest in several more applies.
+PIPE_SIZE = 1 << 20
+
+
+def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
+    """Let the pipe `fd` hold `size` bytes, or the most below that the host allows (without
+    root, fs.pipe-max-size); best effort: a smaller pipe only means more, smaller applies."""
+    while size > _DEFAULT_PIPE_SIZE:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+            return
+        except OSError:
+            size //= 2
+    log.debug("Cannot widen the pipe to the dataplane driver; keeping its size")
+
+
+_DEFAULT_PIPE_SIZE = 1 << 16
 
 
 class FrameReader:

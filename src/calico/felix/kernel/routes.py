@@ -311,6 +311,14 @@ class RouteTable:
             self.errors.pop(name, None)
         links: dict[str, tuple[int, bool]] = {}
         for name in sorted(todo):
+            known = self._programmed.get(name)
+            if not self.desired_ips(name) and (known is None or not (known.ips or known.neigh)):
+                # Nothing of ours to add or remove there (e.g. a VM without an address of this
+                # IP version): the link need not be looked up (a burst of 500 new VMs looked up
+                # every interface for both IP versions).
+                if name not in self._desired:
+                    self._programmed.pop(name, None)
+                continue
             link = self._lookup_link(name)
             if link is None:
                 self._programmed.pop(name, None)  # gone, and its routes with it
