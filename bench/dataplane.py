@@ -341,14 +341,21 @@ class Kernel:
         needle = f"dport {port} " if self.nftables else f"--dports {port} "
         return any(needle in rule + " " for rule in self.rules(chain))
 
-    def timed(self, write: Callable[[], None], done: Callable[[], bool]) -> float:
+    def timed(
+        self, write: Callable[[], None], done: Callable[[], bool], settle: float = 0.0
+    ) -> float:
+        """Seconds from the start of `write()` until `done()`; with commits to watch, until the
+        last commit before the listing that showed it done. `settle`: list only once no commit
+        came for that long (a burst: Felix commits again and again, and a listing each time
+        would take the CPU from it; the result is the same commit, listed later)."""
         if self.watch is None:
             started = time.perf_counter()
             write()
             time_until(done)
             return time.perf_counter() - started
-        # nftables: list the chain only after each new generation (a listing costs a cache
-        # fetch of the whole table, which would compete with Felix for the CPU), and time the
+        # nftables: list the chain only after a new generation, once for all the commits seen
+        # by then (a listing costs a cache fetch of the whole table, which would compete with
+        # Felix for the CPU: a burst commits several times while it is written), and time the
         # change to the last commit before the listing that shows it ended.
         started = time.monotonic()
         write()
@@ -357,11 +364,13 @@ class Kernel:
             bump = self.watch.next_after(seen, CHANGE_TIMEOUT)
             if bump is None:
                 raise ChangeTimeout(f"no nftables commit within {CHANGE_TIMEOUT:.0f} s")
+            seen = max(bump, self.watch.newest())
+            while settle and self.watch.next_after(seen, settle) is not None:
+                seen = self.watch.newest()
             if done():
                 committed = self.watch.last_before(time.monotonic(), started)
                 assert committed is not None
                 return committed - started
-            seen = bump
 
     def incremental_floor(self, chains: list[str]) -> float:
         if self.nftables:

@@ -8,8 +8,8 @@ each new generation with its CLOCK_MONOTONIC time, which this process shares. A 
 as in the kernel at the last new generation seen before a listing that shows it: the commit that
 made it visible happened no later than that (so the figure is never too small), and the listing
 itself (`nft list chain`, which costs nft 1.0.6 a whole-table cache fetch, tens to hundreds of
-milliseconds at 1,000 endpoints) is not part of it. With iptables the benchmark polls
-``iptables -S <chain>`` instead (about 6 ms per poll), which is part of its figures.
+milliseconds at 1,000 endpoints) is not part of it. iptables-nft's restores are nf_tables
+commits too, timed the same way (bench/dataplane.py, Kernel); only iptables-legacy is polled.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ class GenerationWatch:
                     return self._times[i]
             time.sleep(0.0005)
         return None
+
+    def newest(self) -> float:
+        """The time of the newest generation seen so far (0.0 if none)."""
+        with self._lock:
+            return self._times[-1] if self._times else 0.0
 
     def last_before(self, moment: float, after: float) -> float | None:
         """The time of the last new generation seen in (after, moment], or None."""

@@ -112,7 +112,7 @@ def peer(results: dict[str, Any], targets: dict[str, float]) -> list[str]:
         f"### nftables backend against Neutron's IptablesFirewallDriver ({n} ports)",
         "",
         "As the iptables table above, with calico-felix in NFTablesMode=Enabled. Of Felix's "
-        f"burst, writing the {n} keys to etcd (8 writers, v2) took "
+        f"burst, writing the {n} keys to etcd (8 writer processes, v2) took "
         f"{_ms(float(felix.get('batch_etcd_write_s', 0)))}. Target: the burst "
         f"≥ {targets['nft_peer_batch']:.0f}x faster than Neutron's.",
         "",

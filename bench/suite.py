@@ -372,14 +372,15 @@ def peer_table(peer: dict[str, Any]) -> list[str]:
         f"### Against Neutron's IptablesFirewallDriver ({n} ports, one security group)",
         "",
         "Neutron 29's driver in a namespace (each operation in one `defer_apply()`, as the L2 "
-        "agent does; ipset on, IPv6 on) against calico-felix from the etcd write to the kernel "
-        "(chains in place and the port's IP in the remote-group/tag ipset). Same ports, "
-        "equivalent rules: tcp/22 from anywhere, tcp/80-81, icmp, remote group (tag) itself, "
-        f"egress allowed. Add/remove: median of {peer['runs']}. IPv4 rules in the kernel: "
-        f"Neutron {neutron.get('iptables_rules_v4', '?'):,}, Felix "
+        "agent does; ipset on, IPv6 on) against calico-felix from the etcd write to the nf_tables "
+        "commit that programmed it (chains in place and the port's IP in the remote-group/tag "
+        "ipset). Same ports, equivalent rules: tcp/22 from anywhere, tcp/80-81, icmp, remote "
+        f"group (tag) itself, egress allowed. Add/remove: median of {peer['runs']}. IPv4 rules "
+        f"in the kernel: Neutron {neutron.get('iptables_rules_v4', '?'):,}, Felix "
         f"{felix.get('iptables_rules_v4', '?'):,}."
         + (
-            f" Of Felix's batch time, writing the {n} keys to etcd took "
+            f" Of Felix's batch time, writing the {n} keys to etcd (8 writer processes, as "
+            f"Neutron's API workers) took "
             f"{ms(felix['batch_etcd_write_s'])}."
             if "batch_etcd_write_s" in felix
             else ""
