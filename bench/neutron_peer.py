@@ -372,6 +372,7 @@ def felix(ports: int, runs: int, backend: str = "iptables") -> dict[str, object]
                     lambda: writes.append(writer.write(burst)),
                     lambda: all_programmed(host.ns, ports, nft),
                     settle=BURST_SETTLE,
+                    both_families=True,
                 )
                 write_s = writes[0]
                 set_name = tag_set_name(host.ns, nft)

@@ -27,14 +27,54 @@ from calico.lab.netns import NetNS
 
 TABLE = ["inet", "felix"]
 _WATCH = """
-import sys, time
+import errno, socket, struct, sys, threading, time
 from calico.felix.kernel.nftables import GenerationReader
+lock = threading.Lock()
+
+def say(line):
+    with lock:
+        print(line, flush=True)
+
+def names():
+    # Who made each generation: the kernel's NFT_MSG_NEWGEN notification (group
+    # NFNLGRP_NFTABLES) names the committing process ("iptables-restor", "ip6tables-resto").
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+    sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 24)  # SO_RCVBUFFORCE
+    sock.bind((0, 1 << 6))
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                continue  # (notifications lost: those generations stay unnamed)
+            raise
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, offset)
+            if length < 16:
+                break
+            if kind == (10 << 8) | 15:
+                gen, name, at = None, None, offset + 20
+                while at + 4 <= offset + length:
+                    size, attr = struct.unpack_from("=HH", data, at)
+                    if size < 4:
+                        break
+                    if attr == 1:
+                        gen = struct.unpack_from(">I", data, at + 4)[0]
+                    elif attr == 3:
+                        name = data[at + 4 : at + size].split(b"\\0")[0].decode(errors="replace")
+                    at += (size + 3) & ~3
+                if gen is not None and name:
+                    say(f"name {gen} {name.replace(' ', '_')}")
+            offset += (length + 3) & ~3
+
+threading.Thread(target=names, daemon=True).start()
 read = GenerationReader()
 last = None
 while True:
     gen = read()
     if gen != last:
-        print(time.monotonic(), gen, flush=True)
+        say(f"{time.monotonic()} {gen}")
         last = gen
     time.sleep(0.001)
 """
@@ -50,6 +90,8 @@ class GenerationWatch:
             text=True,
         )
         self._times: list[float] = []
+        self._generations: list[int | None] = []  # (of each time)
+        self._names: dict[int, str] = {}  # generation -> the process that committed it
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -57,9 +99,13 @@ class GenerationWatch:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            when = float(line.split()[0])
+            words = line.split()
             with self._lock:
-                self._times.append(when)
+                if words[0] == "name":
+                    self._names[int(words[1])] = words[2]
+                    continue
+                self._times.append(float(words[0]))
+                self._generations.append(int(words[1]) if words[1].isdigit() else None)
 
     def next_after(self, moment: float, timeout: float) -> float | None:
         """The time of the first new generation seen after `moment` (waiting up to `timeout`)."""
@@ -77,13 +123,19 @@ class GenerationWatch:
         with self._lock:
             return self._times[-1] if self._times else 0.0
 
-    def last_before(self, moment: float, after: float) -> float | None:
-        """The time of the last new generation seen in (after, moment], or None."""
+    def last_before(self, moment: float, after: float, tool: str | None = None) -> float | None:
+        """The time of the last new generation seen in (after, moment], or None. With `tool`,
+        only generations that process (a name prefix, e.g. "iptables-") or an unknown one
+        committed: what ip6tables-restore commits cannot make an IPv4 chain visible."""
         time.sleep(0.003)  # let the watcher report what it saw up to `moment`
         with self._lock:
             i = bisect.bisect_right(self._times, moment)
-            if i and self._times[i - 1] > after:
-                return self._times[i - 1]
+            while i and self._times[i - 1] > after:
+                generation = self._generations[i - 1]
+                name = self._names.get(generation) if generation is not None else None
+                if tool is None or name is None or name.startswith(tool):
+                    return self._times[i - 1]
+                i -= 1
         return None
 
     def close(self) -> None:
