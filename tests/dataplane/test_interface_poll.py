@@ -76,7 +76,7 @@ class FakeManager:
     def matches_host_endpoints_by_address(self) -> bool:
         return self.by_address
 
-    def apply(self, force_refresh: bool = False) -> None:
+    def apply(self, force_refresh: bool = False, detach: bool = False) -> None:
         self.applies += 1
 
 

@@ -15,7 +15,13 @@ from contextlib import AbstractContextManager
 
 import pytest
 
-from calico.felix.kernel.commands import CommandRunner, LocalRunner, NetnsRunner, Streamed
+from calico.felix.kernel.commands import (
+    CommandRunner,
+    LocalRunner,
+    NetnsRunner,
+    StartingRunner,
+    Streamed,
+)
 from calico.felix.kernel.iptables import (
     FAILED_RULES,
     IptablesError,
@@ -522,6 +528,100 @@ def test_failed_restore_makes_the_next_apply_reread_the_kernel() -> None:
     assert [argv[0] for argv, _ in runner.calls] == ["iptables-save", "iptables-restore"]
 
 
+class DetachingRunner(FakeRunner):
+    """A FakeRunner that can also start a restore (a StartingRunner): the restore runs, and
+    changes the kernel, only when the caller collects it."""
+
+    def __init__(self, save_text: str = "") -> None:
+        super().__init__(save_text)
+        self.running = 0
+
+    def run_pieces(
+        self, argv: list[str], pieces: Iterable[str]
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(argv, "".join(pieces))
+
+    def start_pieces(self, argv: list[str], pieces: Iterable[str]) -> Collected:
+        self.running += 1
+        return Collected(self, argv, "".join(pieces))
+
+
+class Collected:
+    def __init__(self, runner: DetachingRunner, argv: list[str], text: str) -> None:
+        self.runner, self.argv, self.text = runner, argv, text
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        self.runner.running -= 1
+        return self.runner.run(self.argv, self.text)
+
+
+def test_a_detached_restore_is_collected_first_and_changes_made_meanwhile_stay_pending() -> None:
+    runner = DetachingRunner(save_text())
+    assert isinstance(runner, StartingRunner)
+    table = IptablesTable(4, "filter", runner, sleep=lambda _: None)
+    table.set_chain("felix-A", [SSH])
+    table.set_chain("felix-B", [SSH])
+    table.apply()
+    table.set_chain("felix-A", ["-j RETURN"])
+    assert table.apply(detach=True) is True
+    assert (table.in_flight, runner.running, len(runner.restores)) == (True, 1, 1)
+    # Changes while it runs, one of them to a chain it writes.
+    table.set_chain("felix-A", ["-j DROP"])
+    table.set_chain("felix-C", ["-j felix-B"])
+    assert table.apply() is True
+    assert (table.in_flight, runner.running) == (False, 0)
+    detached, after = runner.restores[1:]
+    assert "-A felix-A -j RETURN" in detached
+    assert after.splitlines()[1:-1] == [
+        ":felix-A - [0:0]",
+        ":felix-C - [0:0]",
+        "-A felix-A -j DROP",
+        "-A felix-C -j felix-B",
+    ], "only what changed since the detached plan (felix-B was not touched)"
+    assert table.apply() is False
+    assert [argv[0] for argv, _ in runner.calls].count("iptables-save") == 1, "model trusted"
+
+
+def test_a_failed_detached_restore_is_written_again_from_a_fresh_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runner = DetachingRunner(save_text())
+    table = IptablesTable(4, "filter", runner, sleep=lambda _: None)
+    table.set_chain("felix-A", [SSH])
+    table.apply()
+    runner.save_text = save_text(":felix-A - [0:0]", f"-A felix-A {SSH}")
+    table.set_chain("felix-A", ["-j RETURN"])
+    table.apply(detach=True)
+    runner.restore_results = [(1, "iptables-restore: unable to initialize table\n")]
+    table.set_chain("felix-B", ["-j felix-A"])
+    runner.calls.clear()
+    assert table.apply() is True
+    assert "failed (iptables-restore: unable to initialize table)" in caplog.text
+    assert [argv[0] for argv, _ in runner.calls] == [
+        "iptables-restore",  # (the detached one, collected)
+        "iptables-save",  # the model may be wrong: read the kernel
+        "iptables-restore",
+    ]
+    again = runner.restores[-1]
+    assert "-A felix-A -j RETURN" in again and "-A felix-B -j felix-A" in again
+    assert table.apply() is False
+
+
+def test_a_refresh_or_a_runner_that_cannot_start_never_leaves_a_restore_running() -> None:
+    runner = DetachingRunner(save_text())
+    table = IptablesTable(4, "filter", runner, sleep=lambda _: None)
+    table.set_chain("felix-A", [SSH])
+    table.apply(force_refresh=True, detach=True)
+    assert (table.in_flight, runner.running) == (False, 0)
+    plain = FakeRunner(save_text())  # run() only: a detached apply runs it to its end
+    table = IptablesTable(4, "filter", plain, sleep=lambda _: None)
+    table.set_chain("felix-A", [SSH])
+    assert table.apply(detach=True) is True
+    assert len(plain.restores) == 1
+    table.settle()
+    assert table.apply() is False
+
+
 def test_unattributable_failure_raises_and_keeps_desired_state() -> None:
     runner = FakeRunner(save_text(), [(1, "iptables-restore: unable to initialize table\n")])
     table = IptablesTable(4, "filter", runner, sleep=lambda _: None)
@@ -932,6 +1032,33 @@ def test_refused_chain_is_isolated_in_the_kernel(env: Env) -> None:
     assert table.apply() is True
     assert env.save()["felix-B"] == [("-j", "ACCEPT")]
     assert table.failed_chains == {}
+
+
+def test_a_detached_restore_lands_and_the_next_apply_builds_on_it(env: Env) -> None:
+    table = env.table()
+    table.set_chain("felix-A", [SSH])
+    table.set_chain("felix-B", ["-j felix-A"])
+    assert table.apply(detach=True) is True  # (a real iptables-restore, left running)
+    table.set_chain("felix-C", ["-j felix-B", "-j ACCEPT"])
+    table.set_chain("felix-A", ["-j RETURN"])
+    assert table.apply() is True
+    assert not table.in_flight
+    kernel = env.save()
+    assert kernel["felix-A"] == [("-j", "RETURN")]
+    assert kernel["felix-B"] == [("-j", "felix-A")]
+    assert kernel["felix-C"] == [("-j", "felix-B"), ("-j", "ACCEPT")]
+    # The kernel refuses a detached restore: the next apply writes it again from a fresh
+    # read, and the refused chain fails closed there, as in any apply.
+    table.set_chain("felix-D", ["-m nosuchmatch --frob -j ACCEPT"])
+    table.set_chain("felix-C", ["-j felix-D", "-j ACCEPT"])
+    table.apply(detach=True)
+    table.apply()
+    kernel = env.save()
+    assert kernel["felix-D"] == [tokens(FAILED_RULES[0])]
+    assert kernel["felix-C"] == [("-j", "felix-D"), ("-j", "ACCEPT")]
+    assert kernel["felix-A"] == [("-j", "RETURN")]
+    assert set(table.failed_chains) == {"felix-D"}
+    assert table.apply() is False
 
 
 def test_nat_table(netns: Callable[[], NetNS]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -37,8 +38,10 @@ V4_SET = names.ipset_name("s:abc", 4)
 V6_SET = names.ipset_name("s:abc", 6)
 
 
-def make(versions: Iterable[int] = (4,)) -> tuple[DataplaneManager, FakeKernel]:
-    kernel = FakeKernel()
+def make(
+    versions: Iterable[int] = (4,), kernel: FakeKernel | None = None
+) -> tuple[DataplaneManager, FakeKernel]:
+    kernel = kernel or FakeKernel()
     tables = KernelTables(
         versions,
         lambda v, t: IptablesTable(v, t, kernel, sleep=lambda seconds: None),
@@ -579,3 +582,93 @@ def test_a_failure_programming_the_interfaces_fails_the_apply_for_a_retry(
     monkeypatch.setattr(kernel.netlink, "route", real_route)
     manager.apply()
     assert len(routes(kernel)) == count
+
+
+class LaterKernel(FakeKernel):
+    """A FakeKernel that can leave a restore running (a StartingRunner): what one writes
+    happens only when the caller collects it, as a real restore's commit may come later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: list[Later] = []
+
+    def run_pieces(
+        self, argv: list[str], pieces: Iterable[str]
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(argv, "".join(pieces))
+
+    def start_pieces(self, argv: list[str], pieces: Iterable[str]) -> Later:
+        started = Later(self, argv, "".join(pieces))
+        self.running.append(started)
+        return started
+
+
+class Later:
+    def __init__(self, kernel: LaterKernel, argv: list[str], text: str) -> None:
+        self.kernel, self.argv, self.text = kernel, argv, text
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        self.kernel.running.remove(self)
+        return self.kernel.run(self.argv, self.text)
+
+
+def make_later(versions: Iterable[int] = (4, 6)) -> tuple[DataplaneManager, LaterKernel]:
+    kernel = LaterKernel()
+    return make(versions, kernel)[0], kernel
+
+
+def test_a_burst_applied_with_restores_left_running_leaves_what_one_apply_of_it_does() -> None:
+    """While more is waiting, an apply leaves its last restore (the IPv6 filter table's)
+    committing, and the next apply collects it before anything else: the kernel ends as when
+    the whole burst is one apply."""
+    whole, whole_kernel = make(versions=(4, 6))
+    whole.on_message(m.InSync())
+    burst(whole, whole_kernel, range(120))
+    whole.apply()
+    stepped, kernel = make_later()
+    stepped.on_message(m.InSync())
+    stepped.apply()  # (the first write of the filter tables is never left running)
+    for part in (range(0, 120, 3), range(1, 120, 3)):
+        burst(stepped, kernel, part)
+        stepped.apply(detach=True)
+        assert [started.argv[0] for started in kernel.running] == ["ip6tables-restore"]
+        assert f"felix-to-{part[-1]:04d}" not in kernel.chains(names.FILTER, 6)
+    burst(stepped, kernel, range(2, 120, 3))
+    stepped.apply()
+    assert kernel.running == []
+    for part in ("chains", "sets"):
+        assert kernel.snapshot()[part] == whole_kernel.snapshot()[part]
+    assert routes(kernel) == routes(whole_kernel) and len(routes(kernel)) == 120
+
+
+def test_sets_are_destroyed_only_once_a_restore_left_running_is_in() -> None:
+    """The fake refuses the destroy of a set a rule uses: an apply that leaves the IPv6 rules
+    committing leaves the sets they stop using to the next apply."""
+    manager, kernel = make_later()
+    policy = PolicyKey("t1", "p1")
+    manager.on_message(m.InSync())
+    manager.on_message(m.IPSetUpdate("s:abc", ("10.65.0.2", "fd00:65::2")))
+    manager.on_message(
+        m.ActivePolicyUpdate(policy, (m.ResolvedRule(src_ip_set_ids=("s:abc",)),), ())
+    )
+    manager.apply()
+    manager.on_message(m.ActivePolicyRemove(policy))
+    manager.on_message(m.IPSetRemove("s:abc"))
+    manager.apply(detach=True)
+    assert "felix-p-t1/p1-i" not in felix_chains(kernel, version=4)
+    assert "felix-p-t1/p1-i" in felix_chains(kernel, version=6), "still committing"
+    assert V4_SET in kernel.sets and V6_SET in kernel.sets
+    manager.apply()
+    assert "felix-p-t1/p1-i" not in felix_chains(kernel, version=6)
+    assert V4_SET not in kernel.sets and V6_SET not in kernel.sets
+    assert kernel.running == []
+
+
+def test_a_refresh_never_leaves_a_restore_running() -> None:
+    manager, kernel = make_later()
+    manager.on_message(m.InSync())
+    manager.apply()
+    burst(manager, kernel, range(3))
+    manager.apply(force_refresh=True, detach=True)
+    assert kernel.running == []
+    assert {f"felix-to-{i:04d}" for i in range(3)} <= kernel.chains(names.FILTER, 6).keys()

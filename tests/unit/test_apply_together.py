@@ -19,7 +19,12 @@ class Table:
         self.applied: list[tuple[bool, str]] = []
         self.started = threading.Event()
 
-    def apply(self, force_refresh: bool = False) -> bool:
+    in_flight = False  # (never left running here)
+
+    def settle(self) -> None:
+        pass
+
+    def apply(self, force_refresh: bool = False, detach: bool = False) -> bool:
         self.started.set()
         if self.wait_for is not None:  # proves both run at the same time: no deadlock
             assert self.wait_for.started.wait(5)

@@ -1,7 +1,8 @@
 """The command runner's pipes-free path (kernel/commands.py, run_through_files): the same
 answers as ``subprocess.run(..., capture_output=True, text=True)``, for big inputs and outputs
-too; input written a piece at a time as it is made (run_writing_pieces); and the heap setting
-both daemons make at start (common/heap.py)."""
+too; input written a piece at a time as it is made (run_writing_pieces), or started and
+collected later (start_writing_pieces); and the heap setting both daemons make at start
+(common/heap.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ import pytest
 
 from calico.common.heap import fix_mmap_threshold
 from calico.felix.kernel.commands import (
+    Finished,
     LocalRunner,
     NetnsRunner,
     PiecewiseRunner,
+    StartingRunner,
     StreamingRunner,
     output_lines,
     run_through_files,
     run_with_pieces,
     run_writing_pieces,
+    start_with_pieces,
+    start_writing_pieces,
 )
 
 
@@ -192,21 +197,58 @@ def test_the_tool_is_killed_before_its_input_ends(monkeypatch: pytest.MonkeyPatc
     assert (proc.returncode, events) == (0, ["close"])
 
 
+class RunOnly:
+    """A test double with run() only: it records each input and answers `stdout`."""
+
+    def __init__(self, stdout: str = "") -> None:
+        self.inputs: list[str | None] = []
+        self.stdout = stdout
+
+    def run(self, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        self.inputs.append(input)
+        return subprocess.CompletedProcess(argv, 0, self.stdout, "")
+
+
 def test_run_with_pieces_writes_through_real_runners_and_joins_for_fakes() -> None:
-    class Fake:  # a test double with run() only
-        def __init__(self) -> None:
-            self.inputs: list[str | None] = []
-
-        def run(
-            self, argv: list[str], input: str | None = None
-        ) -> subprocess.CompletedProcess[str]:
-            self.inputs.append(input)
-            return subprocess.CompletedProcess(argv, 0, "", "")
-
-    fake = Fake()
+    fake = RunOnly()
     assert not isinstance(fake, PiecewiseRunner)
     assert run_with_pieces(fake, ["ipset", "restore"], iter(["a\n", "b\n"])).returncode == 0
     assert fake.inputs == ["a\nb\n"]
     for runner in (LocalRunner(), NetnsRunner("calico-unused")):
         assert isinstance(runner, PiecewiseRunner)
     assert run_with_pieces(LocalRunner(), ["cat"], iter(["a\n", "b\n"])).stdout == "a\nb\n"
+
+
+def test_a_started_tool_runs_on_after_its_input_and_is_collected_later(tmp_path: Path) -> None:
+    # The tool reads all of its input, then works on (an iptables-restore's commit): start
+    # returns once the input is written, before the tool ends; wait() gives its answer.
+    gate = tmp_path / "gate"
+    script = f"wc -l; while [ ! -e {gate} ]; do sleep 0.01; done; echo done >&2; exit 4"
+    started = start_writing_pieces(["sh", "-c", script], iter(["a\n", "b\n"]))
+    gate.touch()  # (had start waited for the tool to end, this would never have run)
+    proc = started.wait()
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (4, "2", "done\n")
+
+
+def test_a_failure_making_a_started_tools_input_stops_it_before_the_end(tmp_path: Path) -> None:
+    acted = tmp_path / "acted"
+
+    def pieces() -> Iterator[str]:
+        yield "add s 10.65.0.1\n"
+        raise RuntimeError("bug while rendering")
+
+    with pytest.raises(RuntimeError, match="bug while rendering"):
+        start_writing_pieces(["sh", "-c", f"cat >/dev/null; touch {acted}"], pieces())
+    assert not acted.exists()
+
+
+def test_start_with_pieces_leaves_real_runners_running_and_runs_fakes_to_the_end() -> None:
+    fake = RunOnly(stdout="ok")
+    assert not isinstance(fake, StartingRunner)
+    started = start_with_pieces(fake, ["iptables-restore"], iter(["a\n", "b\n"]))
+    assert isinstance(started, Finished)
+    assert fake.inputs == ["a\nb\n"], "run before start returned"
+    assert started.wait().stdout == "ok"
+    for runner in (LocalRunner(), NetnsRunner("calico-unused")):
+        assert isinstance(runner, StartingRunner)
+    assert start_with_pieces(LocalRunner(), ["cat"], iter(["a\n"])).wait().stdout == "a\n"

@@ -500,6 +500,19 @@ def test_metered_runner_counts_a_restore_written_a_piece_at_a_time_too() -> None
     assert _sample("felix_dataplane_ipset_failures_total", restore) == fails + 1
 
 
+def test_metered_runner_counts_a_started_restore_when_it_is_collected() -> None:
+    v4 = {"ip_version": "4"}
+    runs = _sample("felix_dataplane_iptables_restore_runs_total", v4)
+    fails = _sample("felix_dataplane_iptables_restore_failures_total", v4)
+    for code in (0, 1):
+        runner = dp_metrics.MeteredRunner(_Scripted(code))
+        started = runner.start_pieces(["iptables-restore"], iter(["*filter\n", "COMMIT\n"]))
+        assert _sample("felix_dataplane_iptables_restore_runs_total", v4) == runs + code
+        assert started.wait().returncode == code
+    assert _sample("felix_dataplane_iptables_restore_runs_total", v4) == runs + 2
+    assert _sample("felix_dataplane_iptables_restore_failures_total", v4) == fails + 1
+
+
 def test_convergence_timer_observes_each_pending_batch_once() -> None:
     timer = dp_metrics.ConvergenceTimer()
     count = _sample("felix_dataplane_convergence_seconds_count")

@@ -61,7 +61,7 @@ class RulesBackend(Protocol):
     def set_pools(self, pools: Sequence[IPPool]) -> None: ...
     def set_config(self, config: r.RenderConfig) -> None: ...
     def begin_apply(self) -> None: ...
-    def apply(self, force_refresh: bool) -> None: ...
+    def apply(self, force_refresh: bool, detach: bool = False) -> None: ...
     def end_grace_period(self) -> None: ...
     def sweep(self) -> None: ...
     def prepare(self) -> None: ...
@@ -282,7 +282,12 @@ class IptablesBackend:
         for ipsets in self._ipsets.values():
             ipsets.begin()
 
-    def apply(self, force_refresh: bool) -> None:
+    def apply(self, force_refresh: bool, detach: bool = False) -> None:
+        """`detach` (more changes are waiting: a burst): leave the last filter table's restore
+        committing while the caller renders them (IptablesTable.apply). The sets no rule uses
+        any more are then destroyed by the next apply, once that restore is collected."""
+        for driver in self._iptables.values():
+            driver.settle()  # the previous apply's, if it left one running
         refreshed = force_refresh and self._refresh_ipsets()
         for ipsets in self._ipsets.values():
             # destroy=False: rules may still use removed sets.
@@ -292,10 +297,12 @@ class IptablesBackend:
             driver.apply(force_refresh)
         if self._filters_written:
             for driver in filters:
-                driver.apply(force_refresh)
+                driver.apply(force_refresh, detach=detach and driver is filters[-1])
         else:  # the first write: see apply_together
             apply_together(filters, force_refresh)
             self._filters_written = True
+        if any(driver.in_flight for driver in filters):
+            return  # (the kernel may still hold rules that use them)
         for ipsets in self._ipsets.values():
             ipsets.apply()  # destroys sets the rules no longer reference
 

@@ -240,8 +240,13 @@ class DataplaneManager:
 
     # --- Apply ---------------------------------------------------------------------------------
 
-    def apply(self, force_refresh: bool = False) -> None:
-        """Program everything dirty. Raises the drivers' errors; state stays dirty for a retry."""
+    def apply(self, force_refresh: bool = False, detach: bool = False) -> None:
+        """Program everything dirty. Raises the drivers' errors; state stays dirty for a retry.
+
+        `detach` (the driver has more changes waiting: a burst): the backend may leave its last
+        restore committing while the caller reads and renders those; the next apply collects
+        it first (IptablesBackend.apply). Not with `force_refresh`."""
+        detach = detach and not force_refresh
         if not self.in_sync:
             return
         if not force_refresh:  # (a refresh reads the kernel before it writes anything)
@@ -261,11 +266,11 @@ class DataplaneManager:
             # turn on the interpreter (an endpoint add at 1,000 endpoints took 47 ms, not 28).
             interfaces = _INTERFACES.submit(self._program_interfaces, changed, force_refresh)
             try:
-                self._rules.apply(force_refresh)
+                self._rules.apply(force_refresh, detach)
             finally:
                 interfaces.result()  # (nothing below, nor the next apply, runs while it does)
         else:
-            self._rules.apply(force_refresh)
+            self._rules.apply(force_refresh, detach)
             self._program_interfaces(changed, force_refresh)
         self._dirty_interfaces.clear()
         self._dirty_routes.clear()

@@ -196,7 +196,8 @@ class NftBackend:
     def begin_apply(self) -> None:
         """Nothing to start early: sets and rules go in one nft transaction."""
 
-    def apply(self, force_refresh: bool) -> None:
+    def apply(self, force_refresh: bool, detach: bool = False) -> None:
+        """(`detach` is the iptables backend's; one nft transaction is written whole.)"""
         self._table.apply(force_refresh)
 
     def end_grace_period(self) -> None:

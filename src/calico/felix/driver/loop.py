@@ -5,6 +5,11 @@ repairs any netlink event the kernel dropped or we missed), the MetadataAddr loo
 start-of-day cleanup (StartupCleanupDelay after the first in-sync) and retries after a failed
 apply (exponential backoff, capped). End of file on Felix's pipe means Felix has gone: the loop
 returns.
+
+In a burst (Felix has already sent more than the loop has read) an apply may leave its last
+restore committing while the loop reads and renders the rest (`apply(detach=True)`); the next
+apply collects it first, and the loop reports convergence, statuses and readiness only after an
+apply that left nothing running (docs/design/dataplane.md).
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ class DriverLoop:
         self._manager = manager
         self._watcher = watcher
         self._dirty = False
+        # The last apply was told it could leave its last restore running (a burst): the next
+        # pass collects it, and only then reports statuses and readiness.
+        self._unsettled = False
         self._busy_at = time.monotonic()  # when the driver last had something to do
         self._prepare_due = True
         self._in_sync_at: float | None = None
@@ -114,6 +122,8 @@ class DriverLoop:
                 prepare_at = None
             deadlines = [t for t in (*timers, prepare_at) if t]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            if self._unsettled:
+                timeout = 0.0  # (read what is waiting, then settle: never wait on Felix for it)
             sources: list[Any] = [self._reader]
             if self._watcher is not None:
                 sources.append(self._watcher)
@@ -127,6 +137,11 @@ class DriverLoop:
             if self._watcher is not None and self._watcher in readable:
                 self._watcher.read_events()
                 self._dirty = True
+
+    def _felix_waiting(self) -> bool:
+        """Whether Felix has already sent more than the loop has read."""
+        readable, _, _ = select.select([self._reader], [], [], 0)
+        return bool(readable)
 
     def _read_from_felix(self) -> bool:
         frames = self._reader.read()
@@ -161,11 +176,22 @@ class DriverLoop:
             self.poll_interfaces()
         if self._resolve_at is not None and now >= self._resolve_at:
             self.resolve_metadata(now)
-        if self._dirty and (self._retry_at is None or now >= self._retry_at):
-            applied = self._guarded(self._manager.apply)
+        if (self._dirty or self._unsettled) and (self._retry_at is None or now >= self._retry_at):
+            # More from Felix is already waiting (a burst): this apply may leave its last
+            # restore committing while that is read and rendered, and the next collects it.
+            # Most of a burst's time is the kernel's commits: this takes the driver's own work
+            # of the next batch out of their way.
+            detach = self._felix_waiting()
+            applied = self._guarded(lambda: self._manager.apply(detach=detach))
             self._dirty = not applied
-            self._after_apply(applied)
-        if self._manager.in_sync and not self._dirty and not self._reported_ready:
+            self._unsettled = applied and detach
+            if not self._unsettled:
+                self._after_apply(applied)
+        if (
+            self._manager.in_sync
+            and not (self._dirty or self._unsettled)
+            and not self._reported_ready
+        ):
             self._report_ready(time.monotonic())  # after the apply above
 
     def resolve_metadata(self, now: float) -> None:

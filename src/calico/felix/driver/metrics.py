@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-from calico.felix.kernel.commands import CommandRunner, Streamed, output_lines, run_with_pieces
+from calico.felix.kernel.commands import (
+    CommandRunner,
+    Started,
+    Streamed,
+    output_lines,
+    run_with_pieces,
+    start_with_pieces,
+)
 
 if TYPE_CHECKING:
     import subprocess
@@ -117,6 +124,9 @@ class MeteredRunner:
         _observe(argv, result.returncode, time.monotonic() - started)
         return result
 
+    def start_pieces(self, argv: list[str], pieces: Iterable[str]) -> Started:
+        return _Metered(argv, time.monotonic(), start_with_pieces(self._runner, argv, pieces))
+
     @contextlib.contextmanager
     def stream(self, argv: list[str]) -> Iterator[Streamed]:
         started = time.monotonic()
@@ -161,3 +171,16 @@ def serve(port: int) -> bool:
         return False
     log.info("Serving the dataplane driver's Prometheus metrics on port %d", port)
     return True
+
+
+class _Metered:
+    """A command MeteredRunner started: timed from its start to when the caller collects it
+    (which may be after it ended: an upper bound)."""
+
+    def __init__(self, argv: list[str], started_at: float, started: Started) -> None:
+        self._argv, self._started_at, self._started = argv, started_at, started
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        result = self._started.wait()
+        _observe(self._argv, result.returncode, time.monotonic() - self._started_at)
+        return result

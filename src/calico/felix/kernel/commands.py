@@ -68,6 +68,42 @@ class PiecewiseRunner(CommandRunner, Protocol):
         ...
 
 
+class Started(Protocol):
+    """A command whose input is all written, and which may still be running."""
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        """Wait for it to end (once): its status and output."""
+        ...
+
+
+@runtime_checkable
+class StartingRunner(PiecewiseRunner, Protocol):
+    """A runner that can also start a command with its input and leave it running."""
+
+    def start_pieces(self, argv: list[str], pieces: Iterable[str]) -> Started:
+        """Like run_pieces(argv, pieces), returning once the input is written."""
+        ...
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A command that was run to its end before it was handed over (the tests' fakes)."""
+
+    result: subprocess.CompletedProcess[str]
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        return self.result
+
+
+def start_with_pieces(runner: CommandRunner, argv: list[str], pieces: Iterable[str]) -> Started:
+    """Start `argv` with `pieces` as its input, and return once the input is written: the tool
+    may still be working (an iptables-restore's kernel commit) when the caller goes on. Runners
+    that cannot leave a command running (the tests' fakes) run it to its end first."""
+    if isinstance(runner, StartingRunner):
+        return runner.start_pieces(argv, pieces)
+    return Finished(run_with_pieces(runner, argv, pieces))
+
+
 def run_with_pieces(
     runner: CommandRunner, argv: list[str], pieces: Iterable[str]
 ) -> subprocess.CompletedProcess[str]:
@@ -121,16 +157,40 @@ def run_writing_pieces(argv: list[str], pieces: Iterable[str]) -> subprocess.Com
     at a time, as the pieces are made: the tool reads and works while the rest is still being
     made, and no text is held longer than it takes to write it. (The output still goes to
     memory files: the tool never waits for us to read it, so a full pipe cannot deadlock.)"""
-    encoding = locale.getpreferredencoding(False)
-    with _memory_file("stdout") as out, _memory_file("stderr") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
+    return start_writing_pieces(argv, pieces).wait()
+
+
+class _Running:
+    """A tool started by start_writing_pieces: its output files live until wait() reads them."""
+
+    def __init__(self, argv: list[str], pieces: Iterable[str]) -> None:
+        self._argv = argv
+        self._encoding = locale.getpreferredencoding(False)
+        self._out, self._err = _memory_file("stdout"), _memory_file("stderr")
         try:
-            _write_pieces(proc, pieces, encoding)
-        finally:
-            returncode = proc.wait()
-        return subprocess.CompletedProcess(
-            argv, returncode, _read_text(out, encoding), _read_text(err, encoding)
-        )
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=self._out, stderr=self._err
+            )
+            try:
+                _write_pieces(self._proc, pieces, self._encoding)
+            except BaseException:
+                self._proc.wait()  # (killed by _write_pieces)
+                raise
+        except BaseException:
+            self._out.close()
+            self._err.close()
+            raise
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        with self._out, self._err:
+            returncode = self._proc.wait()
+            out, err = _read_text(self._out, self._encoding), _read_text(self._err, self._encoding)
+        return subprocess.CompletedProcess(self._argv, returncode, out, err)
+
+
+def start_writing_pieces(argv: list[str], pieces: Iterable[str]) -> Started:
+    """:func:`run_writing_pieces` up to the end of the input: the tool may still be running."""
+    return _Running(argv, pieces)
 
 
 def _write_pieces(proc: subprocess.Popen[bytes], pieces: Iterable[str], encoding: str) -> None:
@@ -192,6 +252,9 @@ class LocalRunner:
     ) -> subprocess.CompletedProcess[str]:
         return run_writing_pieces(argv, pieces)
 
+    def start_pieces(self, argv: list[str], pieces: Iterable[str]) -> Started:
+        return start_writing_pieces(argv, pieces)
+
     def stream(self, argv: list[str]) -> contextlib.AbstractContextManager[Streamed]:
         return stream_through_files(argv)
 
@@ -239,6 +302,9 @@ class NetnsRunner:
     ) -> subprocess.CompletedProcess[str]:
         return self._as_asked(argv, run_writing_pieces(self._inside(argv), pieces))
 
+    def start_pieces(self, argv: list[str], pieces: Iterable[str]) -> Started:
+        return _AsAsked(argv, start_writing_pieces(self._inside(argv), pieces))
+
     @staticmethod
     def _as_asked(
         argv: list[str], proc: subprocess.CompletedProcess[str]
@@ -256,6 +322,17 @@ class NetnsRunner:
 
     def __repr__(self) -> str:
         return f"NetnsRunner({self.ns_name!r})"
+
+
+@dataclass(frozen=True)
+class _AsAsked:
+    """A command started inside a namespace, reported with the argv the caller asked for."""
+
+    argv: list[str]
+    started: Started
+
+    def wait(self) -> subprocess.CompletedProcess[str]:
+        return NetnsRunner._as_asked(self.argv, self.started.wait())
 
 
 __all__ = [

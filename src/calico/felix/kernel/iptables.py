@@ -85,11 +85,18 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from calico.common import protocols
 from calico.common.quoting import quoted
 from calico.felix.dataplane import names
-from calico.felix.kernel.commands import CommandRunner, output_lines, run_with_pieces
+from calico.felix.kernel.commands import (
+    CommandRunner,
+    Started,
+    output_lines,
+    run_with_pieces,
+    start_with_pieces,
+)
 from calico.felix.kernel.iptables_plan import FAILED_RULES, STUB_RULES, Planner
 from calico.felix.kernel.iptables_text import (
     BUILTIN_CHAINS,
@@ -227,6 +234,7 @@ class IptablesTable(Planner):
         # successful apply: all that a plan from the model needs to look at.
         self._touched: set[str] = set()
         self._plan_all = True  # look at every chain on the next apply (start, end of grace)
+        self._detached: _Detached | None = None  # a restore apply(detach=True) left running
 
     def __repr__(self) -> str:
         return f"IptablesTable(v{self.ip_version}, {self.table!r})"
@@ -329,13 +337,17 @@ class IptablesTable(Planner):
 
     # -- applying -----------------------------------------------------------------------------
 
-    def apply(self, force_refresh: bool = False) -> bool:
+    def apply(self, force_refresh: bool = False, detach: bool = False) -> bool:
         """Make the kernel match; return True if a restore was written.
 
         Without changes since the last successful apply this runs nothing at all; with
         ``force_refresh`` it re-reads the kernel and repairs whatever differs. Raises
         IptablesError on failure; the desired state is kept, so the next call tries again.
-        """
+
+        ``detach``: return once the restore has its input, leaving the tool to commit while the
+        caller renders the next changes (a burst); ``settle()``, which every apply calls first,
+        collects it. Changes made meanwhile are kept apart from the ones it writes."""
+        self.settle()
         if not (self._dirty or force_refresh):
             return False
         self.tokenised_chains = 0
@@ -356,6 +368,7 @@ class IptablesTable(Planner):
         backoff = FIRST_BACKOFF
         attempt = 0
         edits = True  # (off for the rest of this apply once an in-place edit fails)
+        first_try = True
         while True:
             # A plan from a fresh read looks at every chain; one from the model only at the
             # chains touched since the last successful apply (the rest are as we left them).
@@ -370,7 +383,15 @@ class IptablesTable(Planner):
                     self._verified_generation = generation
                 return False
             self._verified_generation = None  # this commit changes the generation
+            if detach and not force_refresh and first_try:
+                # (only a first try: a retry's errors are handled here, as they come)
+                started = start_with_pieces(self._runner, self._restore, plan.pieces(self.table))
+                self._detached = _Detached(started, plan, after, self._touched, self._plan_all)
+                self._touched = set()  # what changes from now on: the next apply's to write
+                self._dirty = self._plan_all = False
+                return True
             proc = run_with_pieces(self._runner, self._restore, plan.pieces(self.table))
+            first_try = False
             if proc.returncode == 0:
                 self._after_success(plan, after, read_back)
                 return True
@@ -412,6 +433,34 @@ class IptablesTable(Planner):
             )
             self._sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a detached apply's restore may still be running (until settle())."""
+        return self._detached is not None
+
+    def settle(self) -> None:
+        """Wait for the restore a detached apply left running, and record its outcome: its
+        chains in the model, or, if it failed, everything it was to write back to the pending
+        changes, planned from a fresh read of the kernel by the next apply (which then handles
+        the error as an apply does: a refused chain becomes a drop stub, and so on)."""
+        detached, self._detached = self._detached, None
+        if detached is None:
+            return
+        proc = detached.started.wait()
+        if proc.returncode == 0:
+            self._record(detached.plan, detached.after)
+            return
+        log.warning(
+            "%r: a restore left running while the next changes were rendered failed (%s); "
+            "the next apply writes them again from a fresh read",
+            self,
+            proc.stderr.strip(),
+        )
+        self._model = None
+        self._touched |= detached.touched
+        self._plan_all = self._plan_all or detached.plan_all
+        self._dirty = True
 
     def _unchanged_since_verified(self, generation: int | None) -> bool:
         """Whether a refresh may skip reading: the generation is the verified one and nothing
@@ -457,6 +506,16 @@ class IptablesTable(Planner):
         return printed
 
     def _after_success(self, plan: Plan, after: dict[str, Sequence[Spec]], read_back: bool) -> None:
+        """Record a committed transaction, and that the kernel is now as wanted."""
+        self._record(plan, after)
+        if read_back:
+            # Learn the kernel's spelling of what we wrote, so later refreshes compare exactly.
+            self._model = self._read()
+            for chain, rules in plan.writes.items():
+                self._learn_spelling(chain, rules, tuple(self._model.get(chain, ())))
+        self._done()
+
+    def _record(self, plan: Plan, after: dict[str, Sequence[Spec]]) -> None:
         """Record a committed transaction in the model (and owned/learned bookkeeping)."""
         assert self._model is not None
         self._owned |= set(plan.writes)
@@ -470,12 +529,6 @@ class IptablesTable(Planner):
         for chain, listed in after.items():
             if chain in BUILTIN_CHAINS:
                 self._model[chain] = listed
-        if read_back:
-            # Learn the kernel's spelling of what we wrote, so later refreshes compare exactly.
-            self._model = self._read()
-            for chain, rules in plan.writes.items():
-                self._learn_spelling(chain, rules, tuple(self._model.get(chain, ())))
-        self._done()
 
     def _learn_spelling(
         self, chain: str, rules: tuple[str, ...], printed: tuple[Spec, ...]
@@ -511,6 +564,18 @@ class IptablesTable(Planner):
         self._dirty = False
         self._touched.clear()
         self._plan_all = False
+
+
+@dataclass(frozen=True)
+class _Detached:
+    """A restore apply(detach=True) started: what it writes, and the pending changes it took
+    (given back if it fails)."""
+
+    started: Started
+    plan: Plan
+    after: dict[str, Sequence[Spec]]
+    touched: set[str]
+    plan_all: bool
 
 
 def _edited_chain(line: str, plan: Plan) -> str | None:
