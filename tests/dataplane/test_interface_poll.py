@@ -44,13 +44,14 @@ def config(poll: int) -> DriverConfig:
 
 @pytest.fixture
 def pipe_ends() -> Iterator[tuple[FrameReader, FrameWriter]]:
-    """A reader and writer for DriverLoop (unused by the code under test, but real)."""
-    read_fd, write_fd = os.pipe()
+    """A reader and writer for DriverLoop (unused by the code under test, but real): two
+    pipes, so that what the loop sends is never what it finds waiting to be read."""
+    from_felix, to_felix = os.pipe(), os.pipe()
     try:
-        yield FrameReader(read_fd), FrameWriter(write_fd)
+        yield FrameReader(from_felix[0]), FrameWriter(to_felix[1])
     finally:
-        os.close(read_fd)
-        os.close(write_fd)
+        for fd in (*from_felix, *to_felix):
+            os.close(fd)
 
 
 class FakeWatcher:
@@ -68,6 +69,7 @@ class FakeWatcher:
 
 class FakeManager:
     in_sync = False
+    in_flight = False
 
     def __init__(self, by_address: bool = True) -> None:
         self.applies = 0

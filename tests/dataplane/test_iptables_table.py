@@ -595,7 +595,9 @@ def test_a_failed_detached_restore_is_written_again_from_a_fresh_read(
     runner.restore_results = [(1, "iptables-restore: unable to initialize table\n")]
     table.set_chain("felix-B", ["-j felix-A"])
     runner.calls.clear()
-    assert table.apply() is True
+    # (more is waiting, but after a failure the apply handles its errors itself: not detached)
+    assert table.apply(detach=True) is True
+    assert (table.in_flight, runner.running) == (False, 0)
     assert "failed (iptables-restore: unable to initialize table)" in caplog.text
     assert [argv[0] for argv, _ in runner.calls] == [
         "iptables-restore",  # (the detached one, collected)
@@ -605,6 +607,10 @@ def test_a_failed_detached_restore_is_written_again_from_a_fresh_read(
     again = runner.restores[-1]
     assert "-A felix-A -j RETURN" in again and "-A felix-B -j felix-A" in again
     assert table.apply() is False
+    table.set_chain("felix-B", [SSH])  # after a success, a burst's apply may detach again
+    assert table.apply(detach=True) is True and table.in_flight
+    table.settle()
+    assert not table.in_flight
 
 
 def test_a_refresh_or_a_runner_that_cannot_start_never_leaves_a_restore_running() -> None:

@@ -21,12 +21,15 @@ from calico.felix.driver.pipe import BatchReceived, DriverReady, FrameReader, Fr
 class Manager:
     in_sync = True
 
-    def __init__(self) -> None:
+    def __init__(self, leaves_running: bool = True) -> None:
         self.detached: list[bool] = []
         self.statuses = 0
+        self.in_flight = False
+        self.leaves_running = leaves_running  # (the nftables backend never does)
 
     def apply(self, force_refresh: bool = False, detach: bool = False) -> None:
         self.detached.append(detach)
+        self.in_flight = detach and self.leaves_running
 
     def endpoint_statuses(self, apply_failed: bool) -> dict[Any, str]:
         self.statuses += 1
@@ -93,3 +96,49 @@ def test_after_a_detached_apply_the_loop_settles_even_if_nothing_more_comes(
     assert loop._reported_ready
     loop._run_due_work(0.0)
     assert manager.detached == [True, False], "then nothing"
+
+
+def test_with_nothing_left_running_the_loop_reports_at_once(
+    pipes: tuple[FrameWriter, FrameReader, FrameReader, FrameWriter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(the nftables backend writes one whole transaction: nothing is ever left running)"""
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    felix_out, _, reader, writer = pipes
+    manager = Manager(leaves_running=False)
+    config = default_driver_config(endpoint_reporting=True, refresh_interval=0)
+    loop = DriverLoop(config, reader, writer, manager, None)  # type: ignore[arg-type]
+    loop.feed([[BatchReceived(1.0)]])
+    felix_out.send([BatchReceived(2.0)])
+    loop._run_due_work(0.0)
+    assert manager.detached == [True]
+    assert (manager.statuses, loop._convergence.pending, loop._reported_ready) == (1, 0, True)
+
+
+def test_a_failed_apply_that_left_a_restore_running_reports_only_after_its_retry(
+    pipes: tuple[FrameWriter, FrameReader, FrameReader, FrameWriter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """E.g. the interfaces of a burst fail after the rules' restore was left running."""
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    felix_out, _, reader, writer = pipes
+    manager = Manager()
+    real_apply = manager.apply
+
+    def failing(force_refresh: bool = False, detach: bool = False) -> None:
+        real_apply(force_refresh, detach)
+        raise OSError("no buffer space")
+
+    monkeypatch.setattr(manager, "apply", failing)
+    config = default_driver_config(endpoint_reporting=True, refresh_interval=0)
+    loop = DriverLoop(config, reader, writer, manager, None)  # type: ignore[arg-type]
+    loop.feed([[BatchReceived(1.0)]])
+    felix_out.send([BatchReceived(2.0)])
+    loop._run_due_work(0.0)
+    assert loop._unsettled and loop._dirty and loop._retry_at is not None
+    assert manager.statuses == 0
+    reader.read()
+    monkeypatch.setattr(manager, "apply", real_apply)
+    loop._run_due_work(loop._retry_at)
+    assert manager.detached == [True, False]
+    assert (manager.statuses, loop._reported_ready) == (1, True)

@@ -276,6 +276,11 @@ class DataplaneManager:
         self._dirty_routes.clear()
         self._dirty_globals = False
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether the last apply left a restore running (`detach`): the next collects it."""
+        return self._rules.in_flight()
+
     def prepare(self) -> None:
         """The driver is idle: let the rules backend get ready for the next change (nftables:
         a dry run that leaves nft's cache and the kernel's validation done). Never raises."""

@@ -200,6 +200,9 @@ class NftBackend:
         """(`detach` is the iptables backend's; one nft transaction is written whole.)"""
         self._table.apply(force_refresh)
 
+    def in_flight(self) -> bool:
+        return False
+
     def end_grace_period(self) -> None:
         """From the next apply on, what the previous run left in the table and nothing wants
         now is deleted."""

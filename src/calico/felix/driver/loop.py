@@ -72,8 +72,8 @@ class DriverLoop:
         self._manager = manager
         self._watcher = watcher
         self._dirty = False
-        # The last apply was told it could leave its last restore running (a burst): the next
-        # pass collects it, and only then reports statuses and readiness.
+        # The last apply left a restore running (a burst): the next pass collects it, and only
+        # then reports convergence, statuses and readiness.
         self._unsettled = False
         self._busy_at = time.monotonic()  # when the driver last had something to do
         self._prepare_due = True
@@ -122,7 +122,7 @@ class DriverLoop:
                 prepare_at = None
             deadlines = [t for t in (*timers, prepare_at) if t]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
-            if self._unsettled:
+            if self._unsettled and self._retry_at is None:
                 timeout = 0.0  # (read what is waiting, then settle: never wait on Felix for it)
             sources: list[Any] = [self._reader]
             if self._watcher is not None:
@@ -184,7 +184,7 @@ class DriverLoop:
             detach = self._felix_waiting()
             applied = self._guarded(lambda: self._manager.apply(detach=detach))
             self._dirty = not applied
-            self._unsettled = applied and detach
+            self._unsettled = self._manager.in_flight
             if not self._unsettled:
                 self._after_apply(applied)
         if (

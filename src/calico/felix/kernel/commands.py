@@ -166,8 +166,9 @@ class _Running:
     def __init__(self, argv: list[str], pieces: Iterable[str]) -> None:
         self._argv = argv
         self._encoding = locale.getpreferredencoding(False)
-        self._out, self._err = _memory_file("stdout"), _memory_file("stderr")
-        try:
+        with contextlib.ExitStack() as files:  # (closes them if the start fails)
+            self._out = files.enter_context(_memory_file("stdout"))
+            self._err = files.enter_context(_memory_file("stderr"))
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=self._out, stderr=self._err
             )
@@ -176,13 +177,10 @@ class _Running:
             except BaseException:
                 self._proc.wait()  # (killed by _write_pieces)
                 raise
-        except BaseException:
-            self._out.close()
-            self._err.close()
-            raise
+            self._files = files.pop_all()
 
     def wait(self) -> subprocess.CompletedProcess[str]:
-        with self._out, self._err:
+        with self._files:
             returncode = self._proc.wait()
             out, err = _read_text(self._out, self._encoding), _read_text(self._err, self._encoding)
         return subprocess.CompletedProcess(self._argv, returncode, out, err)

@@ -235,6 +235,9 @@ class IptablesTable(Planner):
         self._touched: set[str] = set()
         self._plan_all = True  # look at every chain on the next apply (start, end of grace)
         self._detached: _Detached | None = None  # a restore apply(detach=True) left running
+        # A detached restore failed: until an apply succeeds, none is detached, so that the
+        # error is handled in the apply, where a refused chain fails closed.
+        self._detach_failed = False
 
     def __repr__(self) -> str:
         return f"IptablesTable(v{self.ip_version}, {self.table!r})"
@@ -383,7 +386,7 @@ class IptablesTable(Planner):
                     self._verified_generation = generation
                 return False
             self._verified_generation = None  # this commit changes the generation
-            if detach and not force_refresh and first_try:
+            if detach and not force_refresh and first_try and not self._detach_failed:
                 # (only a first try: a retry's errors are handled here, as they come)
                 started = start_with_pieces(self._runner, self._restore, plan.pieces(self.table))
                 self._detached = _Detached(started, plan, after, self._touched, self._plan_all)
@@ -447,7 +450,11 @@ class IptablesTable(Planner):
         detached, self._detached = self._detached, None
         if detached is None:
             return
-        proc = detached.started.wait()
+        try:
+            proc = detached.started.wait()
+        except BaseException:
+            self._give_back(detached)
+            raise
         if proc.returncode == 0:
             self._record(detached.plan, detached.after)
             return
@@ -457,10 +464,16 @@ class IptablesTable(Planner):
             self,
             proc.stderr.strip(),
         )
+        self._give_back(detached)
+
+    def _give_back(self, detached: _Detached) -> None:
+        """A detached restore failed, or its outcome is unknown: what it was to write is
+        pending again, planned from a fresh read, by an apply that handles its errors."""
         self._model = None
         self._touched |= detached.touched
         self._plan_all = self._plan_all or detached.plan_all
         self._dirty = True
+        self._detach_failed = True
 
     def _unchanged_since_verified(self, generation: int | None) -> bool:
         """Whether a refresh may skip reading: the generation is the verified one and nothing
@@ -561,6 +574,7 @@ class IptablesTable(Planner):
 
     def _done(self) -> None:
         """The kernel matches the desired state (as far as the model knows)."""
+        self._detach_failed = False
         self._dirty = False
         self._touched.clear()
         self._plan_all = False
