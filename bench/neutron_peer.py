@@ -320,7 +320,7 @@ def _write_share(job: tuple[str, list[tuple[str, str]]]) -> float:
 class BurstWriter:
     """Writes a burst as Neutron's server would: each of its API workers is a process that
     writes the ports it creates. (Threads of this one process spent the 500 writes waiting for
-    the interpreter's lock: 724 ms where 8 processes take about 300 ms, hiding Felix's own time.)
+    the interpreter's lock: 724 ms where 8 processes take 110-170 ms, hiding Felix's own time.)
     The processes start before the timing does."""
 
     def __init__(self, etcd: EtcdServer) -> None:

@@ -107,6 +107,7 @@ class FrameWriter:
 # applies one batch, Felix queues the next ones there; with 64 KiB it blocked after ~130 new
 # endpoints of a burst, and the driver then took the rest in several more applies.
 PIPE_SIZE = 1 << 20
+_DEFAULT_PIPE_SIZE = 1 << 16  # (Linux's: no smaller size is worth asking for)
 
 
 def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
@@ -119,9 +120,6 @@ def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
         except OSError:
             size //= 2
     log.debug("Cannot widen the pipe to the dataplane driver; keeping its size")
-
-
-_DEFAULT_PIPE_SIZE = 1 << 16
 
 
 class FrameReader:
