@@ -52,17 +52,30 @@ def pipes() -> Iterator[tuple[FrameWriter, FrameReader, FrameReader, FrameWriter
             os.close(fd)
 
 
-def test_an_apply_with_more_waiting_may_leave_work_running_and_reports_after_the_next(
-    pipes: tuple[FrameWriter, FrameReader, FrameReader, FrameWriter],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(gc, "freeze", lambda: None)  # (readiness freezes the test process)
-    felix_out, felix_in, reader, writer = pipes
-    manager = Manager()
+def in_a_burst(
+    pipes: tuple[FrameWriter, FrameReader, FrameReader, FrameWriter], manager: Manager
+) -> DriverLoop:
+    """A loop (reporting endpoint statuses) that has read one batch from Felix while the next
+    is already waiting in the pipe."""
+    felix_out, _, reader, writer = pipes
     config = default_driver_config(endpoint_reporting=True, refresh_interval=0)
     loop = DriverLoop(config, reader, writer, manager, None)  # type: ignore[arg-type]
     loop.feed([[BatchReceived(1.0)]])  # the first batch, read
     felix_out.send([BatchReceived(2.0)])  # and the next, already waiting
+    return loop
+
+
+@pytest.fixture(autouse=True)
+def no_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # (readiness freezes the test process)
+
+
+def test_an_apply_with_more_waiting_may_leave_work_running_and_reports_after_the_next(
+    pipes: tuple[FrameWriter, FrameReader, FrameReader, FrameWriter],
+) -> None:
+    _, felix_in, reader, _ = pipes
+    manager = Manager()
+    loop = in_a_burst(pipes, manager)
     loop._run_due_work(0.0)
     assert manager.detached == [True]
     assert (manager.statuses, loop._convergence.pending) == (0, 1), "not reported yet"
@@ -80,16 +93,11 @@ def test_an_apply_with_more_waiting_may_leave_work_running_and_reports_after_the
 
 def test_after_a_detached_apply_the_loop_settles_even_if_nothing_more_comes(
     pipes: tuple[FrameWriter, FrameReader, FrameReader, FrameWriter],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(gc, "freeze", lambda: None)
-    felix_out, _, reader, writer = pipes
     manager = Manager()
-    loop = DriverLoop(default_driver_config(refresh_interval=0), reader, writer, manager, None)  # type: ignore[arg-type]
-    loop.feed([[BatchReceived(1.0)]])
-    felix_out.send([BatchReceived(2.0)])
+    loop = in_a_burst(pipes, manager)
     loop._run_due_work(0.0)
-    reader.read()  # (what waited turns out to change nothing: the loop is not dirty for it)
+    pipes[2].read()  # (what waited turns out to change nothing: the loop is not dirty for it)
     loop._dirty = False
     loop._run_due_work(0.0)
     assert manager.detached == [True, False], "an apply that collects what was left running"
@@ -100,16 +108,10 @@ def test_after_a_detached_apply_the_loop_settles_even_if_nothing_more_comes(
 
 def test_with_nothing_left_running_the_loop_reports_at_once(
     pipes: tuple[FrameWriter, FrameReader, FrameReader, FrameWriter],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """(the nftables backend writes one whole transaction: nothing is ever left running)"""
-    monkeypatch.setattr(gc, "freeze", lambda: None)
-    felix_out, _, reader, writer = pipes
     manager = Manager(leaves_running=False)
-    config = default_driver_config(endpoint_reporting=True, refresh_interval=0)
-    loop = DriverLoop(config, reader, writer, manager, None)  # type: ignore[arg-type]
-    loop.feed([[BatchReceived(1.0)]])
-    felix_out.send([BatchReceived(2.0)])
+    loop = in_a_burst(pipes, manager)
     loop._run_due_work(0.0)
     assert manager.detached == [True]
     assert (manager.statuses, loop._convergence.pending, loop._reported_ready) == (1, 0, True)
@@ -120,8 +122,6 @@ def test_a_failed_apply_that_left_a_restore_running_reports_only_after_its_retry
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """E.g. the interfaces of a burst fail after the rules' restore was left running."""
-    monkeypatch.setattr(gc, "freeze", lambda: None)
-    felix_out, _, reader, writer = pipes
     manager = Manager()
     real_apply = manager.apply
 
@@ -130,14 +130,11 @@ def test_a_failed_apply_that_left_a_restore_running_reports_only_after_its_retry
         raise OSError("no buffer space")
 
     monkeypatch.setattr(manager, "apply", failing)
-    config = default_driver_config(endpoint_reporting=True, refresh_interval=0)
-    loop = DriverLoop(config, reader, writer, manager, None)  # type: ignore[arg-type]
-    loop.feed([[BatchReceived(1.0)]])
-    felix_out.send([BatchReceived(2.0)])
+    loop = in_a_burst(pipes, manager)
     loop._run_due_work(0.0)
     assert loop._unsettled and loop._dirty and loop._retry_at is not None
     assert manager.statuses == 0
-    reader.read()
+    pipes[2].read()
     monkeypatch.setattr(manager, "apply", real_apply)
     loop._run_due_work(loop._retry_at)
     assert manager.detached == [True, False]
