@@ -286,7 +286,7 @@ class IptablesBackend:
     def apply(self, force_refresh: bool, detach: bool = False) -> None:
         """`detach` (more changes are waiting: a burst): leave the last filter table's restore
         committing while the caller renders them (IptablesTable.apply). The sets no rule uses
-        any more are then destroyed by the next apply, once that restore is collected."""
+        any more are then destroyed by the first apply that leaves nothing running."""
         for driver in self._iptables.values():
             driver.settle()  # the previous apply's, if it left one running
         refreshed = force_refresh and self._refresh_ipsets()
